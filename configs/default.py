@@ -1,0 +1,65 @@
+"""The embedded default: a 2-layer model learning a synthetic task, no download, about a minute on a 2-core CPU.
+
+Every experiment config imports this one and changes a few fields; every field here is overridable from the command
+line with `--config.section.field=value`.
+"""
+
+import ml_collections
+
+from jaxformer import positional
+from jaxformer.data import default_config as default_data_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.n_layer = 2  # transformer blocks
+    c.model.n_head = 4  # query heads
+    c.model.n_kv_head = 0  # key/value heads for grouped-query attention; 0 = n_head (plain multi-head)
+    c.model.n_embd = 128  # model width D; head width d = n_embd // n_head
+    c.model.vocab_size = 0  # 0 = take it from the dataset's tokenizer
+    c.model.bias = False  # biases in Linear and LayerNorm layers (nanoGPT: True for GPT-2 parity)
+    c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output
+    c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay in param_dtype)
+    c.model.param_dtype = "float32"  # master parameter dtype
+    c.model.gelu_approximate = False  # tanh-approximate GELU instead of the exact erf form (nanoGPT: exact)
+    c.model.remat = False  # rematerialise each block in the backward pass (saves activation memory)
+    c.model.attention = ml_collections.ConfigDict()
+    c.model.attention.implementation = "reference"  # reference | chunked | fused (same function, see attention.py)
+    c.model.attention.block_size = 512  # key block of the chunked implementation
+    c.model.position = positional.default_config()  # .name picks the variant; .<variant>.<field> its settings
+    c.model.position.name = "rope"
+    c.model.position.learned.max_len = 0  # 0 = data.block_size (resolved before training)
+
+    c.data = default_data_config()  # .name: tiny_shakespeare | synthetic/<task> | tfds:<name>
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 3e-3  # peak learning rate after warm-up
+    c.optim.min_lr = 3e-4  # learning rate at the end of the cosine decay
+    c.optim.warmup_steps = 50  # linear warm-up from 0 to lr
+    c.optim.decay_steps = 0  # cosine decay length in steps; 0 = train.steps
+    c.optim.beta1 = 0.9
+    c.optim.beta2 = 0.99
+    c.optim.weight_decay = 0.1  # decoupled (AdamW), applied to matrices only
+    c.optim.grad_clip = 1.0  # global-norm clipping; 0 = off
+    c.optim.accum_steps = 1  # gradient accumulation: micro-batches of data.batch_size per optimizer step
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 600  # optimizer steps
+    c.train.seed = 0  # seeds parameters, data order and dropout
+    c.train.log_every = 25  # steps between metrics.jsonl lines
+    c.train.eval_every = 200  # steps between evaluations (and the final step)
+    c.train.eval_iters = 8  # fixed batches per evaluation
+    c.train.checkpoint_every = 200  # steps between checkpoints (and the final step); 0 = only the final step
+    c.train.keep_checkpoints = 2  # keep-last-k for periodic checkpoints (the best-by-val one is kept apart)
+    c.train.nonfinite = "stop"  # on a NaN/Inf loss or gradient: stop (keep last good checkpoint) | skip the update
+    c.train.attention_diagnostics_every = 0  # log per-head attention diagnostics every N steps; 0 = off
+    c.train.sample_chars = 200  # characters sampled into samples.txt at the end; 0 = none
+    c.train.progress = True  # tqdm progress bar (off automatically when not a TTY)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel axis size; -1 = all devices left over
+    c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis size
+    c.mesh.multihost = False  # call jax.distributed.initialize() (also detected from the environment)
+    return c

@@ -1,0 +1,201 @@
+"""Loading, resolving and validating configs, before anything compiles.
+
+A config is a Python file (or the name of one in `jaxformer.configs`) whose `get_config()` returns an
+`ml_collections.ConfigDict`. Fields are overridden with `--config.section.field=value` (ml_collections' `config_flags`,
+locked, so a typo is an error). `resolve` fills the derived fields (0 = "take it from elsewhere"), and `validate`
+checks everything a run needs, raising a one-line `ConfigError` that names the field, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.resources
+import json
+import os
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from jaxformer import attention, positional
+from jaxformer import data as data_lib
+
+DTYPES = ("float32", "bfloat16", "float16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the field and what would be valid."""
+
+
+def config_path(config: str) -> str:
+    """A config given as a path to a .py file, or as the name of one in `jaxformer.configs` (e.g. "tiny")."""
+    if config.endswith(".py") or os.sep in config:
+        if not os.path.isfile(config):
+            raise ConfigError(f"--config={config!r}: no such file; give a .py file or one of: {', '.join(list_configs())}")
+        return config
+    packaged = importlib.resources.files("jaxformer.configs").joinpath(f"{config.replace('.', '/')}.py")
+    if not packaged.is_file():
+        raise ConfigError(f"--config={config!r}: not a file nor a packaged config; choose one of: {', '.join(list_configs())}")
+    return str(packaged)
+
+
+def list_configs() -> list[str]:
+    root = importlib.resources.files("jaxformer.configs")
+    names = []
+    for entry in root.iterdir():
+        if entry.name.endswith(".py") and not entry.name.startswith("_"):
+            names.append(entry.name[:-3])
+        elif entry.is_dir() and not entry.name.startswith("_"):
+            names += [f"{entry.name}.{e.name[:-3]}" for e in entry.iterdir()
+                      if e.name.endswith(".py") and not e.name.startswith("_")]
+    return sorted(names)
+
+
+def _field_names(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in cfg.items():
+        names.append(prefix + key)
+        if isinstance(value, ml_collections.ConfigDict):
+            names += _field_names(value, prefix + key + ".")
+    return names
+
+
+def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a config and applies `--config.a.b=value` overrides (typed by the existing field; unknown = error)."""
+    path = config_path(config)
+    overrides = list(overrides)
+    for arg in overrides:
+        if not arg.startswith("--config."):
+            raise ConfigError(f"override {arg!r}: expected --config.<section>.<field>=<value>")
+    argv = ["jaxformer", f"--config={path}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    try:
+        flag_values(argv)
+        cfg = flag_values.config
+    except (AttributeError, KeyError) as e:
+        # An override naming a field the config does not have: find which one, and suggest the nearest names.
+        base = _load_file(path)
+        known = _field_names(base)
+        for arg in overrides:
+            field = arg[len("--config."):].split("=", 1)[0]
+            if field not in known:
+                close = difflib.get_close_matches(field, known, n=3)
+                hint = f"did you mean: {', '.join(close)}" if close else "see `jaxformer config --config " + config + "`"
+                raise ConfigError(f"unknown config field {field!r}; {hint}") from e
+        raise ConfigError(f"bad override: {e}") from e
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    return cfg
+
+
+def _load_file(path: str) -> ml_collections.ConfigDict:
+    flag_values = flags.FlagValues()
+    argv = ["jaxformer", f"--config={path}"]
+    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flag_values(argv)
+    return flag_values.config
+
+
+def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) -> ml_collections.ConfigDict:
+    """Returns a copy with the derived fields filled in: 0 means "take it from elsewhere"."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    if cfg.model.n_kv_head == 0:
+        cfg.model.n_kv_head = cfg.model.n_head
+    if cfg.optim.decay_steps == 0:
+        cfg.optim.decay_steps = cfg.train.steps
+    if cfg.model.position.learned.max_len == 0:
+        cfg.model.position.learned.max_len = cfg.data.block_size
+    if vocab_size is not None and cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = vocab_size
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
+             eval_lengths: Sequence[int] = ()) -> None:
+    """Raises ConfigError (one line) for anything that would fail or silently train the wrong thing."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    for section, names in (("model", ("n_layer", "n_head", "n_embd")), ("data", ("block_size", "batch_size")),
+                           ("train", ("steps", "log_every", "eval_every", "eval_iters")),
+                           ("optim", ("accum_steps",)), ("model.attention", ("block_size",))):
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        for name in names:
+            value = node[name]
+            _require(isinstance(value, int) and value > 0, f"{section}.{name}={value!r}; must be a positive integer")
+    for name in ("n_kv_head", "vocab_size"):
+        _require(m[name] >= 0, f"model.{name}={m[name]!r}; must be >= 0 (0 = derive it)")
+    _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every!r}; must be >= 0 (0 = final only)")
+    _require(t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints!r}; must be >= 1")
+    _require(o.lr > 0, f"optim.lr={o.lr!r}; must be > 0")
+    _require(0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr!r}; must be in [0, optim.lr={o.lr!r}]")
+    _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps!r}; must be >= 0")
+    _require(o.decay_steps >= 0, f"optim.decay_steps={o.decay_steps!r}; must be >= 0 (0 = train.steps)")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1!r}, optim.beta2={o.beta2!r}; both must be in [0, 1)")
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay!r}; must be >= 0")
+    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip!r}; must be >= 0 (0 = off)")
+    _require(0 <= m.dropout < 1, f"model.dropout={m.dropout!r}; must be in [0, 1)")
+    _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    _require(m.param_dtype in DTYPES, f"model.param_dtype={m.param_dtype!r}; choose one of: {', '.join(DTYPES)}")
+    _require(t.nonfinite in NONFINITE_POLICIES,
+             f"train.nonfinite={t.nonfinite!r}; choose one of: {', '.join(NONFINITE_POLICIES)}")
+    _require(t.attention_diagnostics_every >= 0,
+             f"train.attention_diagnostics_every={t.attention_diagnostics_every!r}; must be >= 0 (0 = off)")
+    _require(m.n_embd % m.n_head == 0,
+             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; pick n_embd = n_head * head width")
+    n_kv = m.n_kv_head or m.n_head
+    _require(m.n_head % n_kv == 0,
+             f"model.n_head={m.n_head} is not divisible by model.n_kv_head={n_kv}; kv heads must divide query heads")
+    implementations = sorted(attention.IMPLEMENTATIONS)
+    _require(m.attention.implementation in implementations,
+             f"model.attention.implementation={m.attention.implementation!r}; choose one of: {', '.join(implementations)}")
+
+    names = positional.list_positional_encodings()
+    _require(m.position.name in names, f"model.position.name={m.position.name!r}; choose one of: {', '.join(names)}")
+    pe = positional.get_positional_encoding(m.position.name)
+    pe_cfg = m.position[m.position.name].to_dict()
+    if pe.validate is not None:
+        try:
+            pe.validate(pe_cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    limit = pe.max_length(pe_cfg)
+    if limit is not None:
+        field = f"model.position.{m.position.name}"
+        _require(d.block_size <= limit,
+                 f"data.block_size={d.block_size} is beyond the {m.position.name} table ({field}.max_len={limit})")
+        for length in eval_lengths:
+            _require(length <= limit, f"eval length {length} is beyond the {m.position.name} table ({field}.max_len={limit})")
+
+    datasets = data_lib.list_datasets()
+    _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
+             f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
+
+    if n_devices is not None:
+        data_axis = n_devices // max(cfg.mesh.fsdp, 1) if cfg.mesh.data == -1 else cfg.mesh.data
+        _require(cfg.mesh.fsdp >= 1 and data_axis >= 1 and data_axis * cfg.mesh.fsdp == n_devices,
+                 f"mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}; their product must equal the {n_devices} devices")
+        shards = data_axis * cfg.mesh.fsdp
+        _require(d.batch_size % shards == 0,
+                 f"data.batch_size={d.batch_size} is not divisible by the {shards} data-parallel devices (mesh.data x mesh.fsdp)")
+
+
+def config_hash(cfg: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:16]
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))

@@ -1,0 +1,220 @@
+"""A GPT-style decoder as thin Flax NNX modules over the pure functions of `attention.py` and `positional.py`.
+
+Pre-LayerNorm blocks (Radford et al. 2019): x + Attn(LN(x)), then x + MLP(LN(x)) with a 4x GELU MLP; tied input/output
+embeddings; optional biases; dropout on the embeddings and on each residual branch. The modules own parameters and
+wire them; the math (attention, every positional encoding) lives in the pure functions they call, and the variant
+and implementation are looked up by the config string, never branched on here.
+
+Decoding uses a KV cache: `init_cache` allocates `[B, C, K, d]` keys/values per layer, and `decode` writes the new
+tokens' keys/values at the cache index and attends over all C slots with query positions `index + arange(T)` and key
+positions `arange(C)`, so the causal rule `key position <= query position` also masks the unfilled slots.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jaxformer import attention, positional
+
+Cache = dict[str, Any]  # {"index": int32 [], "layers": [{"k": [B,C,K,d], "v": [B,C,K,d]}, ...]}
+
+
+def _values(tree):
+    """The arrays inside a (nested) dict of nnx.Variables."""
+    return jax.tree.map(lambda v: v[...], tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _as_params(tree):
+    return nnx.data(jax.tree.map(nnx.Param, tree))
+
+
+def _dropout(x, rate: float, key):
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+class Position(nnx.Module):
+    """Holds one positional-encoding variant's parameters and exposes its three hooks (or None where it has none)."""
+
+    def __init__(self, position_cfg: ml_collections.ConfigDict, *, n_embd: int, n_head: int, head_dim: int,
+                 rngs: nnx.Rngs):
+        self.name = position_cfg.name
+        self.record = positional.get_positional_encoding(self.name)
+        self.cfg = tuple(sorted(position_cfg[self.name].to_dict().items()))  # hashable, static
+        self.n_embd, self.n_head = n_embd, n_head
+        self.params = _as_params(self.record.init(rngs.params(), dict(self.cfg), n_embd=n_embd, n_head=n_head,
+                                                  head_dim=head_dim))
+
+    def embed(self, positions_T):
+        if self.record.embed is None:
+            return None
+        return self.record.embed(_values(self.params), positions_T, dict(self.cfg), n_embd=self.n_embd)
+
+    def rotate_fn(self):
+        if self.record.rotate is None:
+            return None
+        params, cfg = _values(self.params), dict(self.cfg)
+        return lambda q, k, q_pos, k_pos: self.record.rotate(params, q, k, q_pos, k_pos, cfg)
+
+    def bias_fn(self):
+        if self.record.bias is None:
+            return None
+        params, cfg, n_head = _values(self.params), dict(self.cfg), self.n_head
+        return lambda q_pos, k_pos: self.record.bias(params, q_pos, k_pos, cfg, n_head=n_head)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head or cfg.n_head
+        self.implementation, self.block_size = cfg.attention.implementation, cfg.attention.block_size
+        self.dtype = jnp.dtype(cfg.dtype)
+        params = attention.init_attention_params(
+            rngs.params(), n_embd=cfg.n_embd, n_head=cfg.n_head, n_kv_head=self.n_kv_head, use_bias=cfg.bias,
+            dtype=jnp.dtype(cfg.param_dtype), out_std=0.02 / math.sqrt(2 * cfg.n_layer))
+        self.params = _as_params(params)
+
+    def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
+                 return_weights=False):
+        params = jax.tree.map(lambda a: a.astype(self.dtype), _values(self.params))
+        q_BxTxHxd, k_BxTxKxd, v_BxTxKxd = attention.qkv_projection(
+            params, x_BxTxD, n_head=self.n_head, n_kv_head=self.n_kv_head)
+        if rotate is not None:
+            q_BxTxHxd, k_BxTxKxd = rotate(q_BxTxHxd, k_BxTxKxd, positions_T, positions_T)
+        k_positions = positions_T
+        if layer_cache is not None:
+            k_BxSxKxd = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], k_BxTxKxd.astype(layer_cache["k"].dtype),
+                                                            cache_index, axis=1)
+            v_BxSxKxd = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], v_BxTxKxd.astype(layer_cache["v"].dtype),
+                                                            cache_index, axis=1)
+            layer_cache = {"k": k_BxSxKxd, "v": v_BxSxKxd}
+            k_BxTxKxd, v_BxTxKxd = k_BxSxKxd.astype(self.dtype), v_BxSxKxd.astype(self.dtype)
+            k_positions = jnp.arange(k_BxSxKxd.shape[1], dtype=jnp.int32)
+        out = attention.multi_head_attention(
+            q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=True, q_positions=positions_T, k_positions=k_positions,
+            bias_fn=bias_fn, implementation=self.implementation, block_size=self.block_size,
+            return_weights=return_weights)
+        out_BxTxHxd, weights_BxHxTxS = out if return_weights else (out, None)
+        y_BxTxD = attention.output_projection(params, out_BxTxHxd)
+        return y_BxTxD, layer_cache, weights_BxHxTxS
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        init = nnx.initializers.normal(0.02)
+        proj_init = nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer))
+        self.fc = nnx.Linear(cfg.n_embd, 4 * cfg.n_embd, use_bias=cfg.bias, kernel_init=init, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+        self.proj = nnx.Linear(4 * cfg.n_embd, cfg.n_embd, use_bias=cfg.bias, kernel_init=proj_init, dtype=dtype,
+                               param_dtype=param_dtype, rngs=rngs)
+        self.approximate = cfg.gelu_approximate
+
+    def __call__(self, x_BxTxD):
+        return self.proj(jax.nn.gelu(self.fc(x_BxTxD), approximate=self.approximate))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        norm = dict(epsilon=1e-5, use_bias=cfg.bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+        self.ln1 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.dropout = cfg.dropout
+
+    def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
+                 dropout_key=None, return_weights=False):
+        keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        y, layer_cache, weights = self.attn(self.ln1(x_BxTxD), positions_T=positions_T, rotate=rotate,
+                                            bias_fn=bias_fn, layer_cache=layer_cache, cache_index=cache_index,
+                                            return_weights=return_weights)
+        x_BxTxD = x_BxTxD + _dropout(y, self.dropout, keys[0])
+        x_BxTxD = x_BxTxD + _dropout(self.mlp(self.ln2(x_BxTxD)), self.dropout, keys[1])
+        return x_BxTxD, layer_cache, weights
+
+
+class GPT(nnx.Module):
+    """Decoder-only transformer; `model_cfg` is the `model` section of a resolved config."""
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        cfg = model_cfg
+        if cfg.vocab_size <= 0:
+            raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary first")
+        self.dtype = jnp.dtype(cfg.dtype)
+        self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.dropout, self.remat = cfg.dropout, cfg.remat
+        self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nnx.initializers.normal(0.02),
+                             dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
+                                 rngs=rngs)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.ln_f = nnx.LayerNorm(cfg.n_embd, epsilon=1e-5, use_bias=cfg.bias, dtype=self.dtype,
+                                  param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+    def __call__(self, tokens_BxT, *, positions_T=None, dropout_key=None):
+        """Logits `[B, T, V]` (float32) for a batch of token ids; `dropout_key` turns dropout on."""
+        logits_BxTxV, _, _ = self._forward(tokens_BxT, positions_T=positions_T, dropout_key=dropout_key)
+        return logits_BxTxV
+
+    def attention_weights(self, tokens_BxT, *, positions_T=None):
+        """Logits and the attention weights of every layer, `[L, B, H, T, T]` (through the reference path)."""
+        logits_BxTxV, _, weights = self._forward(tokens_BxT, positions_T=positions_T, return_weights=True)
+        return logits_BxTxV, jnp.stack(weights)
+
+    def init_cache(self, batch_size: int, capacity: int, dtype=None) -> Cache:
+        shape = (batch_size, capacity, self.n_kv_head, self.head_dim)
+        dtype = dtype or self.dtype
+        return {"index": jnp.zeros((), jnp.int32),
+                "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(self.n_layer)]}
+
+    def decode(self, tokens_BxT, cache: Cache):
+        """Runs T new tokens at positions `cache.index + arange(T)`; returns their logits and the updated cache."""
+        logits_BxTxV, cache, _ = self._forward(tokens_BxT, cache=cache)
+        return logits_BxTxV, cache
+
+    def _forward(self, tokens_BxT, *, positions_T=None, cache=None, dropout_key=None, return_weights=False):
+        T = tokens_BxT.shape[1]
+        index = cache["index"] if cache is not None else 0
+        if positions_T is None:
+            positions_T = index + jnp.arange(T, dtype=jnp.int32)
+        x_BxTxD = self.wte(tokens_BxT)
+        embedding_TxD = self.position.embed(positions_T)
+        if embedding_TxD is not None:
+            x_BxTxD = x_BxTxD + embedding_TxD.astype(x_BxTxD.dtype)[None]
+        keys = (jax.random.split(dropout_key, self.n_layer + 1) if dropout_key is not None
+                else [None] * (self.n_layer + 1))
+        x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
+        rotate, bias_fn = self.position.rotate_fn(), self.position.bias_fn()
+        new_layers, all_weights = [], []
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache["layers"][i] if cache is not None else None
+            call = nnx.remat(Block.__call__, static_argnums=()) if self.remat else Block.__call__
+            x_BxTxD, layer_cache, weights = call(
+                block, x_BxTxD, positions_T=positions_T, rotate=rotate, bias_fn=bias_fn, layer_cache=layer_cache,
+                cache_index=index, dropout_key=keys[i], return_weights=return_weights)
+            new_layers.append(layer_cache)
+            all_weights.append(weights)
+        x_BxTxD = self.ln_f(x_BxTxD)
+        logits_BxTxV = self.wte.attend(x_BxTxD).astype(jnp.float32)
+        new_cache = {"index": index + T, "layers": new_layers} if cache is not None else None
+        return logits_BxTxV, new_cache, all_weights
+
+
+def count_params(model: nnx.Module, *, non_embedding: bool = False) -> int:
+    """Parameter count; `non_embedding` leaves out the token table and absolute position tables (nanoGPT's N)."""
+    state = nnx.state(model, nnx.Param)
+    total = sum(x.size for x in jax.tree.leaves(state))
+    if non_embedding:
+        total -= model.wte.embedding[...].size
+        total -= sum(x.size for x in jax.tree.leaves(nnx.state(model.position, nnx.Param))
+                     if model.position.record.embed is not None)
+    return int(total)

@@ -1,0 +1,193 @@
+"""The run directory: everything a later command (`sample`, `eval`, `attention`, `report`) needs.
+
+    <workdir>/config.json      resolved config
+              manifest.json    versions, devices, XLA flags, data hash, git revision, config hash
+              metrics.jsonl    one JSON object per logged step / evaluation (deterministic: no wall-clock values)
+              timing.jsonl     wall-clock figures per logged step (tokens/s, ms/step), kept apart so that
+                               metrics.jsonl is bitwise reproducible
+              events.*         TensorBoard
+              checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss)
+              vocab.json       tokenizer
+              samples.txt      text sampled at the end
+              plots/           loss.png
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import ml_collections
+
+from jaxformer import config as config_lib
+
+
+class RunDirError(ValueError):
+    """A workdir that cannot be used as asked (one line, says what to do)."""
+
+
+def default_workdir() -> str:
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
+    """Makes `workdir` ready; returns True when there is a run to resume.
+
+    A non-empty workdir is refused unless `resume` (continue it) or `overwrite` (delete it first). `overwrite` only
+    removes `workdir` itself, and refuses paths that are not plainly a run directory (the filesystem root, the home
+    directory, the current directory or one of its parents).
+    """
+    workdir = os.path.abspath(workdir)
+    exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise RunDirError(f"--workdir={workdir} is a file, not a directory")
+    if exists and resume:
+        return os.path.exists(os.path.join(workdir, "config.json"))
+    if exists and not overwrite:
+        raise RunDirError(f"--workdir={workdir} is not empty; pass --resume to continue it or --overwrite to replace it")
+    if exists and overwrite:
+        protected = {os.path.abspath(os.sep), os.path.expanduser("~")}
+        cwd = os.getcwd()
+        if workdir in protected or cwd == workdir or cwd.startswith(workdir + os.sep):
+            raise RunDirError(f"--overwrite refuses to delete {workdir}: it is the root, home or current directory")
+        if not os.path.exists(os.path.join(workdir, "config.json")):
+            raise RunDirError(f"--overwrite refuses to delete {workdir}: it has no config.json, so it is not a run directory")
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    return False
+
+
+def write_json(path: str, obj) -> None:
+    """Writes atomically (temp file + rename), so a kill never leaves a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(config_lib.to_json(cfg) + "\n")
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise RunDirError(f"--workdir={workdir} has no config.json; is it a run directory made by `jaxformer train`?")
+    with open(path) as f:
+        return config_lib.from_json(f.read())
+
+
+def git_revision() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    import orbax.checkpoint
+
+    devices = jax.devices()
+    return {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "versions": {"python": sys.version.split()[0], "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                     "flax": flax.__version__, "optax": optax.__version__,
+                     "orbax_checkpoint": getattr(orbax.checkpoint, "__version__", "unknown")},
+        "device_kind": devices[0].device_kind,
+        "platform": devices[0].platform,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "host": platform.node(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "data_hash": data_hash,
+        "git_revision": git_revision(),
+        "config_hash": config_lib.config_hash(cfg),
+        "argv": sys.argv,
+    }
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+    """On resume from `step`: drop log lines past it (they will be logged again, identically)."""
+    for name in ("metrics.jsonl", "timing.jsonl"):
+        path = os.path.join(workdir, name)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+
+
+class MetricsWriter:
+    """Appends JSON lines to metrics.jsonl / timing.jsonl and mirrors scalars to TensorBoard when available."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.workdir, self.enabled = workdir, enabled
+        self._tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(workdir)
+            except ImportError:  # TensorBoard events are optional; the JSON lines are the record
+                self._tb = None
+
+    def write(self, record: dict, *, timing: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        if timing:
+            with open(os.path.join(self.workdir, "timing.jsonl"), "a") as f:
+                f.write(json.dumps({"step": record["step"], **timing}, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for key, value in {**record, **(timing or {})}.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

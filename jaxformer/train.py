@@ -1,0 +1,402 @@
+"""Training and evaluation: pure, jit-compiled `train_step` / `eval_step` over pytrees, and the loop around them.
+
+The train state is a plain pytree `{"step", "params", "opt_state", "rng", "nonfinite", "first_nonfinite"}`; the model's
+structure (an NNX GraphDef) is static and merged with the params inside the step. Batches are pure functions of
+(seed, step), dropout keys are `fold_in(rng, step)`, so a run resumed from a checkpoint at step s reproduces the
+uninterrupted run exactly on CPU.
+
+A non-finite loss or gradient norm never reaches the parameters: the update is skipped inside the compiled step and
+counted. With `train.nonfinite="stop"` every later update is skipped too, and the host stops the run at its next
+check (log or checkpoint step) with the first bad step reported and the last good checkpoint kept; with `"skip"`
+training goes on and the count is logged. Checking on the device keeps the step free of per-step host syncs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxformer import checkpoint as checkpoint_lib
+from jaxformer import config as config_lib
+from jaxformer import data as data_lib
+from jaxformer import run as run_lib
+from jaxformer import sharding as sharding_lib
+from jaxformer.model import GPT, count_params
+
+log = logging.getLogger("jaxformer")
+
+
+# ----------------------------------------------------------------------------------------------- model and optimizer
+
+def build_model(cfg: ml_collections.ConfigDict) -> GPT:
+    """The model for a resolved config, initialised from `train.seed`."""
+    return GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed))
+
+
+def split_model(model: GPT):
+    """(graphdef, params as a plain nested dict of arrays)."""
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def make_schedule(o: ml_collections.ConfigDict) -> optax.Schedule:
+    """Linear warm-up to `lr` over `warmup_steps` (nanoGPT's (it+1)/(warmup+1) ramp), cosine decay to `min_lr`."""
+    if o.warmup_steps == 0:
+        return optax.cosine_decay_schedule(o.lr, o.decay_steps, alpha=o.min_lr / o.lr)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=o.lr / (o.warmup_steps + 1), peak_value=o.lr, warmup_steps=o.warmup_steps,
+        decay_steps=max(o.decay_steps, o.warmup_steps + 1), end_value=o.min_lr)
+
+
+def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with decoupled weight decay on matrices only (ndim >= 2), after global-norm clipping."""
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    tx = optax.adamw(make_schedule(o), b1=o.beta1, b2=o.beta2, eps=1e-8, weight_decay=o.weight_decay,
+                     mask=decay_mask)
+    if o.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    return tx
+
+
+def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> dict:
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "rng": jax.random.key_data(jax.random.key(seed + 1)),
+        "nonfinite": jnp.zeros((), jnp.int32),
+        "first_nonfinite": jnp.full((), -1, jnp.int32),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------- pure steps
+
+def loss_fn(params, graphdef, batch, dropout_key=None):
+    """Weighted mean next-token cross-entropy (weights select the predicted tokens; all ones for plain text)."""
+    model = nnx.merge(graphdef, params)
+    logits_BxTxV = model(batch["inputs"], dropout_key=dropout_key)
+    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+    weights_BxT = batch["weights"]
+    return jnp.sum(losses_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
+
+
+def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool):
+    """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients."""
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    grad_fn = jax.value_and_grad(loss_fn)
+    params = state["params"]
+    if batch["inputs"].ndim == 2:
+        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None)
+    else:
+        def micro(carry, xs):
+            i, micro_batch = xs
+            key = jax.random.fold_in(step_key, i) if use_dropout else None
+            loss, grads = grad_fn(params, graphdef, micro_batch, key)
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        n = batch["inputs"].shape[0]
+        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (loss, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n), batch))
+        loss, grads = jax.tree.map(lambda x: x / n, (loss, grads))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    apply = finite & (state["nonfinite"] == 0) if stop_on_nonfinite else finite
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": keep(new_params, params),
+        "opt_state": keep(new_opt_state, state["opt_state"]),
+        "rng": state["rng"],
+        "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
+        "first_nonfinite": jnp.where(~finite & (state["first_nonfinite"] < 0), state["step"] + 1,
+                                     state["first_nonfinite"]),
+    }
+    return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+
+def eval_step(params, batch, *, graphdef):
+    """Sums for the weighted loss and the exact-match accuracy (every weighted target of an example right)."""
+    model = nnx.merge(graphdef, params)
+    logits_BxTxV = model(batch["inputs"])
+    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+    weights_BxT = batch["weights"]
+    correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == batch["targets"]) | (weights_BxT == 0)
+    has_answer_B = jnp.any(weights_BxT > 0, axis=-1)
+    return {
+        "loss_sum": jnp.sum(losses_BxT * weights_BxT),
+        "weight_sum": jnp.sum(weights_BxT),
+        "exact_sum": jnp.sum(jnp.all(correct_BxT, axis=-1) & has_answer_B),
+        "examples": jnp.sum(has_answer_B),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- the loop
+
+class _StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the current step and exits cleanly."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading_is_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Trainer:
+    """Everything needed to run steps for one resolved config: data, model structure, compiled steps, shardings."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, dataset=None):
+        self.dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
+        self.cfg = cfg = config_lib.resolve(cfg, vocab_size=self.dataset.vocab_size)
+        config_lib.validate(cfg, n_devices=jax.device_count())
+        self.mesh = sharding_lib.make_mesh(cfg.mesh)
+        model = build_model(cfg)
+        self.n_params = count_params(model)
+        self.n_params_non_embedding = count_params(model, non_embedding=True)
+        self.graphdef, params = split_model(model)
+        self.optimizer = make_optimizer(cfg.optim)
+
+        abstract = jax.eval_shape(functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed),
+                                  params)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.state_sharding = {
+            **jax.tree.map(lambda _: replicated, {k: v for k, v in abstract.items()
+                                                  if k not in ("params", "opt_state")}),
+            "params": sharding_lib.tree_shardings(abstract["params"], self.mesh),
+            "opt_state": sharding_lib.tree_shardings(abstract["opt_state"], self.mesh),
+        }
+        self.replicated_params = sharding_lib.replicated_names(abstract["params"], self.mesh)
+        self._params0 = params
+        accum = cfg.optim.accum_steps
+        self.batch_sharding = sharding_lib.batch_sharding(self.mesh, leading_axes=1 if accum > 1 else 0)
+        self.eval_sharding = sharding_lib.batch_sharding(self.mesh)
+        step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
+                                 use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop")
+        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+        self.eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef),
+                                 in_shardings=(self.state_sharding["params"], self.eval_sharding))
+        self.schedule = make_schedule(cfg.optim)
+
+    def initial_state(self) -> dict:
+        init = jax.jit(functools.partial(init_state, optimizer=self.optimizer, seed=self.cfg.train.seed),
+                       out_shardings=self.state_sharding)
+        return init(self._params0)
+
+    def abstract_state(self):
+        abstract = jax.eval_shape(functools.partial(init_state, optimizer=self.optimizer, seed=self.cfg.train.seed),
+                                  self._params0)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                            self.state_sharding)
+
+    def batch(self, step: int):
+        """The global batch of optimizer step `step` (this process's rows), placed on the mesh."""
+        cfg = self.cfg
+        accum, B = cfg.optim.accum_steps, cfg.data.batch_size
+        batch = self.dataset.batch("train", step, batch_size=B * accum, block_size=cfg.data.block_size,
+                                   seed=cfg.train.seed)
+        rows = sharding_lib.process_slice(B)
+        if accum > 1:
+            batch = {k: v.reshape(accum, B, *v.shape[1:])[:, rows] for k, v in batch.items()}
+        else:
+            batch = {k: v[rows] for k, v in batch.items()}
+        return sharding_lib.global_batch(batch, self.batch_sharding)
+
+    def evaluate(self, params, split: str) -> dict:
+        batches = self._eval_batches(split)
+        totals = None
+        for batch in batches:
+            out = self.eval_step(params, batch)
+            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        totals = jax.device_get(totals)
+        result = {"loss": float(totals["loss_sum"] / max(totals["weight_sum"], 1.0))}
+        if self.dataset.has_accuracy:
+            result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
+        return result
+
+    @functools.cache
+    def _eval_batches(self, split: str):
+        cfg = self.cfg
+        batches = self.dataset.eval_batches(split, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
+                                            num_batches=cfg.train.eval_iters, seed=cfg.train.seed)
+        rows = sharding_lib.process_slice(cfg.data.batch_size)
+        return [sharding_lib.global_batch({k: v[rows] for k, v in b.items()}, self.eval_sharding) for b in batches]
+
+
+def _should(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
+          dataset=None, stop_after: int | None = None) -> dict:
+    """Trains `cfg` into `workdir` (see run.py for what it holds); returns the final metrics.
+
+    `stop_after=N` runs only the first N steps of the same schedule (for `repro-check`), with no final-step extras.
+    """
+    sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
+    is_main = jax.process_index() == 0
+    resuming = run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else resume
+    trainer = Trainer(cfg, dataset)
+    cfg = trainer.cfg
+    dataset = trainer.dataset
+    t = cfg.train
+
+    if is_main:
+        run_lib.save_config(workdir, cfg)
+        run_lib.write_json(os.path.join(workdir, "manifest.json"), run_lib.manifest(cfg, data_hash=dataset.data_hash))
+        dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+    log.info("model: %s parameters (%s non-embedding); %s, %s attention, %d device(s)",
+             f"{trainer.n_params:,}", f"{trainer.n_params_non_embedding:,}", cfg.model.position.name,
+             cfg.model.attention.implementation, jax.device_count())
+    if trainer.replicated_params:
+        log.info("fsdp: replicated (no dimension divisible by %d): %s", cfg.mesh.fsdp,
+                 ", ".join(trainer.replicated_params))
+
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, enabled=is_main)
+    start = 0
+    if resuming and checkpoints.latest_step() is not None:
+        start, state = checkpoints.restore(trainer.abstract_state())
+        run_lib.truncate_metrics(workdir, start)
+        log.info("resumed from step %d", start)
+    else:
+        state = trainer.initial_state()
+        if resuming:
+            run_lib.truncate_metrics(workdir, 0)
+
+    writer = run_lib.MetricsWriter(workdir, enabled=is_main)
+    tokens_per_step = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps
+    progress = _progress(start, t.steps, enabled=is_main and t.progress)
+    pending, last_time, last_step = [], time.perf_counter(), start
+    result: dict = {"step": start, "stopped": None}
+    best_val = math.inf
+    with _StopSignal() as stop:
+        for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
+            state, metrics = trainer.train_step(state, trainer.batch(step))
+            pending.append(metrics)
+            done = step + 1
+            if _should(done, t.log_every, t.steps) or stop.received:
+                fetched = jax.device_get(pending)
+                nonfinite, first_bad = (int(x) for x in jax.device_get((state["nonfinite"],
+                                                                         state["first_nonfinite"])))
+                now = time.perf_counter()
+                record = {"step": done, "loss": float(np.mean([m["loss"] for m in fetched])),
+                          "grad_norm": float(fetched[-1]["grad_norm"]), "lr": float(trainer.schedule(done - 1))}
+                if nonfinite:
+                    record["nonfinite_steps"] = nonfinite
+                elapsed = now - last_time
+                timing = {"ms_per_step": 1000 * elapsed / (done - last_step),
+                          "tokens_per_s": tokens_per_step * (done - last_step) / elapsed}
+                writer.write(record, timing=timing)
+                progress.update(done - last_step)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{timing['tokens_per_s']:.0f}")
+                pending, last_time, last_step = [], now, done
+                result.update(record)
+                if nonfinite and t.nonfinite == "stop":
+                    result["stopped"] = f"non-finite loss or gradient at step {first_bad}"
+                    break
+            if _should(done, t.eval_every, t.steps):
+                val = trainer.evaluate(state["params"], "val")
+                train_eval = trainer.evaluate(state["params"], "train")
+                record = {"step": done, "val_loss": val["loss"], "train_eval_loss": train_eval["loss"]}
+                if "accuracy" in val:
+                    record["val_accuracy"] = val["accuracy"]
+                writer.write(record)
+                result.update(record)
+                best_val = min(best_val, val["loss"])
+                log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
+                         f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
+            if t.attention_diagnostics_every and _should(done, t.attention_diagnostics_every, t.steps):
+                writer.write({"step": done, **attention_diagnostics(trainer, state["params"])})
+            if _should(done, t.checkpoint_every, t.steps) or stop.received:
+                val_loss = result.get("val_loss") if result.get("step") == done and "val_loss" in result else None
+                if is_main:
+                    checkpoints.save(done, state, val_loss=val_loss)
+            if stop.received:
+                result["stopped"] = f"{stop.received} at step {done}; checkpoint saved"
+                break
+            result["step"] = done
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    progress.close()
+    if result["stopped"]:
+        log.warning("stopped: %s", result["stopped"])
+    if is_main and not result["stopped"] and result["step"] == t.steps:
+        finish(trainer, state["params"], workdir)
+    result["params"] = state["params"]
+    result["trainer"] = trainer
+    return result
+
+
+def attention_diagnostics(trainer: Trainer, params) -> dict:
+    from jaxformer.analysis import diagnostics
+
+    model = nnx.merge(trainer.graphdef, params)
+    return diagnostics.training_metrics(model, trainer.dataset, trainer.cfg)
+
+
+def finish(trainer: Trainer, params, workdir: str) -> None:
+    """End-of-run artefacts: samples.txt and plots/loss.png."""
+    from jaxformer import plots, sample
+
+    cfg = trainer.cfg
+    if cfg.train.sample_chars > 0:
+        model = nnx.merge(trainer.graphdef, params)
+        text = sample.sample_for_run(model, trainer.dataset, cfg, num_tokens=cfg.train.sample_chars)
+        with open(os.path.join(workdir, "samples.txt"), "w") as f:
+            f.write(text)
+    plots.loss_curve(run_lib.read_metrics(workdir), os.path.join(workdir, "plots", "loss.png"),
+                     title=f"{cfg.data.name} / {cfg.model.position.name}")
+
+
+def _progress(start: int, total: int, *, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled or not sys.stderr.isatty(), unit="step",
+                dynamic_ncols=True)
+
+
+def restore_params(workdir: str, *, which: str = "latest", step: int | None = None):
+    """(config, graphdef, params, step) of a run directory's checkpoint, without loading its dataset."""
+    cfg = run_lib.load_config(workdir)
+    graphdef, params = split_model(build_model(cfg))
+    optimizer = make_optimizer(cfg.optim)
+    abstract = jax.eval_shape(functools.partial(init_state, optimizer=optimizer, seed=cfg.train.seed), params)
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        step, state = checkpoints.restore(checkpoint_lib.abstract_like(abstract, jax.tree.map(
+            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)), which=which, step=step)
+    finally:
+        checkpoints.close()
+    return cfg, graphdef, state["params"], step
