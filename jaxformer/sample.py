@@ -10,8 +10,6 @@ Sampling: logits / temperature, then keep the `top_k` largest (nanoGPT's `genera
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,67 +26,66 @@ def sample_logits(logits_V, key, *, temperature: float, top_k: int | None):
     return jax.random.categorical(key, logits_V, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity"))
-def _prefill(graphdef, params, tokens_1xT, *, capacity: int):
-    model = nnx.merge(graphdef, params)
-    cache = model.init_cache(1, capacity)
-    logits_1xTxV, cache = model.decode(tokens_1xT, cache)
-    return logits_1xTxV[0, -1], cache
+class Generator:
+    """Jit-compiled prefill / cached step / full-window forward for one model (compiled once, reused per call)."""
 
+    def __init__(self, model):
+        graphdef, state = nnx.split(model)
+        self.params = nnx.to_pure_dict(state)
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "top_k"), donate_argnames=("cache",))
-def _cached_step(graphdef, params, logits_V, cache, key, *, temperature, top_k):
-    token = sample_logits(logits_V, key, temperature=temperature, top_k=top_k)
-    model = nnx.merge(graphdef, params)
-    logits_1x1xV, cache = model.decode(token[None, None], cache)
-    return token, logits_1x1xV[0, 0], cache
+        def prefill(params, tokens_1xT, capacity):
+            model = nnx.merge(graphdef, params)
+            cache = model.init_cache(1, capacity)
+            logits_1xTxV, cache = model.decode(tokens_1xT, cache)
+            return logits_1xTxV[0, -1], cache
 
+        def cached_step(params, logits_V, cache, key, temperature, top_k):
+            token = sample_logits(logits_V, key, temperature=temperature, top_k=top_k)
+            logits_1x1xV, cache = nnx.merge(graphdef, params).decode(token[None, None], cache)
+            return token, logits_1x1xV[0, 0], cache
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _full_logits(graphdef, params, tokens_1xT, last):
-    """Logits at position `last` of a full (uncached) forward pass over a fixed-size window."""
-    model = nnx.merge(graphdef, params)
-    return model(tokens_1xT)[0, last]
+        def full_logits(params, tokens_1xT, last):
+            """Logits at position `last` of a full (uncached) forward pass over a fixed-size window."""
+            return nnx.merge(graphdef, params)(tokens_1xT)[0, last]
 
+        self.prefill = jax.jit(prefill, static_argnums=2)
+        self.cached_step = jax.jit(cached_step, static_argnums=(4, 5), donate_argnums=2)
+        self.full_logits = jax.jit(full_logits)
 
-def generate(model, prompt_ids, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             seed: int = 0, max_context: int | None = None, use_cache: bool = True) -> np.ndarray:
-    """Prompt + `max_new_tokens` sampled ids. `use_cache=False` recomputes the whole window every token (baseline)."""
-    prompt_ids = np.asarray(prompt_ids, np.int32)
-    if prompt_ids.ndim != 1 or prompt_ids.size == 0:
-        raise ValueError("prompt must be a non-empty 1-D sequence of token ids")
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    total = prompt_ids.size + max_new_tokens
-    max_context = max_context or total
-    if prompt_ids.size > max_context:
+    def __call__(self, prompt_ids, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int = 0, max_context: int | None = None, use_cache: bool = True) -> np.ndarray:
+        prompt_ids = np.asarray(prompt_ids, np.int32)
+        if prompt_ids.ndim != 1 or prompt_ids.size == 0:
+            raise ValueError("prompt must be a non-empty 1-D sequence of token ids")
+        max_context = max_context or prompt_ids.size + max_new_tokens
         prompt_ids = prompt_ids[-max_context:]
-        total = prompt_ids.size + max_new_tokens
-    key = jax.random.key(seed)
-    out = list(prompt_ids)
-    capacity = min(total, max_context)
-    i = 0
-    if use_cache:
-        logits_V, cache = _prefill(graphdef, params, jnp.asarray(prompt_ids)[None], capacity=capacity)
-        while len(out) < capacity and i < max_new_tokens:
-            token, logits_V, cache = _cached_step(graphdef, params, logits_V, cache, jax.random.fold_in(key, i),
-                                                  temperature=temperature, top_k=top_k)
-            out.append(int(token))
+        capacity = min(prompt_ids.size + max_new_tokens, max_context)
+        key = jax.random.key(seed)
+        draw = lambda logits_V, i: sample_logits(logits_V, jax.random.fold_in(key, i), temperature=temperature,
+                                                 top_k=top_k)
+        out, i = list(prompt_ids), 0
+        if use_cache:
+            logits_V, cache = self.prefill(self.params, jnp.asarray(prompt_ids)[None], capacity)
+            while len(out) < capacity and i < max_new_tokens:
+                token, logits_V, cache = self.cached_step(self.params, logits_V, cache, jax.random.fold_in(key, i),
+                                                          temperature, top_k)
+                out.append(int(token))
+                i += 1
+            if i < max_new_tokens:  # the cache is full; the last token's logits are known, then crop
+                out.append(int(draw(logits_V, i)))
+                i += 1
+        while i < max_new_tokens:
+            window = np.asarray(out[-capacity:], np.int32)
+            padded = np.zeros(capacity, np.int32)
+            padded[: window.size] = window  # causal: the padding after `last` cannot affect its logits
+            out.append(int(draw(self.full_logits(self.params, jnp.asarray(padded)[None], window.size - 1), i)))
             i += 1
-        if len(out) == capacity and i < max_new_tokens:
-            # The cache is full: the last sampled token has its logits; continue cropped.
-            token = sample_logits(logits_V, jax.random.fold_in(key, i), temperature=temperature, top_k=top_k)
-            out.append(int(token))
-            i += 1
-    while i < max_new_tokens:
-        window = np.asarray(out[-capacity:], np.int32)
-        last = window.size - 1
-        padded = np.zeros(capacity, np.int32)
-        padded[: window.size] = window  # causal: positions after `last` cannot affect its logits
-        logits_V = _full_logits(graphdef, params, jnp.asarray(padded)[None], last)
-        out.append(int(sample_logits(logits_V, jax.random.fold_in(key, i), temperature=temperature, top_k=top_k)))
-        i += 1
-    return np.asarray(out, np.int32)
+        return np.asarray(out, np.int32)
+
+
+def generate(model, prompt_ids, **kwargs) -> np.ndarray:
+    """Prompt + `max_new_tokens` sampled ids (see `Generator.__call__`); `use_cache=False` is the uncached baseline."""
+    return Generator(model)(prompt_ids, **kwargs)
 
 
 def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> str:
@@ -96,19 +93,19 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
     tokenizer = dataset.tokenizer
     if not dataset.has_accuracy:
         prompt = tokenizer.encode("\n") if "\n" in tokenizer.vocab else np.zeros(1, np.int32)
-        ids = generate(model, prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
+        ids = Generator(model)( prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
                        max_context=cfg.data.block_size)
         return tokenizer.decode(ids[len(prompt):])
     batch = dataset.eval_batches("val", batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                  num_batches=1, seed=cfg.train.seed)[0]
-    lines = []
+    lines, generator = [], Generator(model)
     for b in range(min(5, batch["inputs"].shape[0])):
         answer = np.nonzero(batch["weights"][b] > 0)[0]
         if answer.size == 0:
             continue
         start, n = int(answer[0]), int(answer.size)
         prompt = batch["inputs"][b, : start + 1]
-        ids = generate(model, prompt, max_new_tokens=n, temperature=0.0)
+        ids = generator(prompt, max_new_tokens=n, temperature=0.0)
         predicted = tokenizer.decode(ids[start + 1:])
         expected = tokenizer.decode(batch["targets"][b, answer])
         lines.append(f"prompt:   {tokenizer.decode(prompt)}\nexpected: {expected}\ngreedy:   {predicted}"

@@ -305,7 +305,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             state, metrics = trainer.train_step(state, trainer.batch(step))
             pending.append(metrics)
             done = step + 1
-            if _should(done, t.log_every, t.steps) or stop.received:
+            if _should(done, t.log_every, t.steps):
                 fetched = jax.device_get(pending)
                 nonfinite, first_bad = (int(x) for x in jax.device_get((state["nonfinite"],
                                                                          state["first_nonfinite"])))

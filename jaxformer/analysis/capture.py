@@ -1,0 +1,219 @@
+"""Capture the attention weights of a trained run: every layer and head, `[L, H, T, T]`, with the tokens.
+
+Entry `(i, j)` of a head's matrix is the weight query token i puts on key token j (rows sum to one; causal, so
+`j <= i`). The weights are recomputed through the reference attention path (`model.attention.implementation` forced
+to "reference"; the parameters do not depend on the implementation), so runs trained with the chunked or fused
+implementations, which never materialise the matrices, are captured the same way. Every positional-encoding variant
+is included as the model applies it: rotations inside q and k, logit biases (ALiBi, T5, KERPLE, FIRE) added before
+the softmax.
+
+    cap = capture_text("runs/baby", "ROMEO: ", which="best", layers=[0, 1], heads=[2])
+    cap.weights_LxHxTxT, cap.tokens
+
+`save_npz` writes the raw arrays; `save_bertviz` / `load_bertviz` the list of per-layer `[1, H, T, T]` arrays and
+the tokens that BertViz's `head_view(attention, tokens)` takes (convert with `torch.from_numpy` first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxformer import positional
+from jaxformer.model import GPT
+
+
+@dataclasses.dataclass
+class Capture:
+    weights_LxHxTxT: np.ndarray  # float32, the selected layers x selected heads
+    token_ids: np.ndarray  # [T] int32
+    tokens: list[str]  # [T] the text of each token
+    layers: list[int]  # model layer index of each row of weights_LxHxTxT
+    heads: list[int]  # model head index of each column
+    info: dict = dataclasses.field(default_factory=dict)  # workdir, checkpoint, step, position, implementation
+
+
+# ------------------------------------------------------------------------------------------ model on the reference
+
+
+def reference_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of a `model` config section with the reference attention implementation (same parameters)."""
+    cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+    cfg.attention.implementation = "reference"
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _graphdef(model_cfg_json: str):
+    cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0))))
+    return graphdef
+
+
+def reference_graphdef(model_cfg: ml_collections.ConfigDict):
+    """The NNX structure of the model on the reference path (built abstractly: no parameters are initialised)."""
+    return _graphdef(json.dumps(reference_config(model_cfg).to_dict(), sort_keys=True))
+
+
+def reference_model(model_cfg: ml_collections.ConfigDict, params) -> GPT:
+    """The model of `model_cfg` with `params` (a pure dict, e.g. from `train.restore_params`), reference attention."""
+    return nnx.merge(reference_graphdef(model_cfg), params)
+
+
+def attention_weights(model: GPT, token_ids_T) -> tuple[np.ndarray, np.ndarray]:
+    """(logits `[T, V]`, weights `[L, H, T, T]`) of one sequence, float32 NumPy."""
+    logits_1xTxV, w_Lx1xHxTxT = attention_weights_batch(model, np.asarray(token_ids_T)[None])
+    return logits_1xTxV[0], w_Lx1xHxTxT[:, 0]
+
+
+def attention_weights_batch(model: GPT, tokens_BxT) -> tuple[np.ndarray, np.ndarray]:
+    """(logits `[B, T, V]`, weights `[L, B, H, T, T]`), float32 NumPy, through the model's own `attention_weights`."""
+    graphdef, state = nnx.split(model)
+    logits_BxTxV, w_LxBxHxTxT = compiled(graphdef, _attention_weights)(state, jnp.asarray(tokens_BxT, jnp.int32))
+    return np.asarray(logits_BxTxV, np.float32), np.asarray(w_LxBxHxTxT, np.float32)
+
+
+def _attention_weights(model: GPT, tokens_BxT):
+    return model.attention_weights(tokens_BxT)
+
+
+_COMPILED: list = []  # [(graphdef, fn, jitted)], most recent last
+
+
+def compiled(graphdef, fn):
+    """`jax.jit` of `lambda state, *args: fn(nnx.merge(graphdef, state), *args)`, cached per (structure, fn).
+
+    The cache compares graphdefs by equality: a GPT graphdef holds the positional-encoding record, whose dict
+    field makes it unhashable, so it cannot be a static argument of `jax.jit`.
+    """
+    for g, f, jitted in _COMPILED:
+        if f is fn and (g is graphdef or g == graphdef):
+            return jitted
+    jitted = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+    _COMPILED.append((graphdef, fn, jitted))
+    del _COMPILED[:-16]
+    return jitted
+
+
+# ------------------------------------------------------------------------------------------------- from a run
+
+
+def parse_indices(spec: str | None, n: int, *, flag: str) -> list[int]:
+    """"0,2-3" -> [0, 2, 3]; None, "" or "all" -> all of range(n); anything else -> a one-line ValueError."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(range(n))
+    out: list[int] = []
+    for part in spec.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ValueError(f"{flag}={spec!r}; expected indices such as 0,2-3")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        for v in range(lo, hi + 1):
+            if v >= n:
+                raise ValueError(f"{flag}={spec!r}: index {v} is out of range; the run has {n} (0..{n - 1})")
+            if v not in out:
+                out.append(v)
+    if not out:
+        raise ValueError(f"{flag}={spec!r}; expected indices such as 0,2-3")
+    return out
+
+
+def token_labels(tokenizer, token_ids) -> list[str]:
+    """The text of each token, one decode per id (a character for the char-level tokenizers)."""
+    return [tokenizer.decode(np.asarray([i], np.int32)) for i in np.asarray(token_ids).tolist()]
+
+
+def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
+    """(config, reference-path model, tokenizer, step) of a run directory's checkpoint."""
+    from jaxformer import data as data_lib
+    from jaxformer import train as train_lib
+
+    if which not in ("latest", "best"):
+        raise ValueError(f"--checkpoint={which!r}; choose one of: latest, best")
+    vocab = os.path.join(workdir, "vocab.json")
+    cfg, _, params, step = train_lib.restore_params(workdir, which=which, step=step)
+    if not os.path.exists(vocab):
+        raise FileNotFoundError(f"--workdir={workdir} has no vocab.json; is it a run directory made by `jaxformer train`?")
+    tokenizer = data_lib.load_tokenizer(vocab)
+    return cfg, reference_model(cfg.model, params), tokenizer, step
+
+
+def check_length(cfg: ml_collections.ConfigDict, n_tokens: int) -> None:
+    """Refuses texts the model cannot position (learned tables) and empty ones; one-line ValueError."""
+    if n_tokens < 2:
+        raise ValueError(f"--text has {n_tokens} token(s); give at least 2")
+    name = cfg.model.position.name
+    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
+    if limit is not None and n_tokens > limit:
+        raise ValueError(f"--text has {n_tokens} tokens, beyond the {name} table of this run "
+                         f"(model.position.{name}.max_len={limit}); shorten it")
+
+
+def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int] | None = None,
+                heads: list[int] | None = None, info: dict | None = None) -> Capture:
+    """The weights of the selected layers and heads for one sequence of token ids."""
+    _, w_LxHxTxT = attention_weights(model, token_ids_T)
+    layers = list(range(w_LxHxTxT.shape[0])) if layers is None else list(layers)
+    heads = list(range(w_LxHxTxT.shape[1])) if heads is None else list(heads)
+    return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)], token_ids=np.asarray(token_ids_T, np.int32),
+                   tokens=list(tokens), layers=layers, heads=heads, info=dict(info or {}))
+
+
+def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | None = None,
+                 layers: str | list[int] | None = None, heads: str | list[int] | None = None) -> Capture:
+    """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text`."""
+    cfg, model, tokenizer, step = load_run(workdir, which=which, step=step)
+    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: the tokenizer's one-line error
+    check_length(cfg, int(token_ids.size))
+    if not isinstance(layers, list):
+        layers = parse_indices(layers, cfg.model.n_layer, flag="--layers")
+    if not isinstance(heads, list):
+        heads = parse_indices(heads, cfg.model.n_head, flag="--heads")
+    info = {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": int(step),
+            "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
+            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
+            "data": cfg.data.name}
+    return capture_ids(model, token_ids, token_labels(tokenizer, token_ids), layers=layers, heads=heads, info=info)
+
+
+# ------------------------------------------------------------------------------------------------------ files
+
+
+def save_npz(cap: Capture, path: str) -> None:
+    """`weights [L, H, T, T]`, `token_ids [T]`, `tokens [T]` (str), `layers [L]`, `heads [H]`, `info` (JSON str)."""
+    np.savez_compressed(path, weights=cap.weights_LxHxTxT.astype(np.float32), token_ids=cap.token_ids,
+                        tokens=np.asarray(cap.tokens, dtype=str), layers=np.asarray(cap.layers, np.int32),
+                        heads=np.asarray(cap.heads, np.int32), info=np.asarray(json.dumps(cap.info, sort_keys=True)))
+
+
+def load_npz(path: str) -> Capture:
+    with np.load(path) as z:
+        return Capture(weights_LxHxTxT=z["weights"], token_ids=z["token_ids"], tokens=[str(t) for t in z["tokens"]],
+                       layers=z["layers"].tolist(), heads=z["heads"].tolist(), info=json.loads(str(z["info"])))
+
+
+def save_bertviz(cap: Capture, path: str) -> None:
+    """BertViz's input as an .npz: `attention_0 .. attention_{L-1}` each `[1, H, T, T]`, and `tokens`."""
+    arrays = {f"attention_{a}": cap.weights_LxHxTxT[a][None].astype(np.float32) for a in range(len(cap.layers))}
+    np.savez_compressed(path, tokens=np.asarray(cap.tokens, dtype=str), **arrays)
+
+
+def load_bertviz(path: str) -> tuple[list[np.ndarray], list[str]]:
+    """(per-layer `[1, H, T, T]` arrays, tokens) for `bertviz.head_view`:
+
+        attention, tokens = load_bertviz("out/bertviz.npz")
+        head_view([torch.from_numpy(a) for a in attention], tokens)
+    """
+    with np.load(path) as z:
+        n = sum(1 for k in z.files if k.startswith("attention_"))
+        return [z[f"attention_{a}"] for a in range(n)], [str(t) for t in z["tokens"]]

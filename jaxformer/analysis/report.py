@@ -1,0 +1,126 @@
+"""`jaxformer attention`: a run's attention on a text, written as pictures, an interactive page, arrays and diagnostics.
+
+    jaxformer attention --workdir RUN --text "ROMEO: " [--out DIR] [--checkpoint latest|best] [--layers 0,1]
+                        [--heads 0-3] [--induction-period N] [--seed 0]
+
+DIR (default RUN/attention) receives:
+    grid.png              layers x heads heatmaps, token labels where they fit
+    heads/L{l}H{h}.png    one large heatmap per selected head
+    attention.html        the self-contained interactive viewer (viewer.py)
+    weights.npz           weights [L, H, T, T], token_ids, tokens, layers, heads, info (capture.save_npz)
+    bertviz.npz           per-layer [1, H, T, T] arrays + tokens for BertViz's head_view (capture.load_bertviz)
+    diagnostics.csv/.png  per layer and head: entropy, mean distance, sink, previous-token (on the text) and
+                          induction (on repeated random tokens); definitions in diagnostics.py
+    diagnostics_history.png  when the run logged them (train.attention_diagnostics_every), their evolution
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import numpy as np
+
+from jaxformer.analysis import capture, diagnostics, heatmaps, viewer
+
+log = logging.getLogger("jaxformer")
+
+
+def diagnostics_table(model, cap: capture.Capture, *, period: int, vocab_size: int, seed: int = 0) -> dict:
+    """`{metric: [L, H]}` for the captured layers and heads: text metrics on the capture, induction on
+    `repeated_random_tokens(batch=4, period=period)`."""
+    table = {name: np.asarray(v, np.float32) for name, v in diagnostics.text_diagnostics(cap.weights_LxHxTxT).items()}
+    repeated_BxT = diagnostics.repeated_random_tokens(batch=4, period=period, vocab_size=vocab_size, seed=seed)
+    _, w_LxBxHxTxT = capture.attention_weights_batch(model, repeated_BxT)
+    w_LxBxHxTxT = w_LxBxHxTxT[cap.layers][:, :, cap.heads]
+    table["induction"] = np.asarray(diagnostics.induction_score(w_LxBxHxTxT, period=period), np.float32).mean(axis=1)
+    return table
+
+
+def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = None,
+                 metrics: list[dict] | None = None) -> list[str]:
+    """Writes every output file of `jaxformer attention` for a capture; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    info = cap.info
+    title = " · ".join(str(x) for x in (info.get("position"), f"step {info['step']}" if "step" in info else None,
+                                        f"{len(cap.tokens)} tokens") if x)
+    paths = []
+
+    def path(name):
+        paths.append(os.path.join(out_dir, name))
+        return paths[-1]
+
+    heatmaps.grid(cap.weights_LxHxTxT, cap.tokens, path("grid.png"), layers=cap.layers, heads=cap.heads, title=title)
+    for a, layer in enumerate(cap.layers):
+        for b, head in enumerate(cap.heads):
+            heatmaps.head(cap.weights_LxHxTxT[a, b], cap.tokens, path(os.path.join("heads", f"L{layer}H{head}.png")),
+                          title=f"layer {layer}, head {head} · {title}")
+    viewer.write(cap, path("attention.html"), table)
+    capture.save_npz(cap, path("weights.npz"))
+    capture.save_bertviz(cap, path("bertviz.npz"))
+    if table is not None:
+        diagnostics.write_csv(path("diagnostics.csv"), table, layers=cap.layers, heads=cap.heads)
+        heatmaps.diagnostics_table(table, path("diagnostics.png"), layers=cap.layers, heads=cap.heads, title=title)
+    series = diagnostics.history(metrics or [])
+    if series:
+        heatmaps.diagnostics_history(series, path("diagnostics_history.png"),
+                                     title="attention diagnostics during training")
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxformer attention",
+                                description="Capture a run's attention on a text: grid.png, one PNG per head, "
+                                            "attention.html (interactive, self-contained), weights.npz, "
+                                            "bertviz.npz, diagnostics.csv/.png.",
+                                epilog="--debug shows tracebacks on errors")
+    p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
+    text.add_argument("--text-file", help="read the text from this file")
+    p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--step", type=int, help="a specific checkpoint step (default: the latest / best one)")
+    p.add_argument("--layers", default="all", help="layers to keep, e.g. 0,2-3 (default: all)")
+    p.add_argument("--heads", default="all", help="heads to keep, e.g. 0,2-3 (default: all)")
+    p.add_argument("--induction-period", type=int, default=0,
+                   help="block length n of the repeated random sequence (2n tokens) for the induction score "
+                        "(default: min(block_size // 2, 128))")
+    p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence")
+    return p
+
+
+def attention_main(argv: list[str]) -> int:
+    from jaxformer import run as run_lib
+
+    args = _parser().parse_args(argv)
+    if args.text_file is not None:
+        with open(args.text_file, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = args.text
+    cfg, model, tokenizer, step = capture.load_run(args.workdir, which=args.checkpoint, step=args.step)
+    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: the tokenizer's one-line error
+    capture.check_length(cfg, int(token_ids.size))
+    if token_ids.size > cfg.data.block_size:
+        log.warning("the text has %d tokens, longer than the %d the run was trained on", token_ids.size,
+                    cfg.data.block_size)
+    layers = capture.parse_indices(args.layers, cfg.model.n_layer, flag="--layers")
+    heads = capture.parse_indices(args.heads, cfg.model.n_head, flag="--heads")
+    period = args.induction_period or diagnostics.induction_period(cfg.data.block_size)
+    if period < 2:
+        raise ValueError(f"--induction-period={period}; must be >= 2")
+    capture.check_length(cfg, 2 * period)
+    info = {"workdir": os.path.abspath(args.workdir), "checkpoint": args.checkpoint, "step": int(step),
+            "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
+            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "data": cfg.data.name}
+    cap = capture.capture_ids(model, token_ids, capture.token_labels(tokenizer, token_ids), layers=layers,
+                              heads=heads, info=info)
+    table = diagnostics_table(model, cap, period=period, vocab_size=cfg.model.vocab_size, seed=args.seed)
+    out_dir = args.out or os.path.join(args.workdir, "attention")
+    paths = write_report(cap, out_dir, table=table, metrics=run_lib.read_metrics(args.workdir))
+    print(f"{len(cap.layers)} layer(s) x {len(cap.heads)} head(s), {len(cap.tokens)} tokens, step {step}: "
+          f"wrote {len(paths)} files to {out_dir}")
+    print(f"open {os.path.join(out_dir, 'attention.html')}")
+    return 0

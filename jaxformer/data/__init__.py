@@ -1,0 +1,56 @@
+"""The data layer: datasets by name, as NumPy batches that are pure functions of (seed, split, step).
+
+    load_dataset(cfg.data) -> Dataset        data.name: tiny_shakespeare | synthetic/<task> | tfds:<name>
+    list_datasets()                          the names load_dataset knows (tfds:<name> aside)
+    default_config()                         the `data` config section
+    load_tokenizer(path)                     a run directory's vocab.json
+
+A Dataset has `.batch(split, step, ...)`, `.eval_batches(...)`, `.windows(split, length=...)`,
+`.split_tokens(split)`, `.tokenizer`, `.vocab_size`, `.has_accuracy` and `.data_hash` (see dataset.py).
+Splits are "train" and "val".
+Nothing here imports the model; TFDS is imported only when a TFDS dataset is loaded, TensorFlow never.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxformer.data.dataset import Dataset
+from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
+from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
+from jaxformer.data.tokenizer import DataError, Tokenizer, load_tokenizer
+
+__all__ = ["DataError", "Dataset", "SyntheticDataset", "TextDataset", "Tokenizer", "default_config",
+           "list_datasets", "load_dataset", "load_tokenizer"]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra)
+    d.block_size = 32  # tokens per training row T (context length)
+    d.batch_size = 32  # rows per batch B (per optimizer micro-step)
+    d.val_split = "validation"  # TFDS split(s) read as "val", +-joined; validation+test = nanoGPT's last 10%
+    d.manual_dir = ""  # folder holding input.txt for offline use; "" = $JAXFORMER_MANUAL_DIR, else download
+    d.data_dir = ""  # TFDS data dir for prepared data; "" = $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    d.synthetic = ml_collections.ConfigDict()
+    d.synthetic.num_symbols = 16  # distinct symbols a, b, ... in the prompts (at most 52)
+    d.synthetic.min_items = 0  # smallest task size n in batches (n ~ uniform[min, max]); 0 = max_items
+    d.synthetic.max_items = 0  # largest task size n in batches; 0 = as many as fit data.block_size
+    d.synthetic.eval_examples = 256  # examples per length in windows() when the caller gives no count
+    return d
+
+
+def list_datasets() -> list:
+    return ["tiny_shakespeare", *(f"synthetic/{task}" for task in TASKS)]
+
+
+def load_dataset(data_cfg) -> Dataset:
+    """The dataset `data_cfg.name` names (TFDS data is prepared on first use)."""
+    name = data_cfg.name
+    if name == "tiny_shakespeare":
+        return load_tiny_shakespeare(data_cfg)
+    if name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
+        return load_synthetic(data_cfg)
+    if name.startswith("tfds:") and len(name) > len("tfds:"):
+        return load_tfds_text(data_cfg)
+    raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")

@@ -1,0 +1,78 @@
+"""What the training loop sees of a dataset: NumPy batches that are pure functions of (seed, split, step).
+
+A batch is `{"inputs": int32 [B,T], "targets": int32 [B,T], "weights": float32 [B,T]}`: the model reads
+`inputs`, the loss is the `weights`-weighted cross-entropy against `targets`. There is no iterator and no
+hidden state: the batch of step `s` is drawn from a NumPy generator seeded with `(seed, split, stream, s)`,
+so a run resumed at step `s` sees exactly the batches an uninterrupted run would have seen, and two runs with
+the same seed see the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxformer.data.tokenizer import DataError, Tokenizer
+
+SPLITS = ("train", "val")
+_SPLIT_CODE = {"train": 0, "val": 1}
+# One random stream per purpose, so eval batch i is never training batch i.
+TRAIN_STREAM, EVAL_STREAM, WINDOW_STREAM = 0, 1, 2
+
+
+def check_split(split: str) -> None:
+    if split not in _SPLIT_CODE:
+        raise DataError(f"split={split!r}; choose one of: {', '.join(SPLITS)}")
+
+
+def rng(seed: int, split: str, stream: int, index: int) -> np.random.Generator:
+    """The generator of one batch: a pure function of its arguments (NumPy's SeedSequence hashes them)."""
+    check_split(split)
+    for name, value in (("seed", seed), ("step", index)):
+        if int(value) != value or value < 0:
+            raise DataError(f"{name}={value!r}; must be a non-negative integer")
+    return np.random.default_rng([int(seed), _SPLIT_CODE[split], stream, int(index)])
+
+
+def check_sizes(*, batch_size: int, block_size: int) -> None:
+    if batch_size < 1:
+        raise DataError(f"data.batch_size={batch_size}; must be >= 1")
+    if block_size < 1:
+        raise DataError(f"data.block_size={block_size}; must be >= 1")
+
+
+class Dataset:
+    """Base class of the text datasets and the synthetic tasks (the module docstring has the batch format).
+
+    Attributes: `name` (the `data.name` it was loaded by), `tokenizer`, `vocab_size`, `has_accuracy` (True
+    when examples have a prompt and an answer, so exact-match accuracy is defined), `data_hash` (sha256 of the
+    source text, or of the task specification; it goes into the run manifest).
+    """
+
+    name: str
+    tokenizer: Tokenizer
+    has_accuracy: bool = False
+    data_hash: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def batch(self, split: str, step: int, *, batch_size: int, block_size: int, seed: int) -> dict:
+        """The batch of training step `step`: a pure function of (seed, split, step)."""
+        raise NotImplementedError
+
+    def eval_batches(self, split: str, *, batch_size: int, block_size: int, num_batches: int,
+                     seed: int) -> list:
+        """A fixed list of batches for periodic evaluation: the same at every call with the same arguments."""
+        raise NotImplementedError
+
+    def windows(self, split: str, *, length: int, max_windows: int | None = None) -> dict:
+        """A batch of `length`-token rows for length-extrapolation evaluation (same keys as `batch`)."""
+        raise NotImplementedError
+
+    def split_tokens(self, split: str) -> np.ndarray | None:
+        """The whole split as token ids (text datasets); None for synthetic tasks."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"

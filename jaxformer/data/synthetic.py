@@ -1,0 +1,200 @@
+"""Synthetic tasks generated in code (no download): the embedded default, and clean PE experiments.
+
+An example is a prompt followed by its answer, e.g. copy `abca|` -> `abca`. One example per row,
+left-aligned and padded with `_`; `inputs`/`targets` are the row and the row shifted by one, and `weights`
+is 1 exactly where the target is an answer token. An example is exact-match correct when every answer token
+is the argmax prediction (teacher forcing: the answer's earlier tokens are given). All tasks share one
+vocabulary of single characters, so the character tokenizer (and `jaxformer sample --prompt "abca|"`) works
+on them too:
+
+    `_` pad (id 0)   `|` separator (id 1)   `0`..`9` digits (ids 2-11)   `a`, `b`, ... (`num_symbols`)
+
+Each task has a size n (items in the prompt); how an example grows with n:
+
+    copy                s_1..s_n | s_1..s_n           2n+1 tokens, n answer tokens
+    reverse             s_1..s_n | s_n..s_1           2n+1 tokens, n answer tokens
+    associative_recall  k_1 v_1 .. k_n v_n | q v      2n+3 tokens, 1 answer token: the value bound to key q
+                                                      (keys may repeat: the last binding counts)
+    induction           s_1..s_n | q s_{j+1}          n+3 tokens, 1 answer token: the symbol after the last
+                                                      s_j = q in s_1..s_{n-1} (Olsson et al., 2022)
+    count               s_1..s_n | q c                n+2+digits(c) tokens: c = occurrences of q in s, in
+                                                      decimal (at most digits(n) answer tokens)
+
+Symbols are i.i.d. uniform at every length, so a longer example differs from a shorter one only in n.
+Training rows (`batch`, `eval_batches`) draw n uniformly from [min_items, max_items]; max_items = 0 means the
+largest n that fits a row (`block_size + 1` tokens), min_items = 0 means max_items: by default every example
+has the largest size that fits. `windows(length=L)` generates every example at the largest n that fits L + 1
+tokens, so evaluating at 2x, 4x, 8x the training block size tests 2x, 4x, 8x longer prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import string
+from collections.abc import Callable
+
+import numpy as np
+
+from jaxformer.data.dataset import EVAL_STREAM, TRAIN_STREAM, WINDOW_STREAM, Dataset, check_sizes, rng
+from jaxformer.data.tokenizer import DataError, Tokenizer
+
+PAD, SEP, DIGIT0, SYMBOL0 = 0, 1, 2, 12
+SYMBOLS = string.ascii_lowercase + string.ascii_uppercase
+GENERATOR_VERSION = 1  # part of data_hash: bump when a task's examples change for the same seed
+WINDOW_SEED = 0  # windows() are the same examples for every run, so runs are compared on the same prompts
+
+
+def vocabulary(num_symbols: int) -> list:
+    return ["_", "|", *string.digits, *SYMBOLS[:num_symbols]]
+
+
+# A task: (generator, n) -> (prompt ids, answer ids), for symbols SYMBOL0 .. SYMBOL0 + k - 1.
+
+
+def _copy(g: np.random.Generator, n: int, k: int):
+    s = SYMBOL0 + g.integers(0, k, n)
+    return [*s, SEP], list(s)
+
+
+def _reverse(g: np.random.Generator, n: int, k: int):
+    s = SYMBOL0 + g.integers(0, k, n)
+    return [*s, SEP], list(s[::-1])
+
+
+def _associative_recall(g: np.random.Generator, n: int, k: int):
+    keys, values = SYMBOL0 + g.integers(0, k, (2, n))
+    q = keys[g.integers(0, n)]
+    last = np.flatnonzero(keys == q)[-1]
+    return [*np.stack([keys, values], 1).reshape(-1), SEP, q], [values[last]]
+
+
+def _induction(g: np.random.Generator, n: int, k: int):
+    s = SYMBOL0 + g.integers(0, k, n)
+    q = s[g.integers(0, n - 1)]  # a symbol that has a successor
+    last = np.flatnonzero(s[:-1] == q)[-1]
+    return [*s, SEP, q], [s[last + 1]]
+
+
+def _count(g: np.random.Generator, n: int, k: int):
+    s = SYMBOL0 + g.integers(0, k, n)
+    q = SYMBOL0 + g.integers(0, k)
+    return [*s, SEP, q], [DIGIT0 + int(d) for d in str(int((s == q).sum()))]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    make: Callable  # (generator, n, num_symbols) -> (prompt ids, answer ids)
+    length: Callable  # n -> the most tokens (prompt + answer) an example of size n has
+    min_items: int
+
+
+TASKS = {t.name: t for t in (
+    Task("copy", _copy, lambda n: 2 * n + 1, 1),
+    Task("reverse", _reverse, lambda n: 2 * n + 1, 1),
+    Task("associative_recall", _associative_recall, lambda n: 2 * n + 3, 1),
+    Task("induction", _induction, lambda n: n + 3, 2),
+    Task("count", _count, lambda n: n + 2 + len(str(n)), 1),
+)}
+
+
+def items_that_fit(task: Task, length: int) -> int:
+    """The largest n whose examples fit a row of `length` inputs (length + 1 tokens); 0 if none does."""
+    lo, hi = 0, length + 1  # length(n) > n for every task, so n <= length
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if task.length(mid) <= length + 1 else (lo, mid - 1)
+    return lo
+
+
+class SyntheticDataset(Dataset):
+    """One task of TASKS and its settings (data.synthetic: num_symbols, min/max_items, eval_examples)."""
+
+    has_accuracy = True
+
+    def __init__(self, task: str, *, num_symbols: int = 16, min_items: int = 0, max_items: int = 0,
+                 eval_examples: int = 256):
+        if task not in TASKS:
+            raise DataError(f"synthetic task {task!r}; choose one of: {', '.join(TASKS)}")
+        if not 2 <= num_symbols <= len(SYMBOLS):
+            raise DataError(f"data.synthetic.num_symbols={num_symbols}; must be in [2, {len(SYMBOLS)}]")
+        minimum = TASKS[task].min_items
+        for field, value in (("min_items", min_items), ("max_items", max_items)):
+            if value and value < minimum:
+                raise DataError(f"data.synthetic.{field}={value}; synthetic/{task} examples have at least "
+                                f"{minimum} items (0 = automatic)")
+        if min_items and max_items and max_items < min_items:
+            raise DataError(f"data.synthetic.max_items={max_items} is below "
+                            f"data.synthetic.min_items={min_items}")
+        if eval_examples < 1:
+            raise DataError(f"data.synthetic.eval_examples={eval_examples}; must be >= 1")
+        self.task = TASKS[task]
+        self.name = f"synthetic/{task}"
+        self.num_symbols = num_symbols
+        self.min_items = min_items
+        self.max_items = max_items
+        self.eval_examples = eval_examples
+        self.tokenizer = Tokenizer(vocabulary(num_symbols))
+        spec = {"task": task, "num_symbols": num_symbols, "min_items": self.min_items, "max_items": max_items,
+                "vocab": self.tokenizer.vocab, "generator": GENERATOR_VERSION}
+        self.data_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def example(self, g: np.random.Generator, n: int) -> tuple:
+        """(prompt ids, answer ids) of one example of size n."""
+        prompt, answer = self.task.make(g, n, self.num_symbols)
+        return np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+
+    def _size_range(self, block_size: int) -> tuple:
+        fit = items_that_fit(self.task, block_size)
+        high = self.max_items or fit
+        low = self.min_items or high
+        if high > fit or low > high or low < self.task.min_items:
+            raise DataError(f"data.block_size={block_size} holds {self.name} examples of at most {fit} "
+                            f"items; data.synthetic.min_items={self.min_items}, "
+                            f"max_items={self.max_items} (0 = as many as fit)")
+        return low, high
+
+    def _rows(self, g: np.random.Generator, sizes, length: int) -> dict:
+        seq = np.full((len(sizes), length + 1), PAD, np.int32)
+        weights = np.zeros((len(sizes), length), np.float32)
+        for b, n in enumerate(sizes):
+            prompt, answer = self.example(g, int(n))
+            p, a = prompt.size, answer.size
+            seq[b, :p] = prompt
+            seq[b, p:p + a] = answer
+            weights[b, p - 1:p - 1 + a] = 1.0  # position t predicts token t + 1
+        return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
+
+    def _random_rows(self, g: np.random.Generator, batch_size: int, block_size: int) -> dict:
+        check_sizes(batch_size=batch_size, block_size=block_size)
+        low, high = self._size_range(block_size)
+        return self._rows(g, g.integers(low, high + 1, batch_size), block_size)
+
+    def batch(self, split: str, step: int, *, batch_size: int, block_size: int, seed: int) -> dict:
+        return self._random_rows(rng(seed, split, TRAIN_STREAM, step), batch_size, block_size)
+
+    def eval_batches(self, split: str, *, batch_size: int, block_size: int, num_batches: int,
+                     seed: int) -> list:
+        return [self._random_rows(rng(seed, split, EVAL_STREAM, i), batch_size, block_size)
+                for i in range(num_batches)]
+
+    def windows(self, split: str, *, length: int, max_windows: int | None = None) -> dict:
+        """`max_windows` (default: data.synthetic.eval_examples) examples at the largest size fitting
+        `length`; the same examples at every call (a fixed seed per split and length)."""
+        count = self.eval_examples if max_windows is None else max_windows
+        check_sizes(batch_size=count, block_size=length)
+        g = rng(WINDOW_SEED, split, WINDOW_STREAM, length)
+        n = items_that_fit(self.task, length)
+        if n < self.task.min_items:
+            raise DataError(f"length={length} is too short for a {self.name} example "
+                            f"(at least {self.task.length(self.task.min_items) - 1})")
+        return self._rows(g, [n] * count, length)
+
+
+def load_synthetic(data_cfg) -> SyntheticDataset:
+    task = data_cfg.name[len("synthetic/"):]
+    s = data_cfg.synthetic
+    return SyntheticDataset(task, num_symbols=s.num_symbols, min_items=s.min_items, max_items=s.max_items,
+                            eval_examples=s.eval_examples)

@@ -1,0 +1,352 @@
+"""Length extrapolation: evaluate a trained model at multiples of its training length, and the sweep reports.
+
+Every eval length predicts the same number of tokens, so a loss at 8x averages as many predictions as the loss at 1x:
+for text, eval_tokens / T non-overlapping windows of length T over the validation split (the same stretch of text at
+every length); for synthetic tasks, enough freshly generated examples of length T that their answer tokens add up to
+eval_tokens. Positions run 0..T-1 in every window.
+Besides the mean loss, the mean loss at each token position (over windows) shows where a variant breaks: a model
+that only fails past its training length has a flat curve up to the block size and a rise after it.
+
+A run's numbers go to `<run>/extrapolation.json`; the reports read only those files and the run's own
+`metrics.jsonl` / `timing.jsonl`, so `jaxformer report SWEEP_DIR` needs nothing but the run directories.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import math
+import os
+import re
+import statistics
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxformer import run as run_lib
+
+RESULT_FILE = "extrapolation.json"
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+def _token_losses(params, inputs_BxT, targets_BxT, *, graphdef):
+    model = nnx.merge(graphdef, params)
+    logits_BxTxV = model(inputs_BxT)
+    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+    return losses_BxT, correct_BxT
+
+
+def compile_losses(graphdef):
+    """`fn(params, inputs_BxT, targets_BxT) -> (losses_BxT, correct_BxT)`, jit-compiled (once per input shape)."""
+    return jax.jit(functools.partial(_token_losses, graphdef=graphdef))
+
+
+def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: int):
+    """Per-token losses and correctness `[N, T]` (NumPy), in batches of at most `batch_tokens` tokens.
+
+    The last batch is padded to the batch size with repeats (dropped afterwards) so each length compiles once.
+    """
+    N, T = inputs_NxT.shape
+    B = max(1, min(N, batch_tokens // T))
+    pad = (-N) % B
+    if pad:
+        inputs_NxT = np.concatenate([inputs_NxT, np.repeat(inputs_NxT[:1], pad, axis=0)])
+        targets_NxT = np.concatenate([targets_NxT, np.repeat(targets_NxT[:1], pad, axis=0)])
+    losses, correct = [], []
+    for i in range(0, N + pad, B):
+        l_BxT, c_BxT = losses_fn(params, inputs_NxT[i:i + B], targets_NxT[i:i + B])
+        losses.append(np.asarray(l_BxT, np.float64))
+        correct.append(np.asarray(c_BxT))
+    return np.concatenate(losses)[:N], np.concatenate(correct)[:N]
+
+
+def window_counts(dataset, split: str, lengths: list[int], eval_tokens: int) -> dict[int, int]:
+    """Windows per length, so that every length predicts the same number of tokens (0 = the length cannot run).
+
+    Text: W_T = budget / T non-overlapping windows, budget = min(eval_tokens, what the split holds at the longest
+    length), rounded down to a multiple of the longest length, so every length predicts the same stretch of text.
+    Synthetic tasks (no split text): enough generated examples that their answer tokens add up to about eval_tokens.
+    """
+    text = dataset.split_tokens(split)
+    if text is not None:
+        usable = [T for T in lengths if (len(text) - 1) // T >= 1]
+        if not usable:
+            return {T: 0 for T in lengths}
+        longest = max(usable)
+        budget = min(eval_tokens, len(text) - 1) // longest * longest
+        return {T: budget // T if T in usable else 0 for T in lengths}
+    counts = {}
+    for T in lengths:
+        probe = dataset.windows(split, length=T, max_windows=8)
+        answers_per_example = max(float(np.sum(probe["weights"])) / len(probe["weights"]), 1e-9)
+        counts[T] = max(1, math.ceil(eval_tokens / answers_per_example))
+    return counts
+
+
+def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tokens: int, batch_tokens: int,
+                     split: str = "val") -> list[dict]:
+    """One record per eval length: mean loss, per-position loss, windows, predicted tokens (or the n/a reason).
+
+    `lengths` are `{"multiplier", "length", "na"}` records (see sweep.eval_lengths_for); window_counts sizes them.
+    """
+    counts = window_counts(dataset, split, [x["length"] for x in lengths], eval_tokens)
+    losses_fn = compile_losses(graphdef)
+    out = []
+    for x in lengths:
+        x, T = dict(x), x["length"]
+        if x["na"] is None and counts[T] == 0:
+            x["na"] = f"n/a ({split} split is shorter than {T} tokens)"
+        out.append(x)
+        if x["na"] is not None:
+            continue
+        w = dataset.windows(split, length=T, max_windows=counts[T])
+        weights_NxT = np.asarray(w["weights"], np.float64)
+        losses_NxT, correct_NxT = window_losses(losses_fn, params, np.asarray(w["inputs"], np.int32),
+                                                np.asarray(w["targets"], np.int32), batch_tokens=batch_tokens)
+        per_position_T = (losses_NxT * weights_NxT).sum(0) / np.maximum(weights_NxT.sum(0), 1e-12)
+        has_answer_N = weights_NxT.sum(1) > 0
+        exact_N = np.all(correct_NxT | (weights_NxT == 0), axis=1) & has_answer_N
+        x.update({
+            "loss": float((losses_NxT * weights_NxT).sum() / max(weights_NxT.sum(), 1e-12)),
+            "windows": int(len(losses_NxT)),
+            "predicted_tokens": int(weights_NxT.sum()),
+            "token_accuracy": float((correct_NxT * weights_NxT).sum() / max(weights_NxT.sum(), 1e-12)),
+            "exact_match": float(exact_N.sum() / max(has_answer_N.sum(), 1)),
+            "position_loss": [round(float(v), 5) if s > 0 else None
+                              for v, s in zip(per_position_T, weights_NxT.sum(0), strict=True)],
+        })
+    return out
+
+
+def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, point: str, variant: str, index: int,
+                 values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
+                 stopped: str | None = None, train_seconds: float | None = None) -> dict:
+    """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`."""
+    from jaxformer.model import count_params
+
+    start = time.perf_counter()
+    model = nnx.merge(graphdef, params)
+    if stopped:  # diverged: the parameters are the last good ones, but the run did not reach its steps
+        records = [{**x, "na": x["na"] or f"diverged ({stopped})"} for x in lengths]
+    else:
+        records = evaluate_lengths(graphdef, params, dataset, lengths, eval_tokens=eval_tokens,
+                                   batch_tokens=batch_tokens, split=split)
+    result = {
+        "point": point, "variant": variant, "index": index, "axes": [[f, v] for f, v in values],
+        "position": cfg.model.position.name, "seed": cfg.train.seed, "data": cfg.data.name, "split": split,
+        "block_size": cfg.data.block_size, "steps": cfg.train.steps, "step": step,
+        "model": {k: cfg.model[k] for k in ("n_layer", "n_head", "n_embd")},
+        "batch_size": cfg.data.batch_size, "has_accuracy": bool(getattr(dataset, "has_accuracy", False)),
+        "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
+        "stopped": stopped, "lengths": records,
+        "seconds": {"train": train_seconds, "eval": time.perf_counter() - start},
+    }
+    write_result(os.path.join(run_dir, RESULT_FILE), result)
+    return result
+
+
+def write_result(path: str, result: dict) -> None:
+    """Indented JSON with each list of numbers on one line (the per-position losses), written atomically."""
+    text = json.dumps(result, indent=1, sort_keys=True)
+    text = re.sub(r"\[\s+([-+0-9.eE,\snul]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ reading results
+
+def median_ms_per_step(run_dir: str) -> float | None:
+    """Median ms/step over timing.jsonl, leaving out the first interval (it holds the compilation)."""
+    path = os.path.join(run_dir, "timing.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        values = [float(json.loads(line)["ms_per_step"]) for line in f if line.strip()]
+    values = values[1:] if len(values) > 1 else values
+    return statistics.median(values) if values else None
+
+
+def final_val_loss(run_dir: str) -> float | None:
+    vals = [m["val_loss"] for m in run_lib.read_metrics(run_dir) if "val_loss" in m]
+    return vals[-1] if vals else None
+
+
+def load_results(sweep_dir: str) -> tuple[list[dict], list[str]]:
+    """(results of the evaluated runs in sweep order, names of the run directories not evaluated yet)."""
+    results, unfinished = [], []
+    for run_dir in sorted(glob.glob(os.path.join(sweep_dir, "runs", "*"))):
+        path = os.path.join(run_dir, RESULT_FILE)
+        if not os.path.exists(path):
+            unfinished.append(os.path.basename(run_dir))
+            continue
+        r = run_lib.read_json(path)
+        r["val_loss"] = final_val_loss(run_dir)
+        r["ms_per_step"] = median_ms_per_step(run_dir)
+        results.append(r)
+    results.sort(key=lambda r: (r["index"], r["point"]))
+    return results, unfinished
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """One record per variant (all points that differ only in the seed), in sweep order, mean and spread over seeds."""
+    variants: dict[str, list[dict]] = {}
+    for r in results:
+        variants.setdefault(r["variant"], []).append(r)
+    out = []
+    for name, runs in variants.items():
+        lengths = []
+        for i, x in enumerate(runs[0]["lengths"]):
+            per_seed = [r["lengths"][i] for r in runs if i < len(r["lengths"])]
+            ok = [y for y in per_seed if y.get("na") is None]
+            record = {"multiplier": x["multiplier"], "length": x["length"], "seeds": len(ok),
+                      "na": None if ok else per_seed[0]["na"],
+                      "loss": _mean_std([y["loss"] for y in ok]), "losses": [y["loss"] for y in ok],
+                      "exact_match": _mean_std([y.get("exact_match") for y in ok]),
+                      "predicted_tokens": ok[0]["predicted_tokens"] if ok else None}
+            if ok:
+                curves = np.array([[np.nan if v is None else v for v in y["position_loss"]] for y in ok])
+                with warnings.catch_warnings():  # positions without a predicted token stay NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    record["position_loss"] = np.nanmean(curves, axis=0)
+            lengths.append(record)
+        ms = [r["ms_per_step"] for r in runs if r["ms_per_step"] is not None]
+        out.append({
+            "variant": name, "runs": runs, "seeds": [r["seed"] for r in runs], "lengths": lengths,
+            "val_loss": _mean_std([r["val_loss"] for r in runs]),
+            "n_params": runs[0]["n_params"], "ms_per_step": statistics.median(ms) if ms else None,
+            "block_size": runs[0]["block_size"], "has_accuracy": runs[0].get("has_accuracy", False),
+            "stopped": [r["stopped"] for r in runs if r.get("stopped")],
+        })
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _readable_ylim(ax, values: list[float]) -> bool:
+    """Clip the top so that a variant that blows up does not flatten the others; True when something is cut off."""
+    if not values:
+        return False
+    low, median, high = min(values), float(np.median(values)), max(values)
+    top = min(high, low + 4 * max(median - low, 0.05))
+    margin = max(0.05 * (top - low), 0.01)
+    ax.set_ylim(low - margin, top + margin)
+    return high > top + margin
+
+
+def _mark_training_length(ax, block: int | None) -> None:
+    if block:
+        ax.axvline(block, color="grey", linestyle=":", linewidth=1)
+        ax.text(block, 0.98, " training length", transform=ax.get_xaxis_transform(), va="top", fontsize=8,
+                color="grey")
+
+
+def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> None:
+    """Mean eval loss against eval length (log-x), one line per variant, error bars = spread over seeds; a second
+    panel with exact-match accuracy for synthetic tasks."""
+    plt = _plt()
+    accuracy = bool(variants) and variants[0]["has_accuracy"]
+    fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(13 if accuracy else 8.5, 5), dpi=120, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    lengths = sorted({x["length"] for v in variants for x in v["lengths"]})
+    panels = [("loss", "mean loss at the predicted tokens (nats/token)", 1.0)]
+    if accuracy:
+        panels.append(("exact_match", "exact match (%)", 100.0))
+    for ax, (key, label, scale) in zip(axes[0], panels, strict=True):
+        shown = []
+        for i, v in enumerate(variants):
+            pts = [(x["length"], x[key][0] * scale, x[key][1] * scale) for x in v["lengths"] if x[key] is not None]
+            if not pts:
+                continue
+            T, mean, std = zip(*pts, strict=True)
+            shown += list(mean)
+            ax.errorbar(T, mean, yerr=std, fmt="o-" if len(pts) > 1 else "s", color=cmap(i % 10),
+                        label=v["variant"], capsize=3, markersize=5, linewidth=1.6)
+        _mark_training_length(ax, variants[0]["block_size"] if variants else None)
+        ax.set_xscale("log", base=2)
+        if lengths:
+            ax.set_xticks(lengths, [str(T) for T in lengths])
+            ax.minorticks_off()
+        if key == "loss" and _readable_ylim(ax, shown):
+            ax.text(0.99, 0.01, "points above the axis: see results.md", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=8, color="grey")
+        ax.set_xlabel("eval length (tokens, log scale)")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _log_bins(curve_T: np.ndarray, per_octave: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bin centres, mean of the finite values in each bin) over log-spaced position bins [0, 1), [1, 2), ..."""
+    T = len(curve_T)
+    edges = np.unique(np.round(np.geomspace(1, T, int(per_octave * math.log2(max(T, 2))) + 1)).astype(int))
+    edges = np.concatenate([[0], edges[edges < T], [T]])
+    centres, means = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        values = curve_T[lo:hi][np.isfinite(curve_T[lo:hi])]
+        if values.size:
+            centres.append(math.sqrt(max(lo, 0.5) * (hi - 0.5)) if hi - lo > 1 else lo)
+            means.append(values.mean())
+    return np.asarray(centres), np.asarray(means)
+
+
+def plot_position_loss(variants: list[dict], path: str, *, title: str = "", per_octave: int = 4) -> None:
+    """Mean loss at each token position at each variant's longest runnable length, log-x, averaged over
+    log-spaced position bins (`per_octave` per doubling) so the late positions are not noise."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
+    cmap = plt.get_cmap("tab10")
+    shown, longest = [], 1
+    for i, v in enumerate(variants):
+        runnable = [x for x in v["lengths"] if x.get("position_loss") is not None]
+        if not runnable:
+            continue
+        curve_T = np.asarray(runnable[-1]["position_loss"], np.float64)
+        longest = max(longest, len(curve_T))
+        x, y = _log_bins(curve_T, per_octave)
+        shown += list(y)
+        ax.plot(np.maximum(x, 0.5), y, "-" if len(y) > 3 else "o", color=cmap(i % 10),
+                label=f"{v['variant']} (T={len(curve_T)})", linewidth=1.4)
+    _mark_training_length(ax, variants[0]["block_size"] if variants else None)
+    _readable_ylim(ax, shown)
+    ax.set_xscale("log", base=2)
+    ticks = [2 ** k for k in range(int(math.log2(longest)) + 1)]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(f"token position in the window (log scale; mean over {per_octave} bins per doubling)")
+    ax.set_ylabel("mean loss at the position (nats/token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,3 @@
+"""Placeholder; filled in below."""
+def configure(platform_hint=None):
+    return {}

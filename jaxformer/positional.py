@@ -1,0 +1,501 @@
+"""Positional encodings as pure functions, and a registry of the variants by name.
+
+Every variant acts at one or more of three points of a transformer, and nowhere else:
+
+| name         | acts at   | what it is                                        | reference                 |
+|--------------|-----------|---------------------------------------------------|---------------------------|
+| `none`       | -         | NoPE: no position information but the causal mask | Kazemnejad et al. 2023    |
+| `sinusoidal` | embedding | sin/cos of the position at geometric frequencies  | Vaswani et al. 2017       |
+| `learned`    | embedding | a trained `[max_len, D]` table                    | Gehring et al. 2017; GPT  |
+| `rope`       | rotation  | rotate (q, k) pairs by position x frequency;      | Su et al. 2021; Chen      |
+|              |           | partial; linear (PI), NTK-aware, YaRN scaling     | et al. 2023; bloc97 2023; |
+|              |           |                                                   | Peng et al. 2023          |
+| `xpos`       | rotation  | RoPE with a per-frequency exponential decay       | Sun et al. 2022           |
+| `alibi`      | bias      | -slope_h * distance, fixed geometric slopes       | Press et al. 2022         |
+| `t5`         | bias      | learned scalar per (log distance bucket, head)    | Raffel et al. 2020        |
+| `kerple`     | bias      | -r1_h * log(1 + r2_h * distance), r1, r2 > 0      | Chi et al. 2022           |
+| `fire`       | bias      | MLP of log distance over log query position       | Li et al. 2023            |
+
+The math is the public functions (`sinusoidal`, `learned_embedding`, `apply_rope`, `apply_xpos`,
+`alibi_slopes`, `alibi_bias`, `t5_relative_bucket`, `t5_bias`, `kerple_log_bias`, `fire_bias`); a variant is a
+`PositionalEncoding` record of small adapters from the model's call signatures to them. Every function takes
+explicit position indices (int32), so a decoder with a KV cache passes the new tokens' absolute positions and
+the cache slots' positions and gets the numbers of the full forward pass: a rotation depends only on each
+vector's own position, a bias only on the (query position, key position) pair -- which also lets the chunked
+attention evaluate a bias block by block.
+
+How to add a variant (nothing outside this file and its tests changes):
+  1. Write the math as a pure function, with the formula and the paper in its docstring.
+  2. Write its adapters: `init(key, cfg, *, n_embd, n_head, head_dim) -> params`, whichever of `embed`,
+     `rotate`, `bias` it needs (signatures on `PositionalEncoding`), and `validate(cfg)` for its fields.
+  3. Add one line: `register(PositionalEncoding("name", defaults={...}, init=..., bias=..., validate=...))`.
+     Its `defaults` become the `model.position.<name>.*` config fields (`default_config()`).
+  4. Add its property tests to tests/test_positional.py and a float64 reference to
+     tests/reference_positional.py; the model tests (causality, KV cache = full forward) pick every name up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+Params = dict  # pytree of arrays, {} when the variant has none
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionalEncoding:
+    """One variant: its config fields and the pure functions for the points where it acts (None elsewhere).
+
+    init(key, cfg, *, n_embd, n_head, head_dim) -> Params
+    embed(params, positions_T, cfg, *, n_embd) -> x_TxD                   (added to the token embeddings)
+    rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg) -> (q, k)
+    bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
+    max_length(cfg) -> int | None                                          (longest sequence; None = any)
+    validate(cfg) -> None                                                  (raises a one-line ValueError)
+    `cfg` is the variant's own sub-config (`model.position.<name>`) as a plain Mapping.
+    """
+
+    name: str
+    defaults: dict
+    init: Callable
+    embed: Callable | None = None
+    rotate: Callable | None = None
+    bias: Callable | None = None
+    max_length: Callable = lambda cfg: None
+    validate: Callable | None = None
+
+    @property
+    def acts_at(self) -> tuple[str, ...]:
+        points = (("embedding", self.embed), ("rotation", self.rotate), ("bias", self.bias))
+        return tuple(point for point, fn in points if fn is not None)
+
+
+_REGISTRY: dict[str, PositionalEncoding] = {}
+
+
+def register(pe: PositionalEncoding) -> PositionalEncoding:
+    if pe.name in _REGISTRY:
+        raise ValueError(f"positional encoding {pe.name!r} is already registered")
+    _REGISTRY[pe.name] = pe
+    return pe
+
+
+def list_positional_encodings() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_positional_encoding(name: str) -> PositionalEncoding:
+    if name not in _REGISTRY:
+        names = ", ".join(list_positional_encodings())
+        raise ValueError(f"model.position.name={name!r}; choose one of: {names}")
+    return _REGISTRY[name]
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`model.position`: `{"name": "rope", "<variant>": {its defaults}}` for every registered variant."""
+    cfg = ml_collections.ConfigDict({"name": "rope"})
+    for name in list_positional_encodings():
+        cfg[name] = ml_collections.ConfigDict(dict(_REGISTRY[name].defaults))
+    return cfg
+
+
+def _require(ok: bool, variant: str, field: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"model.position.{variant}.{field}={value!r}; {rule}")
+
+
+def _no_params(key, cfg, *, n_embd, n_head, head_dim) -> Params:
+    return {}
+
+
+def _f32(positions):
+    return jnp.asarray(positions).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------- none (NoPE)
+
+register(PositionalEncoding("none", defaults={}, init=_no_params))
+
+
+# ---------------------------------------------------------------------------------------------- sinusoidal
+
+
+def sinusoidal(positions_T, dim: int):
+    """Vaswani et al. 2017: PE(p, 2i) = sin(p / 10000^(2i/D)), PE(p, 2i+1) = cos(p / 10000^(2i/D)); `[T, D]`.
+
+    Any position, no table; an odd `dim` drops the last cosine. The frequencies are computed in float64 and
+    rounded once; the float32 angles then carry an absolute error of about |p| * 2^-24.
+    """
+    inv_freq_F = 10000.0 ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # F = ceil(dim / 2)
+    angle_TxF = _f32(positions_T)[:, None] * jnp.asarray(inv_freq_F, jnp.float32)[None, :]
+    x_TxFx2 = jnp.stack([jnp.sin(angle_TxF), jnp.cos(angle_TxF)], axis=-1)
+    return x_TxFx2.reshape(angle_TxF.shape[0], -1)[:, :dim]
+
+
+register(PositionalEncoding(
+    "sinusoidal", defaults={}, init=_no_params,
+    embed=lambda params, positions_T, cfg, *, n_embd: sinusoidal(positions_T, n_embd)))
+
+
+# ---------------------------------------------------------------------------------------------- learned
+
+
+def learned_embedding(table_LxD, positions_T):
+    """A trained absolute table (Gehring et al. 2017; GPT, Radford et al. 2018): x_p = W[p]; `[T, D]`.
+
+    The sequence length is checked statically, at trace time. A position index outside the table -- possible
+    only when positions are computed, e.g. while decoding -- reads NaN rather than a silently clamped row.
+    """
+    max_len, T = table_LxD.shape[0], positions_T.shape[0]
+    if T > max_len:
+        raise ValueError(f"sequence of {T} positions exceeds model.position.learned.max_len={max_len}")
+    return jnp.take(table_LxD, positions_T, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def _learned_validate(cfg: Mapping) -> None:
+    _require(cfg["max_len"] >= 1, "learned", "max_len", cfg["max_len"], "must be >= 1 (0 = data.block_size)")
+
+
+register(PositionalEncoding(
+    "learned", defaults={"max_len": 1024},
+    init=lambda key, cfg, *, n_embd, n_head, head_dim: {
+        "table": 0.02 * jax.random.normal(key, (cfg["max_len"], n_embd), jnp.float32)},
+    embed=lambda params, positions_T, cfg, *, n_embd: learned_embedding(params["table"], positions_T),
+    max_length=lambda cfg: cfg["max_len"], validate=_learned_validate))
+
+
+# ---------------------------------------------------------------------------------------------- rope
+
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+YARN_ALPHA, YARN_BETA = 1.0, 32.0  # Peng et al. 2023: ramp bounds, in rotations per original context
+
+
+def rotary_dim(head_dim: int, fraction: float) -> int:
+    """Dims rotated by partial RoPE (GPT-NeoX's rotary_pct): floor(fraction * d), rounded down to even."""
+    return 2 * int(fraction * head_dim // 2)
+
+
+def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | None = None, factor: float = 1.0,
+                     original_max_len: int = 0) -> np.ndarray:
+    """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
+
+    - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
+    - - ntk (NTK-aware, bloc97 2023): base theta * s^(d/(d-2)): the highest frequency is unchanged, the lowest
+      is divided by exactly s;
+    - - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
+      lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
+      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i. This is the
+      paper's ramp in r; the authors' code instead ramps linearly in the dimension index between rounded end
+      points.
+    Static (config and shape only), so float64 NumPy, rounded to float32 once where used.
+    """
+    scaling = "none" if scaling is None else scaling
+    if scaling not in ROPE_SCALINGS:
+        names = ", ".join(ROPE_SCALINGS)
+        raise ValueError(f"model.position.rope.scaling={scaling!r}; choose one of: {names}")
+    i = np.arange(rot_dim // 2, dtype=np.float64)
+    if scaling == "ntk":
+        if rot_dim <= 2:
+            raise ValueError(f"NTK-aware scaling needs more than 2 rotated dims, got {rot_dim}")
+        theta = theta * factor ** (rot_dim / (rot_dim - 2))
+    freq = theta ** (-2.0 * i / rot_dim)
+    if scaling == "linear":
+        freq = freq / factor
+    elif scaling == "yarn":
+        if original_max_len <= 0:
+            raise ValueError(f"model.position.rope.original_max_len={original_max_len!r}; YaRN needs the "
+                             "original (training) context length, > 0")
+        rotations = original_max_len * freq / (2.0 * np.pi)
+        ramp = np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+        freq = (1.0 - ramp) * freq / factor + ramp * freq
+    return freq
+
+
+def yarn_attention_factor(factor: float) -> float:
+    """YaRN's attention temperature (Peng et al. 2023, eq. 22): sqrt(1/t) = 0.1 ln(s) + 1, on q and k each."""
+    return 0.1 * math.log(factor) + 1.0 if factor > 1.0 else 1.0
+
+
+def _rotate_pairs(x, cos, sin):
+    """(x_2i, x_2i+1) -> (x_2i cos - x_2i+1 sin, x_2i sin + x_2i+1 cos): Su et al.'s block-diagonal R."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
+
+
+def _cos_sin(x, positions_T, freq_F):
+    """cos and sin of p * theta_i, shaped `[1, ..., T, F]` to meet x `[..., T, .]` without rank promotion."""
+    angle_TxF = _f32(positions_T)[:, None] * jnp.asarray(freq_F, jnp.float32)[None, :]
+    shape = (1,) * (x.ndim - 2) + angle_TxF.shape
+    return jnp.cos(angle_TxF).reshape(shape), jnp.sin(angle_TxF).reshape(shape)
+
+
+def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0, scaling: str | None = None,
+               factor: float = 1.0, original_max_len: int = 0):
+    """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
+
+    `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since R_n^T R_m
+    = R_{m-n}, q_n . k_m depends only on m - n. Only the first `rotary_dim(d, fraction)` dims rotate (partial
+    rotary, GPT-NeoX); the rest pass through. `scaling` (None/"none", "linear", "ntk", "yarn") with `factor` s
+    >= 1 rescales the frequencies (`rope_frequencies`); "yarn" also multiplies the whole vector, rotated dims
+    or not, by YaRN's sqrt(1/t) = 0.1 ln(s) + 1, so with q and k both rotated the logits carry the paper's
+    1/t. Computed in float32, returned in x's dtype.
+    """
+    rot = rotary_dim(x.shape[-1], fraction)
+    if rot == 0:
+        raise ValueError(f"model.position.rope.fraction={fraction!r} rotates none of the {x.shape[-1]} "
+                         "head dims")
+    freq_F = rope_frequencies(rot, theta=theta, scaling=scaling, factor=factor,
+                              original_max_len=original_max_len)
+    cos, sin = _cos_sin(x, positions_T, freq_F)
+    x32 = x.astype(jnp.float32)
+    y = jnp.concatenate([_rotate_pairs(x32[..., :rot], cos, sin), x32[..., rot:]], axis=-1)
+    if scaling == "yarn":
+        y = y * yarn_attention_factor(factor)
+    return y.astype(x.dtype)
+
+
+def _per_head(fn, x_BxTxHxd, positions_T):
+    """Applies fn, which transforms `[..., T, d]`, to `[B, T, H, d]`: the heads axis moves out of the way."""
+    return jnp.swapaxes(fn(jnp.swapaxes(x_BxTxHxd, 1, 2), positions_T), 1, 2)
+
+
+def _rope_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
+    fields = ("theta", "fraction", "scaling", "factor", "original_max_len")
+    rope = lambda x, positions: apply_rope(x, positions, **{f: cfg[f] for f in fields})
+    return _per_head(rope, q_BxTxHxd, q_positions_T), _per_head(rope, k_BxSxKxd, k_positions_S)
+
+
+def _rope_validate(cfg: Mapping) -> None:
+    _require(cfg["scaling"] in ROPE_SCALINGS, "rope", "scaling", cfg["scaling"],
+             f"choose one of: {', '.join(ROPE_SCALINGS)}")
+    _require(0.0 < cfg["fraction"] <= 1.0, "rope", "fraction", cfg["fraction"], "must be in (0, 1]")
+    _require(cfg["theta"] > 0, "rope", "theta", cfg["theta"], "must be > 0")
+    _require(cfg["factor"] >= 1.0, "rope", "factor", cfg["factor"], "must be >= 1 (1 = no context extension)")
+    _require(cfg["scaling"] != "yarn" or cfg["original_max_len"] > 0, "rope", "original_max_len",
+             cfg["original_max_len"], "YaRN needs the original (training) context length, > 0")
+
+
+register(PositionalEncoding(
+    "rope",
+    defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0},
+    init=_no_params, rotate=_rope_rotate, validate=_rope_validate))
+
+
+# ---------------------------------------------------------------------------------------------- xpos
+
+
+def apply_xpos(x, positions_T, *, is_key: bool, theta: float = 10000.0, scale_base: float = 512.0,
+               gamma: float = 0.4, center: int = 0):
+    """xPos (Sun et al. 2022): RoPE scaled so that q_n . k_m decays as zeta_i^((n - m) / scale_base) per pair.
+
+    zeta_i = (2i/d + gamma) / (1 + gamma) in (0, 1). A query at n is scaled by zeta_i^(n'/scale_base) and a
+    key at m (`is_key`) by zeta_i^(-m'/scale_base), where p' = p - center: each vector depends on its own
+    position only (a KV cache works), and the shift cancels in q . k. The paper's scale_base = 512 keeps the
+    factors within float32's range (1e+-38) for |p - center| up to ~36k, float16's for ~4.5k; the paper's code
+    centres on half of each call's length, which a KV cache cannot reproduce per position, so `center` is a
+    fixed config field (set it near the middle of the longest sequences when they are long and in float16).
+    `x` is `[..., T, d]`; computed in float32, returned in x's dtype.
+    """
+    d = x.shape[-1]
+    cos, sin = _cos_sin(x, positions_T, rope_frequencies(d, theta=theta))
+    log_zeta_F = np.log((np.arange(0, d, 2, dtype=np.float64) / d + gamma) / (1.0 + gamma))
+    power_T = (_f32(positions_T) - center) / scale_base
+    power_T = -power_T if is_key else power_T
+    scale_TxF = jnp.exp(power_T[:, None] * jnp.asarray(log_zeta_F, jnp.float32)[None, :])
+    scale = jnp.repeat(scale_TxF, 2, axis=-1).reshape(cos.shape[:-1] + (d,))  # both dims of a pair
+    return (_rotate_pairs(x.astype(jnp.float32), cos, sin) * scale).astype(x.dtype)
+
+
+def _xpos_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
+    kw = {f: cfg[f] for f in ("theta", "scale_base", "gamma", "center")}
+    q = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=False, **kw), q_BxTxHxd, q_positions_T)
+    k = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=True, **kw), k_BxSxKxd, k_positions_S)
+    return q, k
+
+
+def _xpos_validate(cfg: Mapping) -> None:
+    for field in ("theta", "scale_base", "gamma"):
+        _require(cfg[field] > 0, "xpos", field, cfg[field], "must be > 0")
+
+
+register(PositionalEncoding(
+    "xpos", defaults={"theta": 10000.0, "scale_base": 512.0, "gamma": 0.4, "center": 0},
+    init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate))
+
+
+# ---------------------------------------------------------------------------------------------- alibi
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi's per-head slopes (Press et al. 2022); float64 `[H]`.
+
+    H a power of two: the geometric sequence 2^(-8/H), 2^(-16/H), ..., 2^-8. Otherwise the paper's rule: the
+    slopes for the largest power of two P < H, then every other slope for 2P, for the remaining H - P heads.
+    """
+    if num_heads & (num_heads - 1) == 0:
+        return 2.0 ** (-8.0 * np.arange(1, num_heads + 1) / num_heads)
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    return np.concatenate([alibi_slopes(closest), alibi_slopes(2 * closest)[0::2][: num_heads - closest]])
+
+
+def alibi_bias(q_positions_T, k_positions_S, num_heads: int):
+    """ALiBi (Press et al. 2022): bias[h, i, j] = -slope_h * |i - j|; float32 `[H, T, S]`.
+
+    The paper's -slope * (i - j) for keys at or before the query; |i - j| agrees there and stays sensible for
+    later keys (masked in a decoder, attended to by a bidirectional encoder).
+    """
+    distance_TxS = jnp.abs(q_positions_T[:, None] - k_positions_S[None, :]).astype(jnp.float32)
+    slopes_H = jnp.asarray(alibi_slopes(num_heads), jnp.float32)
+    return -slopes_H[:, None, None] * distance_TxS[None]
+
+
+register(PositionalEncoding(
+    "alibi", defaults={}, init=_no_params,
+    bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: alibi_bias(
+        q_positions_T, k_positions_S, n_head)))
+
+
+# ---------------------------------------------------------------------------------------------- t5
+
+
+def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: int = 32,
+                       max_distance: int = 128):
+    """T5's bucket of relative_position = key position - query position (Raffel et al. 2020; the T5 code).
+
+    Bidirectional: half the buckets for keys after the query. Unidirectional (decoder): only earlier keys
+    count, n = max(-relative_position, 0). With nb buckets per direction and max_exact = nb / 2, each distance
+    below max_exact has its own bucket, longer ones share log-spaced buckets and all from max_distance on
+    share the
+    last: bucket(n) = n if n < max_exact, else
+    min(max_exact + floor(log(n / max_exact) / log(max_distance / max_exact) * (nb - max_exact)), nb - 1).
+    The log is taken in float32, as in the T5 code. int32, relative_position's shape.
+    """
+    rp = jnp.asarray(relative_position, jnp.int32)
+    bucket = jnp.zeros_like(rp)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + jnp.where(rp > 0, num_buckets, 0)
+        n = jnp.abs(rp)
+    else:
+        n = jnp.maximum(-rp, 0)
+    max_exact = num_buckets // 2
+    log_ratio = jnp.log(jnp.maximum(n, max_exact).astype(jnp.float32) / max_exact) / math.log(
+        max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    return bucket + jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
+
+
+def t5_bias(table_NxH, q_positions_T, k_positions_S, *, bidirectional: bool, max_distance: int = 128):
+    """T5's relative attention bias (Raffel et al. 2020): bias[h, i, j] = table[bucket(j - i), h]; [H, T, S].
+
+    `table_NxH` holds one learned scalar per (bucket, head); float32 out.
+    """
+    relative_TxS = k_positions_S[None, :] - q_positions_T[:, None]
+    bucket_TxS = t5_relative_bucket(relative_TxS, bidirectional=bidirectional, num_buckets=table_NxH.shape[0],
+                                    max_distance=max_distance)
+    return jnp.transpose(table_NxH.astype(jnp.float32)[bucket_TxS], (2, 0, 1))
+
+
+def _t5_validate(cfg: Mapping) -> None:
+    per_direction = cfg["num_buckets"] // 2 if cfg["bidirectional"] else cfg["num_buckets"]
+    _require(per_direction >= 2, "t5", "num_buckets", cfg["num_buckets"],
+             "must leave >= 2 buckets per direction (>= 4 when bidirectional)")
+    _require(cfg["max_distance"] > per_direction // 2, "t5", "max_distance", cfg["max_distance"],
+             f"must exceed the exact range, buckets per direction / 2 = {per_direction // 2}")
+
+
+register(PositionalEncoding(
+    "t5", defaults={"num_buckets": 32, "max_distance": 128, "bidirectional": False},
+    init=lambda key, cfg, *, n_embd, n_head, head_dim: {
+        "table": 0.02 * jax.random.normal(key, (cfg["num_buckets"], n_head), jnp.float32)},
+    bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: t5_bias(
+        params["table"], q_positions_T, k_positions_S, bidirectional=cfg["bidirectional"],
+        max_distance=cfg["max_distance"]),
+    validate=_t5_validate))
+
+
+# ---------------------------------------------------------------------------------------------- kerple
+
+
+def kerple_log_bias(r1_H, r2_H, q_positions_T, k_positions_S):
+    """KERPLE, logarithmic variant (Chi et al. 2022): bias[h, i, j] = -r1_h * log(1 + r2_h * |i - j|), r > 0.
+
+    A conditionally positive definite kernel of the distance used as a logit bias; float32 `[H, T, S]`.
+    """
+    distance_TxS = jnp.abs(q_positions_T[:, None] - k_positions_S[None, :]).astype(jnp.float32)
+    r1_Hx1x1, r2_Hx1x1 = (r.astype(jnp.float32)[:, None, None] for r in (r1_H, r2_H))
+    return -r1_Hx1x1 * jnp.log1p(r2_Hx1x1 * distance_TxS[None])
+
+
+def _softplus_inverse(y):
+    return y + jnp.log(-jnp.expm1(-y))
+
+
+def _kerple_init(key, cfg, *, n_embd, n_head, head_dim) -> Params:
+    # # The paper's code draws r1 ~ U(0, 2), r2 ~ U(0, 1) and clamps both to >= 1e-2 after every step. A pure
+    # function # cannot clamp its parameters in place, so r = softplus(raw): positive, with a gradient
+    # everywhere.
+    k1, k2 = jax.random.split(key)
+    r1 = jax.random.uniform(k1, (n_head,), jnp.float32, 1e-2, 2.0)
+    r2 = jax.random.uniform(k2, (n_head,), jnp.float32, 1e-2, 1.0)
+    return {"r1_raw": _softplus_inverse(r1), "r2_raw": _softplus_inverse(r2)}
+
+
+register(PositionalEncoding(
+    "kerple", defaults={}, init=_kerple_init,
+    bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: kerple_log_bias(
+        jax.nn.softplus(params["r1_raw"]), jax.nn.softplus(params["r2_raw"]), q_positions_T, k_positions_S)))
+
+
+# ---------------------------------------------------------------------------------------------- fire
+
+
+def fire_bias(params: Params, q_positions_T, k_positions_S, *, init_L: float = 512.0, eps: float = 1e-6):
+    """FIRE (Li et al. 2023): bias[h, i, j] = f(psi(i - j) / psi(max(L, i)))_h, psi(x) = log(|c x| + 1).
+
+    f is an MLP 1 -> W -> H with a ReLU (`w1`, `b1` `[W]`; `w2` `[W, H]`, `b2` `[H]`); c is learned, and so is
+    the threshold L = |L_multiplier * init_L| (the paper's parameterisation). Normalising by the query's own
+    log position maps distances into [0, 1] at any length; the threshold keeps short prefixes from being
+    stretched. Later keys (j > i) give finite values, masked in a decoder. float32 `[H, T, S]`.
+    """
+    c = params["c"].astype(jnp.float32)
+    psi = lambda x: jnp.log(jnp.abs(c * x) + 1.0)
+    i_T, j_S = _f32(q_positions_T), _f32(k_positions_S)
+    threshold = jnp.abs(params["L_multiplier"].astype(jnp.float32) * init_L)
+    normaliser_T = psi(jnp.maximum(i_T, threshold)) + eps
+    x_TxS = psi(i_T[:, None] - j_S[None, :]) / normaliser_T[:, None]
+    w1_W, b1_W, w2_WxH, b2_H = (params[name].astype(jnp.float32) for name in ("w1", "b1", "w2", "b2"))
+    hidden_TxSxW = jax.nn.relu(x_TxS[:, :, None] * w1_W[None, None, :] + b1_W[None, None, :])
+    return jnp.einsum("tsw,wh->hts", hidden_TxSxW, w2_WxH) + b2_H[:, None, None]
+
+
+def _fire_init(key, cfg, *, n_embd, n_head, head_dim) -> Params:
+    # PyTorch nn.Linear's default, as in the paper's code: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    width, keys = cfg["mlp_width"], jax.random.split(key, 4)
+    u = lambda k, shape, fan_in: jax.random.uniform(k, shape, jnp.float32, -1.0, 1.0) / math.sqrt(fan_in)
+    return {"c": jnp.asarray(cfg["init_c"], jnp.float32), "L_multiplier": jnp.ones((), jnp.float32),
+            "w1": u(keys[0], (width,), 1), "b1": u(keys[1], (width,), 1),
+            "w2": u(keys[2], (width, n_head), width), "b2": u(keys[3], (n_head,), width)}
+
+
+def _fire_validate(cfg: Mapping) -> None:
+    _require(cfg["mlp_width"] >= 1, "fire", "mlp_width", cfg["mlp_width"], "must be >= 1")
+    _require(cfg["init_L"] > 0, "fire", "init_L", cfg["init_L"], "must be > 0")
+    _require(cfg["eps"] > 0, "fire", "eps", cfg["eps"], "must be > 0")
+
+
+register(PositionalEncoding(
+    "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 512.0, "eps": 1e-6},
+    init=_fire_init,
+    bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: fire_bias(
+        params, q_positions_T, k_positions_S, init_L=cfg["init_L"], eps=cfg["eps"]),
+    validate=_fire_validate))

@@ -1,0 +1,455 @@
+"""Variant sweeps: one config lists a base config and the axes to vary; every point is an ordinary run directory.
+
+A sweep config's `get_config()` returns a ConfigDict with
+
+    base           a packaged config name ("shakespeare_char_cpu") or a path to one
+    overrides      `--config.a.b=v` strings applied to the base for every point
+    axes           the fields to vary, nested like the config: `axes.model.position.name = ("alibi", "rope")`,
+                   `axes.train.seed = (0, 1)`; the sweep is the product of their values
+    eval_lengths   multipliers of `data.block_size` at which every trained model is evaluated, e.g. (1, 2, 4, 8)
+    eval_tokens    predicted tokens per eval length (the same at every length; windows = eval_tokens / length)
+    eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
+    eval_split     the split the windows come from ("val")
+
+The sweep directory holds `sweep.json` (the sweep config and its points) and `runs/<point>/`, each made by
+`jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`
+(see extrapolation.py). A point named e.g. `position=alibi,seed=0` is finished when its run directory has the final
+checkpoint and `extrapolation.json`; a stopped sweep started again skips finished points, evaluates trained ones and
+resumes partly trained ones from their latest checkpoint. Nothing is ever deleted. Every point's config is validated
+before the first one runs; a learned table shorter than an eval length is not an error: that length is reported
+"n/a (learned table has N positions)". After every point the reports (`results.md`, `results.csv`,
+`extrapolation.png`, `position_loss.png`) are rewritten; `jaxformer report SWEEP_DIR` rewrites them from the run
+directories alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import time
+
+import ml_collections
+
+from jaxformer import config as config_lib
+from jaxformer import extrapolation
+from jaxformer import positional
+from jaxformer import run as run_lib
+
+log = logging.getLogger("jaxformer")
+
+SEED_FIELD = "train.seed"  # the axis the reports average over
+SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split")
+# Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
+# derived from the dataset, cosmetic, or where the data lives on this machine.
+_RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
+
+
+@dataclasses.dataclass
+class Point:
+    """One run of the sweep: its name (its directory), the axis values, its config, and its eval lengths."""
+
+    index: int
+    name: str  # its directory, e.g. "position=alibi,seed=0"
+    variant: str  # the name without the seed, e.g. "alibi": the report's row, averaged over seeds
+    values: list  # [(field, value), ...] in axis order
+    cfg: ml_collections.ConfigDict  # resolved (the vocabulary size is filled in by the run)
+    lengths: list  # [{"multiplier": m, "length": T, "na": reason | None}, ...]
+
+
+# ---------------------------------------------------------------------------------------------- sweep configs
+
+def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """(sweep config, extra base overrides): `--config.<sweep field>...` changes the sweep config, any other
+    `--config.<field>=v` is applied to the base config of every point."""
+    sweep_overrides, base_overrides = [], []
+    for arg in overrides:
+        field = arg[len("--config."):].split("=", 1)[0].split(".")[0] if arg.startswith("--config.") else ""
+        (sweep_overrides if field in SWEEP_FIELDS else base_overrides).append(arg)
+    sweep_cfg = config_lib.load(config, sweep_overrides)
+    for field in ("base", "axes", "eval_lengths"):
+        if field not in sweep_cfg:
+            raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
+                             f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
+    defaults = {"overrides": (), "eval_tokens": 16384, "eval_batch_tokens": 8192, "eval_split": "val"}
+    with sweep_cfg.unlocked():
+        for key, value in defaults.items():
+            if key not in sweep_cfg:
+                sweep_cfg[key] = value
+    return sweep_cfg, base_overrides
+
+
+def flatten_axes(axes: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, tuple]]:
+    """`axes.model.position.name = (...)` -> [("model.position.name", (...)), ...] (sorted by field)."""
+    out = []
+    for key, value in axes.items():
+        if isinstance(value, (ml_collections.ConfigDict, dict)):
+            out += flatten_axes(ml_collections.ConfigDict(value) if isinstance(value, dict) else value,
+                                f"{prefix}{key}.")
+        else:
+            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if not values:
+                raise ValueError(f"sweep axis {prefix}{key} has no values; give a tuple of at least one")
+            out.append((f"{prefix}{key}", values))
+    return out
+
+
+def _short_names(fields: list[str]) -> dict[str, str]:
+    """`model.position.name` -> `position`, `train.seed` -> `seed`; the full field where short names collide."""
+    short = {f: (f.split(".")[-2] if f.split(".")[-1] == "name" and "." in f else f.split(".")[-1]) for f in fields}
+    counts = {s: list(short.values()).count(s) for s in short.values()}
+    return {f: (s if counts[s] == 1 else f) for f, s in short.items()}
+
+
+def _format_value(value) -> str:
+    text = str(value) if not isinstance(value, float) else f"{value:g}"
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)
+
+
+def _override_value(value) -> str:
+    return repr(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] = ()) -> list[Point]:
+    """Every point of the sweep, its config loaded, resolved and validated (raises before anything runs)."""
+    axes = flatten_axes(sweep_cfg.axes)
+    multipliers = [int(m) for m in sweep_cfg.eval_lengths]
+    if not multipliers or any(m < 1 for m in multipliers):
+        raise ValueError(f"eval_lengths={tuple(sweep_cfg.eval_lengths)}; give positive multipliers of the block size")
+    names = _short_names([field for field, _ in axes])
+    varied = [field for field, _ in axes if field != SEED_FIELD]
+    points = []
+    for index, combo in enumerate(itertools.product(*[values for _, values in axes])):
+        values = [(field, value) for (field, _), value in zip(axes, combo)]
+        name = ",".join(f"{names[field]}={_format_value(value)}" for field, value in values) or "base"
+        variant = (_format_value(dict(values)[varied[0]]) if len(varied) == 1 else
+                   ",".join(f"{names[f]}={_format_value(v)}" for f, v in values if f != SEED_FIELD) or "base")
+        overrides = [*sweep_cfg.overrides, *base_overrides,
+                     *[f"--config.{field}={_override_value(value)}" for field, value in values]]
+        try:
+            cfg = config_lib.resolve(config_lib.load(sweep_cfg.base, overrides))
+            config_lib.validate(cfg)
+            lengths = eval_lengths_for(cfg, multipliers)
+            config_lib.validate(cfg, eval_lengths=[x["length"] for x in lengths if x["na"] is None])
+        except ValueError as e:
+            raise ValueError(f"sweep point {name}: {str(e).splitlines()[0]}") from e
+        longest = max(x["length"] for x in lengths)
+        if sweep_cfg.eval_tokens < longest:
+            raise ValueError(f"eval_tokens={sweep_cfg.eval_tokens} is less than the longest eval length {longest} "
+                             f"(point {name}); give at least one window's worth")
+        points.append(Point(index, name, variant, values, cfg, lengths))
+    duplicates = {p.name for p in points if [q.name for q in points].count(p.name) > 1}
+    if duplicates:
+        raise ValueError(f"sweep points share a directory name: {', '.join(sorted(duplicates))}; "
+                         "make the axis values distinct")
+    return points
+
+
+def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int]) -> list[dict]:
+    """The eval lengths of one point; those beyond a position table are n/a with the reason, not an error."""
+    name = cfg.model.position.name
+    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
+    out = []
+    for m in multipliers:
+        length = m * cfg.data.block_size
+        na = f"n/a ({name} table has {limit} positions)" if limit is not None and length > limit else None
+        out.append({"multiplier": m, "length": length, "na": na})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ run directories
+
+def final_checkpoint_exists(run_dir: str, steps: int) -> bool:
+    # orbax writes a step into a temporary directory and renames it when complete: the name means it is whole.
+    return os.path.isdir(os.path.join(run_dir, "checkpoints", "latest", str(steps)))
+
+
+def point_state(run_dir: str, steps: int) -> str:
+    """"done" (evaluated), "evaluate" (trained, not evaluated), "resume" (partly trained) or "new"."""
+    result_path = os.path.join(run_dir, extrapolation.RESULT_FILE)
+    if os.path.exists(result_path):
+        if final_checkpoint_exists(run_dir, steps) or run_lib.read_json(result_path).get("stopped"):
+            return "done"
+    if final_checkpoint_exists(run_dir, steps):
+        return "evaluate"
+    if os.path.exists(os.path.join(run_dir, "config.json")):
+        return "resume"
+    return "new"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -> None:
+    """A run directory made by an earlier sweep must hold this point's config (else resuming would mix two)."""
+    saved = _flat(json.loads(config_lib.to_json(run_lib.load_config(run_dir))))
+    wanted = _flat(json.loads(config_lib.to_json(cfg)))
+    for field in sorted(set(saved) | set(wanted)):
+        if field in _RESUME_IGNORED:
+            continue
+        if saved.get(field) != wanted.get(field):
+            raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved.get(field)!r}, the sweep now "
+                             f"gives {wanted.get(field)!r}; use another --workdir or restore the sweep config")
+
+
+def describe(point: Point, state: str) -> str:
+    ok = " ".join(str(x["length"]) for x in point.lengths if x["na"] is None)
+    na = [x for x in point.lengths if x["na"] is not None]
+    na_text = f"; {' '.join(str(x['length']) for x in na)} {na[0]['na']}" if na else ""
+    return f"  [{state:8s}] {point.name:32s} steps {point.cfg.train.steps}, eval at {ok}{na_text}"
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overrides: list[str] = (),
+              dry_run: bool = False, report: bool = True, print_fn=print) -> list[Point]:
+    """Runs every unfinished point sequentially into `workdir/runs/<point>/`; returns the points."""
+    points = make_points(sweep_cfg, base_overrides)
+    runs_dir = os.path.join(workdir, "runs")
+    states = {p.name: point_state(os.path.join(runs_dir, p.name), p.cfg.train.steps) for p in points}
+    for p in points:
+        if states[p.name] != "new":
+            check_same_config(os.path.join(runs_dir, p.name), p.cfg, p.name)
+    axes = " x ".join(f"{field} ({len(values)})" for field, values in flatten_axes(sweep_cfg.axes))
+    done = sum(s == "done" for s in states.values())
+    print_fn(f"sweep: {len(points)} points ({axes or 'no axes'}), {done} finished, into {workdir}")
+    for p in points:
+        print_fn(describe(p, states[p.name]))
+    if dry_run:
+        return points
+
+    os.makedirs(runs_dir, exist_ok=True)
+    run_lib.write_json(os.path.join(workdir, "sweep.json"), {
+        "config": sweep_cfg.to_dict(), "base_overrides": list(base_overrides),
+        "points": [{"name": p.name, "values": p.values} for p in points]})
+    datasets = {}
+    for p in points:
+        if states[p.name] == "done":
+            continue
+        print_fn(f"sweep: point {p.index + 1}/{len(points)}: {p.name} ({states[p.name]})")
+        stopped = run_point(p, os.path.join(runs_dir, p.name), sweep_cfg, states[p.name], datasets)
+        if report:
+            write_reports(workdir)
+        if stopped:
+            raise SweepStopped(f"sweep stopped at point {p.name}: {stopped}; run the same command to resume")
+    if report:
+        for line in write_reports(workdir):
+            print_fn(line)
+    return points
+
+
+class SweepStopped(RuntimeError):
+    """A signal stopped a run (its checkpoint is saved); the sweep resumes from it when run again."""
+
+
+def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, state: str,
+              datasets: dict) -> str | None:
+    """Trains (or resumes) and evaluates one point; returns a stop reason when a signal interrupted it."""
+    from jaxformer import data as data_lib
+    from jaxformer import train as train_lib
+
+    data_key = config_lib.to_json(point.cfg.data)
+    if data_key not in datasets:
+        datasets[data_key] = data_lib.load_dataset(point.cfg.data)
+    dataset = datasets[data_key]
+    stopped, train_seconds = None, None
+    if state in ("new", "resume"):
+        start = time.perf_counter()
+        result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset)
+        train_seconds = time.perf_counter() - start
+        if result["stopped"] and not result.get("nonfinite_steps"):
+            return result["stopped"]
+        stopped = result["stopped"]
+        trainer = result["trainer"]
+        graphdef, params, cfg, step = trainer.graphdef, result["params"], trainer.cfg, result["step"]
+    else:
+        cfg, graphdef, params, step = train_lib.restore_params(run_dir)
+    extrapolation.evaluate_run(run_dir, graphdef, params, dataset, cfg, step=step, point=point.name,
+                               variant=point.variant, index=point.index, values=point.values,
+                               lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
+                               batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
+                               stopped=stopped, train_seconds=train_seconds)
+    return None
+
+
+# -------------------------------------------------------------------------------------------------------- reports
+
+def _fmt(stat, digits: int = 3, percent: bool = False) -> str:
+    if stat is None:
+        return "-"
+    mean, std = stat
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    d = 1 if percent else digits
+    return f"{mean * scale:.{d}f}{unit}" + (f" ± {std * scale:.{d}f}{unit}" if std else "")
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def summary_lines(variants: list[dict]) -> list[str]:
+    """One line per variant: loss at the training length, at the longest length it runs, and the change."""
+    lines = []
+    for v in variants:
+        ok = [x for x in v["lengths"] if x["loss"] is not None]
+        na = [x for x in v["lengths"] if x["loss"] is None]
+        seeds = f"{len(v['seeds'])} seed{'s' if len(v['seeds']) != 1 else ''}"
+        if not ok:
+            lines.append(f"{v['variant']}: no eval length ran ({na[0]['na'] if na else 'no results'}; {seeds})")
+            continue
+        first, last = ok[0], ok[-1]
+        text = f"{v['variant']}: loss {first['loss'][0]:.3f} at {first['multiplier']}× ({first['length']})"
+        if last is not first:
+            change = last["loss"][0] - first["loss"][0]
+            text += (f" -> {last['loss'][0]:.3f} at {last['multiplier']}× ({last['length']}), "
+                     f"{change:+.3f} ({100 * change / first['loss'][0]:+.1f}%)")
+        if v["has_accuracy"] and first["exact_match"] is not None:
+            text += f"; exact match {100 * first['exact_match'][0]:.0f}%"
+            if last is not first:
+                text += f" -> {100 * last['exact_match'][0]:.0f}%"
+        if na:
+            multipliers = ", ".join(f"{x['multiplier']}×" for x in na)
+            text += f"; {multipliers} {na[0]['na']}"
+        lines.append(f"{text} ({seeds})")
+    if variants:
+        longest = max(x["multiplier"] for x in variants[0]["lengths"])
+        ranked = sorted((x["loss"][0], v["variant"]) for v in variants for x in v["lengths"]
+                        if x["multiplier"] == longest and x["loss"] is not None)
+        if len(ranked) > 1:
+            lines.append(f"ranking at {longest}×: " + " < ".join(f"{name} {loss:.3f}" for loss, name in ranked))
+    return lines
+
+
+def write_reports(workdir: str) -> list[str]:
+    """results.md, results.csv, extrapolation.png, position_loss.png from `workdir/runs/*`; the summary lines."""
+    results, unfinished = extrapolation.load_results(workdir)
+    variants = extrapolation.aggregate(results)
+    lines = summary_lines(variants)
+    first = results[0] if results else None
+    title = (f"{first['data']}, trained at T={first['block_size']} for {first['steps']} steps "
+             f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)"
+             if first else "no finished runs")
+    _write_csv(variants, os.path.join(workdir, "results.csv"))
+    _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"))
+    extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
+                                     title=f"Loss vs eval length: {title}")
+    extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
+                                     title=f"Loss at each position, longest eval length: {title}")
+    return lines
+
+
+CSV_COLUMNS = ("variant", "multiplier", "length", "status", "seeds", "loss_mean", "loss_std", "losses",
+               "exact_match_mean", "exact_match_std", "predicted_tokens", "val_loss_mean", "val_loss_std",
+               "n_params", "ms_per_step")
+
+
+def _write_csv(variants: list[dict], path: str) -> None:
+    import csv
+
+    rows = []
+    for v in variants:
+        for x in v["lengths"]:
+            loss, em, val = x["loss"] or (None, None), x["exact_match"] or (None, None), v["val_loss"] or (None, None)
+            rows.append({"variant": v["variant"], "multiplier": x["multiplier"], "length": x["length"],
+                         "status": x["na"] or "ok", "seeds": x["seeds"], "loss_mean": loss[0], "loss_std": loss[1],
+                         "losses": ";".join(f"{y:.6f}" for y in x["losses"]),
+                         "exact_match_mean": em[0] if v["has_accuracy"] else None,
+                         "exact_match_std": em[1] if v["has_accuracy"] else None,
+                         "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0], "val_loss_std": val[1],
+                         "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
+    out = [f"# Sweep results: {title}", ""]
+    if variants:
+        r = results[0]
+        lengths = variants[0]["lengths"]
+        tokens = next((x["predicted_tokens"] for v in variants for x in v["lengths"] if x["predicted_tokens"]), None)
+        seconds = [s for r in results for s in (r["seconds"].get("train"), r["seconds"].get("eval")) if s]
+        out += [f"{len(results)} runs ({len(variants)} variants × seeds), {r['split']} split; each eval length "
+                f"predicts the same {tokens} tokens (windows of length T, positions 0..T-1). Cells: mean loss "
+                "(nats/token) over seeds ± sample standard deviation over seeds. `val loss` is the training run's "
+                f"own evaluation at the training length. Wall time of the runs: {sum(seconds) / 60:.1f} min.", ""]
+        head = ["variant", "seeds", "params", "ms/step", f"val loss (T={r['block_size']})",
+                *[f"{x['multiplier']}× ({x['length']})" for x in lengths]]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for v in variants:
+            cells = [v["variant"], str(len(v["seeds"])), _params(v["n_params"]),
+                     f"{v['ms_per_step']:.0f}" if v["ms_per_step"] else "-", _fmt(v["val_loss"])]
+            cells += [_fmt(x["loss"]) if x["loss"] is not None else x["na"] for x in v["lengths"]]
+            out.append("| " + " | ".join(cells) + " |")
+        if variants[0]["has_accuracy"]:
+            out += ["", "Exact match (every predicted token of an example right), mean ± spread over seeds:", "",
+                    "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
+                    "|---|" + "---|" * len(lengths)]
+            for v in variants:
+                cells = [_fmt(x["exact_match"], percent=True) if x["loss"] is not None else x["na"]
+                         for x in v["lengths"]]
+                out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+        out += ["", "## Summary", "", *[f"- {line}" for line in lines], "",
+                "![loss vs eval length](extrapolation.png)", "", "![loss vs position](position_loss.png)"]
+    else:
+        out += ["No run has been evaluated yet."]
+    if unfinished:
+        out += ["", f"Not finished yet: {', '.join(unfinished)}"]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+def sweep_main(argv: list[str]) -> int:
+    from jaxformer.cli import split_config_args
+
+    config, overrides, rest = split_config_args(argv)
+    p = argparse.ArgumentParser(
+        prog="jaxformer sweep", description="Run a sweep config: every point a run directory under --workdir, "
+        "each evaluated at multiples of the training length; reports in --workdir.",
+        epilog="--config.<field>=v changes a sweep-config field (axes.*, eval_*, base, overrides) or, for any "
+        "other field, the base config of every point (e.g. --config.train.steps=200).")
+    p.add_argument("--config", help="sweep config: a .py file or packaged name (sweeps.positional)")
+    p.add_argument("--workdir", help="sweep directory (default: runs/sweeps/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their state; run nothing")
+    args = p.parse_args(rest)
+    if config is None:
+        raise ValueError("--config is required: a sweep config such as sweeps.positional or configs/sweeps/positional.py")
+    sweep_cfg, base_overrides = load_sweep(config, overrides)
+    name = os.path.splitext(os.path.basename(config))[0].split(".")[-1] if config.endswith(".py") \
+        else config.split(".")[-1]
+    workdir = args.workdir or os.path.join("runs", "sweeps", name)
+    try:
+        run_sweep(sweep_cfg, workdir, base_overrides=base_overrides, dry_run=args.dry_run)
+    except SweepStopped as e:
+        print(str(e))
+        return 130
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="jaxformer report",
+                                description="Rewrite a sweep's reports from its run directories alone.")
+    p.add_argument("sweep_dir", help="a sweep directory (holding runs/<point>/)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.sweep_dir, "runs")):
+        raise ValueError(f"{args.sweep_dir} has no runs/ directory; is it a sweep directory made by `jaxformer sweep`?")
+    for line in write_reports(args.sweep_dir):
+        print(line)
+    return 0

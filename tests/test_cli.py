@@ -1,0 +1,133 @@
+"""The `jaxformer` command as a user runs it: help, one-line errors (exit 2), signals, resume, sampling."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def jaxformer(*args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, "-m", "jaxformer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, **kwargs)
+
+
+def test_help_lists_subcommands():
+    out = jaxformer("--help")
+    assert out.returncode == 0
+    for name in ("train", "eval", "sample"):
+        assert name in out.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--config", "tiny", "--config.model.n_haed=3"], "unknown config field 'model.n_haed'"),
+    (["train", "--config", "tiny", "--config.model.position.name=nope"], "model.position.name='nope'"),
+    (["train", "--config", "no_such_config"], "--config='no_such_config'"),
+    (["sample", "--workdir", "/nonexistent/run"], "has no config.json"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
+    out = jaxformer(*args, "--workdir", str(tmp_path / "w")) if args[0] == "train" else jaxformer(*args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+    deadline = time.time() + timeout
+    path = os.path.join(workdir, "metrics.jsonl")
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        if os.path.exists(path):
+            with open(path) as f:
+                steps = [json.loads(line)["step"] for line in f if line.strip()]
+            if steps and max(steps) >= step:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"no metrics at step {step} within {timeout}s")
+
+
+LONG = ["--config", "tiny", "--config.train.steps=300", "--config.train.log_every=10",
+        "--config.train.eval_every=100", "--config.train.checkpoint_every=100", "--config.train.sample_chars=0"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    out = jaxformer("train", *LONG, "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_checkpoint_and_resume_is_exact(sig, uninterrupted, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "jaxformer.cli", "train", *LONG, "--workdir", workdir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_step(workdir, 20, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert f"{sig.name} at step" in stderr and "checkpoint saved" in stderr
+    steps = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+    assert steps and max(int(s) for s in steps if s.isdigit()) < 300
+    out = jaxformer("train", "--workdir", workdir, "--resume")
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == uninterrupted
+
+
+def test_sigkill_then_resume_from_last_checkpoint(uninterrupted, tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = subprocess.Popen([sys.executable, "-m", "jaxformer.cli", "train", *LONG, "--workdir", workdir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    _wait_for_step(workdir, 110, proc)  # past the step-100 checkpoint
+    proc.kill()
+    proc.wait(timeout=60)
+    out = jaxformer("train", "--workdir", workdir, "--resume")
+    assert out.returncode == 0, out.stderr
+    assert "resumed from step" in out.stderr
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert f.read() == uninterrupted
+
+
+def test_repro_check(tmp_path):
+    workdir = str(tmp_path / "run")
+    assert jaxformer("train", "--config", "tiny", "--workdir", workdir).returncode == 0
+    out = jaxformer("repro-check", workdir, "--steps", "15")
+    assert out.returncode == 0 and out.stdout.startswith("OK"), out.stdout + out.stderr
+    # Tamper with the record: the check must notice.
+    path = os.path.join(workdir, "metrics.jsonl")
+    lines = open(path).read().splitlines()
+    first = json.loads(lines[0])
+    first["loss"] += 1e-7
+    lines[0] = json.dumps(first, sort_keys=True)
+    open(path, "w").write("\n".join(lines) + "\n")
+    out = jaxformer("repro-check", workdir, "--steps", "15")
+    assert out.returncode == 1 and "MISMATCH" in out.stdout
+
+
+def test_train_sample_eval_on_tiny_shakespeare(shakespeare_dir, tfds_data_dir, tmp_path):
+    """30 steps on the real text through TFDS, then `sample` prints the requested number of characters."""
+    workdir = str(tmp_path / "shakespeare")
+    out = jaxformer("train", "--config", "tiny", "--config.data.name=tiny_shakespeare",
+                    f"--config.data.manual_dir={shakespeare_dir}", f"--config.data.data_dir={tfds_data_dir}",
+                    "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert losses[-1] < losses[0]
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "ROMEO:", "--max-new-tokens", "50", "--seed", "1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout[:-1]) == len("ROMEO:") + 50
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "ROMEO: \u00e9\u00e9")
+    assert out.returncode == 2 and "\u00e9" in out.stderr
+    out = jaxformer("eval", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["loss"] > 0

@@ -1,0 +1,69 @@
+"""Config loading and validation: every bad input is a one-line error naming the field, before anything compiles."""
+
+import pytest
+
+from jaxformer import config as config_lib
+
+BAD = [
+    # (overrides, text the one-line error must contain)
+    (["--config.model.n_haed=3"], "model.n_haed"),
+    (["--config.model.n_head=x"], "model.n_head"),
+    (["--config.model.position.name=ropez"], "model.position.name='ropez'; choose one of"),
+    (["--config.model.attention.implementation=flash"], "model.attention.implementation='flash'; choose one of"),
+    (["--config.data.name=wikitext"], "data.name='wikitext'; choose one of"),
+    (["--config.data.name=synthetic/sorting"], "data.name='synthetic/sorting'"),
+    (["--config.model.n_embd=33"], "model.n_embd=33 is not divisible by model.n_head=2"),
+    (["--config.model.n_head=4", "--config.model.n_kv_head=3"], "not divisible by model.n_kv_head=3"),
+    (["--config.model.position.name=learned", "--config.model.position.learned.max_len=16"],
+     "data.block_size=32 is beyond the learned table"),
+    (["--config.model.n_layer=0"], "model.n_layer=0"),
+    (["--config.data.batch_size=-1"], "data.batch_size=-1"),
+    (["--config.train.steps=0"], "train.steps=0"),
+    (["--config.optim.lr=0"], "optim.lr=0"),
+    (["--config.optim.min_lr=1"], "optim.min_lr=1"),
+    (["--config.model.dtype=float8"], "model.dtype='float8'"),
+    (["--config.train.nonfinite=ignore"], "train.nonfinite='ignore'"),
+    (["--config.model.position.rope.scaling=magic"], "model.position.rope.scaling"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_config_is_one_line_error_naming_the_field(overrides, message):
+    with pytest.raises(config_lib.ConfigError) as info:
+        cfg = config_lib.load("tiny", overrides)
+        config_lib.validate(config_lib.resolve(cfg), n_devices=1)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_batch_not_divisible_by_data_parallel_devices():
+    cfg = config_lib.resolve(config_lib.load("tiny", ["--config.data.batch_size=6"]))
+    with pytest.raises(config_lib.ConfigError, match="data.batch_size=6 is not divisible by the 4"):
+        config_lib.validate(cfg, n_devices=4)
+    config_lib.validate(cfg, n_devices=2)
+
+
+def test_eval_lengths_beyond_learned_table():
+    cfg = config_lib.resolve(config_lib.load("tiny", ["--config.model.position.name=learned"]))
+    config_lib.validate(cfg, eval_lengths=[32])
+    with pytest.raises(config_lib.ConfigError, match="eval length 64 is beyond the learned table"):
+        config_lib.validate(cfg, eval_lengths=[32, 64])
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = config_lib.load("tiny", ["--config.optim.lr=0.01", "--config.model.position.name=alibi",
+                                   "--config.model.bias=true"])
+    assert cfg.optim.lr == 0.01 and cfg.model.position.name == "alibi" and cfg.model.bias is True
+    config_lib.validate(config_lib.resolve(cfg), n_devices=1)
+
+
+def test_every_packaged_config_validates():
+    for name in [n for n in config_lib.list_configs() if "." not in n]:  # sweeps.* are sweep configs
+        cfg = config_lib.resolve(config_lib.load(name))
+        config_lib.validate(cfg)
+
+
+def test_unknown_config_file():
+    with pytest.raises(config_lib.ConfigError, match="choose one of"):
+        config_lib.load("nonexistent_config")

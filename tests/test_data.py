@@ -1,0 +1,250 @@
+"""Data layer: tokenizer, text batches, tiny_shakespeare through TFDS without TensorFlow, and its errors.
+
+The tiny-shakespeare tests read the real file through the same TFDS path users take (manual dir ->
+array_record in a temporary data dir); nothing is written into the repository.
+"""
+
+import hashlib
+import importlib.util
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxformer import data as data_lib
+from jaxformer.data import text as text_lib
+from jaxformer.data import tiny_shakespeare
+from jaxformer.data.tiny_shakespeare import builder as builder_lib
+
+SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def config(**fields):
+    cfg = data_lib.default_config()
+    cfg.update(fields)
+    return cfg
+
+
+@pytest.fixture
+def no_manual_dir_env(monkeypatch):
+    monkeypatch.delenv(text_lib.MANUAL_DIR_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def shakespeare(shakespeare_dir, tfds_data_dir):
+    """(the dataset with nanoGPT's validation text, the raw input.txt text), prepared once per session."""
+    cfg = config(name="tiny_shakespeare", manual_dir=shakespeare_dir, data_dir=tfds_data_dir,
+                 val_split="validation+test")
+    with open(os.path.join(shakespeare_dir, "input.txt"), "rb") as f:
+        return data_lib.load_dataset(cfg), f.read().decode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+
+
+def test_tokenizer_round_trip_on_random_text_and_vocab_json(tmp_path):
+    rng = np.random.default_rng(0)
+    alphabet = list("abc XYZ\n\t.,!") + ["é", "λ", "中", "😀"]
+    text = "".join(rng.choice(alphabet, 2000))
+    tok = data_lib.Tokenizer.from_text(text)
+    assert tok.vocab == sorted(set(text)) and tok.vocab_size == len(set(text))
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and ids.shape == (2000,) and tok.decode(ids) == text
+    tok.save(str(tmp_path / "vocab.json"))
+    loaded = data_lib.load_tokenizer(str(tmp_path / "vocab.json"))
+    assert loaded.vocab == tok.vocab and loaded.decode(loaded.encode(text[:50])) == text[:50]
+
+
+def test_unknown_characters_are_named():
+    tok = data_lib.Tokenizer.from_text("hello world")
+    match = r"2 character\(s\) not in the 8-character vocabulary: 'Z', 'é'"
+    with pytest.raises(data_lib.DataError, match=match):
+        tok.encode("hello Zé")
+    with pytest.raises(ValueError, match="out of range"):
+        tok.decode([0, 99])
+
+
+def test_missing_or_broken_vocab_json_names_the_file(tmp_path):
+    with pytest.raises(data_lib.DataError, match=f"{tmp_path}/vocab.json does not exist"):
+        data_lib.load_tokenizer(str(tmp_path / "vocab.json"))
+    (tmp_path / "vocab.json").write_text("{")
+    with pytest.raises(data_lib.DataError, match="is not a jaxformer vocab.json"):
+        data_lib.load_tokenizer(str(tmp_path / "vocab.json"))
+
+
+# ------------------------------------------------------------------------------------------- text batches
+
+
+@pytest.fixture(scope="module")
+def small_text():
+    rng = np.random.default_rng(1)
+    return data_lib.TextDataset("small", "".join(rng.choice(list("abcdefgh \n"), 5000)),
+                                "".join(rng.choice(list("abcdefgh \n"), 1000)), data_hash="x")
+
+
+def test_text_batches_are_shifted_windows_and_a_pure_function_of_seed_split_step(small_text):
+    kw = dict(batch_size=8, block_size=16, seed=0)
+    a = small_text.batch("train", 5, **kw)
+    assert a["inputs"].shape == (8, 16) and a["inputs"].dtype == np.int32 and a["weights"].dtype == np.float32
+    np.testing.assert_array_equal(a["inputs"][:, 1:], a["targets"][:, :-1])
+    assert np.all(a["weights"] == 1.0)
+    tokens = small_text.split_tokens("train")
+    for row_in, row_tg in zip(a["inputs"], a["targets"], strict=True):  # each row is a window of the split
+        starts = [i for i in range(tokens.size - 16) if np.array_equal(tokens[i:i + 16], row_in)]
+        assert any(np.array_equal(tokens[i + 1:i + 17], row_tg) for i in starts)
+    val_text = small_text.tokenizer.decode(small_text.split_tokens("val"))
+    restarted = data_lib.TextDataset("small", small_text.tokenizer.decode(tokens), val_text, data_hash="x")
+    np.testing.assert_array_equal(restarted.batch("train", 5, **kw)["inputs"], a["inputs"])
+    assert not np.array_equal(small_text.batch("train", 6, **kw)["inputs"], a["inputs"])
+    evals = small_text.eval_batches("val", num_batches=2, **kw)
+    again = small_text.eval_batches("val", num_batches=2, **kw)
+    np.testing.assert_array_equal(evals[1]["inputs"], again[1]["inputs"])
+    assert not np.array_equal(evals[0]["inputs"], small_text.batch("val", 0, **kw)["inputs"])
+
+
+def test_text_windows_do_not_overlap_and_predict_the_same_tokens_at_every_length(small_text):
+    tokens = small_text.split_tokens("val")
+    for length in (25, 50, 100):
+        w = small_text.windows("val", length=length, max_windows=500 // length)
+        np.testing.assert_array_equal(w["inputs"].reshape(-1), tokens[:500])
+        np.testing.assert_array_equal(w["targets"].reshape(-1), tokens[1:501])
+        assert w["weights"].sum() == 500
+    assert small_text.windows("val", length=100)["inputs"].shape == (9, 100)  # all of them: (1000 - 1) // 100
+    with pytest.raises(data_lib.DataError, match="max_windows=10: .* room for 1..9 windows of 100"):
+        small_text.windows("val", length=100, max_windows=10)
+
+
+def test_text_errors(small_text):
+    with pytest.raises(data_lib.DataError, match="val split: 1 character"):
+        data_lib.TextDataset("t", "abc", "abd", data_hash="x")
+    with pytest.raises(data_lib.DataError, match="data.block_size=1000 needs more than 1000 tokens"):
+        small_text.batch("val", 0, batch_size=2, block_size=1000, seed=0)
+
+
+# ------------------------------------------------------------------------------------------ dispatch/config
+
+
+def test_default_config_and_dataset_names():
+    cfg = data_lib.default_config()
+    assert {"name", "block_size", "batch_size", "val_split", "manual_dir", "data_dir"} <= set(cfg)
+    assert {"num_symbols", "min_items", "max_items", "eval_examples"} <= set(cfg.synthetic)
+    assert cfg.name in data_lib.list_datasets()
+    names = data_lib.list_datasets()
+    tasks = ("copy", "reverse", "associative_recall", "induction", "count")
+    assert names == ["tiny_shakespeare", *(f"synthetic/{t}" for t in tasks)]
+    match = r"^data.name='wikitext'; choose one of: tiny_shakespeare, synthetic/copy, .*, tfds:<name>$"
+    with pytest.raises(ValueError, match=match):
+        data_lib.load_dataset(config(name="wikitext"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
+def test_tfds_name_without_tensorflow_names_the_extra():
+    with pytest.raises(data_lib.DataError, match=r"data.name='tfds:lm1b' .* pip install 'jaxformer\[tf\]'"):
+        data_lib.load_dataset(config(name="tfds:lm1b"))
+    assert "tensorflow" not in sys.modules
+
+
+# ----------------------------------------------------------------------------------------- tiny_shakespeare
+
+
+def test_tiny_shakespeare_through_tfds_without_tensorflow(shakespeare, tfds_data_dir, shakespeare_dir):
+    ds, raw = shakespeare
+    splits = text_lib.tiny_shakespeare_splits(config(data_dir=tfds_data_dir, manual_dir=shakespeare_dir))
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sizes == {"train": 1_003_854, "validation": 55_770, "test": 55_770}
+    assert "tensorflow" not in sys.modules
+    prepared = os.path.join(tfds_data_dir, tiny_shakespeare.NAME, "1.0.0")
+    assert any(f.endswith(".array_record-00000-of-00001") for f in os.listdir(prepared))
+    assert ds.vocab_size == 65 and ds.data_hash == SHA256 == hashlib.sha256(raw.encode()).hexdigest()
+    with open(os.path.join(os.path.dirname(builder_lib.__file__), "checksums.tsv")) as f:
+        assert f"{builder_lib.URL}\t1115394\t{SHA256}\tinput.txt" in f.read()
+
+
+def test_validation_plus_test_is_nanogpts_last_ten_percent(shakespeare):
+    ds, raw = shakespeare
+    n = len(raw)
+    assert ds.tokenizer.decode(ds.split_tokens("val")) == raw[int(n * 0.9):]
+    assert ds.tokenizer.decode(ds.split_tokens("train")) == raw[:int(n * 0.9)]
+    assert ds.tokenizer.vocab == sorted(set(raw))  # nanoGPT's 65 characters
+
+
+def test_tiny_shakespeare_batches_survive_a_restart(shakespeare, shakespeare_dir, tfds_data_dir):
+    ds, _ = shakespeare
+    again = data_lib.load_dataset(config(name="tiny_shakespeare", manual_dir=shakespeare_dir,
+                                         data_dir=tfds_data_dir, val_split="validation+test"))
+    kw = dict(batch_size=4, block_size=64, seed=1)
+    for step in (0, 123):
+        a, b = ds.batch("train", step, **kw), again.batch("train", step, **kw)
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert ds.split_tokens("val").size == 111_540
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:  # a port nothing listens on: connecting is refused at once, no real network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/input.txt"
+
+
+def test_offline_without_manual_dir_fails_fast_with_how_to(tmp_path, monkeypatch, no_manual_dir_env):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(builder_lib, "URL", _closed_port_url())
+    start = time.monotonic()
+    with pytest.raises(data_lib.DataError) as e:
+        data_lib.load_dataset(config(name="tiny_shakespeare", data_dir=str(tmp_path)))
+    assert time.monotonic() - start < 10
+    msg = str(e.value)
+    assert "cannot be reached" in msg and "--config.data.manual_dir=DIR" in msg
+    assert "JAXFORMER_MANUAL_DIR" in msg
+    assert "\n" not in msg
+
+
+def test_probe_follows_the_proxy_the_environment_names(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert text_lib._probe_address(builder_lib.URL) == ("proxy.example", 3128)
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    assert text_lib._probe_address(builder_lib.URL) == ("raw.githubusercontent.com", 443)
+
+
+def test_manual_dir_without_input_txt(tmp_path, monkeypatch, no_manual_dir_env):
+    with pytest.raises(data_lib.DataError, match=f"^data.manual_dir={tmp_path} has no input.txt; download "):
+        data_lib.load_dataset(config(name="tiny_shakespeare", manual_dir=str(tmp_path),
+                                     data_dir=str(tmp_path / "d")))
+    monkeypatch.setenv("JAXFORMER_MANUAL_DIR", str(tmp_path))
+    with pytest.raises(data_lib.DataError, match=f"^JAXFORMER_MANUAL_DIR={tmp_path} has no input.txt"):
+        data_lib.load_dataset(config(name="tiny_shakespeare", data_dir=str(tmp_path / "d")))
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "input.txt is empty"),
+    (b"caf\xe9\n", r"input.txt is not UTF-8 text \(byte 3\)"),
+    (None, r"input.txt is not the tiny-shakespeare text: 1115394 bytes, sha256 [0-9a-f]{64}; "
+           rf"expected 1115394 bytes, sha256 {SHA256}"),
+])
+def test_bad_manual_file(content, match, tmp_path, shakespeare_dir, no_manual_dir_env):
+    if content is None:  # a corrupted copy: one character changed, same size
+        with open(os.path.join(shakespeare_dir, "input.txt"), "rb") as f:
+            raw = bytearray(f.read())
+        raw[1000] = ord("#") if raw[1000] != ord("#") else ord("%")
+        content = bytes(raw)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "input.txt").write_bytes(content)
+    with pytest.raises(data_lib.DataError, match=match) as e:
+        data_lib.load_dataset(config(name="tiny_shakespeare", manual_dir=str(manual),
+                                     data_dir=str(tmp_path / "d")))
+    assert "\n" not in str(e.value)
+
+
+def test_bad_val_split():
+    with pytest.raises(data_lib.DataError, match="data.val_split='val'; choose one of: validation, "):
+        data_lib.load_dataset(config(name="tiny_shakespeare", val_split="val"))

@@ -1,0 +1,141 @@
+"""The GPT modules: shapes, parameter count, causality, KV-cache decoding = full forward for every variant."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer import config as config_lib
+from jaxformer import positional
+from jaxformer.model import GPT, count_params
+
+
+def make_cfg(position="rope", implementation="reference", **model):
+    cfg = config_lib.load("tiny")
+    cfg.model.position.name = position
+    cfg.model.attention.implementation = implementation
+    cfg.model.attention.block_size = 4  # several key blocks even at T=8, so the chunked path really chunks
+    for key, value in model.items():
+        cfg.model[key] = value
+    return config_lib.resolve(cfg, vocab_size=13)
+
+
+def build(cfg, seed=0):
+    model = GPT(cfg.model, rngs=nnx.Rngs(params=seed))
+    # Random, non-zero values everywhere (zero-initialised biases and tables would hide position bugs).
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
+    keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
+    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def test_logits_shape_and_dtype():
+    model = build(make_cfg())
+    tokens = jax.random.randint(jax.random.key(0), (3, 8), 0, 13)
+    logits = model(tokens)
+    assert logits.shape == (3, 8, 13) and logits.dtype == jnp.float32
+
+
+def test_parameter_count_matches_nanogpt_formula():
+    cfg = config_lib.load("shakespeare_char_cpu")
+    cfg = config_lib.resolve(cfg, vocab_size=65)
+    model = GPT(cfg.model, rngs=nnx.Rngs(params=0))
+    D, L, V, T = 128, 4, 65, 64
+    per_block = D + 3 * D * D + D * D + D + 4 * D * D + 4 * D * D  # ln1, qkv, attn proj, ln2, fc, mlp proj
+    expected = L * per_block + V * D + T * D + D  # + tied token table, learned positions, ln_f
+    assert count_params(model) == expected
+    assert count_params(model, non_embedding=True) == expected - V * D - T * D  # nanoGPT reports 0.80M
+
+
+@pytest.mark.parametrize("position", positional.list_positional_encodings())
+def test_causal_no_leak(position):
+    """Changing tokens after position i changes no logit at positions <= i (every variant)."""
+    model = build(make_cfg(position))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 13, (2, 8))
+    i = 4
+    changed = tokens.copy()
+    changed[:, i + 1:] = rng.integers(0, 13, (2, 8 - i - 1))
+    a, b = model(jnp.asarray(tokens)), model(jnp.asarray(changed))
+    np.testing.assert_array_equal(np.asarray(a[:, : i + 1]), np.asarray(b[:, : i + 1]))
+    assert not np.allclose(np.asarray(a[:, i + 1:]), np.asarray(b[:, i + 1:]))
+
+
+def test_causality_probe_gradient_is_zero_after_position():
+    """nanodo's probe: the loss at position i has zero gradient w.r.t. the inputs at positions j > i.
+
+    The learned position table's row j enters the network only as the input at position j, so its gradient is that
+    input's gradient (the token table is tied to the output layer, so it would not isolate the input side).
+    """
+    model = build(make_cfg("learned"))
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, 13)
+    table = params["position"]["params"]["table"]
+
+    for i in (0, 3, 6):
+        def loss_at_i(table):
+            p = {**params, "position": {"params": {"table": table}}}
+            logits = nnx.merge(graphdef, p)(tokens)
+            return jnp.sum(jax.nn.log_softmax(logits[:, i])[:, 0])
+
+        grad = np.asarray(jax.grad(loss_at_i)(table))
+        np.testing.assert_array_equal(grad[i + 1:], 0.0)
+        assert np.all(np.abs(grad[: i + 1]).sum(axis=1) > 0)
+
+
+@pytest.mark.parametrize("position", positional.list_positional_encodings())
+@pytest.mark.parametrize("implementation", ["reference", "chunked"])
+def test_kv_cache_decoding_matches_full_forward(position, implementation):
+    """Prefill 3 tokens, then decode one at a time: each step's logits equal the full forward pass's."""
+    model = build(make_cfg(position, implementation))
+    tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 13)
+    full = np.asarray(model(tokens))
+    cache = model.init_cache(2, capacity=9)
+    logits, cache = model.decode(tokens[:, :3], cache)
+    steps = [np.asarray(logits)]
+    for t in range(3, 9):
+        logits, cache = model.decode(tokens[:, t:t + 1], cache)
+        steps.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=2e-5, atol=2e-5)
+    assert int(cache["index"]) == 9
+
+
+def test_dropout_only_with_key():
+    model = build(make_cfg(dropout=0.5))
+    tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 13)
+    np.testing.assert_array_equal(np.asarray(model(tokens)), np.asarray(model(tokens)))
+    a = model(tokens, dropout_key=jax.random.key(0))
+    b = model(tokens, dropout_key=jax.random.key(1))
+    assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_bfloat16_compute_with_float32_params():
+    cfg = make_cfg(dtype="bfloat16")
+    model = build(cfg)
+    state = nnx.state(model, nnx.Param)
+    assert {x.dtype for x in jax.tree.leaves(state)} == {jnp.dtype("float32")}
+    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 13)
+    low = model(tokens)
+    assert low.dtype == jnp.float32 and np.isfinite(np.asarray(low)).all()
+    full = build(make_cfg())(tokens)
+    np.testing.assert_allclose(np.asarray(low), np.asarray(full), atol=0.1)
+
+
+def test_grouped_query_attention_model():
+    model = build(make_cfg(n_head=4, n_kv_head=2, n_embd=32))
+    tokens = jax.random.randint(jax.random.key(5), (2, 8), 0, 13)
+    assert model(tokens).shape == (2, 8, 13)
+    cache = model.init_cache(2, 8)
+    assert cache["layers"][0]["k"].shape == (2, 8, 2, 8)
+
+
+def test_attention_weights_capture_shape():
+    model = build(make_cfg("t5"))
+    tokens = jax.random.randint(jax.random.key(6), (1, 8), 0, 13)
+    logits, weights = model.attention_weights(tokens)
+    assert weights.shape == (1, 1, 2, 8, 8)  # [L, B, H, T, T]
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,202 @@
+"""Sweeps and length extrapolation: points, validation, a tiny sweep end to end, n/a handling, resume, reports."""
+
+import csv
+import json
+import os
+import re
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from jaxformer import config as config_lib
+from jaxformer import extrapolation
+from jaxformer import sweep
+from jaxformer import train as train_lib
+
+REPORTS = ("results.md", "results.csv", "extrapolation.png", "position_loss.png")
+
+
+def _tiny(*overrides):
+    return sweep.load_sweep("sweeps.tiny", list(overrides))
+
+
+def test_points_names_overrides_and_na():
+    sweep_cfg, base = _tiny("--config.train.steps=7", "--config.eval_lengths=(1, 2, 4)")
+    assert base == ["--config.train.steps=7"] and tuple(sweep_cfg.eval_lengths) == (1, 2, 4)
+    points = sweep.make_points(sweep_cfg, base)
+    assert [p.name for p in points] == ["position=learned,seed=0", "position=alibi,seed=0"]
+    assert [p.variant for p in points] == ["learned", "alibi"]
+    learned, alibi = points
+    assert learned.cfg.train.steps == 7 and learned.cfg.model.position.name == "learned"
+    block = learned.cfg.data.block_size
+    assert [x["length"] for x in learned.lengths] == [block, 2 * block, 4 * block]
+    assert learned.lengths[0]["na"] is None
+    assert learned.lengths[1]["na"] == f"n/a (learned table has {block} positions)"
+    assert all(x["na"] is None for x in alibi.lengths)
+
+
+def test_more_axes_any_field():
+    sweep_cfg, base = _tiny("--config.axes.train.seed=(0, 1)")
+    with sweep_cfg.unlocked():
+        sweep_cfg.axes.model.n_layer = (1, 2)
+    points = sweep.make_points(sweep_cfg, base)
+    assert len(points) == 8
+    assert points[0].name == "n_layer=1,position=learned,seed=0"
+    assert points[0].variant == "n_layer=1,position=learned"
+    assert {p.cfg.model.n_layer for p in points} == {1, 2}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.position.nmae=x", "unknown config field 'model.position.nmae'"),
+    ("--config.axes.model.position.name=('alibi', 'nope')", "sweep point position=nope,seed=0: model.position.name"),
+    ("--config.eval_tokens=16", "eval_tokens=16 is less than the longest eval length"),
+])
+def test_bad_sweeps_fail_before_running(override, message, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sweep_cfg, base = _tiny(override)
+        sweep.run_sweep(sweep_cfg, str(tmp_path / "s"), base_overrides=base)
+    assert not os.path.exists(tmp_path / "s" / "runs")
+
+
+def test_not_a_sweep_config():
+    with pytest.raises(ValueError, match="is not a sweep config"):
+        sweep.load_sweep("tiny")
+
+
+class _Text:
+    """A stand-in text dataset: 1,000 validation tokens."""
+
+    def __init__(self, n=1000):
+        self.tokens = np.arange(n) % 7
+
+    def split_tokens(self, split):
+        return self.tokens
+
+    def windows(self, split, *, length, max_windows):
+        x = self.tokens[:max_windows * length].reshape(max_windows, length)
+        return {"inputs": x, "targets": x, "weights": np.ones_like(x)}
+
+
+def test_window_counts_predict_the_same_tokens_at_every_length():
+    counts = extrapolation.window_counts(_Text(), "val", [64, 128, 256, 512], eval_tokens=4096)
+    # 999 predictable tokens hold one 512-window: 512 tokens at every length.
+    assert counts == {64: 8, 128: 4, 256: 2, 512: 1}
+    counts = extrapolation.window_counts(_Text(), "val", [64, 128, 2048], eval_tokens=256)
+    assert counts == {64: 4, 128: 2, 2048: 0}  # 2048 does not fit: n/a, the others share the budget
+
+
+def test_dry_run_lists_points_and_runs_nothing(tmp_path, capsys):
+    assert sweep.sweep_main(["--config", "sweeps.tiny", "--workdir", str(tmp_path / "s"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 points" in out and "position=learned,seed=0" in out and "n/a (learned table has" in out
+    assert not os.path.exists(tmp_path / "s")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The tiny sweep, with one point interrupted at step 10 beforehand (it must be resumed, not restarted)."""
+    workdir = str(tmp_path_factory.mktemp("sweep"))
+    sweep_cfg, base = _tiny()
+    points = sweep.make_points(sweep_cfg, base)
+    train_lib.train(points[1].cfg, os.path.join(workdir, "runs", points[1].name), stop_after=10)
+    lines = []
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lines.append)
+    return workdir, points, lines
+
+
+def _results(workdir, name):
+    with open(os.path.join(workdir, "runs", name, extrapolation.RESULT_FILE)) as f:
+        return json.load(f)
+
+
+def test_tiny_sweep_end_to_end(swept):
+    workdir, points, lines = swept
+    assert any("[new     ] position=learned,seed=0" in line for line in lines)
+    assert any("[resume  ] position=alibi,seed=0" in line for line in lines)
+    for name in REPORTS:
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    for name in ("extrapolation.png", "position_loss.png"):
+        assert matplotlib.image.imread(os.path.join(workdir, name)).ndim == 3
+    with open(os.path.join(workdir, "sweep.json")) as f:
+        assert [p["name"] for p in json.load(f)["points"]] == [p.name for p in points]
+    for p in points:  # ordinary run directories, finished
+        assert sweep.point_state(os.path.join(workdir, "runs", p.name), p.cfg.train.steps) == "done"
+
+    with open(os.path.join(workdir, "results.csv")) as f:
+        rows = {(r["variant"], int(r["multiplier"])): r for r in csv.DictReader(f)}
+    assert set(rows) == {("learned", 1), ("learned", 2), ("alibi", 1), ("alibi", 2)}
+    block = points[0].cfg.data.block_size
+    assert rows[("learned", 2)]["status"] == f"n/a (learned table has {block} positions)"
+    assert rows[("learned", 2)]["loss_mean"] == ""
+    for key in (("learned", 1), ("alibi", 1), ("alibi", 2)):
+        assert rows[key]["status"] == "ok" and np.isfinite(float(rows[key]["loss_mean"]))
+        assert float(rows[key]["val_loss_mean"]) > 0 and int(rows[key]["n_params"]) > 0
+        assert float(rows[key]["ms_per_step"]) > 0
+    with open(os.path.join(workdir, "results.md")) as f:
+        md = f.read()
+    assert "| learned |" in md and "| alibi |" in md and f"n/a (learned table has {block} positions)" in md
+
+    alibi = _results(workdir, "position=alibi,seed=0")
+    one, two = alibi["lengths"]
+    assert (one["length"], two["length"]) == (block, 2 * block)
+    # The synthetic task has one answer token per example: the same number of examples (and answers) per length.
+    assert one["predicted_tokens"] == two["predicted_tokens"] == 256 == one["windows"] == two["windows"]
+    assert 0 <= one["exact_match"] <= 1 and rows[("alibi", 2)]["exact_match_mean"] != ""
+    assert len(one["position_loss"]) == block and len(two["position_loss"]) == 2 * block
+    assert alibi["n_params"] > 0 and alibi["step"] == points[1].cfg.train.steps
+
+
+def test_rerun_skips_finished_and_evaluates_trained(swept):
+    workdir, points, _ = swept
+    sweep_cfg, base = _tiny()
+    checkpoints = os.path.join(workdir, "runs", points[0].name, "checkpoints", "latest")
+    before = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)}
+    done_path = os.path.join(workdir, "runs", points[1].name, extrapolation.RESULT_FILE)
+    done_mtime = os.path.getmtime(done_path)
+    os.remove(os.path.join(workdir, "runs", points[0].name, extrapolation.RESULT_FILE))
+
+    lines = []
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lines.append)
+    assert any("[evaluate] position=learned,seed=0" in line for line in lines)
+    assert any("[done    ] position=alibi,seed=0" in line for line in lines)
+    assert os.path.getmtime(done_path) == done_mtime  # finished: untouched
+    after = {name: os.path.getmtime(os.path.join(checkpoints, name)) for name in os.listdir(checkpoints)}
+    assert after == before  # trained: evaluated only, not trained again
+    assert os.path.exists(os.path.join(workdir, "runs", points[0].name, extrapolation.RESULT_FILE))
+
+
+def test_changed_config_is_refused_not_mixed(swept):
+    workdir, _, _ = swept
+    sweep_cfg, base = _tiny("--config.optim.lr=0.002")
+    with pytest.raises(ValueError, match="was run with optim.lr=0.003"):
+        sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, dry_run=True)
+
+
+def test_report_regenerates_from_run_dirs(swept, capsys):
+    workdir, _, _ = swept
+    with open(os.path.join(workdir, "results.csv")) as f:
+        csv_before = f.read()
+    for name in (*REPORTS, "sweep.json"):
+        os.remove(os.path.join(workdir, name))
+    assert sweep.report_main([workdir]) == 0
+    for name in REPORTS:
+        assert os.path.exists(os.path.join(workdir, name)), name
+    with open(os.path.join(workdir, "results.csv")) as f:
+        assert f.read() == csv_before
+    out = capsys.readouterr().out
+    assert "learned:" in out and "alibi:" in out
+    with pytest.raises(ValueError, match="has no runs/ directory"):
+        sweep.report_main([os.path.join(workdir, "runs")])
+
+
+def test_packaged_sweep_configs_validate():
+    """The shipped sweeps load, name every registered variant, and validate every point (nothing runs)."""
+    from jaxformer import positional
+
+    for name in ("sweeps.positional", "sweeps.positional_synthetic"):
+        sweep_cfg, base = sweep.load_sweep(name)
+        points = sweep.make_points(sweep_cfg, base)
+        assert {p.cfg.model.position.name for p in points} == set(positional.list_positional_encodings()), name
+        assert len({p.cfg.train.seed for p in points}) >= 2
+        assert config_lib.list_configs()  # packaged configs are found by name

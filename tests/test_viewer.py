@@ -1,0 +1,154 @@
+"""attention.html in a real headless browser (Debian's chromium, driven by Playwright).
+
+The page must load with no console error and no network request, show the captured layers and heads, and
+highlight exactly the keys a clicked token attends to (and the queries that attend to it). Playwright drives the
+system chromium (`executable_path`); it never downloads a browser of its own. Without chromium or the playwright
+package the tests are skipped, except under CI (`CI` set), where .ci/run installs chromium and the dev extra
+installs playwright, so a missing browser is a failure.
+"""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxformer.analysis import capture, viewer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+THRESHOLD = 0.02  # the page's default "hide weights below"
+
+
+def _missing(what):
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI installs it: .ci/run for chromium, the dev extra for playwright)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed (pip install -e '.[dev]')")
+    if not os.path.exists(CHROMIUM):
+        _missing("chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as p:
+        profile = str(tmp_path_factory.mktemp("chromium-profile"))
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+                                                       viewport={"width": 1300, "height": 900})
+        yield context
+        context.close()
+
+
+class Page:
+    """A page of the viewer with its console errors and the requests it made."""
+
+    def __init__(self, context, path):
+        self.errors, self.requests = [], []
+        self.page = context.new_page()
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.url = "file://" + os.path.abspath(path)
+        self.page.goto(self.url)
+        try:
+            self.page.wait_for_function("window.attentionViewer !== undefined", timeout=20_000)
+        except Exception as e:
+            raise AssertionError(f"the viewer did not start: {self.errors}") from e
+
+    def marked(self, selector):
+        return sorted(int(x) for x in self.page.eval_on_selector_all(selector, "els => els.map(e => e.dataset.i)"))
+
+    def close(self):
+        self.page.close()
+
+
+def make_capture(L=2, H=3, T=12, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(L, H, T, T)) * 2.5
+    logits = np.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w = (w / w.sum(-1, keepdims=True)).astype(np.float32)
+    tokens = list(("ROMEO: <b>&\n soft, what light through yonder window " * (1 + T // 40))[:T])
+    return capture.Capture(w, np.arange(T, dtype=np.int32), tokens, list(range(L)), [0, 2, 5, 7][:H],
+                           {"position": "alibi", "step": 12, "checkpoint": "best"})
+
+
+def expected_marks(w_HxTxT, f):
+    """Keys f attends to, and queries that attend to f, at or above the threshold (mean over the shown heads)."""
+    w = w_HxTxT.mean(0)
+    floor = THRESHOLD - 1 / 65535  # the page's weights are quantised to 1/65535
+    return sorted(np.nonzero(w[f] >= floor)[0].tolist()), sorted(np.nonzero(w[:, f] >= floor)[0].tolist())
+
+
+def test_page_loads_and_click_highlights(browser, tmp_path):
+    cap = make_capture()
+    path = tmp_path / "attention.html"
+    viewer.write(cap, str(path), {"entropy": np.ones((2, 3)), "sink": np.zeros((2, 3))})
+    page = Page(browser, path)
+    p = page.page
+    try:
+        assert p.eval_on_selector_all("#layer option", "os => os.map(o => o.textContent)") == ["layer 0", "layer 1"]
+        assert p.eval_on_selector_all("#head option", "os => os.map(o => o.textContent)") == [
+            "all heads", "head 0", "head 2", "head 5"]
+        assert "2 layers × 3 heads, 12 tokens" in p.inner_text("h1")
+        assert len(p.query_selector_all(".tok.q")) == 12 and len(p.query_selector_all(".tok.k")) == 12
+        assert page.marked(".tok.hl") == []  # nothing highlighted before a click
+
+        # Click query token 7 (all heads): the keys it attends to and the queries attending to it light up.
+        p.click('.tok.q[data-i="7"]')
+        keys, queries = expected_marks(cap.weights_LxHxTxT[0], 7)
+        assert page.marked(".tok.k.hl") == keys and page.marked(".tok.q.hl") == queries
+        assert page.marked(".tok.focus") == [7, 7]
+        assert '#7 "<"' in p.inner_text("#focus-info")  # the token "<" shown as text, not markup
+        before = page.marked(".tok.k.hl")
+
+        # Another token changes what is highlighted; clicking it again unpins.
+        p.click('.tok.k[data-i="3"]')
+        keys, queries = expected_marks(cap.weights_LxHxTxT[0], 3)
+        assert page.marked(".tok.k.hl") == keys and page.marked(".tok.q.hl") == queries and keys != before
+        p.click('.tok.k[data-i="3"]')
+        p.mouse.move(1200, 850)  # away from the tokens: no hover preview either
+        assert page.marked(".tok.hl") == []
+
+        # One head of layer 1.
+        p.select_option("#layer", "1")
+        p.select_option("#head", "2")  # the third head: model head 5
+        p.click('.tok.q[data-i="10"]')
+        keys, queries = expected_marks(cap.weights_LxHxTxT[1, 2:3], 10)
+        assert page.marked(".tok.k.hl") == keys and page.marked(".tok.q.hl") == queries
+        assert "layer 1, head 5" in p.inner_text("#focus-info")
+
+        # Matrix view: clicking the cell (row 4, column 2) pins query 4.
+        p.check("input[value=matrix]")
+        assert p.is_visible("#matrix") and not p.is_visible("#lines-view")
+        g = p.evaluate("window.attentionViewer.geometry()")
+        cell = {"x": g["margin"] + 2.5 * g["cell"], "y": g["margin"] + 4.5 * g["cell"]}
+        p.click("#matrix", position=cell)
+        assert p.evaluate("window.attentionViewer.state.pinned") == 4
+        assert '#4 "O"' in p.inner_text("#focus-info")
+        p.click("#matrix", position=cell)  # the same row again unpins
+        assert p.evaluate("window.attentionViewer.state.pinned") is None
+
+        assert page.errors == []
+        assert page.requests == [page.url]  # the file itself, nothing else: no CDN, no fonts, no favicon
+    finally:
+        page.close()
+
+
+def test_a_few_hundred_tokens(browser, tmp_path):
+    cap = make_capture(L=2, H=4, T=300, seed=1)
+    path = tmp_path / "long.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    try:
+        page.page.click('.tok.q[data-i="250"]')
+        keys, _ = expected_marks(cap.weights_LxHxTxT[0], 250)
+        assert page.marked(".tok.k.hl") == keys
+        page.page.check("input[value=matrix]")
+        assert page.errors == [] and page.requests == [page.url]
+    finally:
+        page.close()
