@@ -93,6 +93,15 @@ def model_flops_per_step(cfg, n_params_non_embedding: int) -> int:
     return tokens * (6 * n_params_non_embedding + 12 * m.n_layer * m.n_head * head_dim * d.block_size)
 
 
+def _last_loss(state) -> float | None:
+    import numpy as np
+
+    recent = state.get("recent") if isinstance(state, dict) else None
+    if recent is None:
+        return None
+    return float(np.asarray(recent["loss"])[np.argmax(np.asarray(recent["step"]))])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -121,16 +130,19 @@ def run(args) -> dict:
     compiled = trainer.train_step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t
 
+    def step(state, i):  # train_step returns the new state, or (state, metrics) in older versions
+        out = compiled(state, batches[i % len(batches)])
+        return out[0] if isinstance(out, tuple) else out
+
     for i in range(args.warmup):
-        state, metrics = compiled(state, batches[i % len(batches)])
+        state = step(state, i)
     jax.block_until_ready(state)
     times = []
     for i in range(args.steps):
         t = time.perf_counter()
-        state, metrics = compiled(state, batches[i % len(batches)])
-        jax.block_until_ready((state, metrics))
+        state = jax.block_until_ready(step(state, i))
         times.append(time.perf_counter() - t)
-    loss = float(metrics["loss"])
+    loss = _last_loss(state)
     gflops = matmul_gflops(args.matmul_size)
 
     step_s = float(np.median(times))

@@ -128,6 +128,7 @@ def sample_main(argv: list[str]) -> int:
     from flax import nnx
 
     from jaxformer import data as data_lib
+    from jaxformer import run as run_lib
     from jaxformer import sample as sample_lib
     from jaxformer import train as train_lib
 
@@ -146,6 +147,7 @@ def sample_main(argv: list[str]) -> int:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}; must be >= 1")
     if args.temperature < 0:
         raise ValueError(f"--temperature={args.temperature}; must be >= 0 (0 = greedy)")
+    run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
     tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
     prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)

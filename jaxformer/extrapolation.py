@@ -21,7 +21,6 @@ import os
 import re
 import statistics
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +84,11 @@ def window_counts(dataset, split: str, lengths: list[int], eval_tokens: int) -> 
         return {T: budget // T if T in usable else 0 for T in lengths}
     counts = {}
     for T in lengths:
-        probe = dataset.windows(split, length=T, max_windows=8)
+        try:
+            probe = dataset.windows(split, length=T, max_windows=8)
+        except ValueError:  # no example of the task fits T tokens
+            counts[T] = 0
+            continue
         answers_per_example = max(float(np.sum(probe["weights"])) / len(probe["weights"]), 1e-9)
         counts[T] = max(1, math.ceil(eval_tokens / answers_per_example))
     return counts
@@ -103,7 +106,7 @@ def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tok
     for x in lengths:
         x, T = dict(x), x["length"]
         if x["na"] is None and counts[T] == 0:
-            x["na"] = f"n/a ({split} split is shorter than {T} tokens)"
+            x["na"] = f"n/a (no {split} window of {T} tokens)"
         out.append(x)
         if x["na"] is not None:
             continue
@@ -128,11 +131,14 @@ def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tok
 
 def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, point: str, variant: str, index: int,
                  values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
-                 stopped: str | None = None, train_seconds: float | None = None) -> dict:
-    """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`."""
+                 stopped: str | None = None, train_time: tuple[float, float] | None = None) -> dict:
+    """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`.
+
+    `train_time`: (wall, CPU) seconds of the training call, for the report (None when it was not trained here).
+    """
     from jaxformer.model import count_params
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model = nnx.merge(graphdef, params)
     if stopped:  # diverged: the parameters are the last good ones, but the run did not reach its steps
         records = [{**x, "na": x["na"] or f"diverged ({stopped})"} for x in lengths]
@@ -147,7 +153,8 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         "batch_size": cfg.data.batch_size, "has_accuracy": bool(getattr(dataset, "has_accuracy", False)),
         "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
         "stopped": stopped, "lengths": records,
-        "seconds": {"train": train_seconds, "eval": time.perf_counter() - start},
+        "seconds": {"train": train_time and train_time[0], "eval": time.perf_counter() - start},
+        "cpu_seconds": {"train": train_time and train_time[1], "eval": time.process_time() - cpu_start},
     }
     write_result(os.path.join(run_dir, RESULT_FILE), result)
     return result
@@ -220,11 +227,6 @@ def aggregate(results: list[dict]) -> list[dict]:
                       "loss": _mean_std([y["loss"] for y in ok]), "losses": [y["loss"] for y in ok],
                       "exact_match": _mean_std([y.get("exact_match") for y in ok]),
                       "predicted_tokens": ok[0]["predicted_tokens"] if ok else None}
-            if ok:
-                curves = np.array([[np.nan if v is None else v for v in y["position_loss"]] for y in ok])
-                with warnings.catch_warnings():  # positions without a predicted token stay NaN
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    record["position_loss"] = np.nanmean(curves, axis=0)
             lengths.append(record)
         ms = [r["ms_per_step"] for r in runs if r["ms_per_step"] is not None]
         out.append({
@@ -233,8 +235,34 @@ def aggregate(results: list[dict]) -> list[dict]:
             "n_params": runs[0]["n_params"], "ms_per_step": statistics.median(ms) if ms else None,
             "block_size": runs[0]["block_size"], "has_accuracy": runs[0].get("has_accuracy", False),
             "stopped": [r["stopped"] for r in runs if r.get("stopped")],
+            "position_loss": position_curve(runs, pool=not runs[0].get("has_accuracy", False)),
         })
     return out
+
+
+def position_curve(runs: list[dict], *, pool: bool) -> np.ndarray | None:
+    """Mean loss at each token position over the seeds (NaN where nothing is predicted), at the longest length run.
+
+    With `pool` (text), every eval length contributes at the positions it covers, weighted by its windows: under
+    causal attention the loss at position t depends only on tokens 0..t, so a window of any length is a sample of
+    it, and the early positions get all the windows instead of the few of the longest length. Synthetic tasks are
+    not pooled: a longer length is a different (longer) example, not more samples of the same positions.
+    """
+    sums_T, counts_T = np.zeros(0), np.zeros(0)
+    for r in runs:
+        ran = [x for x in r["lengths"] if x.get("na") is None and x.get("position_loss")]
+        for x in ran if pool else ran[-1:]:
+            curve = np.array([np.nan if v is None else v for v in x["position_loss"]], np.float64)
+            if len(curve) > len(sums_T):
+                sums_T = np.pad(sums_T, (0, len(curve) - len(sums_T)))
+                counts_T = np.pad(counts_T, (0, len(curve) - len(counts_T)))
+            weight = np.where(np.isfinite(curve), x["windows"], 0.0)
+            sums_T[:len(curve)] += np.nan_to_num(curve) * weight
+            counts_T[:len(curve)] += weight
+    if not counts_T.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts_T > 0, sums_T / counts_T, np.nan)
 
 
 # ---------------------------------------------------------------------------------------------------------- plots
@@ -320,20 +348,19 @@ def _log_bins(curve_T: np.ndarray, per_octave: int) -> tuple[np.ndarray, np.ndar
 
 
 def plot_position_loss(variants: list[dict], path: str, *, title: str = "", per_octave: int = 4) -> None:
-    """Mean loss at each token position at each variant's longest runnable length, log-x, averaged over
-    log-spaced position bins (`per_octave` per doubling) so the late positions are not noise."""
+    """Mean loss at each token position (see position_curve) up to each variant's longest length, log-x, averaged
+    over log-spaced position bins (`per_octave` per doubling) so the late positions are not noise."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
     cmap = plt.get_cmap("tab10")
     shown, longest = [], 1
     for i, v in enumerate(variants):
-        runnable = [x for x in v["lengths"] if x.get("position_loss") is not None]
-        if not runnable:
+        curve_T = v["position_loss"]
+        if curve_T is None:
             continue
-        curve_T = np.asarray(runnable[-1]["position_loss"], np.float64)
         longest = max(longest, len(curve_T))
         x, y = _log_bins(curve_T, per_octave)
-        shown += list(y)
+        shown += list(y[x >= 4])  # the first few positions (little context yet) may leave the axis
         ax.plot(np.maximum(x, 0.5), y, "-" if len(y) > 3 else "o", color=cmap(i % 10),
                 label=f"{v['variant']} (T={len(curve_T)})", linewidth=1.4)
     _mark_training_length(ax, variants[0]["block_size"] if variants else None)

@@ -51,7 +51,7 @@ Params = dict  # pytree of arrays, {} when the variant has none
 # ---------------------------------------------------------------------------------------------- registry
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: one record per name
 class PositionalEncoding:
     """One variant: its config fields and the pure functions for the points where it acts (None elsewhere).
 
@@ -189,9 +189,9 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
     """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
 
     - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
-    - - ntk (NTK-aware, bloc97 2023): base theta * s^(d/(d-2)): the highest frequency is unchanged, the lowest
+    - ntk (NTK-aware, bloc97 2023): base theta * s^(d/(d-2)): the highest frequency is unchanged, the lowest
       is divided by exactly s;
-    - - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
+    - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
       0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i. This is the
       paper's ramp in r; the authors' code instead ramps linearly in the dimension index between rounded end
@@ -242,12 +242,12 @@ def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0,
                factor: float = 1.0, original_max_len: int = 0):
     """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
 
-    `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since R_n^T R_m
-    = R_{m-n}, q_n . k_m depends only on m - n. Only the first `rotary_dim(d, fraction)` dims rotate (partial
-    rotary, GPT-NeoX); the rest pass through. `scaling` (None/"none", "linear", "ntk", "yarn") with `factor` s
-    >= 1 rescales the frequencies (`rope_frequencies`); "yarn" also multiplies the whole vector, rotated dims
-    or not, by YaRN's sqrt(1/t) = 0.1 ln(s) + 1, so with q and k both rotated the logits carry the paper's
-    1/t. Computed in float32, returned in x's dtype.
+    `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since
+    R_n^T R_m = R_{m-n}, q_n . k_m depends only on m - n. Only the first `rotary_dim(d, fraction)` dims rotate
+    (partial rotary, GPT-NeoX); the rest pass through. `scaling` (None/"none", "linear", "ntk", "yarn") with
+    `factor` s >= 1 rescales the frequencies (`rope_frequencies`); "yarn" also multiplies the whole vector,
+    rotated dims or not, by YaRN's sqrt(1/t) = 0.1 ln(s) + 1, so with q and k both rotated the logits carry
+    the paper's 1/t. Computed in float32, returned in x's dtype.
     """
     rot = rotary_dim(x.shape[-1], fraction)
     if rot == 0:
@@ -374,8 +374,7 @@ def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: i
     Bidirectional: half the buckets for keys after the query. Unidirectional (decoder): only earlier keys
     count, n = max(-relative_position, 0). With nb buckets per direction and max_exact = nb / 2, each distance
     below max_exact has its own bucket, longer ones share log-spaced buckets and all from max_distance on
-    share the
-    last: bucket(n) = n if n < max_exact, else
+    share the last: bucket(n) = n if n < max_exact, else
     min(max_exact + floor(log(n / max_exact) / log(max_distance / max_exact) * (nb - max_exact)), nb - 1).
     The log is taken in float32, as in the T5 code. int32, relative_position's shape.
     """
@@ -388,8 +387,8 @@ def t5_relative_bucket(relative_position, *, bidirectional: bool, num_buckets: i
     else:
         n = jnp.maximum(-rp, 0)
     max_exact = num_buckets // 2
-    log_ratio = jnp.log(jnp.maximum(n, max_exact).astype(jnp.float32) / max_exact) / math.log(
-        max_distance / max_exact)
+    log_ratio = jnp.log(jnp.maximum(n, max_exact).astype(jnp.float32) / max_exact)
+    log_ratio = log_ratio / math.log(max_distance / max_exact)
     large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
     return bucket + jnp.where(n < max_exact, n, jnp.minimum(large, num_buckets - 1))
 
@@ -441,9 +440,8 @@ def _softplus_inverse(y):
 
 
 def _kerple_init(key, cfg, *, n_embd, n_head, head_dim) -> Params:
-    # # The paper's code draws r1 ~ U(0, 2), r2 ~ U(0, 1) and clamps both to >= 1e-2 after every step. A pure
-    # function # cannot clamp its parameters in place, so r = softplus(raw): positive, with a gradient
-    # everywhere.
+    # The paper's code draws r1 ~ U(0, 2), r2 ~ U(0, 1) and clamps both to >= 1e-2 after every step. A pure
+    # function cannot clamp its parameters in place, so r = softplus(raw): positive, a gradient everywhere.
     k1, k2 = jax.random.split(key)
     r1 = jax.random.uniform(k1, (n_head,), jnp.float32, 1e-2, 2.0)
     r2 = jax.random.uniform(k2, (n_head,), jnp.float32, 1e-2, 1.0)

@@ -1,22 +1,23 @@
-"""Variant sweeps: one config lists a base config and the axes to vary; every point is an ordinary run directory.
+"""Variant sweeps: a config lists a base config and the axes to vary; every point is an ordinary run directory.
 
 A sweep config's `get_config()` returns a ConfigDict with
 
     base           a packaged config name ("shakespeare_char_cpu") or a path to one
     overrides      `--config.a.b=v` strings applied to the base for every point
     axes           the fields to vary, nested like the config: `axes.model.position.name = ("alibi", "rope")`,
-                   `axes.train.seed = (0, 1)`; the sweep is the product of their values
+                   `axes.train.seed = (0, 1)`; the sweep is the product of their values (seeds outermost, so a
+                   stopped sweep has every variant of the first seed)
     eval_lengths   multipliers of `data.block_size` at which every trained model is evaluated, e.g. (1, 2, 4, 8)
-    eval_tokens    predicted tokens per eval length (the same at every length; windows = eval_tokens / length)
+    eval_tokens    predicted tokens per eval length, the same at every length (see extrapolation.py)
     eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
     eval_split     the split the windows come from ("val")
 
 The sweep directory holds `sweep.json` (the sweep config and its points) and `runs/<point>/`, each made by
-`jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`
-(see extrapolation.py). A point named e.g. `position=alibi,seed=0` is finished when its run directory has the final
-checkpoint and `extrapolation.json`; a stopped sweep started again skips finished points, evaluates trained ones and
-resumes partly trained ones from their latest checkpoint. Nothing is ever deleted. Every point's config is validated
-before the first one runs; a learned table shorter than an eval length is not an error: that length is reported
+`jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`.
+A point, named like `position=alibi,seed=0`, is finished when its run directory has the final checkpoint and
+`extrapolation.json`; a sweep started again skips finished points, evaluates trained ones and resumes partly trained
+ones from their latest checkpoint. Nothing is ever deleted. Every point's config is validated before the first one
+runs; a learned table shorter than an eval length is not an error: that length is reported
 "n/a (learned table has N positions)". After every point the reports (`results.md`, `results.csv`,
 `extrapolation.png`, `position_loss.png`) are rewritten; `jaxformer report SWEEP_DIR` rewrites them from the run
 directories alone.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -35,8 +37,7 @@ import time
 import ml_collections
 
 from jaxformer import config as config_lib
-from jaxformer import extrapolation
-from jaxformer import positional
+from jaxformer import extrapolation, positional
 from jaxformer import run as run_lib
 
 log = logging.getLogger("jaxformer")
@@ -99,7 +100,8 @@ def flatten_axes(axes: ml_collections.ConfigDict, prefix: str = "") -> list[tupl
 
 def _short_names(fields: list[str]) -> dict[str, str]:
     """`model.position.name` -> `position`, `train.seed` -> `seed`; the full field where short names collide."""
-    short = {f: (f.split(".")[-2] if f.split(".")[-1] == "name" and "." in f else f.split(".")[-1]) for f in fields}
+    parts = {f: f.split(".") for f in fields}
+    short = {f: (p[-2] if p[-1] == "name" and len(p) > 1 else p[-1]) for f, p in parts.items()}
     counts = {s: list(short.values()).count(s) for s in short.values()}
     return {f: (s if counts[s] == 1 else f) for f, s in short.items()}
 
@@ -118,12 +120,14 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
     axes = flatten_axes(sweep_cfg.axes)
     multipliers = [int(m) for m in sweep_cfg.eval_lengths]
     if not multipliers or any(m < 1 for m in multipliers):
-        raise ValueError(f"eval_lengths={tuple(sweep_cfg.eval_lengths)}; give positive multipliers of the block size")
+        raise ValueError(f"eval_lengths={tuple(sweep_cfg.eval_lengths)}; give positive multipliers of data.block_size")
     names = _short_names([field for field, _ in axes])
     varied = [field for field, _ in axes if field != SEED_FIELD]
+    run_order = sorted(range(len(axes)), key=lambda i: axes[i][0] != SEED_FIELD)  # seeds outermost
     points = []
-    for index, combo in enumerate(itertools.product(*[values for _, values in axes])):
-        values = [(field, value) for (field, _), value in zip(axes, combo)]
+    for index, combo in enumerate(itertools.product(*[axes[i][1] for i in run_order])):
+        by_field = {axes[i][0]: value for i, value in zip(run_order, combo, strict=True)}
+        values = [(field, by_field[field]) for field, _ in axes]
         name = ",".join(f"{names[field]}={_format_value(value)}" for field, value in values) or "base"
         variant = (_format_value(dict(values)[varied[0]]) if len(varied) == 1 else
                    ",".join(f"{names[f]}={_format_value(v)}" for f, v in values if f != SEED_FIELD) or "base")
@@ -198,8 +202,8 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
         if field in _RESUME_IGNORED:
             continue
         if saved.get(field) != wanted.get(field):
-            raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved.get(field)!r}, the sweep now "
-                             f"gives {wanted.get(field)!r}; use another --workdir or restore the sweep config")
+            raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved.get(field)!r}, the sweep "
+                             f"now gives {wanted.get(field)!r}; use another --workdir or restore the sweep config")
 
 
 def describe(point: Point, state: str) -> str:
@@ -222,7 +226,8 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
             check_same_config(os.path.join(runs_dir, p.name), p.cfg, p.name)
     axes = " x ".join(f"{field} ({len(values)})" for field, values in flatten_axes(sweep_cfg.axes))
     done = sum(s == "done" for s in states.values())
-    print_fn(f"sweep: {len(points)} points ({axes or 'no axes'}), {done} finished, into {workdir}")
+    print_fn(f"sweep: {len(points)} point{'s' * (len(points) != 1)} ({axes or 'no axes'}), {done} finished, "
+             f"into {workdir}")
     for p in points:
         print_fn(describe(p, states[p.name]))
     if dry_run:
@@ -262,11 +267,11 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     if data_key not in datasets:
         datasets[data_key] = data_lib.load_dataset(point.cfg.data)
     dataset = datasets[data_key]
-    stopped, train_seconds = None, None
+    stopped, train_time = None, None
     if state in ("new", "resume"):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset)
-        train_seconds = time.perf_counter() - start
+        train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
         if result["stopped"] and not result.get("nonfinite_steps"):
             return result["stopped"]
         stopped = result["stopped"]
@@ -278,7 +283,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
-                               stopped=stopped, train_seconds=train_seconds)
+                               stopped=stopped, train_time=train_time)
     return None
 
 
@@ -305,7 +310,8 @@ def summary_lines(variants: list[dict]) -> list[str]:
         na = [x for x in v["lengths"] if x["loss"] is None]
         seeds = f"{len(v['seeds'])} seed{'s' if len(v['seeds']) != 1 else ''}"
         if not ok:
-            lines.append(f"{v['variant']}: no eval length ran ({na[0]['na'] if na else 'no results'}; {seeds})")
+            reason = na[0]["na"] if na else "no results"
+            lines.append(f"{v['variant']}: no eval length ran ({reason}; {seeds})")
             continue
         first, last = ok[0], ok[-1]
         text = f"{v['variant']}: loss {first['loss'][0]:.3f} at {first['multiplier']}× ({first['length']})"
@@ -326,7 +332,8 @@ def summary_lines(variants: list[dict]) -> list[str]:
         ranked = sorted((x["loss"][0], v["variant"]) for v in variants for x in v["lengths"]
                         if x["multiplier"] == longest and x["loss"] is not None)
         if len(ranked) > 1:
-            lines.append(f"ranking at {longest}×: " + " < ".join(f"{name} {loss:.3f}" for loss, name in ranked))
+            order = " < ".join(f"{name} {loss:.3f}" for loss, name in ranked)
+            lines.append(f"ranking at {longest}× (mean loss): {order}")
     return lines
 
 
@@ -343,8 +350,9 @@ def write_reports(workdir: str) -> list[str]:
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"))
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
                                      title=f"Loss vs eval length: {title}")
+    which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
-                                     title=f"Loss at each position, longest eval length: {title}")
+                                     title=f"Loss at each position ({which}): {title}")
     return lines
 
 
@@ -359,14 +367,14 @@ def _write_csv(variants: list[dict], path: str) -> None:
     rows = []
     for v in variants:
         for x in v["lengths"]:
-            loss, em, val = x["loss"] or (None, None), x["exact_match"] or (None, None), v["val_loss"] or (None, None)
+            loss, val = x["loss"] or (None, None), v["val_loss"] or (None, None)
+            em = x["exact_match"] if v["has_accuracy"] and x["exact_match"] else (None, None)
             rows.append({"variant": v["variant"], "multiplier": x["multiplier"], "length": x["length"],
-                         "status": x["na"] or "ok", "seeds": x["seeds"], "loss_mean": loss[0], "loss_std": loss[1],
-                         "losses": ";".join(f"{y:.6f}" for y in x["losses"]),
-                         "exact_match_mean": em[0] if v["has_accuracy"] else None,
-                         "exact_match_std": em[1] if v["has_accuracy"] else None,
-                         "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0], "val_loss_std": val[1],
-                         "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
+                         "status": x["na"] or "ok", "seeds": x["seeds"], "loss_mean": loss[0],
+                         "loss_std": loss[1], "losses": ";".join(f"{y:.6f}" for y in x["losses"]),
+                         "exact_match_mean": em[0], "exact_match_std": em[1],
+                         "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0],
+                         "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
     tmp = f"{path}.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -380,12 +388,16 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
     if variants:
         r = results[0]
         lengths = variants[0]["lengths"]
-        tokens = next((x["predicted_tokens"] for v in variants for x in v["lengths"] if x["predicted_tokens"]), None)
-        seconds = [s for r in results for s in (r["seconds"].get("train"), r["seconds"].get("eval")) if s]
-        out += [f"{len(results)} runs ({len(variants)} variants × seeds), {r['split']} split; each eval length "
-                f"predicts the same {tokens} tokens (windows of length T, positions 0..T-1). Cells: mean loss "
-                "(nats/token) over seeds ± sample standard deviation over seeds. `val loss` is the training run's "
-                f"own evaluation at the training length. Wall time of the runs: {sum(seconds) / 60:.1f} min.", ""]
+        tokens = next((x["predicted_tokens"] for v in variants for x in v["lengths"] if x["predicted_tokens"]),
+                      None)
+        wall = sum(r["seconds"][k] or 0 for r in results for k in ("train", "eval"))
+        cpu = [r["cpu_seconds"][k] or 0 for r in results if "cpu_seconds" in r for k in ("train", "eval")]
+        cpu_text = f", {sum(cpu) / 60:.1f} CPU-min" if len(cpu) == 2 * len(results) else ""
+        runs = f"{len(results)} run{'s' * (len(results) != 1)} ({len(variants)} variants × seeds)"
+        out += [f"{runs}, {r['split']} split; each eval length predicts the same {tokens} tokens (windows of "
+                "length T, positions 0..T-1). Cells: mean loss (nats/token) over seeds ± sample standard deviation "
+                "over seeds. `val loss` is the training run's own evaluation at the training length. Wall time of "
+                f"the runs (training + evaluation): {wall / 60:.1f} min{cpu_text}.", ""]
         head = ["variant", "seeds", "params", "ms/step", f"val loss (T={r['block_size']})",
                 *[f"{x['multiplier']}× ({x['length']})" for x in lengths]]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -395,7 +407,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
             cells += [_fmt(x["loss"]) if x["loss"] is not None else x["na"] for x in v["lengths"]]
             out.append("| " + " | ".join(cells) + " |")
         if variants[0]["has_accuracy"]:
-            out += ["", "Exact match (every predicted token of an example right), mean ± spread over seeds:", "",
+            out += ["", "Exact match (every answer token of an example right), mean ± spread over seeds:", "",
                     "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
                     "|---|" + "---|" * len(lengths)]
             for v in variants:
@@ -430,13 +442,13 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the points and their state; run nothing")
     args = p.parse_args(rest)
     if config is None:
-        raise ValueError("--config is required: a sweep config such as sweeps.positional or configs/sweeps/positional.py")
+        raise ValueError("--config is required: a sweep config, e.g. sweeps.positional or configs/sweeps/positional.py")
     sweep_cfg, base_overrides = load_sweep(config, overrides)
-    name = os.path.splitext(os.path.basename(config))[0].split(".")[-1] if config.endswith(".py") \
-        else config.split(".")[-1]
+    name = os.path.basename(config)[:-3] if config.endswith(".py") else config.split(".")[-1]
     workdir = args.workdir or os.path.join("runs", "sweeps", name)
     try:
-        run_sweep(sweep_cfg, workdir, base_overrides=base_overrides, dry_run=args.dry_run)
+        run_sweep(sweep_cfg, workdir, base_overrides=base_overrides, dry_run=args.dry_run,
+                  print_fn=functools.partial(print, flush=True))
     except SweepStopped as e:
         print(str(e))
         return 130
@@ -449,7 +461,7 @@ def report_main(argv: list[str]) -> int:
     p.add_argument("sweep_dir", help="a sweep directory (holding runs/<point>/)")
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.sweep_dir, "runs")):
-        raise ValueError(f"{args.sweep_dir} has no runs/ directory; is it a sweep directory made by `jaxformer sweep`?")
+        raise ValueError(f"{args.sweep_dir} has no runs/ directory; is it a sweep directory (`jaxformer sweep`)?")
     for line in write_reports(args.sweep_dir):
         print(line)
     return 0

@@ -70,9 +70,13 @@ def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation
     return tx
 
 
-def init_state(params, optimizer: optax.GradientTransformation, seed: int) -> dict:
+def init_state(params, optimizer: optax.GradientTransformation, seed: int, log_every: int = 1) -> dict:
+    """The train state; `recent` keeps the last `log_every` steps' loss and gradient norm, so that a logged
+    window mean survives a resume mid-window (it is checkpointed with everything else)."""
     return {
         "step": jnp.zeros((), jnp.int32),
+        "recent": {"step": jnp.full((log_every,), -1, jnp.int32), "loss": jnp.zeros((log_every,), jnp.float32),
+                   "grad_norm": jnp.zeros((log_every,), jnp.float32)},
         "params": params,
         "opt_state": optimizer.init(params),
         "rng": jax.random.key_data(jax.random.key(seed + 1)),
@@ -110,14 +114,19 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
         (loss, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(n), batch))
         loss, grads = jax.tree.map(lambda x: x / n, (loss, grads))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     apply = finite & (state["nonfinite"] == 0) if stop_on_nonfinite else finite
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+    slot = state["step"] % state["recent"]["step"].shape[0]
+    recent = {"step": state["recent"]["step"].at[slot].set(state["step"] + 1),
+              "loss": state["recent"]["loss"].at[slot].set(loss.astype(jnp.float32)),
+              "grad_norm": state["recent"]["grad_norm"].at[slot].set(grad_norm.astype(jnp.float32))}
     new_state = {
         "step": state["step"] + 1,
+        "recent": recent,
         "params": keep(new_params, params),
         "opt_state": keep(new_opt_state, state["opt_state"]),
         "rng": state["rng"],
@@ -125,7 +134,7 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
         "first_nonfinite": jnp.where(~finite & (state["first_nonfinite"] < 0), state["step"] + 1,
                                      state["first_nonfinite"]),
     }
-    return new_state, {"loss": loss, "grad_norm": grad_norm}
+    return new_state
 
 
 def eval_step(params, batch, *, graphdef):
@@ -186,9 +195,10 @@ class Trainer:
         self.n_params_non_embedding = count_params(model, non_embedding=True)
         self.graphdef, params = split_model(model)
         self.optimizer = make_optimizer(cfg.optim)
+        self._init_fn = functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed,
+                                          log_every=cfg.train.log_every)
 
-        abstract = jax.eval_shape(functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed),
-                                  params)
+        abstract = jax.eval_shape(self._init_fn, params)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.state_sharding = {
             **jax.tree.map(lambda _: replicated, {k: v for k, v in abstract.items()
@@ -204,19 +214,16 @@ class Trainer:
         step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
                                  use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop")
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+                                  out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef),
                                  in_shardings=(self.state_sharding["params"], self.eval_sharding))
         self.schedule = make_schedule(cfg.optim)
 
     def initial_state(self) -> dict:
-        init = jax.jit(functools.partial(init_state, optimizer=self.optimizer, seed=self.cfg.train.seed),
-                       out_shardings=self.state_sharding)
-        return init(self._params0)
+        return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._params0)
 
     def abstract_state(self):
-        abstract = jax.eval_shape(functools.partial(init_state, optimizer=self.optimizer, seed=self.cfg.train.seed),
-                                  self._params0)
+        abstract = jax.eval_shape(self._init_fn, self._params0)
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                             self.state_sharding)
 
@@ -252,6 +259,14 @@ class Trainer:
                                             num_batches=cfg.train.eval_iters, seed=cfg.train.seed)
         rows = sharding_lib.process_slice(cfg.data.batch_size)
         return [sharding_lib.global_batch({k: v[rows] for k, v in b.items()}, self.eval_sharding) for b in batches]
+
+
+def _window(recent: dict, done: int, log_every: int) -> np.ndarray:
+    """Indices (in step order) of the steps logged at `done`: those after the previous regular log step."""
+    previous = ((done - 1) // log_every) * log_every
+    steps = recent["step"]
+    chosen = np.nonzero((steps > previous) & (steps <= done))[0]
+    return chosen[np.argsort(steps[chosen])]
 
 
 def _should(step: int, every: int, last: int) -> bool:
@@ -297,21 +312,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     writer = run_lib.MetricsWriter(workdir, enabled=is_main)
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps
     progress = _progress(start, t.steps, enabled=is_main and t.progress)
-    pending, last_time, last_step = [], time.perf_counter(), start
+    last_time, last_step = time.perf_counter(), start
     result: dict = {"step": start, "stopped": None}
     best_val = math.inf
     with _StopSignal() as stop:
         for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
-            state, metrics = trainer.train_step(state, trainer.batch(step))
-            pending.append(metrics)
+            state = trainer.train_step(state, trainer.batch(step))
             done = step + 1
             if _should(done, t.log_every, t.steps):
-                fetched = jax.device_get(pending)
-                nonfinite, first_bad = (int(x) for x in jax.device_get((state["nonfinite"],
-                                                                         state["first_nonfinite"])))
+                recent, nonfinite, first_bad = jax.device_get((state["recent"], state["nonfinite"],
+                                                               state["first_nonfinite"]))
+                nonfinite, first_bad = int(nonfinite), int(first_bad)
                 now = time.perf_counter()
-                record = {"step": done, "loss": float(np.mean([m["loss"] for m in fetched])),
-                          "grad_norm": float(fetched[-1]["grad_norm"]), "lr": float(trainer.schedule(done - 1))}
+                window = _window(recent, done, t.log_every)
+                record = {"step": done, "loss": float(np.mean(recent["loss"][window], dtype=np.float64)),
+                          "grad_norm": float(recent["grad_norm"][window][-1]), "lr": float(trainer.schedule(done - 1))}
                 if nonfinite:
                     record["nonfinite_steps"] = nonfinite
                 elapsed = now - last_time
@@ -320,7 +335,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                 writer.write(record, timing=timing)
                 progress.update(done - last_step)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{timing['tokens_per_s']:.0f}")
-                pending, last_time, last_step = [], now, done
+                last_time, last_step = now, done
                 result.update(record)
                 if nonfinite and t.nonfinite == "stop":
                     result["stopped"] = f"non-finite loss or gradient at step {first_bad}"
@@ -392,7 +407,8 @@ def restore_params(workdir: str, *, which: str = "latest", step: int | None = No
     cfg = run_lib.load_config(workdir)
     graphdef, params = split_model(build_model(cfg))
     optimizer = make_optimizer(cfg.optim)
-    abstract = jax.eval_shape(functools.partial(init_state, optimizer=optimizer, seed=cfg.train.seed), params)
+    abstract = jax.eval_shape(functools.partial(init_state, optimizer=optimizer, seed=cfg.train.seed,
+                                                log_every=cfg.train.log_every), params)
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     try:
         step, state = checkpoints.restore(checkpoint_lib.abstract_like(abstract, jax.tree.map(

@@ -18,7 +18,7 @@ TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
 
 
 def rel_err(actual, expected, magnitude=None):
-    """max |actual - expected| / max |expected| (or max |magnitude|): the error relative to the array's scale."""
+    """max |actual - expected| / max |expected| (or max |magnitude|): error relative to the array's scale."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     scale = np.abs(expected if magnitude is None else magnitude).max()
     error = np.abs(actual - expected).max()
@@ -238,11 +238,16 @@ def test_kv_cache_positions_mask_unfilled_slots(implementation):
     B, T, S, n, H, d = 2, 2, 8, 5, 2, 4
     q, k, v = normal(rng, (B, T, H, d)), normal(rng, (B, S, H, d)), normal(rng, (B, S, H, d))
     k_garbage, v_garbage = k.at[:, n:].set(1e4), v.at[:, n:].set(-1e4)
-    cached = attention.multi_head_attention(
-        q, k_garbage, v_garbage, causal=True, q_positions=n - T + jnp.arange(T), k_positions=jnp.arange(S),
-        implementation=implementation, block_size=3)
-    filled = attention.multi_head_attention(q, k[:, :n], v[:, :n], causal=True, implementation=implementation)
-    np.testing.assert_allclose(cached, filled, rtol=1e-5, atol=1e-6)
+
+    @jax.jit
+    def cached_and_filled(q, k, v, k_garbage, v_garbage):
+        cached = attention.multi_head_attention(
+            q, k_garbage, v_garbage, causal=True, q_positions=n - T + jnp.arange(T),
+            k_positions=jnp.arange(S), implementation=implementation, block_size=3)
+        return cached, attention.multi_head_attention(q, k[:, :n], v[:, :n], causal=True,
+                                                      implementation=implementation)
+
+    np.testing.assert_allclose(*cached_and_filled(q, k, v, k_garbage, v_garbage), rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_memory_is_linear_in_sequence_length():
@@ -278,15 +283,20 @@ class JitAndNoJitTest(chex.TestCase):
         chex.assert_shape(weights, (2, 4, 5, 6))
         chex.assert_type(weights, jnp.float32)
 
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_chunked_under_vmap(self):
-        rng = np.random.default_rng(8)
-        q, k, v = normal(rng, (3, 1, 4, 2, 4)), normal(rng, (3, 1, 7, 2, 4)), normal(rng, (3, 1, 7, 2, 4))
-        attend = lambda q, k, v: attention.multi_head_attention(
-            q, k, v, causal=True, implementation="chunked", block_size=3)
-        batched = self.variant(jax.vmap(attend))(q, k, v)
-        looped = jnp.stack([attend(q[i], k[i], v[i]) for i in range(3)])
-        np.testing.assert_allclose(batched, looped, rtol=1e-6, atol=1e-6)
+
+
+def test_chunked_under_vmap_and_grad():
+    """vmap over an extra leading axis (through the custom VJP too) = that axis folded into the batch."""
+    rng = np.random.default_rng(8)
+    q, k, v = normal(rng, (3, 1, 4, 2, 4)), normal(rng, (3, 1, 7, 2, 4)), normal(rng, (3, 1, 7, 2, 4))
+    attend = lambda q, k, v: attention.multi_head_attention(q, k, v, causal=True, implementation="chunked",
+                                                            block_size=3)
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)))
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2))))(q, k, v)
+    value, folded_grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q[:, 0], k[:, 0], v[:, 0])
+    np.testing.assert_allclose(values.sum(), value, rtol=1e-6)
+    for grad, folded_grad in zip(grads, folded_grads, strict=True):
+        np.testing.assert_allclose(grad[:, 0], folded_grad, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- masks
@@ -312,11 +322,15 @@ def test_combined_mask_equals_its_arguments(implementation):
     rng = np.random.default_rng(9)
     q, k, v = normal(rng, (2, 5, 2, 4)), normal(rng, (2, 5, 2, 4)), normal(rng, (2, 5, 2, 4))
     padding = attention.padding_mask(jnp.array([3, 5]), 5)
-    explicit = attention.multi_head_attention(q, k, v, mask=attention.causal_mask(5) & padding,
-                                              implementation=implementation, block_size=2)
-    flagged = attention.multi_head_attention(q, k, v, mask=padding, causal=True,
-                                             implementation=implementation, block_size=2)
-    np.testing.assert_allclose(explicit, flagged, rtol=1e-6, atol=1e-6)
+
+    @jax.jit
+    def explicit_and_flagged(q, k, v):
+        explicit = attention.multi_head_attention(q, k, v, mask=attention.causal_mask(5) & padding,
+                                                  implementation=implementation, block_size=2)
+        return explicit, attention.multi_head_attention(q, k, v, mask=padding, causal=True,
+                                                        implementation=implementation, block_size=2)
+
+    np.testing.assert_allclose(*explicit_and_flagged(q, k, v), rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------- errors

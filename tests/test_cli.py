@@ -87,7 +87,10 @@ def test_sigkill_then_resume_from_last_checkpoint(uninterrupted, tmp_path):
     workdir = str(tmp_path / "run")
     proc = subprocess.Popen([sys.executable, "-m", "jaxformer.cli", "train", *LONG, "--workdir", workdir],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    _wait_for_step(workdir, 110, proc)  # past the step-100 checkpoint
+    _wait_for_step(workdir, 110, proc)
+    deadline = time.time() + 120  # orbax renames the step directory into place once the write is complete
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "100")) and time.time() < deadline:
+        time.sleep(0.05)
     proc.kill()
     proc.wait(timeout=60)
     out = jaxformer("train", "--workdir", workdir, "--resume")

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -140,6 +141,13 @@ def test_default_config_and_dataset_names():
         data_lib.load_dataset(config(name="wikitext"))
 
 
+def test_importing_the_data_layer_imports_neither_tfds_nor_the_model():
+    mods = "('tensorflow', 'tensorflow_datasets', 'jax', 'flax')"
+    code = f"import sys, jaxformer.data; print(sorted(m for m in {mods} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None, reason="TensorFlow is installed")
 def test_tfds_name_without_tensorflow_names_the_extra():
     with pytest.raises(data_lib.DataError, match=r"data.name='tfds:lm1b' .* pip install 'jaxformer\[tf\]'"):
@@ -230,9 +238,9 @@ def test_manual_dir_without_input_txt(tmp_path, monkeypatch, no_manual_dir_env):
     (None, r"input.txt is not the tiny-shakespeare text: 1115394 bytes, sha256 [0-9a-f]{64}; "
            rf"expected 1115394 bytes, sha256 {SHA256}"),
 ])
-def test_bad_manual_file(content, match, tmp_path, shakespeare_dir, no_manual_dir_env):
-    if content is None:  # a corrupted copy: one character changed, same size
-        with open(os.path.join(shakespeare_dir, "input.txt"), "rb") as f:
+def test_bad_manual_file(content, match, tmp_path, request, no_manual_dir_env):
+    if content is None:  # a corrupted copy of the real file: one character changed, same size
+        with open(os.path.join(request.getfixturevalue("shakespeare_dir"), "input.txt"), "rb") as f:
             raw = bytearray(f.read())
         raw[1000] = ord("#") if raw[1000] != ord("#") else ord("%")
         content = bytes(raw)

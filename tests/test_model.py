@@ -31,6 +31,15 @@ def build(cfg, seed=0):
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
+def jitted(model):
+    """model(tokens) and model.decode(tokens, cache), compiled (eager op-by-op dispatch is slow on 2 cores)."""
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    forward = jax.jit(lambda p, tokens: nnx.merge(graphdef, p)(tokens))
+    decode = jax.jit(lambda p, tokens, cache: nnx.merge(graphdef, p).decode(tokens, cache))
+    return (lambda tokens: forward(params, tokens)), (lambda tokens, cache: decode(params, tokens, cache))
+
+
 def test_logits_shape_and_dtype():
     model = build(make_cfg())
     tokens = jax.random.randint(jax.random.key(0), (3, 8), 0, 13)
@@ -52,13 +61,13 @@ def test_parameter_count_matches_nanogpt_formula():
 @pytest.mark.parametrize("position", positional.list_positional_encodings())
 def test_causal_no_leak(position):
     """Changing tokens after position i changes no logit at positions <= i (every variant)."""
-    model = build(make_cfg(position))
+    forward, _ = jitted(build(make_cfg(position)))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 13, (2, 8))
     i = 4
     changed = tokens.copy()
     changed[:, i + 1:] = rng.integers(0, 13, (2, 8 - i - 1))
-    a, b = model(jnp.asarray(tokens)), model(jnp.asarray(changed))
+    a, b = forward(jnp.asarray(tokens)), forward(jnp.asarray(changed))
     np.testing.assert_array_equal(np.asarray(a[:, : i + 1]), np.asarray(b[:, : i + 1]))
     assert not np.allclose(np.asarray(a[:, i + 1:]), np.asarray(b[:, i + 1:]))
 
@@ -91,13 +100,14 @@ def test_causality_probe_gradient_is_zero_after_position():
 def test_kv_cache_decoding_matches_full_forward(position, implementation):
     """Prefill 3 tokens, then decode one at a time: each step's logits equal the full forward pass's."""
     model = build(make_cfg(position, implementation))
+    forward, decode = jitted(model)
     tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 13)
-    full = np.asarray(model(tokens))
+    full = np.asarray(forward(tokens))
     cache = model.init_cache(2, capacity=9)
-    logits, cache = model.decode(tokens[:, :3], cache)
+    logits, cache = decode(tokens[:, :3], cache)
     steps = [np.asarray(logits)]
     for t in range(3, 9):
-        logits, cache = model.decode(tokens[:, t:t + 1], cache)
+        logits, cache = decode(tokens[:, t:t + 1], cache)
         steps.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=2e-5, atol=2e-5)
     assert int(cache["index"]) == 9

@@ -479,16 +479,23 @@ def test_decoding_with_a_cache_gives_the_full_pass_weights(name):
     T, C = 6, 9
     x, q, k = normal(rng, T, D), normal(rng, 1, T, H, HEAD), normal(rng, 1, T, H, HEAD)
     positions, slots = jnp.arange(T, dtype=jnp.int32), jnp.arange(C, dtype=jnp.int32)
-    prepare = jax.jit(lambda p, x, q, k, pos: _embed_and_rotate(pe, cfg, p, x, q, k, pos))
-    weights = jax.jit(lambda p, q, k, q_pos, k_pos: _causal_weights(pe, cfg, p, q, k, q_pos, k_pos))
-    full = np.asarray(weights(params, *prepare(params, x, q, k, positions), positions, positions))
-    cache = jnp.zeros((1, C, H, HEAD), jnp.float32)
-    for t in range(T):
-        pos = positions[t:t + 1]
-        q_t, k_t = prepare(params, x[t:t + 1], q[:, t:t + 1], k[:, t:t + 1], pos)
-        cache = cache.at[:, t].set(k_t[:, 0])
-        step = np.asarray(weights(params, q_t, cache, pos, slots))
-        np.testing.assert_allclose(step[..., :T], full[:, :, t:t + 1], rtol=2e-5, atol=2e-6)
+
+    @jax.jit
+    def full_and_steps(params, x, q, k):
+        full = _causal_weights(pe, cfg, params, *_embed_and_rotate(pe, cfg, params, x, q, k, positions),
+                               positions, positions)
+        cache, steps = jnp.zeros((1, C, H, HEAD), jnp.float32), []
+        for t in range(T):
+            pos = positions[t:t + 1]
+            q_t, k_t = _embed_and_rotate(pe, cfg, params, x[t:t + 1], q[:, t:t + 1], k[:, t:t + 1], pos)
+            cache = cache.at[:, t].set(k_t[:, 0])
+            steps.append(_causal_weights(pe, cfg, params, q_t, cache, pos, slots))
+        return full, steps
+
+    full, steps = full_and_steps(params, x, q, k)
+    for t, step in enumerate(steps):
+        step, full_t = np.asarray(step), np.asarray(full[:, :, t:t + 1])
+        np.testing.assert_allclose(step[..., :T], full_t, rtol=2e-5, atol=2e-6)
         assert (step[..., t + 1:] == 0).all()
 
 
@@ -500,11 +507,15 @@ def _attention():
 
 
 def _implementations():
+    """Every attention implementation; all but the reference are marked slow (each compiles a forward and a
+    backward pass per variant: about 15 s on two cores for the lot)."""
     try:
         from jaxformer import attention
+
+        names = sorted(attention.IMPLEMENTATIONS)
     except ImportError:
-        return ["reference", "chunked", "fused"]
-    return sorted(attention.IMPLEMENTATIONS)
+        names = ["chunked", "fused", "reference"]
+    return [name if name == "reference" else pytest.param(name, marks=pytest.mark.slow) for name in names]
 
 
 def _attention_float64(q, k, v, bias, q_pos, k_pos):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from jaxformer import config as config_lib
-from jaxformer import extrapolation
-from jaxformer import sweep
+from jaxformer import extrapolation, sweep
 from jaxformer import train as train_lib
 
 REPORTS = ("results.md", "results.csv", "extrapolation.png", "position_loss.png")
@@ -200,3 +199,13 @@ def test_packaged_sweep_configs_validate():
         assert {p.cfg.model.position.name for p in points} == set(positional.list_positional_encodings()), name
         assert len({p.cfg.train.seed for p in points}) >= 2
         assert config_lib.list_configs()  # packaged configs are found by name
+
+
+def test_cli_subcommands(tmp_path, capsys):
+    """`jaxformer sweep` / `jaxformer report` through cli.main: dry run, and a one-line error (exit 2)."""
+    from jaxformer import cli
+
+    assert cli.main(["sweep", "--config", "sweeps.tiny", "--workdir", str(tmp_path / "s"), "--dry-run"]) == 0
+    assert "position=alibi,seed=0" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
+    assert "has no runs/ directory" in capsys.readouterr().err

@@ -1,10 +1,10 @@
 """attention.html in a real headless browser (Debian's chromium, driven by Playwright).
 
 The page must load with no console error and no network request, show the captured layers and heads, and
-highlight exactly the keys a clicked token attends to (and the queries that attend to it). Playwright drives the
-system chromium (`executable_path`); it never downloads a browser of its own. Without chromium or the playwright
-package the tests are skipped, except under CI (`CI` set), where .ci/run installs chromium and the dev extra
-installs playwright, so a missing browser is a failure.
+highlight exactly the keys a clicked token attends to (and the queries that attend to it). Playwright drives
+the system chromium (`executable_path`); it never downloads a browser of its own. Without chromium or the
+playwright package the tests are skipped, except under CI (`CI` set), where .ci/run installs chromium and the
+dev extra installs playwright, so a missing browser is a failure.
 """
 
 import os
@@ -16,8 +16,8 @@ import pytest
 from jaxformer.analysis import capture, viewer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 THRESHOLD = 0.02  # the page's default "hide weights below"
 
 
@@ -37,8 +37,8 @@ def browser(tmp_path_factory):
         _missing("chromium is not installed (apt-get install chromium)")
     with sync_playwright() as p:
         profile = str(tmp_path_factory.mktemp("chromium-profile"))
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
-                                                       viewport={"width": 1300, "height": 900})
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                       args=FLAGS, viewport={"width": 1300, "height": 900})
         yield context
         context.close()
 
@@ -60,7 +60,8 @@ class Page:
             raise AssertionError(f"the viewer did not start: {self.errors}") from e
 
     def marked(self, selector):
-        return sorted(int(x) for x in self.page.eval_on_selector_all(selector, "els => els.map(e => e.dataset.i)"))
+        found = self.page.eval_on_selector_all(selector, "els => els.map(e => e.dataset.i)")
+        return sorted(int(x) for x in found)
 
     def close(self):
         self.page.close()
@@ -78,7 +79,7 @@ def make_capture(L=2, H=3, T=12, seed=0):
 
 
 def expected_marks(w_HxTxT, f):
-    """Keys f attends to, and queries that attend to f, at or above the threshold (mean over the shown heads)."""
+    """Keys f attends to and queries attending to f, at or above the threshold (mean of the shown heads)."""
     w = w_HxTxT.mean(0)
     floor = THRESHOLD - 1 / 65535  # the page's weights are quantised to 1/65535
     return sorted(np.nonzero(w[f] >= floor)[0].tolist()), sorted(np.nonzero(w[:, f] >= floor)[0].tolist())
@@ -91,9 +92,9 @@ def test_page_loads_and_click_highlights(browser, tmp_path):
     page = Page(browser, path)
     p = page.page
     try:
-        assert p.eval_on_selector_all("#layer option", "os => os.map(o => o.textContent)") == ["layer 0", "layer 1"]
-        assert p.eval_on_selector_all("#head option", "os => os.map(o => o.textContent)") == [
-            "all heads", "head 0", "head 2", "head 5"]
+        options = "os => os.map(o => o.textContent)"
+        assert p.eval_on_selector_all("#layer option", options) == ["layer 0", "layer 1"]
+        assert p.eval_on_selector_all("#head option", options) == ["all heads", "head 0", "head 2", "head 5"]
         assert "2 layers × 3 heads, 12 tokens" in p.inner_text("h1")
         assert len(p.query_selector_all(".tok.q")) == 12 and len(p.query_selector_all(".tok.k")) == 12
         assert page.marked(".tok.hl") == []  # nothing highlighted before a click

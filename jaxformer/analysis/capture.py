@@ -1,17 +1,17 @@
 """Capture the attention weights of a trained run: every layer and head, `[L, H, T, T]`, with the tokens.
 
 Entry `(i, j)` of a head's matrix is the weight query token i puts on key token j (rows sum to one; causal, so
-`j <= i`). The weights are recomputed through the reference attention path (`model.attention.implementation` forced
-to "reference"; the parameters do not depend on the implementation), so runs trained with the chunked or fused
-implementations, which never materialise the matrices, are captured the same way. Every positional-encoding variant
-is included as the model applies it: rotations inside q and k, logit biases (ALiBi, T5, KERPLE, FIRE) added before
-the softmax.
+`j <= i`). The weights are recomputed through the reference attention path (`model.attention.implementation`
+forced to "reference"; the parameters do not depend on the implementation), so runs trained with the chunked
+or fused implementations, which never materialise the matrices, are captured the same way. Every
+positional-encoding variant is included as the model applies it: rotations inside q and k, logit biases
+(ALiBi, T5, KERPLE, FIRE) added before the softmax.
 
     cap = capture_text("runs/baby", "ROMEO: ", which="best", layers=[0, 1], heads=[2])
     cap.weights_LxHxTxT, cap.tokens
 
-`save_npz` writes the raw arrays; `save_bertviz` / `load_bertviz` the list of per-layer `[1, H, T, T]` arrays and
-the tokens that BertViz's `head_view(attention, tokens)` takes (convert with `torch.from_numpy` first).
+`save_npz` writes the raw arrays; `save_bertviz` / `load_bertviz` the list of per-layer `[1, H, T, T]` arrays
+and the tokens that BertViz's `head_view(attention, tokens)` takes (convert with `torch.from_numpy` first).
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ class Capture:
     tokens: list[str]  # [T] the text of each token
     layers: list[int]  # model layer index of each row of weights_LxHxTxT
     heads: list[int]  # model head index of each column
-    info: dict = dataclasses.field(default_factory=dict)  # workdir, checkpoint, step, position, implementation
+    info: dict = dataclasses.field(default_factory=dict)  # run, checkpoint, step, position, implementation
 
 
-# ------------------------------------------------------------------------------------------ model on the reference
+# ---------------------------------------------------------------------------------- model on the reference
 
 
 def reference_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -60,12 +60,13 @@ def _graphdef(model_cfg_json: str):
 
 
 def reference_graphdef(model_cfg: ml_collections.ConfigDict):
-    """The NNX structure of the model on the reference path (built abstractly: no parameters are initialised)."""
+    """The NNX structure of the model on the reference path (built abstractly: nothing is initialised)."""
     return _graphdef(json.dumps(reference_config(model_cfg).to_dict(), sort_keys=True))
 
 
 def reference_model(model_cfg: ml_collections.ConfigDict, params) -> GPT:
-    """The model of `model_cfg` with `params` (a pure dict, e.g. from `train.restore_params`), reference attention."""
+    """The model of `model_cfg` with `params` (a pure dict, as `train.restore_params` gives), on the reference
+    attention path."""
     return nnx.merge(reference_graphdef(model_cfg), params)
 
 
@@ -76,9 +77,13 @@ def attention_weights(model: GPT, token_ids_T) -> tuple[np.ndarray, np.ndarray]:
 
 
 def attention_weights_batch(model: GPT, tokens_BxT) -> tuple[np.ndarray, np.ndarray]:
-    """(logits `[B, T, V]`, weights `[L, B, H, T, T]`), float32 NumPy, through the model's own `attention_weights`."""
+    """(logits `[B, T, V]`, weights `[L, B, H, T, T]`) as float32 NumPy: the model's `attention_weights`.
+
+    The model must run the reference implementation (`reference_model`); the others cannot return weights.
+    """
     graphdef, state = nnx.split(model)
-    logits_BxTxV, w_LxBxHxTxT = compiled(graphdef, _attention_weights)(state, jnp.asarray(tokens_BxT, jnp.int32))
+    forward = compiled(graphdef, _attention_weights)
+    logits_BxTxV, w_LxBxHxTxT = forward(state, jnp.asarray(tokens_BxT, jnp.int32))
     return np.asarray(logits_BxTxV, np.float32), np.asarray(w_LxBxHxTxT, np.float32)
 
 
@@ -143,7 +148,8 @@ def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
     vocab = os.path.join(workdir, "vocab.json")
     cfg, _, params, step = train_lib.restore_params(workdir, which=which, step=step)
     if not os.path.exists(vocab):
-        raise FileNotFoundError(f"--workdir={workdir} has no vocab.json; is it a run directory made by `jaxformer train`?")
+        raise FileNotFoundError(f"--workdir={workdir} has no vocab.json; is it a run directory made by "
+                                "`jaxformer train`?")
     tokenizer = data_lib.load_tokenizer(vocab)
     return cfg, reference_model(cfg.model, params), tokenizer, step
 
@@ -165,15 +171,16 @@ def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int]
     _, w_LxHxTxT = attention_weights(model, token_ids_T)
     layers = list(range(w_LxHxTxT.shape[0])) if layers is None else list(layers)
     heads = list(range(w_LxHxTxT.shape[1])) if heads is None else list(heads)
-    return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)], token_ids=np.asarray(token_ids_T, np.int32),
-                   tokens=list(tokens), layers=layers, heads=heads, info=dict(info or {}))
+    return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)],
+                   token_ids=np.asarray(token_ids_T, np.int32), tokens=list(tokens), layers=layers,
+                   heads=heads, info=dict(info or {}))
 
 
 def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | None = None,
                  layers: str | list[int] | None = None, heads: str | list[int] | None = None) -> Capture:
     """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text`."""
     cfg, model, tokenizer, step = load_run(workdir, which=which, step=step)
-    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: the tokenizer's one-line error
+    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
     check_length(cfg, int(token_ids.size))
     if not isinstance(layers, list):
         layers = parse_indices(layers, cfg.model.n_layer, flag="--layers")
@@ -183,28 +190,32 @@ def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | 
             "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
             "data": cfg.data.name}
-    return capture_ids(model, token_ids, token_labels(tokenizer, token_ids), layers=layers, heads=heads, info=info)
+    tokens = token_labels(tokenizer, token_ids)
+    return capture_ids(model, token_ids, tokens, layers=layers, heads=heads, info=info)
 
 
 # ------------------------------------------------------------------------------------------------------ files
 
 
 def save_npz(cap: Capture, path: str) -> None:
-    """`weights [L, H, T, T]`, `token_ids [T]`, `tokens [T]` (str), `layers [L]`, `heads [H]`, `info` (JSON str)."""
+    """`weights [L, H, T, T]`, `token_ids [T]`, `tokens [T]`, `layers [L]`, `heads [H]`, `info` (JSON)."""
     np.savez_compressed(path, weights=cap.weights_LxHxTxT.astype(np.float32), token_ids=cap.token_ids,
                         tokens=np.asarray(cap.tokens, dtype=str), layers=np.asarray(cap.layers, np.int32),
-                        heads=np.asarray(cap.heads, np.int32), info=np.asarray(json.dumps(cap.info, sort_keys=True)))
+                        heads=np.asarray(cap.heads, np.int32),
+                        info=np.asarray(json.dumps(cap.info, sort_keys=True)))
 
 
 def load_npz(path: str) -> Capture:
     with np.load(path) as z:
-        return Capture(weights_LxHxTxT=z["weights"], token_ids=z["token_ids"], tokens=[str(t) for t in z["tokens"]],
-                       layers=z["layers"].tolist(), heads=z["heads"].tolist(), info=json.loads(str(z["info"])))
+        return Capture(weights_LxHxTxT=z["weights"], token_ids=z["token_ids"],
+                       tokens=[str(t) for t in z["tokens"]], layers=z["layers"].tolist(),
+                       heads=z["heads"].tolist(), info=json.loads(str(z["info"])))
 
 
 def save_bertviz(cap: Capture, path: str) -> None:
     """BertViz's input as an .npz: `attention_0 .. attention_{L-1}` each `[1, H, T, T]`, and `tokens`."""
-    arrays = {f"attention_{a}": cap.weights_LxHxTxT[a][None].astype(np.float32) for a in range(len(cap.layers))}
+    arrays = {f"attention_{a}": w_HxTxT[None].astype(np.float32)
+              for a, w_HxTxT in enumerate(cap.weights_LxHxTxT)}
     np.savez_compressed(path, tokens=np.asarray(cap.tokens, dtype=str), **arrays)
 
 

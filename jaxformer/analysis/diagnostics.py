@@ -1,28 +1,29 @@
 """Per-head attention diagnostics: five numbers that say what a head does.
 
-Each takes causal attention weights `w_...xTxT` (rows are query positions i, columns key positions j, every row sums
-to one, `w[i, j] = 0` for j > i) and reduces the last two axes. Query row 0 is left out of every average: it can
-only attend to itself, so it says nothing about the head. With `Q = {1, ..., T-1}`:
+Each takes causal attention weights `w_...xTxT` (rows are query positions i, columns key positions j, every
+row sums to one, `w[i, j] = 0` for j > i) and reduces the last two axes. Query row 0 is left out of every
+average: it can only attend to itself, so it says nothing about the head. With `Q = {1, ..., T-1}`:
 
 - **entropy** (nats): `mean_{i in Q} -sum_j w_ij log w_ij`. 0 for a head that puts all its weight on one key;
   `log(i + 1)` at row i for a head spread uniformly over the causal prefix (the most a row can have).
-- **mean_distance** (positions): `mean_{i in Q} sum_j w_ij |i - j|`. 0 for attention to the token itself, 1 for a
-  previous-token head; long-range heads have large values (Vig & Belinkov 2019; ViT's "attention distance").
-- **sink** (attention-sink mass): `mean_{i in Q} w_i0`, the weight on the first token. Near 1 for heads that park
-  their attention on position 0 when they have nothing to do (Xiao et al. 2023, "attention sinks").
+- **mean_distance** (positions): `mean_{i in Q} sum_j w_ij |i - j|`. 0 for attention to the token itself, 1
+  for a previous-token head; long-range heads have large values (Vig & Belinkov 2019; ViT's "attention
+  distance").
+- **sink** (attention-sink mass): `mean_{i in Q} w_i0`, the weight on the first token. Near 1 for heads that
+  park their attention on position 0 when they have nothing to do (Xiao et al. 2023, "attention sinks").
 - **previous_token**: `mean_{i in Q} w_{i,i-1}`. 1 for a perfect previous-token head.
 - **induction**: measured on a sequence made of a random block of `n` tokens followed by the same block again
   (T = 2n): `mean_{i=n}^{2n-1} w_{i, i-n+1}`, the weight a token of the second copy puts on the token that
-  *followed* its earlier occurrence. 1 for a perfect induction head (Olsson et al. 2022, "In-context learning and
-  induction heads"; TransformerLens' `diagonal(offset=1-n)`).
+  *followed* its earlier occurrence. 1 for a perfect induction head (Olsson et al. 2022, "In-context learning
+  and induction heads"; TransformerLens' `diagonal(offset=1-n)`).
 
-The first four are measured on real text (the `--text` of `jaxformer attention`, or a fixed validation batch during
-training); induction needs the repeated random sequence (`repeated_random_tokens`). With a batch axis the per-example
-values are averaged.
+The first four are measured on real text (the `--text` of `jaxformer attention`, or a fixed validation batch
+during training); induction needs the repeated random sequence (`repeated_random_tokens`). With a batch axis
+the per-example values are averaged.
 
-`training_metrics(model, dataset, cfg)` is the hook `train.attention_diagnostics_every` calls: flat scalar keys
-`attn/L{layer}H{head}/{metric}` for metrics.jsonl, from one jit-compiled forward over a fixed validation batch and
-one over repeated random sequences (compiled once per run, cached across calls).
+`training_metrics(model, dataset, cfg)` is the hook `train.attention_diagnostics_every` calls: flat scalar
+keys `attn/L{layer}H{head}/{metric}` for metrics.jsonl, from one jit-compiled forward over a fixed validation
+batch and one over repeated random sequences (compiled once per run, cached across calls).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _check(w_xTxT):
 
 
 def entropy(w_xTxT):
-    """Mean row entropy in nats over query positions 1..T-1 (`0 log 0 = 0`, so masked keys count for nothing)."""
+    """Mean row entropy in nats over query positions 1..T-1 (`0 log 0 = 0`: masked keys count for nothing)."""
     w = _check(w_xTxT)[..., 1:, :]
     row_entropy = -jnp.sum(jnp.where(w > 0, w * jnp.log(jnp.where(w > 0, w, 1.0)), 0.0), axis=-1)
     return jnp.mean(row_entropy, axis=-1)
@@ -72,7 +73,7 @@ def previous_token_score(w_xTxT):
 
 
 def induction_score(w_xTxT, *, period: int):
-    """Mean of `w[i, i - period + 1]` over the second copy `i = period..2 period - 1` of a repeated sequence."""
+    """Mean of `w[i, i - period + 1]` over the second copy (i = period .. 2 period - 1) of a repeat."""
     w = _check(w_xTxT)
     if w.shape[-1] != 2 * period or period < 2:
         raise ValueError(f"induction_score: weights of length {w.shape[-1]} for period {period}; "
@@ -89,14 +90,14 @@ def text_diagnostics(w_xTxT) -> dict:
 
 
 def repeated_random_tokens(*, batch: int, period: int, vocab_size: int, seed: int = 0) -> np.ndarray:
-    """`[batch, 2 period]` int32: a random block repeated twice; tokens distinct within a block when the vocab allows
-    (a token that recurs inside the block would give the induction target two candidates)."""
+    """`[batch, 2 period]` int32: a random block repeated twice; tokens distinct within a block when the vocab
+    allows (a token that recurs inside the block would give the induction target two candidates)."""
     rng = np.random.default_rng(seed)
     block = np.stack([rng.choice(vocab_size, period, replace=period > vocab_size) for _ in range(batch)])
     return np.concatenate([block, block], axis=1).astype(np.int32)
 
 
-# ------------------------------------------------------------------------------------------------ for training
+# ---------------------------------------------------------------------------------------------- for training
 
 
 def induction_period(block_size: int) -> int:
@@ -115,7 +116,8 @@ def _diagnostics_LxH(model, text_BxT, repeated_BxT) -> dict:
 
 def diagnostics_for_model(model, text_BxT, *, period: int, model_cfg: ml_collections.ConfigDict,
                           seed: int = 0) -> dict:
-    """`{metric: [L, H] np.float32}` for a model (any attention implementation: recomputed through the reference).
+    """`{metric: [L, H] np.float32}` for a model (any attention implementation: recomputed through the
+    reference).
 
     Text metrics on `text_BxT`; induction on `repeated_random_tokens(batch=4, period=period)`.
     """
@@ -129,14 +131,15 @@ def diagnostics_for_model(model, text_BxT, *, period: int, model_cfg: ml_collect
 
 
 def fixed_text_batch(dataset, cfg: ml_collections.ConfigDict, *, batch_size: int = 4) -> np.ndarray:
-    """The first `batch_size` rows of the first validation batch (the same every call: eval batches are fixed)."""
+    """The first `batch_size` rows of the first validation batch (the same at every call: eval batches are
+    fixed)."""
     batch = dataset.eval_batches("val", batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                  num_batches=1, seed=cfg.train.seed)[0]
     return np.asarray(batch["inputs"][:batch_size], np.int32)
 
 
 def flatten(table: dict, *, layers=None, heads=None, prefix: str = "attn") -> dict[str, float]:
-    """`{metric: [L, H]}` -> `{"attn/L0H1/entropy": value, ...}` (layers/heads: the indices the rows stand for)."""
+    """`{metric: [L, H]}` -> `{"attn/L0H1/entropy": value, ...}`; `layers`/`heads` name the rows/columns."""
     first = next(iter(table.values()))
     layers = list(range(first.shape[0])) if layers is None else list(layers)
     heads = list(range(first.shape[1])) if heads is None else list(heads)

@@ -1,5 +1,5 @@
-"""Static pictures of captured attention (matplotlib, Agg backend): the layers x heads grid, one large heatmap per
-head, the diagnostics table and the diagnostics over training steps.
+"""Static pictures of captured attention (matplotlib, Agg backend): the layers x heads grid, one large heatmap
+per head, the diagnostics table and the diagnostics over training steps.
 
 Rows are query tokens, columns key tokens. The colour scale is the same in every panel (0 to 1, square-root
 stretched so that weights of a few percent stay visible); the masked future (j > i) is drawn light grey, apart
@@ -73,7 +73,8 @@ def grid(weights_LxHxTxT: np.ndarray, tokens: list[str], path: str, *, layers: l
     for a in range(L):
         for b in range(H):
             ax = axes[a, b]
-            image = ax.imshow(_masked(weights_LxHxTxT[a, b]), cmap=_cmap(), norm=NORM, interpolation=interpolation)
+            image = ax.imshow(_masked(weights_LxHxTxT[a, b]), cmap=_cmap(), norm=NORM,
+                              interpolation=interpolation)
             _label_axes(ax, tokens, labels=labels)
             if a == 0:
                 ax.set_title(f"head {heads[b]}", fontsize=10)
@@ -81,7 +82,7 @@ def grid(weights_LxHxTxT: np.ndarray, tokens: list[str], path: str, *, layers: l
                 ax.set_ylabel(f"layer {layers[a]}" + ("" if labels else "\nquery"), fontsize=10)
             if a == L - 1 and not labels:
                 ax.set_xlabel("key", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=min(0.8, 2.5 / L + 0.2), label="attention weight")
+    fig.colorbar(image, ax=axes, shrink=0.8 if L < 3 else 0.5, label="attention weight")
     if title:
         fig.suptitle(title, fontsize=11)
     _save(fig, path)
@@ -103,23 +104,25 @@ def head(w_TxT: np.ndarray, tokens: list[str], path: str, *, title: str = "") ->
     _save(fig, path)
 
 
-def diagnostics_table(table: dict, path: str, *, layers: list[int], heads: list[int], title: str = "") -> None:
+def diagnostics_table(table: dict, path: str, *, layers: list[int], heads: list[int],
+                      title: str = "") -> None:
     """One panel per metric: a layers x heads table coloured by value, the value written in each cell."""
     names = [name for name in diagnostics.METRICS if name in table]
     L, H = len(layers), len(heads)
     cell = 0.55
-    fig, axes = plt.subplots(1, len(names), figsize=(len(names) * (H * cell + 1.0) + 0.5, L * cell + 1.4),
+    fig, axes = plt.subplots(1, len(names), figsize=(len(names) * (H * cell + 1.0) + 0.5, L * cell + 1.9),
                              dpi=130, squeeze=False, layout="constrained")
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         values = np.asarray(table[name], np.float64)
-        scale = (0.0, 1.0) if name not in ("entropy", "mean_distance") else (0.0, max(float(values.max()), 1e-6))
+        unbounded = name in ("entropy", "mean_distance")  # nats, positions; the others are in [0, 1]
+        scale = (0.0, max(float(values.max()), 1e-6)) if unbounded else (0.0, 1.0)
         ax.imshow(values, cmap="magma", vmin=scale[0], vmax=scale[1], aspect="equal")
         for a in range(L):
             for b in range(H):
                 v = values[a, b]
                 dark = (v - scale[0]) / (scale[1] - scale[0] + 1e-12) < 0.6
-                ax.text(b, a, f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
+                ax.text(b, a, f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}", ha="center", va="center",
+                        fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(H), [str(h) for h in heads], fontsize=8)
         ax.set_yticks(range(L), [str(l) for l in layers], fontsize=8)
         ax.set_xlabel("head", fontsize=8)
@@ -134,19 +137,20 @@ def diagnostics_history(series: dict[str, list[tuple[int, float]]], path: str, *
     """Each metric against the training step (metrics.jsonl's `attn/L{l}H{h}/{metric}`), one line per head."""
     names = [name for name in diagnostics.METRICS if any(key.endswith("/" + name) for key in series)]
     if not names:
-        raise ValueError("no attention diagnostics in metrics.jsonl; train with --config.train.attention_diagnostics_every=N")
+        raise ValueError("no attention diagnostics in metrics.jsonl; train with "
+                         "--config.train.attention_diagnostics_every=N")
     heads = sorted({key.split("/")[1] for key in series})
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), dpi=120, squeeze=False,
                              layout="constrained")
-    colors = plt.get_cmap("tab20")
-    for ax, name in zip(axes.flat, names):
+    colors = plt.get_cmap("tab10" if len(heads) <= 10 else "tab20")
+    for ax, name in zip(axes.flat[:len(names)], names, strict=True):
         for k, head_name in enumerate(heads):
             points = series.get(f"attn/{head_name}/{name}")
             if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, "-o", markersize=2, color=colors(k % 20), label=head_name)
+                steps, values = np.asarray(points).T
+                ax.plot(steps, values, "-o", markersize=2, color=colors(k % colors.N), label=head_name)
         ax.set_title(name.replace("_", " "), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -1,4 +1,5 @@
-"""`jaxformer attention`: a run's attention on a text, written as pictures, an interactive page, arrays and diagnostics.
+"""`jaxformer attention`: a run's attention on a text, written as pictures, an interactive page, arrays and
+diagnostics.
 
     jaxformer attention --workdir RUN --text "ROMEO: " [--out DIR] [--checkpoint latest|best] [--layers 0,1]
                         [--heads 0-3] [--induction-period N] [--seed 0]
@@ -8,7 +9,7 @@ DIR (default RUN/attention) receives:
     heads/L{l}H{h}.png    one large heatmap per selected head
     attention.html        the self-contained interactive viewer (viewer.py)
     weights.npz           weights [L, H, T, T], token_ids, tokens, layers, heads, info (capture.save_npz)
-    bertviz.npz           per-layer [1, H, T, T] arrays + tokens for BertViz's head_view (capture.load_bertviz)
+    bertviz.npz           per-layer [1, H, T, T] arrays + tokens, BertViz's head_view input (load_bertviz)
     diagnostics.csv/.png  per layer and head: entropy, mean distance, sink, previous-token (on the text) and
                           induction (on repeated random tokens); definitions in diagnostics.py
     diagnostics_history.png  when the run logged them (train.attention_diagnostics_every), their evolution
@@ -30,11 +31,14 @@ log = logging.getLogger("jaxformer")
 def diagnostics_table(model, cap: capture.Capture, *, period: int, vocab_size: int, seed: int = 0) -> dict:
     """`{metric: [L, H]}` for the captured layers and heads: text metrics on the capture, induction on
     `repeated_random_tokens(batch=4, period=period)`."""
-    table = {name: np.asarray(v, np.float32) for name, v in diagnostics.text_diagnostics(cap.weights_LxHxTxT).items()}
-    repeated_BxT = diagnostics.repeated_random_tokens(batch=4, period=period, vocab_size=vocab_size, seed=seed)
+    text = diagnostics.text_diagnostics(cap.weights_LxHxTxT)
+    table = {name: np.asarray(v, np.float32) for name, v in text.items()}
+    repeated_BxT = diagnostics.repeated_random_tokens(batch=4, period=period, vocab_size=vocab_size,
+                                                      seed=seed)
     _, w_LxBxHxTxT = capture.attention_weights_batch(model, repeated_BxT)
     w_LxBxHxTxT = w_LxBxHxTxT[cap.layers][:, :, cap.heads]
-    table["induction"] = np.asarray(diagnostics.induction_score(w_LxBxHxTxT, period=period), np.float32).mean(axis=1)
+    induction_LxBxH = np.asarray(diagnostics.induction_score(w_LxBxHxTxT, period=period), np.float32)
+    table["induction"] = induction_LxBxH.mean(axis=1)
     return table
 
 
@@ -43,25 +47,27 @@ def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = Non
     """Writes every output file of `jaxformer attention` for a capture; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     info = cap.info
-    title = " · ".join(str(x) for x in (info.get("position"), f"step {info['step']}" if "step" in info else None,
-                                        f"{len(cap.tokens)} tokens") if x)
+    step = f"step {info['step']}" if "step" in info else None
+    title = " · ".join(str(x) for x in (info.get("position"), step, f"{len(cap.tokens)} tokens") if x)
     paths = []
 
     def path(name):
         paths.append(os.path.join(out_dir, name))
         return paths[-1]
 
-    heatmaps.grid(cap.weights_LxHxTxT, cap.tokens, path("grid.png"), layers=cap.layers, heads=cap.heads, title=title)
+    heatmaps.grid(cap.weights_LxHxTxT, cap.tokens, path("grid.png"), layers=cap.layers, heads=cap.heads,
+                  title=title)
     for a, layer in enumerate(cap.layers):
         for b, head in enumerate(cap.heads):
-            heatmaps.head(cap.weights_LxHxTxT[a, b], cap.tokens, path(os.path.join("heads", f"L{layer}H{head}.png")),
+            heatmaps.head(cap.weights_LxHxTxT[a, b], cap.tokens, path(f"heads/L{layer}H{head}.png"),
                           title=f"layer {layer}, head {head} · {title}")
     viewer.write(cap, path("attention.html"), table)
     capture.save_npz(cap, path("weights.npz"))
     capture.save_bertviz(cap, path("bertviz.npz"))
     if table is not None:
         diagnostics.write_csv(path("diagnostics.csv"), table, layers=cap.layers, heads=cap.heads)
-        heatmaps.diagnostics_table(table, path("diagnostics.png"), layers=cap.layers, heads=cap.heads, title=title)
+        heatmaps.diagnostics_table(table, path("diagnostics.png"), layers=cap.layers, heads=cap.heads,
+                                   title=title)
     series = diagnostics.history(metrics or [])
     if series:
         heatmaps.diagnostics_history(series, path("diagnostics_history.png"),
@@ -70,11 +76,10 @@ def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxformer attention",
-                                description="Capture a run's attention on a text: grid.png, one PNG per head, "
-                                            "attention.html (interactive, self-contained), weights.npz, "
-                                            "bertviz.npz, diagnostics.csv/.png.",
-                                epilog="--debug shows tracebacks on errors")
+    p = argparse.ArgumentParser(
+        prog="jaxformer attention", epilog="--debug shows tracebacks on errors",
+        description="Capture a run's attention on a text: grid.png, one PNG per head, attention.html "
+                    "(interactive, self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png.")
     p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
     text = p.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
@@ -101,7 +106,7 @@ def attention_main(argv: list[str]) -> int:
     else:
         text = args.text
     cfg, model, tokenizer, step = capture.load_run(args.workdir, which=args.checkpoint, step=args.step)
-    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: the tokenizer's one-line error
+    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
     capture.check_length(cfg, int(token_ids.size))
     if token_ids.size > cfg.data.block_size:
         log.warning("the text has %d tokens, longer than the %d the run was trained on", token_ids.size,

@@ -1,10 +1,10 @@
 """attention.html: one self-contained file to explore captured attention in a browser (no network, no CDN).
 
-The page (template `viewer.html` beside this file: inline CSS and JS) shows the tokens twice, as queries (left) and
-keys (right), with a line from query i to key j whose opacity is the weight, BertViz-style, or the T x T matrix.
-Choose the layer and the head, or all heads overlaid (lines in each head's colour; the matrix shows their mean).
-Hovering or clicking a token highlights what it attends to (its row, blue) and what attends to it (its column,
-orange), with the top weights listed in the side panel next to the per-head diagnostics.
+The page (template `viewer.html` beside this file: inline CSS and JS) shows the tokens twice, as queries
+(left) and keys (right), with a line from query i to key j whose opacity is the weight, BertViz-style, or the
+T x T matrix. Choose the layer and the head, or all heads overlaid (lines in each head's colour; the matrix
+shows their mean). Hovering or clicking a token highlights what it attends to (its row, blue) and what attends
+to it (its column, orange), with the top weights listed in the side panel next to the per-head diagnostics.
 
 The data travels inline as JSON; the weights as little-endian uint16 (`round(w * 65535)`, error below 1e-5),
 base64-encoded: about 2.7 bytes per weight, so 4 layers x 4 heads x 300 tokens make a ~4 MB page.
@@ -21,6 +21,8 @@ import numpy as np
 
 from jaxformer.analysis.capture import Capture
 
+TEMPLATE = "viewer.html"  # beside this file (package data)
+
 
 def encode_weights(weights: np.ndarray) -> str:
     """float weights in [0, 1] -> base64 of little-endian uint16 `round(w * 65535)`."""
@@ -34,17 +36,19 @@ def decode_weights(text: str, shape) -> np.ndarray:
 
 
 def page_data(cap: Capture, diagnostics: dict | None = None) -> dict:
-    data = {"tokens": list(cap.tokens), "layers": list(map(int, cap.layers)), "heads": list(map(int, cap.heads)),
-            "weights": encode_weights(cap.weights_LxHxTxT), "info": cap.info}
+    data = {"tokens": list(cap.tokens), "layers": [int(x) for x in cap.layers],
+            "heads": [int(x) for x in cap.heads], "weights": encode_weights(cap.weights_LxHxTxT),
+            "info": cap.info}
     if diagnostics:
-        data["diagnostics"] = {name: np.asarray(v, np.float64).round(4).tolist() for name, v in diagnostics.items()}
+        data["diagnostics"] = {name: np.asarray(v, np.float64).round(4).tolist()
+                               for name, v in diagnostics.items()}
     return data
 
 
 def render(cap: Capture, diagnostics: dict | None = None, *, title: str | None = None) -> str:
     """The page as a string."""
-    template = importlib.resources.files("jaxformer.analysis").joinpath("viewer.html").read_text(encoding="utf-8")
-    # Inside <script>, "</script>" or "<!--" in a token would end the block: escape every "<" (JSON allows \u003c).
+    template = importlib.resources.files("jaxformer.analysis").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    # Inside <script>, "</script>" or "<!--" in a token would end the block: escape every "<" (as \u003c).
     data = json.dumps(page_data(cap, diagnostics), ensure_ascii=False, sort_keys=True).replace("<", "\\u003c")
     if title is None:
         info = cap.info

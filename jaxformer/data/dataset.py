@@ -40,6 +40,13 @@ def check_sizes(*, batch_size: int, block_size: int) -> None:
         raise DataError(f"data.block_size={block_size}; must be >= 1")
 
 
+def check_windows(*, length: int, max_windows: int | None) -> None:
+    if length < 1:
+        raise DataError(f"length={length}; must be >= 1")
+    if max_windows is not None and max_windows < 1:
+        raise DataError(f"max_windows={max_windows}; must be >= 1")
+
+
 class Dataset:
     """Base class of the text datasets and the synthetic tasks (the module docstring has the batch format).
 

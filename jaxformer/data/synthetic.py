@@ -37,7 +37,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jaxformer.data.dataset import EVAL_STREAM, TRAIN_STREAM, WINDOW_STREAM, Dataset, check_sizes, rng
+from jaxformer.data.dataset import (
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    WINDOW_STREAM,
+    Dataset,
+    check_sizes,
+    check_windows,
+    rng,
+)
 from jaxformer.data.tokenizer import DataError, Tokenizer
 
 PAD, SEP, DIGIT0, SYMBOL0 = 0, 1, 2, 12
@@ -50,7 +58,7 @@ def vocabulary(num_symbols: int) -> list:
     return ["_", "|", *string.digits, *SYMBOLS[:num_symbols]]
 
 
-# A task: (generator, n) -> (prompt ids, answer ids), for symbols SYMBOL0 .. SYMBOL0 + k - 1.
+# A task: (generator, n, k) -> (prompt ids, answer ids), with symbols SYMBOL0 .. SYMBOL0 + k - 1.
 
 
 def _copy(g: np.random.Generator, n: int, k: int):
@@ -183,8 +191,8 @@ class SyntheticDataset(Dataset):
     def windows(self, split: str, *, length: int, max_windows: int | None = None) -> dict:
         """`max_windows` (default: data.synthetic.eval_examples) examples at the largest size fitting
         `length`; the same examples at every call (a fixed seed per split and length)."""
+        check_windows(length=length, max_windows=max_windows)
         count = self.eval_examples if max_windows is None else max_windows
-        check_sizes(batch_size=count, block_size=length)
         g = rng(WINDOW_SEED, split, WINDOW_STREAM, length)
         n = items_that_fit(self.task, length)
         if n < self.task.min_items:

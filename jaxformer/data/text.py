@@ -24,7 +24,15 @@ import urllib.parse
 
 import numpy as np
 
-from jaxformer.data.dataset import EVAL_STREAM, TRAIN_STREAM, Dataset, check_sizes, check_split, rng
+from jaxformer.data.dataset import (
+    EVAL_STREAM,
+    TRAIN_STREAM,
+    Dataset,
+    check_sizes,
+    check_split,
+    check_windows,
+    rng,
+)
 from jaxformer.data.tokenizer import DataError, Tokenizer
 
 MANUAL_DIR_ENV = "JAXFORMER_MANUAL_DIR"
@@ -81,7 +89,7 @@ class TextDataset(Dataset):
         With W * L fixed (W windows of length L), every length predicts the same text, tokens[1 : 1 + W*L].
         """
         check_split(split)
-        check_sizes(batch_size=1, block_size=length)
+        check_windows(length=length, max_windows=max_windows)
         available = (self._tokens[split].size - 1) // length
         count = available if max_windows is None else max_windows
         if not 1 <= count <= available:
@@ -168,8 +176,10 @@ def _prepare_tiny_shakespeare(builder, data_cfg) -> None:
     elif not reachable(url):
         raise DataError(f"tiny_shakespeare is not prepared in {builder.data_dir} and {url} cannot be reached "
                         f"(offline?); {_how_to(url)}")
+    # No GCS lookup for prepared data: this builder is not on TFDS's bucket, and offline it would only wait.
+    config = tfds.download.DownloadConfig(manual_dir=directory, try_download_gcs=False)
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=directory))
+        builder.download_and_prepare(download_config=config)
     except download_manager.NonMatchingChecksumError:
         if directory is None:
             raise DataError(f"the download of {url} does not match the size/sha256 in the builder's "
@@ -181,9 +191,11 @@ def _prepare_tiny_shakespeare(builder, data_cfg) -> None:
                         f"{hashlib.sha256(raw).hexdigest()}; expected {int(expected.size)} bytes, sha256 "
                         f"{expected.checksum} (TFDS checksum check)") from None
     except (tfds.download.DownloadError, OSError) as e:
-        first_line = (str(e).splitlines() or [""])[0]
-        raise DataError(f"downloading {url} failed ({type(e).__name__}: {first_line}); "
-                        f"{_how_to(url)}") from None
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        if directory is not None:
+            raise DataError(f"preparing tiny_shakespeare from {path} in {builder.data_dir} failed "
+                            f"({reason})") from None
+        raise DataError(f"downloading {url} failed ({reason}); {_how_to(url)}") from None
 
 
 def tiny_shakespeare_splits(data_cfg) -> dict:

@@ -51,7 +51,7 @@ class Tokenizer:
             unknown = sorted({chr(c) for c in codes[ids < 0]})
             shown = ", ".join(repr(c) for c in unknown[:20]) + (", ..." if len(unknown) > 20 else "")
             raise DataError(f"{len(unknown)} character(s) not in the {self.vocab_size}-character vocabulary: "
-                            f"{shown} (the tokenizer is character-level, built from the training split)")
+                            f"{shown} (character-level: the training text's characters, or a task's symbols)")
         return ids.astype(np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
