@@ -22,6 +22,10 @@ SUBCOMMANDS = {
     "sample": ("jaxformer.cli:sample_main", "generate text from a run's checkpoint (KV cache)"),
     "config": ("jaxformer.cli:config_main", "print a resolved config (with overrides) as JSON"),
     "repro-check": ("jaxformer.cli:repro_check_main", "re-run a run's first N steps and compare the metrics"),
+    "sweep": ("jaxformer.sweep:sweep_main", "run a variant sweep (e.g. every positional encoding x seeds)"),
+    "report": ("jaxformer.sweep:report_main", "regenerate a sweep's tables and plots from its run directories"),
+    "attention": ("jaxformer.analysis.report:attention_main",
+                  "attention heatmaps, HTML viewer and per-head diagnostics for a run and a text"),
 }
 
 log = logging.getLogger("jaxformer")

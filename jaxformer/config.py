@@ -109,6 +109,8 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         cfg.optim.decay_steps = cfg.train.steps
     if cfg.model.position.learned.max_len == 0:
         cfg.model.position.learned.max_len = cfg.data.block_size
+    if cfg.model.position.rope.get("original_max_len", None) == 0:  # YaRN's "trained context": the block size
+        cfg.model.position.rope.original_max_len = cfg.data.block_size
     if vocab_size is not None and cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab_size
     return cfg

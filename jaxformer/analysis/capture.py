@@ -82,31 +82,13 @@ def attention_weights_batch(model: GPT, tokens_BxT) -> tuple[np.ndarray, np.ndar
     The model must run the reference implementation (`reference_model`); the others cannot return weights.
     """
     graphdef, state = nnx.split(model)
-    forward = compiled(graphdef, _attention_weights)
-    logits_BxTxV, w_LxBxHxTxT = forward(state, jnp.asarray(tokens_BxT, jnp.int32))
+    logits_BxTxV, w_LxBxHxTxT = _attention_weights(graphdef, state, jnp.asarray(tokens_BxT, jnp.int32))
     return np.asarray(logits_BxTxV, np.float32), np.asarray(w_LxBxHxTxT, np.float32)
 
 
-def _attention_weights(model: GPT, tokens_BxT):
-    return model.attention_weights(tokens_BxT)
-
-
-_COMPILED: list = []  # [(graphdef, fn, jitted)], most recent last
-
-
-def compiled(graphdef, fn):
-    """`jax.jit` of `lambda state, *args: fn(nnx.merge(graphdef, state), *args)`, cached per (structure, fn).
-
-    The cache compares graphdefs by equality: a GPT graphdef holds the positional-encoding record, whose dict
-    field makes it unhashable, so it cannot be a static argument of `jax.jit`.
-    """
-    for g, f, jitted in _COMPILED:
-        if f is fn and (g is graphdef or g == graphdef):
-            return jitted
-    jitted = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
-    _COMPILED.append((graphdef, fn, jitted))
-    del _COMPILED[:-16]
-    return jitted
+@functools.partial(jax.jit, static_argnums=0)
+def _attention_weights(graphdef, state, tokens_BxT):
+    return nnx.merge(graphdef, state).attention_weights(tokens_BxT)
 
 
 # ------------------------------------------------------------------------------------------------- from a run
@@ -138,31 +120,55 @@ def token_labels(tokenizer, token_ids) -> list[str]:
     return [tokenizer.decode(np.asarray([i], np.int32)) for i in np.asarray(token_ids).tolist()]
 
 
-def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
-    """(config, reference-path model, tokenizer, step) of a run directory's checkpoint."""
-    from jaxformer import data as data_lib
-    from jaxformer import train as train_lib
+def check_length(cfg: ml_collections.ConfigDict, n_tokens: int, *, what: str = "--text") -> None:
+    """Refuses sequences the model cannot position (learned tables) and too short ones (one-line error)."""
+    if n_tokens < 2:
+        raise ValueError(f"{what} has {n_tokens} token(s); give at least 2")
+    name = cfg.model.position.name
+    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
+    if limit is not None and n_tokens > limit:
+        raise ValueError(f"{what} has {n_tokens} tokens, beyond the {name} table of this run "
+                         f"(model.position.{name}.max_len={limit}); shorten it")
 
-    if which not in ("latest", "best"):
-        raise ValueError(f"--checkpoint={which!r}; choose one of: latest, best")
+
+def prepare_text(workdir: str, text: str, *, layers: str | list[int] | None = None,
+                 heads: str | list[int] | None = None):
+    """(config, tokenizer, token ids, layers, heads): every check that needs no checkpoint, so that a bad
+    text or index fails at once, with one line."""
+    from jaxformer import data as data_lib
+    from jaxformer import run as run_lib
+
+    cfg = run_lib.load_config(workdir)  # "not a run directory" as a one-line error
     vocab = os.path.join(workdir, "vocab.json")
-    cfg, _, params, step = train_lib.restore_params(workdir, which=which, step=step)
     if not os.path.exists(vocab):
         raise FileNotFoundError(f"--workdir={workdir} has no vocab.json; is it a run directory made by "
                                 "`jaxformer train`?")
     tokenizer = data_lib.load_tokenizer(vocab)
-    return cfg, reference_model(cfg.model, params), tokenizer, step
+    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
+    check_length(cfg, int(token_ids.size))
+    if not isinstance(layers, list):
+        layers = parse_indices(layers, cfg.model.n_layer, flag="--layers")
+    if not isinstance(heads, list):
+        heads = parse_indices(heads, cfg.model.n_head, flag="--heads")
+    return cfg, tokenizer, token_ids, layers, heads
 
 
-def check_length(cfg: ml_collections.ConfigDict, n_tokens: int) -> None:
-    """Refuses texts the model cannot position (learned tables) and empty ones; one-line ValueError."""
-    if n_tokens < 2:
-        raise ValueError(f"--text has {n_tokens} token(s); give at least 2")
-    name = cfg.model.position.name
-    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
-    if limit is not None and n_tokens > limit:
-        raise ValueError(f"--text has {n_tokens} tokens, beyond the {name} table of this run "
-                         f"(model.position.{name}.max_len={limit}); shorten it")
+def load_model(workdir: str, *, which: str = "latest", step: int | None = None) -> tuple[GPT, int]:
+    """(model on the reference path, step) from a run directory's latest or best checkpoint."""
+    from jaxformer import train as train_lib
+
+    if which not in ("latest", "best"):
+        raise ValueError(f"--checkpoint={which!r}; choose one of: latest, best")
+    cfg, _, params, step = train_lib.restore_params(workdir, which=which, step=step)
+    return reference_model(cfg.model, params), int(step)
+
+
+def run_info(workdir: str, cfg: ml_collections.ConfigDict, *, which: str, step: int) -> dict:
+    """What a capture records about where it came from (shown by the viewer, saved in weights.npz)."""
+    return {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
+            "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
+            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
+            "data": cfg.data.name}
 
 
 def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int] | None = None,
@@ -179,19 +185,10 @@ def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int]
 def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | None = None,
                  layers: str | list[int] | None = None, heads: str | list[int] | None = None) -> Capture:
     """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text`."""
-    cfg, model, tokenizer, step = load_run(workdir, which=which, step=step)
-    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
-    check_length(cfg, int(token_ids.size))
-    if not isinstance(layers, list):
-        layers = parse_indices(layers, cfg.model.n_layer, flag="--layers")
-    if not isinstance(heads, list):
-        heads = parse_indices(heads, cfg.model.n_head, flag="--heads")
-    info = {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": int(step),
-            "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
-            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
-            "data": cfg.data.name}
-    tokens = token_labels(tokenizer, token_ids)
-    return capture_ids(model, token_ids, tokens, layers=layers, heads=heads, info=info)
+    cfg, tokenizer, token_ids, layers, heads = prepare_text(workdir, text, layers=layers, heads=heads)
+    model, step = load_model(workdir, which=which, step=step)
+    return capture_ids(model, token_ids, token_labels(tokenizer, token_ids), layers=layers, heads=heads,
+                       info=run_info(workdir, cfg, which=which, step=step))
 
 
 # ------------------------------------------------------------------------------------------------------ files

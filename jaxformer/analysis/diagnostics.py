@@ -29,6 +29,7 @@ batch and one over repeated random sequences (compiled once per run, cached acro
 from __future__ import annotations
 
 import csv
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -105,8 +106,10 @@ def induction_period(block_size: int) -> int:
     return max(2, min(block_size // 2, 128))
 
 
-def _diagnostics_LxH(model, text_BxT, repeated_BxT) -> dict:
-    """`{metric: [L, H]}` averaged over the batch (jit-compiled through `capture.compiled`)."""
+@functools.partial(jax.jit, static_argnums=0)
+def _diagnostics_LxH(graphdef, state, text_BxT, repeated_BxT) -> dict:
+    """`{metric: [L, H]}` averaged over the batch."""
+    model = nnx.merge(graphdef, state)
     _, w_LxBxHxTxT = model.attention_weights(text_BxT)
     out = {name: jnp.mean(value, axis=1) for name, value in text_diagnostics(w_LxBxHxTxT).items()}
     _, w_LxBxHxTxT = model.attention_weights(repeated_BxT)
@@ -125,8 +128,8 @@ def diagnostics_for_model(model, text_BxT, *, period: int, model_cfg: ml_collect
 
     _, state = nnx.split(model)
     repeated_BxT = repeated_random_tokens(batch=4, period=period, vocab_size=model_cfg.vocab_size, seed=seed)
-    fn = capture.compiled(capture.reference_graphdef(model_cfg), _diagnostics_LxH)
-    out = fn(state, jnp.asarray(text_BxT, jnp.int32), jnp.asarray(repeated_BxT))
+    out = _diagnostics_LxH(capture.reference_graphdef(model_cfg), state, jnp.asarray(text_BxT, jnp.int32),
+                           jnp.asarray(repeated_BxT))
     return {name: np.asarray(value, np.float32) for name, value in jax.device_get(out).items()}
 
 

@@ -105,23 +105,19 @@ def attention_main(argv: list[str]) -> int:
             text = f.read()
     else:
         text = args.text
-    cfg, model, tokenizer, step = capture.load_run(args.workdir, which=args.checkpoint, step=args.step)
-    token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
-    capture.check_length(cfg, int(token_ids.size))
+    cfg, tokenizer, token_ids, layers, heads = capture.prepare_text(args.workdir, text, layers=args.layers,
+                                                                    heads=args.heads)
     if token_ids.size > cfg.data.block_size:
         log.warning("the text has %d tokens, longer than the %d the run was trained on", token_ids.size,
                     cfg.data.block_size)
-    layers = capture.parse_indices(args.layers, cfg.model.n_layer, flag="--layers")
-    heads = capture.parse_indices(args.heads, cfg.model.n_head, flag="--heads")
     period = args.induction_period or diagnostics.induction_period(cfg.data.block_size)
     if period < 2:
         raise ValueError(f"--induction-period={period}; must be >= 2")
-    capture.check_length(cfg, 2 * period)
-    info = {"workdir": os.path.abspath(args.workdir), "checkpoint": args.checkpoint, "step": int(step),
-            "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
-            "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "data": cfg.data.name}
+    capture.check_length(cfg, 2 * period, what=f"--induction-period={period} (a sequence of 2 x {period})")
+    model, step = capture.load_model(args.workdir, which=args.checkpoint, step=args.step)
     cap = capture.capture_ids(model, token_ids, capture.token_labels(tokenizer, token_ids), layers=layers,
-                              heads=heads, info=info)
+                              heads=heads, info=capture.run_info(args.workdir, cfg, which=args.checkpoint,
+                                                                 step=step))
     table = diagnostics_table(model, cap, period=period, vocab_size=cfg.model.vocab_size, seed=args.seed)
     out_dir = args.out or os.path.join(args.workdir, "attention")
     paths = write_report(cap, out_dir, table=table, metrics=run_lib.read_metrics(args.workdir))
