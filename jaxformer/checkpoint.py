@@ -37,13 +37,15 @@ class Checkpoints:
         return self.latest.latest_step()
 
     def restore(self, abstract_state, *, which: str = "latest", step: int | None = None):
-        """Restores onto `abstract_state` (ShapeDtypeStructs with shardings); returns (step, state)."""
+        """Restores onto `abstract_state` (ShapeDtypeStructs with shardings; None = as saved, on the default
+        device); returns (step, state)."""
         manager = self.latest if which == "latest" else self.best
         if step is None:
             step = manager.latest_step() if which == "latest" else manager.best_step()
         if step is None:
             raise FileNotFoundError(f"no {which} checkpoint under {manager.directory}")
-        return step, manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        args = ocp.args.StandardRestore() if abstract_state is None else ocp.args.StandardRestore(abstract_state)
+        return step, manager.restore(step, args=args)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -88,6 +88,8 @@ def maybe_initialize_distributed(multihost: bool) -> bool:
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d; %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+    if not is_main_process():  # the run logs once; other processes still show warnings and errors
+        logging.getLogger("jaxformer").setLevel(logging.WARNING)
     return True
 
 
@@ -218,6 +220,19 @@ def tree_shardings(tree, mesh: Mesh):
     same way and the update stays elementwise, with no resharding.
     """
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), _specs(tree, mesh),
+                        is_leaf=lambda x: isinstance(x, P))
+
+
+def compute_shardings(tree, mesh: Mesh):
+    """Where a step computes with each parameter: gathered over `fsdp` (still split over `tensor`).
+
+    Constraining the parameters to this inside the step is the FSDP recipe: XLA all-gathers each weight before its
+    use, and the gradient, constrained back to the stored sharding, is reduce-scattered. Left to itself, the
+    partitioner may instead split activations along a weight's fsdp dimension and then reshard them around every
+    reshape (it warns "Involuntary full rematerialization").
+    """
+    gathered = lambda spec: P(*[None if name == "fsdp" else name for name in spec])
+    return jax.tree.map(lambda spec: NamedSharding(mesh, gathered(spec)), _specs(tree, mesh),
                         is_leaf=lambda x: isinstance(x, P))
 
 

@@ -317,8 +317,8 @@ def summary_lines(variants: list[dict]) -> list[str]:
         text = f"{v['variant']}: loss {first['loss'][0]:.3f} at {first['multiplier']}× ({first['length']})"
         if last is not first:
             change = last["loss"][0] - first["loss"][0]
-            text += (f" -> {last['loss'][0]:.3f} at {last['multiplier']}× ({last['length']}), "
-                     f"{change:+.3f} ({100 * change / first['loss'][0]:+.1f}%)")
+            relative = f" ({100 * change / first['loss'][0]:+.1f}%)" if first["loss"][0] >= 0.1 else ""
+            text += f" -> {last['loss'][0]:.3f} at {last['multiplier']}× ({last['length']}), {change:+.3f}{relative}"
         if v["has_accuracy"] and first["exact_match"] is not None:
             text += f"; exact match {100 * first['exact_match'][0]:.0f}%"
             if last is not first:
@@ -375,7 +375,7 @@ def _write_csv(variants: list[dict], path: str) -> None:
                          "exact_match_mean": em[0], "exact_match_std": em[1],
                          "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0],
                          "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -394,8 +394,11 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
         cpu = [r["cpu_seconds"][k] or 0 for r in results if "cpu_seconds" in r for k in ("train", "eval")]
         cpu_text = f", {sum(cpu) / 60:.1f} CPU-min" if len(cpu) == 2 * len(results) else ""
         runs = f"{len(results)} run{'s' * (len(results) != 1)} ({len(variants)} variants × seeds)"
-        out += [f"{runs}, {r['split']} split; each eval length predicts the same {tokens} tokens (windows of "
-                "length T, positions 0..T-1). Cells: mean loss (nats/token) over seeds ± sample standard deviation "
+        windows = ("about the same number of answer tokens (generated examples of length T, positions 0..T-1): "
+                   f"{tokens} at {lengths[0]['multiplier']}×" if variants[0]["has_accuracy"] else
+                   f"the same {tokens} tokens (non-overlapping windows of length T, positions 0..T-1)")
+        out += [f"{runs}, {r['split']} split; each eval length predicts {windows}. "
+                "Cells: mean loss (nats/token) over seeds ± sample standard deviation "
                 "over seeds. `val loss` is the training run's own evaluation at the training length. Wall time of "
                 f"the runs (training + evaluation): {wall / 60:.1f} min{cpu_text}.", ""]
         head = ["variant", "seeds", "params", "ms/step", f"val loss (T={r['block_size']})",
@@ -420,7 +423,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
         out += ["No run has been evaluated yet."]
     if unfinished:
         out += ["", f"Not finished yet: {', '.join(unfinished)}"]
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write("\n".join(out) + "\n")
     os.replace(tmp, path)

@@ -403,16 +403,23 @@ def _progress(start: int, total: int, *, enabled: bool):
 
 
 def restore_params(workdir: str, *, which: str = "latest", step: int | None = None):
-    """(config, graphdef, params, step) of a run directory's checkpoint, without loading its dataset."""
+    """(config, graphdef, params, step) of a run directory's checkpoint, without loading its dataset.
+
+    Only the params subtree is used, so the checkpoint of any train-state layout restores; the model structure comes
+    from `nnx.eval_shape` (no initialisation).
+    """
     cfg = run_lib.load_config(workdir)
-    graphdef, params = split_model(build_model(cfg))
-    optimizer = make_optimizer(cfg.optim)
-    abstract = jax.eval_shape(functools.partial(init_state, optimizer=optimizer, seed=cfg.train.seed,
-                                                log_every=cfg.train.log_every), params)
+    graphdef, abstract = split_model(nnx.eval_shape(lambda: build_model(cfg)))
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     try:
-        step, state = checkpoints.restore(checkpoint_lib.abstract_like(abstract, jax.tree.map(
-            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)), which=which, step=step)
+        step, state = checkpoints.restore(None, which=which, step=step)
     finally:
         checkpoints.close()
-    return cfg, graphdef, state["params"], step
+    return cfg, graphdef, _like(abstract, state["params"]), step
+
+
+def _like(abstract, restored):
+    """`restored` (as saved: dict keys may come back as strings) in the structure and dtypes of `abstract`."""
+    if isinstance(abstract, dict):
+        return {k: _like(v, restored[k] if k in restored else restored[str(k)]) for k, v in abstract.items()}
+    return jnp.asarray(restored, abstract.dtype).reshape(abstract.shape)

@@ -14,8 +14,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def tiny(overrides: dict):
     from jaxformer import config as config_lib
@@ -27,7 +25,11 @@ def tiny(overrides: dict):
         node = cfg
         for section in sections:
             node = node[section]
-        node[field] = value
+        if dotted == "mesh.tensor" and "tensor" not in node:  # configs that predate the tensor axis
+            with node.unlocked():
+                node[field] = value
+        else:
+            node[field] = value
     return cfg
 
 

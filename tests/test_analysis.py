@@ -246,21 +246,25 @@ def test_captured_weights_reproduce_the_model_for_every_position(position):
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("position", [p if p in ("rope", "alibi") else pytest.param(p, marks=SLOW)
-                                      for p in positional.list_positional_encodings()])
-def test_capture_of_a_chunked_model_matches_its_output(position):
-    """The chunked model (which never forms the matrices) gives the logits that its captured weights give."""
+FAST = {("rope", "chunked"), ("alibi", "chunked"), ("alibi", "fused")}
+
+
+@pytest.mark.parametrize("position,implementation", [
+    (p, i) if (p, i) in FAST else pytest.param(p, i, marks=SLOW)
+    for i in ("chunked", "fused") for p in positional.list_positional_encodings()])
+def test_capture_of_a_chunked_or_fused_model_matches_its_output(position, implementation):
+    """A chunked or fused model (neither forms the matrices) gives the logits its captured weights give."""
     from jaxformer.model import GPT
 
-    cfg = make_cfg(position, implementation="chunked")
+    cfg = make_cfg(position, implementation=implementation)
     params = random_params(cfg)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(cfg.model, rngs=nnx.Rngs(params=0))))
-    chunked = nnx.merge(graphdef, params)
-    assert chunked.blocks[0].attn.implementation == "chunked"
+    model = nnx.merge(graphdef, params)
+    assert model.blocks[0].attn.implementation == implementation
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 11, (1, 12)), jnp.int32)
     _, w_LxBxHxTxT = capture.attention_weights_batch(capture.reference_model(cfg.model, params), tokens)
-    rebuilt = np.asarray(forward_with_weights(chunked, tokens, jnp.asarray(w_LxBxHxTxT)))
-    np.testing.assert_allclose(rebuilt, np.asarray(chunked(tokens)), atol=2e-4, rtol=1e-4)
+    rebuilt = np.asarray(forward_with_weights(model, tokens, jnp.asarray(w_LxBxHxTxT)))
+    np.testing.assert_allclose(rebuilt, np.asarray(model(tokens)), atol=2e-4, rtol=1e-4)
 
 
 def test_capture_grouped_query_attention_and_selection():

@@ -85,6 +85,22 @@ def test_window_counts_predict_the_same_tokens_at_every_length():
     assert counts == {64: 4, 128: 2, 2048: 0}  # 2048 does not fit: n/a, the others share the budget
 
 
+def test_point_state(tmp_path):
+    run = tmp_path / "run"
+    assert sweep.point_state(str(run), 20) == "new"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "latest" / "10").mkdir(parents=True)
+    assert sweep.point_state(str(run), 20) == "resume"
+    (run / "checkpoints" / "latest" / "20").mkdir()
+    assert sweep.point_state(str(run), 20) == "evaluate"
+    (run / extrapolation.RESULT_FILE).write_text(json.dumps({"stopped": None}))
+    assert sweep.point_state(str(run), 20) == "done"
+    (run / "checkpoints" / "latest" / "20").rmdir()
+    (run / extrapolation.RESULT_FILE).write_text(json.dumps({"stopped": "non-finite loss at step 7"}))
+    assert sweep.point_state(str(run), 20) == "done"  # diverged before the end: reported, not retried
+
+
 def test_dry_run_lists_points_and_runs_nothing(tmp_path, capsys):
     assert sweep.sweep_main(["--config", "sweeps.tiny", "--workdir", str(tmp_path / "s"), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -16,11 +16,13 @@ import base64
 import html
 import importlib.resources
 import json
+import logging
 
 import numpy as np
 
 from jaxformer.analysis.capture import Capture
 
+log = logging.getLogger("jaxformer")
 TEMPLATE = "viewer.html"  # beside this file (package data)
 
 
@@ -58,5 +60,10 @@ def render(cap: Capture, diagnostics: dict | None = None, *, title: str | None =
 
 
 def write(cap: Capture, path: str, diagnostics: dict | None = None) -> None:
+    page = render(cap, diagnostics)
+    if len(page) > 64 << 20:
+        L, H, T, _ = cap.weights_LxHxTxT.shape
+        log.warning("attention.html is %d MB (%d layers x %d heads x %d tokens); select fewer with --layers "
+                    "/ --heads or a shorter text for a page that opens quickly", len(page) >> 20, L, H, T)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(render(cap, diagnostics))
+        f.write(page)
