@@ -277,11 +277,13 @@ def _plt():
 
 
 def _readable_ylim(ax, values: list[float]) -> bool:
-    """Clip the top so that a variant that blows up does not flatten the others; True when something is cut off."""
+    """Clip the top so that a variant that blows up does not flatten the others (values far above the upper
+    quartile, by five interquartile ranges); True when something is cut off."""
     if not values:
         return False
-    low, median, high = min(values), float(np.median(values)), max(values)
-    top = min(high, low + 4 * max(median - low, 0.05))
+    low, high = min(values), max(values)
+    q1, q3 = np.percentile(values, [25, 75])
+    top = min(high, q3 + 5 * max(q3 - q1, 0.02))
     margin = max(0.05 * (top - low), 0.01)
     ax.set_ylim(low - margin, top + margin)
     return high > top + margin
@@ -364,7 +366,9 @@ def plot_position_loss(variants: list[dict], path: str, *, title: str = "", per_
         ax.plot(np.maximum(x, 0.5), y, "-" if len(y) > 3 else "o", color=cmap(i % 10),
                 label=f"{v['variant']} (T={len(curve_T)})", linewidth=1.4)
     _mark_training_length(ax, variants[0]["block_size"] if variants else None)
-    _readable_ylim(ax, shown)
+    if _readable_ylim(ax, shown):
+        ax.text(0.99, 0.01, "curves above the axis: see results.md", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8, color="grey")
     ax.set_xscale("log", base=2)
     ticks = [2 ** k for k in range(int(math.log2(longest)) + 1)]
     ax.set_xticks(ticks, [str(t) for t in ticks])

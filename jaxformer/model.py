@@ -99,8 +99,9 @@ class Attention(nnx.Module):
             k_positions = jnp.arange(k_BxSxKxd.shape[1], dtype=jnp.int32)
         out = attention.multi_head_attention(
             q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=True, q_positions=positions_T, k_positions=k_positions,
-            bias_fn=bias_fn, implementation=self.implementation, block_size=self.block_size,
-            return_weights=return_weights)
+            bias_fn=bias_fn, block_size=self.block_size, return_weights=return_weights,
+            # Only the reference path forms the weights; the same parameters give the same function.
+            implementation="reference" if return_weights else self.implementation)
         out_BxTxHxd, weights_BxHxTxS = out if return_weights else (out, None)
         y_BxTxD = attention.output_projection(params, out_BxTxHxd)
         return y_BxTxD, layer_cache, weights_BxHxTxS

@@ -349,10 +349,10 @@ def write_reports(workdir: str) -> list[str]:
     _write_csv(variants, os.path.join(workdir, "results.csv"))
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"))
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
-                                     title=f"Loss vs eval length: {title}")
+                                     title=f"Loss vs eval length\n{title}")
     which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
-                                     title=f"Loss at each position ({which}): {title}")
+                                     title=f"Loss at each token position ({which})\n{title}")
     return lines
 
 

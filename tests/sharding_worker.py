@@ -33,18 +33,20 @@ def tiny(overrides: dict):
     return cfg
 
 
-def run_steps(overrides: dict, steps: int) -> dict:
-    """`steps` optimizer steps through `Trainer`; the per-step losses and how the parameters are laid out."""
+def run_steps(overrides: dict, steps: int, stop_after: int | None = None) -> dict:
+    """The first `stop_after` (default: all) of `steps` optimizer steps through `Trainer`; the per-step losses and
+    how the parameters are laid out."""
     import jax
     import numpy as np
 
     from jaxformer import sharding as sharding_lib
     from jaxformer import train as train_lib
 
-    cfg = tiny({**overrides, "train.steps": steps, "train.log_every": steps})
+    run = steps if stop_after is None else stop_after
+    cfg = tiny({**overrides, "train.steps": steps, "train.log_every": run})
     trainer = train_lib.Trainer(cfg)
     state = trainer.initial_state()
-    for step in range(steps):
+    for step in range(run):
         state = trainer.train_step(state, trainer.batch(step))
     recent = jax.device_get(state["recent"])  # replicated: readable on every process
     order = np.argsort(recent["step"])
@@ -66,7 +68,8 @@ def run_steps(overrides: dict, steps: int) -> dict:
 
 
 def meshes(spec: dict) -> dict:
-    return {name: run_steps(overrides, spec["steps"]) for name, overrides in spec["jobs"].items()}
+    return {name: run_steps(overrides, spec["steps"], spec.get("stop_after"))
+            for name, overrides in spec["jobs"].items()}
 
 
 def resume(spec: dict) -> dict:
