@@ -104,7 +104,6 @@ def _apply_overrides_to_saved(workdir: str, overrides: list[str]):
 
 def eval_main(argv: list[str]) -> int:
     import jax
-    from flax import nnx
 
     from jaxformer import config as config_lib
     from jaxformer import data as data_lib
@@ -115,6 +114,8 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
     p.add_argument("--split", choices=("val", "train"), default="val")
     p.add_argument("--batches", type=int, default=0, help="evaluation batches (default: train.eval_iters)")
+    p.add_argument("--full", action="store_true",
+                   help="every non-overlapping block of the split instead of train.eval_iters random batches")
     args = p.parse_args(argv)
     cfg, graphdef, params, step = train_lib.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
@@ -122,8 +123,9 @@ def eval_main(argv: list[str]) -> int:
     dataset = data_lib.load_dataset(cfg.data)
     trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)
     params = jax.device_put(params, trainer.state_sharding["params"])
-    del nnx, graphdef
-    result = {"step": step, "split": args.split, **trainer.evaluate(params, args.split)}
+    del graphdef
+    evaluate = trainer.evaluate_full if args.full else trainer.evaluate
+    result = {"step": step, "split": args.split, "full": args.full, **evaluate(params, args.split)}
     print(json.dumps(result, sort_keys=True))
     return 0
 

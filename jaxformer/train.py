@@ -252,6 +252,24 @@ class Trainer:
             result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
         return result
 
+    def evaluate_full(self, params, split: str) -> dict:
+        """Loss over every non-overlapping block of the split (text), or over the task's fixed eval examples:
+        the whole-split figure, without the sampling noise of `evaluate`'s `train.eval_iters` random batches."""
+        cfg = self.cfg
+        windows = self.dataset.windows(split, length=cfg.data.block_size)
+        n, B = windows["inputs"].shape[0], cfg.data.batch_size
+        totals = None
+        for start in range(0, n - n % B, B):  # whole batches (the sharded eval step has a fixed batch size)
+            batch = sharding_lib.global_batch({k: v[start:start + B] for k, v in windows.items()}, self.eval_sharding)
+            out = self.eval_step(params, batch)
+            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        totals = jax.device_get(totals)
+        result = {"loss": float(totals["loss_sum"] / max(totals["weight_sum"], 1.0)),
+                  "tokens": int(totals["weight_sum"])}
+        if self.dataset.has_accuracy:
+            result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
+        return result
+
     @functools.cache
     def _eval_batches(self, split: str):
         cfg = self.cfg
