@@ -1,22 +1,24 @@
-"""Accelerator benchmark: tokens/s and MFU of the full shakespeare-char config per attention implementation, in
-bfloat16 compute with float32 master parameters, and a check that the fused path computes what the reference does.
+"""Accelerator benchmark: tokens/s and MFU of the full shakespeare-char config per attention implementation,
+in bfloat16 compute with float32 master parameters, and a check that the fused path computes what the
+reference does.
 
     python benchmarks/gpu.py                 # a GPU/TPU: shakespeare_char, 64 x 256 tokens per step (minutes)
     python benchmarks/gpu.py --smoke         # anywhere (CPU): the tiny config, a few steps (a smoke test)
     python benchmarks/gpu.py --json out.json --steps 100
 
 1. Check (per implementation): loss and gradients on one batch, for the same parameters, against the float32
-   `reference` implementation. An implementation passes when its bfloat16 error is at most twice the reference's
-   own bfloat16 error (or 1e-3); in float32 it must agree to 1e-3. On a GPU, the compiled fused step must call
-   cuDNN's flash attention (`__cudnn$fmha`) when its constraints allow (bfloat16/float16, head width a multiple of
-   8 up to 128, plain causal; see attention._fused_backend); a failed check makes the exit status 1.
-2. Throughput (per implementation, and float32 reference for the bfloat16 speed-up): the jitted `Trainer.train_step`
-   on prepared batches, median wall time over `--steps` steps after `--warmup`, each to `block_until_ready`.
-   MFU = model FLOPs/s over the device's dense bfloat16 peak (nanoGPT's 6N + 12·L·H·d·T FLOPs per token); the
-   peak comes from a table of device kinds, or `--peak-tflops`.
+   `reference` implementation. An implementation passes when its bfloat16 error is at most twice the
+   reference's own bfloat16 error (or 1e-3); in float32 it must agree to 1e-3. On a GPU the compiled fused
+   step must call cuDNN's flash attention (`__cudnn$fmha`) where its constraints allow (bfloat16/float16,
+   head width a multiple of 8 up to 128, plain causal: attention._fused_backend); a failed check makes the
+   exit status 1.
+2. Throughput (per implementation, and the float32 reference for the bfloat16 speed-up): the jitted
+   `Trainer.train_step` on prepared batches, median wall time over `--steps` steps after `--warmup`, each to
+   `block_until_ready`. MFU = model FLOPs/s over the device's dense bfloat16 peak (nanoGPT's
+   6N + 12·L·H·d·T FLOPs per token); the peak comes from a table of device kinds, or `--peak-tflops`.
 
-Data: random text over a 65-symbol alphabet (tiny_shakespeare's vocabulary size; the step time does not depend on
-the text), so the script needs no download; the device machine needs nothing beyond the checkout and its venv.
+Data: random text over a 65-symbol alphabet (tiny_shakespeare's vocabulary size; the step time does not
+depend on the text), so the script needs no download: the device machine needs only the checkout and venv.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# Dense bfloat16 peak, FLOP/s, by a substring of `device_kind` (first match wins; vendors' data sheets, no sparsity).
+# Dense bfloat16 peak FLOP/s by a substring of `device_kind` (first match wins; data sheets, no sparsity).
 PEAK_BF16 = (
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
     ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12), ("A10", 125e12),
@@ -47,8 +49,8 @@ def parse_args(argv):
     p.add_argument("--dtype", default="bfloat16", help="compute dtype (parameters stay float32)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per implementation (median reported)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: from the table)")
-    p.add_argument("--smoke", action="store_true", help="tiny config and 3 steps: checks that the script runs")
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for MFU (default: table)")
+    p.add_argument("--smoke", action="store_true", help="tiny config, 3 steps: checks that the script runs")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.smoke:
@@ -111,7 +113,7 @@ def relative_error(loss, grads, ref_loss, ref_grads) -> tuple[float, float]:
     import numpy as np
 
     diff = sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-               for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)))
+               for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True))
     norm = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in jax.tree.leaves(ref_grads))
     return abs(loss - ref_loss) / abs(ref_loss), (diff / norm) ** 0.5
 
@@ -130,7 +132,7 @@ def check(args, dataset) -> list[dict]:
     ref_err = relative_error(*ref_low[:2], *truth[:2])
     cfg = load_config(args.config, implementation="fused", dtype=args.dtype)
     head_width = cfg.model.n_embd // cfg.model.n_head
-    # What attention._fused_backend decides for this model: a positional bias is a bias array cuDNN is not sent.
+    # What attention._fused_backend decides for this model (a positional bias is an array cuDNN is not sent).
     has_bias = positional.get_positional_encoding(cfg.model.position.name).bias is not None
     expect_cudnn = on_gpu and attention._fused_backend(jnp.dtype(args.dtype), head_width,
                                                        has_arrays=has_bias) == "cudnn"
@@ -152,9 +154,9 @@ def check(args, dataset) -> list[dict]:
                 rule = f"<= {loss_tol:.1e} / {grad_tol:.1e} (2x reference {dtype})"
             wants_cudnn = implementation == "fused" and dtype == args.dtype and expect_cudnn
             ok = ok and (cudnn or not wants_cudnn)
-            rows.append({"implementation": implementation, "dtype": dtype, "loss": loss, "loss_rel_err": loss_err,
-                         "grad_rel_err": grad_err, "rule": rule, "cudnn": cudnn, "cudnn_expected": wants_cudnn,
-                         "ok": ok})
+            rows.append({"implementation": implementation, "dtype": dtype, "loss": loss,
+                         "loss_rel_err": loss_err, "grad_rel_err": grad_err, "rule": rule, "cudnn": cudnn,
+                         "cudnn_expected": wants_cudnn, "ok": ok})
     return rows
 
 
@@ -163,9 +165,9 @@ def check(args, dataset) -> list[dict]:
 def throughput(args, implementation: str, dtype: str, dataset) -> dict:
     import jax
     import numpy as np
+    from train_step import model_flops_per_step
 
     from jaxformer import train
-    from train_step import model_flops_per_step
 
     trainer = train.Trainer(load_config(args.config, implementation=implementation, dtype=dtype), dataset)
     cfg = trainer.cfg
@@ -188,8 +190,9 @@ def throughput(args, implementation: str, dtype: str, dataset) -> dict:
     flops = model_flops_per_step(cfg, trainer.n_params_non_embedding)
     peak = peak_flops(jax.devices()[0].device_kind, args.peak_tflops)
     recent = jax.device_get(state["recent"])
-    return {"implementation": implementation, "dtype": dtype, "compile_s": compile_s, "ms_per_step": 1e3 * step_s,
-            "tokens_per_s": tokens / step_s, "tflops_per_s": flops / step_s / 1e12,
+    return {"implementation": implementation, "dtype": dtype, "compile_s": compile_s,
+            "ms_per_step": 1e3 * step_s, "tokens_per_s": tokens / step_s,
+            "tflops_per_s": flops / step_s / 1e12,
             "mfu": flops / step_s / peak if peak else None,
             "cudnn": cudnn_attention_in(compiled.as_text() or ""),
             "final_loss": float(recent["loss"][int(np.argmax(recent["step"]))]),
@@ -199,22 +202,23 @@ def throughput(args, implementation: str, dtype: str, dataset) -> dict:
 # ------------------------------------------------------------------------------------------------------- main
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['device']} (x{result['n_devices']}), jax {result['jax']}, config `{result['config']}`, "
-             f"{result['params']:,} parameters, {result['tokens_per_step']:,} tokens/step, "
-             f"median of {result['steps']} steps",
+    lines = [f"{result['device']} (x{result['n_devices']}), jax {result['jax']}, "
+             f"config `{result['config']}`, {result['params']:,} parameters, "
+             f"{result['tokens_per_step']:,} tokens/step, median of {result['steps']} steps",
              "",
              "| attention | compute | ms/step | tokens/s | TFLOP/s | MFU | cuDNN | compile s |",
              "|---|---|---:|---:|---:|---:|---|---:|"]
     for r in result["throughput"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        lines.append(f"| {r['implementation']} | {r['dtype']} | {r['ms_per_step']:.2f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tflops_per_s']:.2f} | {mfu} | {'yes' if r['cudnn'] else 'no'} | {r['compile_s']:.1f} |")
-    lines += ["", "| check vs float32 reference | compute | loss rel. err | grad rel. err | tolerance | cuDNN | |",
-              "|---|---|---:|---:|---|---|---|"]
+        lines.append(f"| {r['implementation']} | {r['dtype']} | {r['ms_per_step']:.2f} | "
+                     f"{r['tokens_per_s']:,.0f} | {r['tflops_per_s']:.2f} | {mfu} | "
+                     f"{'yes' if r['cudnn'] else 'no'} | {r['compile_s']:.1f} |")
+    lines += ["", "| check vs float32 reference | compute | loss rel. err | grad rel. err | tolerance | cuDNN"
+              " | |", "|---|---|---:|---:|---|---|---|"]
     for r in result["check"]:
-        lines.append(f"| {r['implementation']} | {r['dtype']} | {r['loss_rel_err']:.1e} | {r['grad_rel_err']:.1e} | "
-                     f"{r['rule']} | {'yes' if r['cudnn'] else 'no'}{' (expected)' if r['cudnn_expected'] else ''} | "
-                     f"{'PASS' if r['ok'] else 'FAIL'} |")
+        cudnn = ("yes" if r["cudnn"] else "no") + (" (expected)" if r["cudnn_expected"] else "")
+        lines.append(f"| {r['implementation']} | {r['dtype']} | {r['loss_rel_err']:.1e} | "
+                     f"{r['grad_rel_err']:.1e} | {r['rule']} | {cudnn} | {'PASS' if r['ok'] else 'FAIL'} |")
     return "\n".join(lines)
 
 
@@ -225,12 +229,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     dataset = dataset_for(load_config(args.config, implementation="reference", dtype=args.dtype))
     result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-              "n_devices": jax.device_count(), "jax": jax.__version__, "config": args.config, "steps": args.steps}
+              "n_devices": jax.device_count(), "jax": jax.__version__, "config": args.config,
+              "steps": args.steps}
     result["check"] = check(args, dataset)
     runs = [(implementation, args.dtype) for implementation in args.implementations]
     if args.dtype != "float32" and "reference" in args.implementations:
         runs.append(("reference", "float32"))
-    result["throughput"] = [throughput(args, implementation, dtype, dataset) for implementation, dtype in runs]
+    result["throughput"] = [throughput(args, impl, dtype, dataset) for impl, dtype in runs]
     result["params"] = result["throughput"][0]["params"]
     result["tokens_per_step"] = result["throughput"][0]["tokens_per_step"]
     result["wall_s"] = time.perf_counter() - start

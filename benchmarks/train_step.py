@@ -19,7 +19,8 @@ which needs no download; `--data config` loads the config's own dataset instead 
 `--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs always use their own data.
 
 XLA/thread settings come from `jaxformer.platform.configure()` (the one place for them); `--no-platform` skips it to
-measure what the defaults do. An XLA_FLAGS entry already in the environment always wins over the defaults.
+measure what the defaults do; `--cpu-devices auto` splits the batch over one JAX CPU device per core.
+An XLA_FLAGS entry already in the environment always wins over the defaults.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def parse_args(argv):
                    help="stand-in random text with a 65-symbol vocabulary (default), or the config's dataset")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 float32 matmul ceiling")
     p.add_argument("--no-platform", action="store_true", help="skip jaxformer.platform.configure() (XLA defaults)")
+    p.add_argument("--cpu-devices", default=None,
+                   help="JAX CPU devices (an integer, or 'auto' = one per core; the batch is split over them); "
+                        "default: JAXFORMER_CPU_DEVICES or 1")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(rest)
     args.config, args.overrides = config or DEFAULT_CONFIG, overrides
@@ -110,7 +114,7 @@ def run(args) -> dict:
     if not args.no_platform:
         from jaxformer import platform
 
-        platform.configure()
+        platform.configure(cpu_devices=args.cpu_devices)
     import jax
     import numpy as np
 

@@ -58,8 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.sample_chars = 200  # characters sampled into samples.txt at the end; 0 = none
     c.train.progress = True  # tqdm progress bar (off automatically when not a TTY)
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # data-parallel axis size; -1 = all devices left over
-    c.mesh.fsdp = 1  # parameter/optimizer-state sharding axis size
-    c.mesh.multihost = False  # call jax.distributed.initialize() (also detected from the environment)
+    c.mesh = ml_collections.ConfigDict()  # device mesh data x fsdp x tensor (see jaxformer/sharding.py)
+    c.mesh.data = -1  # data-parallel axis size: splits the batch; -1 = the devices left over (at most one -1)
+    c.mesh.fsdp = 1  # also splits the batch, and each parameter/optimizer-state array on its largest dimension
+    c.mesh.tensor = 1  # Megatron tensor parallelism: splits the matrices (not the batch)
+    c.mesh.multihost = False  # call jax.distributed.initialize() (--multihost; multi-process launches are detected)
     return c

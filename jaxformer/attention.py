@@ -404,7 +404,8 @@ def init_attention_params(key, *, n_embd, n_head, n_kv_head=None, head_dim=None,
 
 
 def _dense(params, x):
-    y = x @ params["kernel"]
+    # On rows [B*T, D]: the weight gradient then contracts one axis (no transposed copy on XLA:CPU).
+    y = (x.reshape(-1, x.shape[-1]) @ params["kernel"]).reshape(*x.shape[:-1], -1)
     return y + params["bias"] if "bias" in params else y
 
 

@@ -16,17 +16,21 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    def __init__(self, workdir: str, *, keep: int, enabled: bool = True):
+    def __init__(self, workdir: str, *, keep: int):
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
+        # With several processes, each manager synchronises them through barriers named after the step; two
+        # managers saving the same step at once must name theirs apart, or the processes cross barriers.
+        apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
         self.latest = ocp.CheckpointManager(
-            os.path.join(root, "latest"), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            os.path.join(root, "latest"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, multiprocessing_options=apart("latest")))
         self.best = ocp.CheckpointManager(
             os.path.join(root, "best"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
-                                                 create=True))
-        self.enabled = enabled
+                                                 create=True, multiprocessing_options=apart("best")))
 
     def save(self, step: int, state, *, val_loss: float | None = None) -> None:
+        """Every process must call this (with the same arguments): each writes its devices' shards."""
         if step in self.latest.all_steps():
             return
         self.latest.save(step, args=ocp.args.StandardSave(state), force=True)

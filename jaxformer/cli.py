@@ -74,7 +74,12 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--workdir", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete --workdir (a run directory) and start afresh")
+    p.add_argument("--multihost", action="store_true",
+                   help="one of several processes: jax.distributed.initialize() (= --config.mesh.multihost=true; "
+                        "Slurm, Open MPI and TPU pod launches are detected without it); needs --workdir")
     args = p.parse_args(rest)
+    if args.multihost and not args.workdir:
+        raise ValueError("--multihost needs --workdir: every process must write the same run directory")
     workdir = args.workdir or run_lib.default_workdir()
     if args.resume and config is None and os.path.exists(os.path.join(workdir, "config.json")):
         cfg = run_lib.load_config(workdir)
@@ -82,6 +87,8 @@ def train_main(argv: list[str]) -> int:
             cfg = _apply_overrides_to_saved(workdir, overrides)
     else:
         cfg = config_lib.load(config or "default", overrides)
+    if args.multihost:
+        cfg.mesh.multihost = True
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in result.items() if k not in ("params", "trainer")}, sort_keys=True))
     print(f"run directory: {workdir}")

@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from jaxformer import attention, positional
 from jaxformer import data as data_lib
+from jaxformer import sharding as sharding_lib
 
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -182,11 +183,16 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
              f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
 
+    sizes = {axis: cfg.mesh.get(axis, 1) for axis in sharding_lib.AXES}
+    _require(all(isinstance(v, int) and (v >= 1 or v == -1) for v in sizes.values()) and
+             list(sizes.values()).count(-1) <= 1,
+             ", ".join(f"mesh.{k}={v!r}" for k, v in sizes.items()) + "; sizes must be positive, at most one -1")
     if n_devices is not None:
-        data_axis = n_devices // max(cfg.mesh.fsdp, 1) if cfg.mesh.data == -1 else cfg.mesh.data
-        _require(cfg.mesh.fsdp >= 1 and data_axis >= 1 and data_axis * cfg.mesh.fsdp == n_devices,
-                 f"mesh.data={cfg.mesh.data}, mesh.fsdp={cfg.mesh.fsdp}; their product must equal the {n_devices} devices")
-        shards = data_axis * cfg.mesh.fsdp
+        try:
+            sizes = sharding_lib.mesh_shape(cfg.mesh, n_devices)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        shards = sizes["data"] * sizes["fsdp"]
         _require(d.batch_size % shards == 0,
                  f"data.batch_size={d.batch_size} is not divisible by the {shards} data-parallel devices (mesh.data x mesh.fsdp)")
 

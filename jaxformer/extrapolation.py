@@ -226,6 +226,7 @@ def aggregate(results: list[dict]) -> list[dict]:
                       "na": None if ok else per_seed[0]["na"],
                       "loss": _mean_std([y["loss"] for y in ok]), "losses": [y["loss"] for y in ok],
                       "exact_match": _mean_std([y.get("exact_match") for y in ok]),
+                      "token_accuracy": _mean_std([y.get("token_accuracy") for y in ok]),
                       "predicted_tokens": ok[0]["predicted_tokens"] if ok else None}
             lengths.append(record)
         ms = [r["ms_per_step"] for r in runs if r["ms_per_step"] is not None]

@@ -107,6 +107,17 @@ class Attention(nnx.Module):
         return y_BxTxD, layer_cache, weights_BxHxTxS
 
 
+def gelu(x, approximate: bool = False):
+    """x·Φ(x) (Hendrycks & Gimpel, 2016): exact as 0.5·x·(1 + erf(x/√2)), or the tanh approximation.
+
+    The same function as jax.nn.gelu, which writes the exact form with erfc: XLA expands erfc into two polynomial
+    branches, an exp and selects (forward and backward), erf into one polynomial -- a fifth of the step on a CPU.
+    """
+    if approximate:
+        return jax.nn.gelu(x, approximate=True)
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 class MLP(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -119,7 +130,11 @@ class MLP(nnx.Module):
         self.approximate = cfg.gelu_approximate
 
     def __call__(self, x_BxTxD):
-        return self.proj(jax.nn.gelu(self.fc(x_BxTxD), approximate=self.approximate))
+        # On rows [B*T, D] the weight gradients contract one axis, not (B, T), which XLA:CPU would canonicalise with a
+        # transposed copy of the [B*T, 4D] cotangent (benchmarks/NOTES.md). The reshapes are free.
+        x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
+        y_NxD = self.proj(gelu(self.fc(x_NxD), approximate=self.approximate))
+        return y_NxD.reshape(x_BxTxD.shape)
 
 
 class Block(nnx.Module):
@@ -205,7 +220,8 @@ class GPT(nnx.Module):
             new_layers.append(layer_cache)
             all_weights.append(weights)
         x_BxTxD = self.ln_f(x_BxTxD)
-        logits_BxTxV = self.wte.attend(x_BxTxD).astype(jnp.float32)
+        B, T, D = x_BxTxD.shape
+        logits_BxTxV = self.wte.attend(x_BxTxD.reshape(B * T, D)).reshape(B, T, -1).astype(jnp.float32)
         new_cache = {"index": index + T, "layers": new_layers} if cache is not None else None
         return logits_BxTxV, new_cache, all_weights
 

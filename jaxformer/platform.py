@@ -1,3 +1,115 @@
-"""Placeholder; filled in below."""
-def configure(platform_hint=None):
-    return {}
+"""Machine-specific runtime settings, in one place. Call `configure()` before JAX starts its backend.
+
+Everything here is a property of the machine, not of the model: XLA flags, and how a CPU's cores are presented
+to JAX. Model and training code never branch on the platform; entry points (the CLI, benchmarks/) call
+`configure()` once, first thing. On a GPU or TPU it does nothing.
+
+Settings and their measured effect (benchmarks/NOTES.md has the runs; 2-core AMD EPYC (Zen 5, AVX-512) VM,
+jax/jaxlib 0.10.2, nanoGPT's baby shakespeare-char step, 4x128, batch 12 x 64):
+
+  CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
+      "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh
+      (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Likely why it pays:
+      with one device XLA:CPU splits each small op (~400 a step) over both cores and joins after it; two device
+      programs meet once per step, at the gradient all-reduce (the profile shows less time in the ops themselves). Measured: x0.70-0.87 median step time, x0.74 CPU
+      time per step. Opt-in because it changes `jax.device_count()`, so data.batch_size (and eval batches) must
+      divide by the number of cores, and every jitted function (eval, sampling) sees a mesh of that many devices.
+  XLA flags: none by default -- every candidate measured no better than XLA's defaults on this machine:
+      --xla_cpu_use_xnnpack=false               x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
+      --xla_cpu_multi_thread_eigen=false        no change (x1.00; with 2 CPU devices x0.92 median, within noise)
+      --xla_cpu_enable_fast_math=true           no change (x0.99-1.01)
+      --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY   x0.96 CPU, median within noise
+      --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED           x1.37 median (worse)
+      --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME                           x1.42 median (worse)
+      --xla_cpu_prefer_vector_width=512         x0.99 CPU, x1.11 median (worse)
+      --xla_cpu_use_thunk_runtime               deprecated (the thunk runtime is the only one)
+    `CPU_XLA_FLAGS` below is where a flag that does help goes, with its measurement.
+  Threads: XLA:CPU in jax 0.10 sizes its pools from the cores it may run on (taskset/cgroups); there is no
+      intra-op thread-count knob to set. Pinning to one core: x1.16-1.30 median (both cores do help).
+
+An XLA_FLAGS entry or JAX setting already given by the user always wins over what `configure()` would set.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+CPU_DEVICES_ENV = "JAXFORMER_CPU_DEVICES"
+# Flags added to XLA_FLAGS on a CPU when not already there: none measured better than XLA's defaults (see above).
+CPU_XLA_FLAGS: tuple[str, ...] = ()
+_ACCELERATORS = ("cuda", "gpu", "rocm", "tpu", "metal")
+_ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity/cgroup-restricted where the OS says so)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_platform(platform_hint: str | None = None) -> str:
+    """"cpu", or the accelerator JAX will pick: the hint, else JAX_PLATFORMS, else an installed accelerator plugin."""
+    name = platform_hint or os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
+    name = name.split(",")[0].strip().lower()
+    if name:
+        return "cpu" if name == "cpu" else name
+    installed = {d.metadata["Name"].lower() for d in importlib.metadata.distributions() if d.metadata["Name"]}
+    if any(n.startswith(prefix) for n in installed for prefix in _ACCELERATOR_DISTRIBUTIONS):
+        return "accelerator"
+    return "cpu"
+
+
+def _cpu_device_count(cpu_devices) -> int | None:
+    value = os.environ.get(CPU_DEVICES_ENV) if cpu_devices is None else cpu_devices
+    if value is None or value == "":
+        return None
+    if str(value).lower() == "auto":
+        return usable_cores()
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"cpu_devices={value!r} ({CPU_DEVICES_ENV}); give a positive integer or 'auto' (one per core)")
+    return n
+
+
+def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None = None) -> dict[str, str]:
+    """Applies this machine's settings before JAX initialises its backend; returns what it set (for the manifest).
+
+    platform_hint: "cpu", "gpu", "tpu", ... when the caller knows; otherwise JAX_PLATFORMS or the installed plugins
+      decide. Anything but a CPU: nothing is set.
+    cpu_devices: JAX CPU devices to present: an integer, "auto" (one per usable core), or None to read
+      JAXFORMER_CPU_DEVICES (unset: JAX's default of one device). See the module docstring for when it pays.
+    Called after the backend is up, it changes nothing and logs a warning (the settings would not take effect).
+    """
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        log.warning("jaxformer.platform.configure() called after JAX initialised its backend; nothing set")
+        return {}
+    platform = resolve_platform(platform_hint)
+    if platform != "cpu":
+        return {}
+    applied = {}
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    given = {f.split("=", 1)[0] for f in flags}
+    added = [f for f in CPU_XLA_FLAGS if f.split("=", 1)[0] not in given]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join(flags + added)
+        applied["XLA_FLAGS"] = " ".join(added)
+    n = _cpu_device_count(cpu_devices)
+    user_set = "--xla_force_host_platform_device_count" in given or "JAX_NUM_CPU_DEVICES" in os.environ
+    if n is not None and not user_set:
+        jax.config.update("jax_num_cpu_devices", n)
+        applied["jax_num_cpu_devices"] = str(n)
+    if applied:
+        log.info("platform settings: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
+    return applied

@@ -3,20 +3,20 @@
 Axes of the mesh (config section `mesh`; one size may be -1 = the devices left over):
 
   data    splits the batch; parameters replicated.
-  fsdp    splits the batch too, and every parameter and optimizer-state array along its largest dimension that the
-          axis size divides (replicated where none does); XLA all-gathers a layer's weights where it needs them and
-          reduce-scatters the gradients (Rajbhandari et al., 2020, ZeRO-3; Zhao et al., 2023, PyTorch FSDP).
-  tensor  splits matrices Megatron-style (Shoeybi et al., 2019): column-parallel kernels (qkv, fc) on their output
-          dimension, row-parallel ones (attention out, mlp proj) on their input dimension, the token table on the
-          vocabulary. The batch is not split over it.
+  fsdp    splits the batch too, and every parameter and optimizer-state array along its largest dimension
+          that the axis size divides (replicated where none does); the step all-gathers the weights and the
+          gradients are reduced back onto the shards (Rajbhandari et al., 2020, ZeRO; Zhao et al., 2023).
+  tensor  splits matrices Megatron-style (Shoeybi et al., 2019): column-parallel kernels (qkv, fc) on their
+          output dimension, row-parallel ones (attention out, mlp proj) on their input dimension, the token
+          table on the vocabulary. The batch is not split over it.
 
-A mesh of `data x fsdp x tensor` devices sees `batch_size / (data * fsdp)` examples per device. One device is a 1x1x1
-mesh: the same code path, nothing to switch on. Everything is a sharding annotation on jitted functions; XLA's
-partitioner (GSPMD) inserts the collectives, so every mesh computes the same function as one device.
+A mesh of `data x fsdp x tensor` devices sees `batch_size / (data * fsdp)` examples per device. One device is
+a 1x1x1 mesh: the same code path, nothing to switch on. Everything is a sharding annotation on jitted
+functions; XLA's partitioner inserts the collectives, so every mesh computes the function one device does.
 
-Several processes (hosts): `maybe_initialize_distributed` calls `jax.distributed.initialize()`; every process then
-builds the same global batch (batches are pure functions of (seed, step)) and `shard_batch` copies to each process's
-devices only the rows they hold.
+Several processes (hosts): `maybe_initialize_distributed` calls `jax.distributed.initialize()`; every process
+builds the same global batch (batches are pure functions of (seed, step)) and `shard_batch` copies to each
+process's devices only the rows they hold.
 """
 
 from __future__ import annotations
@@ -33,20 +33,20 @@ from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-# Kernels whose input dimension the tensor axis splits (their partial outputs are summed); every other matrix is
-# split on its output (last) dimension, the token table on its vocabulary (first) dimension.
+# Kernels whose input dimension the tensor axis splits (their partial outputs are summed); every other matrix
+# is split on its output (last) dimension, the token table on its vocabulary (first) dimension.
 ROW_PARALLEL = ("out", "proj")
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------------------------------- processes
+# -------------------------------------------------------------------------------------------------- processes
 
 def detected_launcher() -> str | None:
     """The launcher that started this job as several processes, or None.
 
-    Only multi-process launches count: a one-task Slurm step or a single `mpirun -n 1` needs no coordinator, and
-    calling `jax.distributed.initialize()` there would only wait for peers that never come.
+    Only multi-process launches count: a one-task Slurm step or a single `mpirun -n 1` needs no coordinator,
+    and calling `jax.distributed.initialize()` there would only wait for peers that never come.
     """
     env = os.environ
 
@@ -69,11 +69,12 @@ def detected_launcher() -> str | None:
 
 
 def maybe_initialize_distributed(multihost: bool) -> bool:
-    """Calls `jax.distributed.initialize()` when asked (`mesh.multihost`, `--multihost`) or when a multi-process
-    launch is detected; returns whether this is a multi-process run. Must run before anything touches a device.
+    """Calls `jax.distributed.initialize()` when asked (`mesh.multihost`, `--multihost`) or when a
+    multi-process launch is detected; returns whether this is a multi-process run. Must run before anything
+    touches a device.
 
-    Arguments come from JAX's own cluster detection (Slurm, Open MPI, Cloud TPU, Kubernetes); a hand launch sets
-    JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process.
+    The arguments come from JAX's own cluster detection (Slurm, Open MPI, Cloud TPU, Kubernetes); a launch by
+    hand sets JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process.
     """
     if jax.distributed.is_initialized():
         return True
@@ -85,7 +86,13 @@ def maybe_initialize_distributed(multihost: bool) -> bool:
         if os.environ.get(name):
             kwargs[key] = int(os.environ[name])
     log.info("initialising jax.distributed (%s)", f"detected {launcher}" if launcher else "requested")
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:  # JAX found no cluster to take the coordinator, count and id from
+        reason = str(e).rstrip(".")
+        raise ValueError(f"mesh.multihost=true, but {reason}: launch through Slurm, Open MPI or a TPU pod, "
+                         "or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; on one "
+                         "process, --config.mesh.multihost=false") from e
     log.info("process %d of %d; %d local of %d devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
     if not is_main_process():  # the run logs once; other processes still show warnings and errors
@@ -94,7 +101,7 @@ def maybe_initialize_distributed(multihost: bool) -> bool:
 
 
 def is_main_process() -> bool:
-    """Process 0 writes the run directory's files (config, metrics, plots); checkpoints take every process."""
+    """Process 0 writes the run directory's files (config, metrics, plots); checkpoints need every process."""
     return jax.process_index() == 0
 
 
@@ -103,11 +110,11 @@ def assert_same_on_all_processes(value: str, what: str) -> None:
     if jax.process_count() == 1:
         return
     digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8).astype(np.int32)
-    multihost_utils.assert_equal(digest, f"{what} differs between processes; give every process the same one")
+    multihost_utils.assert_equal(digest, f"{what} differs between processes; give them all the same one")
 
 
 def any_process(flag: bool) -> bool:
-    """True on every process when `flag` is True on any one (a collective: call it at the same step everywhere)."""
+    """True on every process when `flag` is True on any (a collective: call it at one step everywhere)."""
     if jax.process_count() == 1:
         return flag
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
@@ -121,7 +128,7 @@ def broadcast_from_main(value: bool) -> bool:
 
 
 def to_host(tree):
-    """NumPy copies of (possibly sharded) global arrays, whole, on every process (a collective when multi-host)."""
+    """Whole NumPy copies of (possibly sharded) global arrays on every process (a collective, multi-host)."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
     return multihost_utils.process_allgather(tree, tiled=True)
@@ -130,7 +137,7 @@ def to_host(tree):
 # ------------------------------------------------------------------------------------------------------- mesh
 
 def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
-    """{"data": ..., "fsdp": ..., "tensor": ...}: the configured sizes, the one -1 replaced by the devices left."""
+    """{"data": ..., "fsdp": ..., "tensor": ...}: the configured sizes, a -1 replaced by the devices left."""
     sizes = {axis: int(mesh_cfg.get(axis, 1)) for axis in AXES}
     given = ", ".join(f"mesh.{axis}={size}" for axis, size in sizes.items())
     free = [axis for axis, size in sizes.items() if size == -1]
@@ -142,16 +149,17 @@ def mesh_shape(mesh_cfg, n_devices: int) -> dict[str, int]:
             raise ValueError(f"{given}; the {n_devices} devices do not split into a multiple of {known}")
         sizes[free[0]] = n_devices // known
     if int(np.prod(list(sizes.values()))) != n_devices:
-        raise ValueError(f"{given}; their product must equal the {n_devices} devices (or set one of them to -1)")
+        raise ValueError(f"{given}; their product must equal the {n_devices} devices (or set one to -1)")
     return sizes
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-    """The `data x fsdp x tensor` mesh over all devices (of every process), in the hardware's preferred order."""
+    """The `data x fsdp x tensor` mesh over the devices of all processes, in the hardware's own order."""
     devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(mesh_cfg, len(devices))
     # Auto axes: shardings are annotations and XLA propagates them (not the sharding-in-types Explicit mode).
-    return jax.make_mesh(tuple(shape.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    return jax.make_mesh(tuple(shape.values()), AXES, axis_types=(AxisType.Auto,) * len(AXES),
+                         devices=devices)
 
 
 def describe(mesh: Mesh) -> str:
@@ -161,7 +169,7 @@ def describe(mesh: Mesh) -> str:
 
 
 def batch_sharding(mesh: Mesh, *, leading_axes: int = 0) -> NamedSharding:
-    """Splits the batch axis over data x fsdp (after `leading_axes` unsplit ones, e.g. accumulation steps)."""
+    """Splits the batch axis over data x fsdp (after `leading_axes` unsplit ones, e.g. accumulation)."""
     return NamedSharding(mesh, P(*([None] * leading_axes), BATCH_AXES))
 
 
@@ -169,9 +177,10 @@ def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
     """A global batch (the same NumPy arrays on every process) as global `jax.Array`s.
 
     Each process copies to its own devices only the slices they hold: `jax.make_array_from_callback` asks for
-    exactly those, whatever the device order of the mesh, so no process needs to know which rows are its own.
+    exactly those, whatever the mesh's device order, so no process needs to know which rows are its own.
     """
-    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index]) for k, v in batch.items()}
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+            for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------------------------- parameters
@@ -187,10 +196,11 @@ def tensor_dim(path: str, shape: tuple[int, ...]) -> int | None:
     return len(shape) - 1
 
 
-def param_spec(shape: tuple[int, ...], *, fsdp: int = 1, tensor: int = 1, tensor_axis: int | None = None) -> P:
+def param_spec(shape: tuple[int, ...], *, fsdp: int = 1, tensor: int = 1,
+               tensor_axis: int | None = None) -> P:
     """`tensor` on `tensor_axis` when it divides it; then `fsdp` on the largest other dimension it divides.
 
-    An axis that divides nothing leaves the array replicated over it (a vector of 32 on fsdp=64, a 65-row table).
+    An axis that divides nothing leaves the array replicated over it (a 32-vector on fsdp=64, a 65-row table).
     """
     spec = [None] * len(shape)
     if tensor > 1 and tensor_axis is not None and shape[tensor_axis] % tensor == 0:
@@ -208,7 +218,8 @@ def _specs(tree, mesh: Mesh):
 
     def spec(path, x):
         shape = tuple(x.shape)
-        return param_spec(shape, fsdp=fsdp, tensor=tensor, tensor_axis=tensor_dim(jax.tree_util.keystr(path), shape))
+        axis = tensor_dim(jax.tree_util.keystr(path), shape)
+        return param_spec(shape, fsdp=fsdp, tensor=tensor, tensor_axis=axis)
 
     return jax.tree_util.tree_map_with_path(spec, tree)
 
@@ -216,8 +227,8 @@ def _specs(tree, mesh: Mesh):
 def tree_shardings(tree, mesh: Mesh):
     """Shardings for a pytree of arrays (or ShapeDtypeStructs): parameters and optimizer state alike.
 
-    An optimizer-state array (Adam's mu, nu) has its parameter's path as a suffix and its shape, so it is split the
-    same way and the update stays elementwise, with no resharding.
+    An optimizer-state array (Adam's mu, nu) has its parameter's path as a suffix and its shape, so it is
+    split the same way and the update stays elementwise, with no resharding.
     """
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), _specs(tree, mesh),
                         is_leaf=lambda x: isinstance(x, P))
@@ -226,9 +237,9 @@ def tree_shardings(tree, mesh: Mesh):
 def compute_shardings(tree, mesh: Mesh):
     """Where a step computes with each parameter: gathered over `fsdp` (still split over `tensor`).
 
-    Constraining the parameters to this inside the step is the FSDP recipe: XLA all-gathers each weight before its
-    use, and the gradient, constrained back to the stored sharding, is reduce-scattered. Left to itself, the
-    partitioner may instead split activations along a weight's fsdp dimension and then reshard them around every
+    Constraining the parameters to this inside the step is the FSDP recipe: XLA all-gathers the weights for
+    the forward and backward, and the gradients go back to the stored (sharded) layout. Left to itself, the
+    partitioner may instead split activations along a weight's fsdp dimension and reshard them around every
     reshape (it warns "Involuntary full rematerialization").
     """
     gathered = lambda spec: P(*[None if name == "fsdp" else name for name in spec])
@@ -237,15 +248,16 @@ def compute_shardings(tree, mesh: Mesh):
 
 
 def replicated_names(tree, mesh: Mesh, axis: str = "fsdp") -> list[str]:
-    """Paths of the arrays (not scalars) that `axis` leaves replicated because it divides none of their dims."""
+    """Paths of the arrays (not scalars) that `axis` leaves replicated, dividing none of their dimensions."""
     if mesh.shape[axis] == 1:
         return []
     specs = jax.tree.leaves(_specs(tree, mesh), is_leaf=lambda x: isinstance(x, P))
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [jax.tree_util.keystr(path) for (path, x), spec in zip(flat, specs) if x.ndim and axis not in spec]
+    return [jax.tree_util.keystr(path) for (path, x), spec in zip(flat, specs, strict=True)
+            if x.ndim and axis not in spec]
 
 
-# ----------------------------------------------------------- until train.py uses shard_batch (see docs/scaling.md)
+# ------------------------------------------------------------------- until train.py uses shard_batch: remove
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
     """A global jax.Array from the rows `process_slice` gives this process (all of them on one host)."""

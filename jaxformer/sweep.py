@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import logging
 import os
 import time
 
@@ -39,8 +38,6 @@ import ml_collections
 from jaxformer import config as config_lib
 from jaxformer import extrapolation, positional
 from jaxformer import run as run_lib
-
-log = logging.getLogger("jaxformer")
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split")
@@ -195,11 +192,21 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -> None:
-    """A run directory made by an earlier sweep must hold this point's config (else resuming would mix two)."""
-    saved = _flat(json.loads(config_lib.to_json(run_lib.load_config(run_dir))))
-    wanted = _flat(json.loads(config_lib.to_json(cfg)))
-    for field in sorted(set(saved) | set(wanted)):
-        if field in _RESUME_IGNORED:
+    """A run directory made by an earlier sweep must hold this point's config (else resuming would mix two).
+
+    Compared after resolving both (a derived field the code learned to fill since is not a difference), on the fields
+    both have, leaving out the other positional variants' settings (they do not touch this run).
+    """
+    saved = run_lib.load_config(run_dir)
+    try:
+        saved = config_lib.resolve(saved)
+    except (AttributeError, KeyError, ValueError):  # a config from older code: compare it as saved
+        pass
+    saved, wanted = (_flat(json.loads(config_lib.to_json(c))) for c in (saved, cfg))
+    for field in sorted(set(saved) & set(wanted)):
+        parts = field.split(".")
+        other_variant = field.startswith("model.position.") and parts[2] not in ("name", cfg.model.position.name)
+        if field in _RESUME_IGNORED or other_variant:
             continue
         if saved.get(field) != wanted.get(field):
             raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved.get(field)!r}, the sweep "
@@ -357,8 +364,8 @@ def write_reports(workdir: str) -> list[str]:
 
 
 CSV_COLUMNS = ("variant", "multiplier", "length", "status", "seeds", "loss_mean", "loss_std", "losses",
-               "exact_match_mean", "exact_match_std", "predicted_tokens", "val_loss_mean", "val_loss_std",
-               "n_params", "ms_per_step")
+               "exact_match_mean", "exact_match_std", "token_accuracy_mean", "token_accuracy_std",
+               "predicted_tokens", "val_loss_mean", "val_loss_std", "n_params", "ms_per_step")
 
 
 def _write_csv(variants: list[dict], path: str) -> None:
@@ -369,10 +376,12 @@ def _write_csv(variants: list[dict], path: str) -> None:
         for x in v["lengths"]:
             loss, val = x["loss"] or (None, None), v["val_loss"] or (None, None)
             em = x["exact_match"] if v["has_accuracy"] and x["exact_match"] else (None, None)
+            acc = x["token_accuracy"] if v["has_accuracy"] and x["token_accuracy"] else (None, None)
             rows.append({"variant": v["variant"], "multiplier": x["multiplier"], "length": x["length"],
                          "status": x["na"] or "ok", "seeds": x["seeds"], "loss_mean": loss[0],
                          "loss_std": loss[1], "losses": ";".join(f"{y:.6f}" for y in x["losses"]),
                          "exact_match_mean": em[0], "exact_match_std": em[1],
+                         "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1],
                          "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0],
                          "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
     tmp = f"{path}.tmp{os.getpid()}"
@@ -409,13 +418,14 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
                      f"{v['ms_per_step']:.0f}" if v["ms_per_step"] else "-", _fmt(v["val_loss"])]
             cells += [_fmt(x["loss"]) if x["loss"] is not None else x["na"] for x in v["lengths"]]
             out.append("| " + " | ".join(cells) + " |")
-        if variants[0]["has_accuracy"]:
-            out += ["", "Exact match (every answer token of an example right), mean ± spread over seeds:", "",
+        accuracy_tables = (("exact_match", "Exact match (every answer token of an example right)"),
+                           ("token_accuracy", "Token accuracy (answer tokens predicted right)"))
+        for key, caption in accuracy_tables if variants[0]["has_accuracy"] else ():
+            out += ["", f"{caption}, mean ± spread over seeds:", "",
                     "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
                     "|---|" + "---|" * len(lengths)]
             for v in variants:
-                cells = [_fmt(x["exact_match"], percent=True) if x["loss"] is not None else x["na"]
-                         for x in v["lengths"]]
+                cells = [_fmt(x[key], percent=True) if x["loss"] is not None else x["na"] for x in v["lengths"]]
                 out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
         out += ["", "## Summary", "", *[f"- {line}" for line in lines], "",
                 "![loss vs eval length](extrapolation.png)", "", "![loss vs position](position_loss.png)"]

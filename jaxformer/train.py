@@ -96,10 +96,21 @@ def loss_fn(params, graphdef, batch, dropout_key=None):
     return jnp.sum(losses_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
 
 
-def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool):
-    """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients."""
+def _gathered_loss(params, graphdef, batch, dropout_key=None, *, compute_sharding=None):
+    if compute_sharding is not None:
+        params = jax.lax.with_sharding_constraint(params, compute_sharding)
+    return loss_fn(params, graphdef, batch, dropout_key)
+
+
+def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool,
+               compute_sharding=None):
+    """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients.
+
+    `compute_sharding` (sharding.compute_shardings): where the forward and backward use the parameters, e.g.
+    gathered over the fsdp axis; the gradients come back in the parameters' own (stored) sharding.
+    """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    grad_fn = jax.value_and_grad(loss_fn)
+    grad_fn = jax.value_and_grad(functools.partial(_gathered_loss, compute_sharding=compute_sharding))
     params = state["params"]
     if batch["inputs"].ndim == 2:
         loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None)
@@ -116,10 +127,16 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
         loss, grads = jax.tree.map(lambda x: x / n, (loss, grads))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = optimizer.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
     apply = finite & (state["nonfinite"] == 0) if stop_on_nonfinite else finite
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+
+    def update(params, opt_state, grads):
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    # A skipped update is the other branch of a cond, not a select over every parameter and moment: the select
+    # read both versions of ~3N floats each step and made XLA copy the donated buffers before updating them.
+    new_params, new_opt_state = jax.lax.cond(apply, update, lambda params, opt_state, grads: (params, opt_state),
+                                             params, state["opt_state"], grads)
     slot = state["step"] % state["recent"]["step"].shape[0]
     recent = {"step": state["recent"]["step"].at[slot].set(state["step"] + 1),
               "loss": state["recent"]["loss"].at[slot].set(loss.astype(jnp.float32)),
@@ -127,8 +144,8 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
     new_state = {
         "step": state["step"] + 1,
         "recent": recent,
-        "params": keep(new_params, params),
-        "opt_state": keep(new_opt_state, state["opt_state"]),
+        "params": new_params,
+        "opt_state": new_opt_state,
         "rng": state["rng"],
         "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
         "first_nonfinite": jnp.where(~finite & (state["first_nonfinite"] < 0), state["step"] + 1,
@@ -137,8 +154,10 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
     return new_state
 
 
-def eval_step(params, batch, *, graphdef):
+def eval_step(params, batch, *, graphdef, compute_sharding=None):
     """Sums for the weighted loss and the exact-match accuracy (every weighted target of an example right)."""
+    if compute_sharding is not None:
+        params = jax.lax.with_sharding_constraint(params, compute_sharding)
     model = nnx.merge(graphdef, params)
     logits_BxTxV = model(batch["inputs"])
     losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
@@ -207,16 +226,19 @@ class Trainer:
             "opt_state": sharding_lib.tree_shardings(abstract["opt_state"], self.mesh),
         }
         self.replicated_params = sharding_lib.replicated_names(abstract["params"], self.mesh)
+        compute_sharding = sharding_lib.compute_shardings(abstract["params"], self.mesh)
         self._params0 = params
         accum = cfg.optim.accum_steps
         self.batch_sharding = sharding_lib.batch_sharding(self.mesh, leading_axes=1 if accum > 1 else 0)
         self.eval_sharding = sharding_lib.batch_sharding(self.mesh)
         step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
-                                 use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop")
+                                 use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
+                                 compute_sharding=compute_sharding)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding, donate_argnums=0)
-        self.eval_step = jax.jit(functools.partial(eval_step, graphdef=self.graphdef),
-                                 in_shardings=(self.state_sharding["params"], self.eval_sharding))
+        self.eval_step = jax.jit(
+            functools.partial(eval_step, graphdef=self.graphdef, compute_sharding=compute_sharding),
+            in_shardings=(self.state_sharding["params"], self.eval_sharding))
         self.schedule = make_schedule(cfg.optim)
 
     def initial_state(self) -> dict:
@@ -228,17 +250,14 @@ class Trainer:
                             self.state_sharding)
 
     def batch(self, step: int):
-        """The global batch of optimizer step `step` (this process's rows), placed on the mesh."""
+        """The global batch of optimizer step `step`, placed on the mesh (each process feeds its devices' rows)."""
         cfg = self.cfg
         accum, B = cfg.optim.accum_steps, cfg.data.batch_size
         batch = self.dataset.batch("train", step, batch_size=B * accum, block_size=cfg.data.block_size,
                                    seed=cfg.train.seed)
-        rows = sharding_lib.process_slice(B)
         if accum > 1:
-            batch = {k: v.reshape(accum, B, *v.shape[1:])[:, rows] for k, v in batch.items()}
-        else:
-            batch = {k: v[rows] for k, v in batch.items()}
-        return sharding_lib.global_batch(batch, self.batch_sharding)
+            batch = {k: v.reshape(accum, B, *v.shape[1:]) for k, v in batch.items()}
+        return sharding_lib.shard_batch(batch, self.batch_sharding)
 
     def evaluate(self, params, split: str) -> dict:
         batches = self._eval_batches(split)
@@ -260,7 +279,8 @@ class Trainer:
         n, B = windows["inputs"].shape[0], cfg.data.batch_size
         totals = None
         for start in range(0, n - n % B, B):  # whole batches (the sharded eval step has a fixed batch size)
-            batch = sharding_lib.global_batch({k: v[start:start + B] for k, v in windows.items()}, self.eval_sharding)
+            batch = sharding_lib.shard_batch({k: v[start:start + B] for k, v in windows.items()},
+                                             self.eval_sharding)
             out = self.eval_step(params, batch)
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         totals = jax.device_get(totals)
@@ -275,8 +295,7 @@ class Trainer:
         cfg = self.cfg
         batches = self.dataset.eval_batches(split, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                             num_batches=cfg.train.eval_iters, seed=cfg.train.seed)
-        rows = sharding_lib.process_slice(cfg.data.batch_size)
-        return [sharding_lib.global_batch({k: v[rows] for k, v in b.items()}, self.eval_sharding) for b in batches]
+        return [sharding_lib.shard_batch(b, self.eval_sharding) for b in batches]
 
 
 def _window(recent: dict, done: int, log_every: int) -> np.ndarray:
@@ -298,8 +317,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     `stop_after=N` runs only the first N steps of the same schedule (for `repro-check`), with no final-step extras.
     """
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
-    is_main = jax.process_index() == 0
-    resuming = run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else resume
+    is_main = sharding_lib.is_main_process()
+    sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
+    # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
+    resuming = sharding_lib.broadcast_from_main(
+        run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
     trainer = Trainer(cfg, dataset)
     cfg = trainer.cfg
     dataset = trainer.dataset
@@ -309,22 +331,24 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         run_lib.save_config(workdir, cfg)
         run_lib.write_json(os.path.join(workdir, "manifest.json"), run_lib.manifest(cfg, data_hash=dataset.data_hash))
         dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
-    log.info("model: %s parameters (%s non-embedding); %s, %s attention, %d device(s)",
+    log.info("model: %s parameters (%s non-embedding); %s, %s attention, %s compute; %s",
              f"{trainer.n_params:,}", f"{trainer.n_params_non_embedding:,}", cfg.model.position.name,
-             cfg.model.attention.implementation, jax.device_count())
+             cfg.model.attention.implementation, cfg.model.dtype, sharding_lib.describe(trainer.mesh))
     if trainer.replicated_params:
         log.info("fsdp: replicated (no dimension divisible by %d): %s", cfg.mesh.fsdp,
                  ", ".join(trainer.replicated_params))
 
-    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, enabled=is_main)
+    # Every process takes part in a checkpoint: each writes the shards its devices hold, process 0 the metadata.
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
     start = 0
     if resuming and checkpoints.latest_step() is not None:
         start, state = checkpoints.restore(trainer.abstract_state())
-        run_lib.truncate_metrics(workdir, start)
+        if is_main:
+            run_lib.truncate_metrics(workdir, start)
         log.info("resumed from step %d", start)
     else:
         state = trainer.initial_state()
-        if resuming:
+        if resuming and is_main:
             run_lib.truncate_metrics(workdir, 0)
 
     writer = run_lib.MetricsWriter(workdir, enabled=is_main)
@@ -370,13 +394,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                 log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
                          f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
             if t.attention_diagnostics_every and _should(done, t.attention_diagnostics_every, t.steps):
-                writer.write({"step": done, **attention_diagnostics(trainer, state["params"])})
-            if _should(done, t.checkpoint_every, t.steps) or stop.received:
-                val_loss = result.get("val_loss") if result.get("step") == done and "val_loss" in result else None
+                # Computed apart from the mesh, so with several processes on whole (gathered) parameters.
+                params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
                 if is_main:
-                    checkpoints.save(done, state, val_loss=val_loss)
-            if stop.received:
-                result["stopped"] = f"{stop.received} at step {done}; checkpoint saved"
+                    writer.write({"step": done, **attention_diagnostics(trainer, params)})
+            stopping = stop.received is not None
+            if jax.process_count() > 1:
+                # A signal reaches the processes at different steps: they agree on it at a log step, and stop
+                # (and checkpoint) together there.
+                stopping = _should(done, t.log_every, t.steps) and sharding_lib.any_process(stopping)
+            if _should(done, t.checkpoint_every, t.steps) or stopping:
+                val_loss = result.get("val_loss") if result.get("step") == done and "val_loss" in result else None
+                checkpoints.save(done, state, val_loss=val_loss)
+            if stopping:
+                signal_name = stop.received or "a signal to another process"
+                result["stopped"] = f"{signal_name} at step {done}; checkpoint saved"
                 break
             result["step"] = done
     checkpoints.wait()
@@ -385,8 +417,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     progress.close()
     if result["stopped"]:
         log.warning("stopped: %s", result["stopped"])
-    if is_main and not result["stopped"] and result["step"] == t.steps:
-        finish(trainer, state["params"], workdir)
+    if not result["stopped"] and result["step"] == t.steps:
+        # Sampling runs on process 0 alone, so it gets whole parameters (gathering them takes every process).
+        params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
+        if is_main:
+            finish(trainer, params, workdir)
     result["params"] = state["params"]
     result["trainer"] = trainer
     return result

@@ -1,8 +1,8 @@
 """Sharding: mesh shapes, parameter layouts, and sharded training that computes what one device computes.
 
 The multi-device tests run tests/sharding_worker.py in subprocesses, because the CPU device count
-(XLA_FLAGS=--xla_force_host_platform_device_count=8) and `jax.distributed` must be set before JAX starts; the
-one-device baseline runs in a subprocess beside them (CPU, whatever this machine has), so all of it is CPU numerics.
+(XLA_FLAGS=--xla_force_host_platform_device_count=8) and `jax.distributed` must be set before JAX starts.
+The one-device baseline runs in a subprocess beside them, on the CPU too (whatever this machine has).
 """
 
 import inspect
@@ -66,7 +66,7 @@ def free_port() -> int:
 
 
 def two_processes(mode: str, spec: dict, *, devices_each: int = 2) -> list[dict]:
-    """The worker as two `jax.distributed` processes on localhost (coordinator 127.0.0.1), CPU collectives (gloo)."""
+    """The worker as two `jax.distributed` processes on localhost (coordinator 127.0.0.1, gloo)."""
     port = free_port()
     procs = [launch(mode, spec, devices=devices_each,
                     env={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
@@ -114,7 +114,8 @@ def mesh_cfg(**sizes):
 
 def test_mesh_shape_fills_the_one_free_axis():
     assert sharding_lib.mesh_shape(mesh_cfg(fsdp=4), 8) == {"data": 2, "fsdp": 4, "tensor": 1}
-    assert sharding_lib.mesh_shape(mesh_cfg(data=2, fsdp=-1, tensor=2), 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert sharding_lib.mesh_shape(mesh_cfg(data=2, fsdp=-1, tensor=2), 8) == {"data": 2, "fsdp": 2,
+                                                                                 "tensor": 2}
     assert sharding_lib.mesh_shape(mesh_cfg(), 1) == {"data": 1, "fsdp": 1, "tensor": 1}
     with pytest.raises(ValueError, match="mesh.data=2, mesh.fsdp=2.*product must equal the 8 devices"):
         sharding_lib.mesh_shape(mesh_cfg(data=2, fsdp=2), 8)
@@ -179,8 +180,9 @@ def test_shard_batch_places_the_global_batch():
 
 
 def test_multihost_detection_needs_several_processes(monkeypatch):
+    launchers = ("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "SLURM_", "OMPI_", "TPU_WORKER", "MEGASCALE")
     for name in list(os.environ):
-        if name.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "SLURM_", "OMPI_", "TPU_WORKER", "MEGASCALE")):
+        if name.startswith(launchers):
             monkeypatch.delenv(name)
     assert sharding_lib.detected_launcher() is None
     assert sharding_lib.maybe_initialize_distributed(False) is False  # nothing to do: no jax.distributed call
@@ -214,6 +216,8 @@ def test_sharded_training_matches_one_device(name, one_device, eight_devices):
     assert_losses_match(run["losses"], one_device["losses"])
     assert len(run["losses"]) == STEPS and run["losses"][-1] < run["losses"][0]
     assert run["batch_spec"] == "P(('data', 'fsdp'),)"
+    sizes = " x ".join(f"{axis}={size}" for axis, size in run["mesh"].items())
+    assert run["describe"] == f"mesh {sizes} over 8 devices in 1 process(es)"
     fsdp = run["mesh"]["fsdp"]
     for path, p in run["params"].items():
         assert p["devices"] == 8, path
@@ -229,7 +233,7 @@ def test_sharded_training_matches_one_device(name, one_device, eight_devices):
 
 @pytest.mark.slow
 def test_tensor_axis_and_bfloat16_match_one_device(one_device):
-    """data=2 x fsdp=2 x tensor=2 computes the same losses; bfloat16 compute keeps float32 master parameters."""
+    """data=2 x fsdp=2 x tensor=2 computes the same losses; bfloat16 compute keeps float32 master params."""
     runs = result(launch("meshes", {"steps": STEPS, "jobs": {
         "tensor": {"mesh.data": -1, "mesh.fsdp": 2, "mesh.tensor": 2},
         "bf16": {"mesh.data": 1, "mesh.fsdp": 8, "model.dtype": "bfloat16"}}}, devices=8))
@@ -246,10 +250,10 @@ def test_tensor_axis_and_bfloat16_match_one_device(one_device):
 
 @pytest.mark.slow
 def test_checkpoint_from_data_parallel_resumes_on_fsdp(one_device, tmp_path):
-    """`train` checkpoints at step 10 on (data=8) and resumes on (fsdp=8): the same state, the same next steps."""
-    out = result(launch("resume", {"workdir": str(tmp_path / "run"), "steps": STEPS, "save_at": 10, "more": 2,
-                                   "save_on": {"mesh.data": 8}, "resume_on": {"mesh.data": 1, "mesh.fsdp": 8}},
-                        devices=8))
+    """`train` checkpoints at step 10 on (data=8) and resumes on (fsdp=8): same state, same next steps."""
+    spec = {"workdir": str(tmp_path / "run"), "steps": STEPS, "save_at": 10, "more": 2,
+            "save_on": {"mesh.data": 8}, "resume_on": {"mesh.data": 1, "mesh.fsdp": 8}}
+    out = result(launch("resume", spec, devices=8))
     assert out["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     assert out["restored_step"] == 10 and out["restored_equal"]
     assert all("'fsdp'" in spec for spec in out["resumed_specs"])
@@ -261,7 +265,8 @@ def test_checkpoint_from_data_parallel_resumes_on_fsdp(one_device, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_process(one_device):
     """Two jax.distributed processes (2 CPU devices each) on one fsdp=4 mesh: the one-device losses."""
-    runs = two_processes("meshes", {"steps": STEPS, "stop_after": 5, "jobs": {"fsdp4": {"mesh.data": 1, "mesh.fsdp": 4}}})
+    jobs = {"fsdp4": {"mesh.data": 1, "mesh.fsdp": 4}}
+    runs = two_processes("meshes", {"steps": STEPS, "stop_after": 5, "jobs": jobs})
     for run in runs:
         run = run["fsdp4"]
         assert run["process_count"] == 2 and run["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
@@ -272,20 +277,39 @@ def test_two_processes_match_one_process(one_device):
 
 
 def _train_checkpoints_from_every_process() -> bool:
-    from jaxformer import train as train_lib
+    """Until the multi-host fix of train.py and checkpoint.py lands, only process 0 saves checkpoints."""
+    from jaxformer import checkpoint as checkpoint_lib
 
-    return "enabled=is_main" not in inspect.getsource(train_lib.train)
+    return "enabled" not in inspect.signature(checkpoint_lib.Checkpoints.__init__).parameters
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _train_checkpoints_from_every_process(),
-                    reason="train() checkpoints from process 0 alone; orbax needs every process (see docs/scaling.md)")
+                    reason="train() checkpoints from process 0 alone; orbax needs every process")
 def test_two_processes_checkpoint_and_resume_on_another_mesh(one_device, tmp_path):
-    """`train` in two processes: checkpoint at step 4 on (data=4), resume on (fsdp=4); metrics written once."""
-    spec = {"workdir": str(tmp_path / "run"), "steps": STEPS, "save_at": 4, "more": 2, "save_on": {"mesh.data": 4},
-            "resume_on": {"mesh.data": 1, "mesh.fsdp": 4}}
+    """`train` in two processes: checkpoint at step 4 on (data=4), resume on (fsdp=4); files written once.
+
+    Step 4 is also an evaluation, so the latest and the best checkpoint are saved at once, by every process.
+    """
+    spec = {"workdir": str(tmp_path / "run"), "steps": STEPS, "save_at": 4, "eval_every": 4, "more": 2,
+            "save_on": {"mesh.data": 4}, "resume_on": {"mesh.data": 1, "mesh.fsdp": 4}}
     main, other = two_processes("resume", spec)
-    assert other["metrics"] is None and main["checkpoints"] == ["4"]
+    assert other["metrics"] is None and main["checkpoints"] == ["4"] and main["best"] == ["4"]
     assert [m["step"] for m in main["metrics"] if "loss" in m] == list(range(1, 7))
     assert_losses_match([m["loss"] for m in main["metrics"] if "loss" in m], one_device["losses"])
-    assert main["resumed_specs"] == other["resumed_specs"] and all("'fsdp'" in s for s in main["resumed_specs"])
+    assert main["resumed_specs"] == other["resumed_specs"]
+    assert all("'fsdp'" in spec for spec in main["resumed_specs"])
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
+    """benchmarks/gpu.py --smoke: bfloat16 training steps and the fused-vs-reference check run (CPU, XLA)."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, script, "--smoke", "--implementations", "reference,fused", "--json",
+                          str(tmp_path / "gpu.json")], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    assert [(r["implementation"], r["dtype"]) for r in report["throughput"]] == [
+        ("reference", "bfloat16"), ("fused", "bfloat16"), ("reference", "float32")]
+    assert all(r["ok"] for r in report["check"]) and all(r["tokens_per_s"] > 0 for r in report["throughput"])

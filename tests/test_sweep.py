@@ -186,6 +186,11 @@ def test_changed_config_is_refused_not_mixed(swept):
     sweep_cfg, base = _tiny("--config.optim.lr=0.002")
     with pytest.raises(ValueError, match="was run with optim.lr=0.003"):
         sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, dry_run=True)
+    # Settings of a variant no point uses do not touch the runs: not a difference.
+    sweep_cfg, base = _tiny("--config.model.position.rope.theta=500.0")
+    lines = []
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, dry_run=True, print_fn=lines.append)
+    assert "2 finished" in lines[0]
 
 
 def test_report_regenerates_from_run_dirs(swept, capsys):

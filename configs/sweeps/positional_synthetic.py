@@ -1,8 +1,9 @@
 """Positional encodings on a synthetic task, where their differences are sharpest: copying at 1x-8x the training length.
 
-Every registered variant x 2 seeds learns to copy (`s1 .. sn | -> s1 .. sn`, data/synthetic.py) prompts that fit
-32 tokens (n <= 15 symbols), and is evaluated on copies that fill 1x, 2x, 4x and 8x that length (n = 15, 31, 63,
-127): every answer token past position 32 is at a position, and a distance to its source, the model never saw.
+Every registered variant x 2 seeds learns to copy (`s1 .. sn | -> s1 .. sn`, data/synthetic.py) prompts of
+n = 1..16 symbols (all that fit 32 tokens), and is evaluated on copies that fill 1x, 2x, 4x and 8x that length
+(n = 16, 32, 64, 128): every answer token past position 32 is at a position, and a distance to its source, the model
+never saw.
 The same number of answer tokens at every length; the report adds exact-match accuracy (the whole copy right).
 
     jaxformer sweep --config sweeps.positional_synthetic
@@ -19,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.overrides = (
         "--config.data.name=synthetic/copy",
         "--config.data.block_size=32",
+        "--config.data.synthetic.min_items=1",  # copies of 1..16 symbols in training (not only the longest that fits)
+        "--config.data.synthetic.max_items=0",  # 0 = as many as fit the block: 16
         "--config.model.n_embd=64",
         "--config.train.steps=500",  # RoPE copies perfectly by step 250 at this size
         "--config.train.eval_every=250",
@@ -29,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.axes.model = {"position": {"name": tuple(positional.list_positional_encodings())}}  # all registered variants
     c.axes.train = {"seed": (0, 1)}
     c.eval_lengths = (1, 2, 4, 8)  # multiples of data.block_size
-    c.eval_tokens = 8192  # answer tokens per eval length (547 copies of 15 at 1x, 65 copies of 127 at 8x)
+    c.eval_tokens = 8192  # answer tokens per eval length (512 copies of 16 at 1x, 64 copies of 128 at 8x)
     c.eval_batch_tokens = 8192  # tokens per forward batch
     c.eval_split = "val"
     return c
