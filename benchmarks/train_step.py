@@ -1,26 +1,27 @@
-"""Training-step benchmark: compile time, ms/step, tokens/s, model FLOPs, MFU and peak RSS of the real Trainer.
+"""Training-step benchmark of the real Trainer: compile time, ms/step, tokens/s, model FLOPs, MFU, peak RSS.
 
-    python benchmarks/train_step.py                                   # shakespeare_char_cpu, stand-in data
+    python benchmarks/train_step.py                          # shakespeare_char_cpu, stand-in data
     python benchmarks/train_step.py --config tiny --steps 200 --json out.json
+    python benchmarks/train_step.py --cpu-devices auto       # one JAX CPU device per core, batch split
     python benchmarks/train_step.py --data config --config.data.manual_dir=/work/shared/data/tinyshakespeare
 
-What is timed: `Trainer.train_step(state, batch)` (the jit-compiled step, donated state) on batches prepared beforehand
-by `Trainer.batch(step)` (a few distinct steps, cycled), so host-side batch sampling is not in the number. Each step
-is timed to `block_until_ready` of its outputs; the median over `--steps` steps after `--warmup` steps is reported.
+What is timed: `Trainer.train_step(state, batch)` (the jit-compiled step, donated state) on batches prepared
+beforehand by `Trainer.batch(step)` (8 distinct steps, cycled), so host-side batch sampling is not in the
+number. Each step is timed to `block_until_ready` of its output; the median over `--steps` steps after
+`--warmup` steps is reported (p10 and p90 too).
 
 Model FLOPs per step follow nanoGPT/PaLM: tokens x (6·N + 12·L·H·d·T), N = non-embedding parameters (the token
-table and any absolute position table left out), so MFU is comparable with nanoGPT's `estimate_mfu`. The ceiling
-is measured in the same process: a float32 2048x2048x2048 `jnp` matmul, median of several runs. On a shared
-machine both numbers move with the load; compare runs only through the ratio printed in the same run.
+table and any absolute position table left out), as in nanoGPT's `estimate_mfu`. The ceiling is measured in
+the same process: a float32 2048³ `jnp` matmul, median of 5 runs. On a shared machine both move with the load;
+compare numbers from one run, or runs alternated back to back (benchmarks/NOTES.md).
 
-Data: the step time does not depend on the text, so by default a text config (tiny_shakespeare, tfds:...) runs on
-a stand-in dataset -- random characters from a 65-symbol alphabet, the size of tiny_shakespeare's vocabulary --
-which needs no download; `--data config` loads the config's own dataset instead (tiny_shakespeare then needs
-`--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs always use their own data.
+Data: the step time does not depend on the text, so by default a text config (tiny_shakespeare, tfds:...) runs
+on a stand-in dataset -- random characters over 65 symbols, tiny_shakespeare's vocabulary size -- that
+needs no download; `--data config` loads the config's own dataset (tiny_shakespeare then needs
+`--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs use their own data.
 
-XLA/thread settings come from `jaxformer.platform.configure()` (the one place for them); `--no-platform` skips it to
-measure what the defaults do; `--cpu-devices auto` splits the batch over one JAX CPU device per core.
-An XLA_FLAGS entry already in the environment always wins over the defaults.
+Machine settings come from `jaxformer.platform.configure()` (the one place for them); `--no-platform` skips it
+to measure XLA's defaults. An XLA_FLAGS entry already in the environment always wins over its defaults.
 """
 
 from __future__ import annotations
@@ -43,16 +44,19 @@ def parse_args(argv):
 
     config, overrides, rest = split_config_args(list(argv))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="--config NAME|FILE and --config.a.b=value overrides as for `jaxformer train`")
+                                epilog="--config NAME|FILE and --config.a.b=value overrides, as for "
+                                       "`jaxformer train`")
     p.add_argument("--steps", type=int, default=100, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps after compilation")
     p.add_argument("--data", choices=("standin", "config"), default="standin",
                    help="stand-in random text with a 65-symbol vocabulary (default), or the config's dataset")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 float32 matmul ceiling")
-    p.add_argument("--no-platform", action="store_true", help="skip jaxformer.platform.configure() (XLA defaults)")
+    p.add_argument("--no-platform", action="store_true",
+                   help="skip jaxformer.platform.configure() (XLA defaults)")
     p.add_argument("--cpu-devices", default=None,
-                   help="JAX CPU devices (an integer, or 'auto' = one per core; the batch is split over them); "
-                        "default: JAXFORMER_CPU_DEVICES or 1")
+                   help="JAX CPU devices: an integer, or 'auto' = one per core (the batch is split over "
+                        "them); "
+                        "default: JAXFORMER_CPU_DEVICES, else 1")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(rest)
     args.config, args.overrides = config or DEFAULT_CONFIG, overrides

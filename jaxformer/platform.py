@@ -9,23 +9,23 @@ jax/jaxlib 0.10.2, nanoGPT's baby shakespeare-char step, 4x128, batch 12 x 64):
 
   CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
       "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh
-      (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Likely why it pays:
-      with one device XLA:CPU splits each small op (~400 a step) over both cores and joins after it; two device
-      programs meet once per step, at the gradient all-reduce (the profile shows less time in the ops themselves). Measured: x0.70-0.87 median step time, x0.74 CPU
-      time per step. Opt-in because it changes `jax.device_count()`, so data.batch_size (and eval batches) must
-      divide by the number of cores, and every jitted function (eval, sampling) sees a mesh of that many devices.
-  XLA flags: none by default -- every candidate measured no better than XLA's defaults on this machine:
-      --xla_cpu_use_xnnpack=false               x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
-      --xla_cpu_multi_thread_eigen=false        no change (x1.00; with 2 CPU devices x0.92 median, within noise)
-      --xla_cpu_enable_fast_math=true           no change (x0.99-1.01)
-      --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY   x0.96 CPU, median within noise
+      (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Measured:
+      x0.70-0.87 median step time, x0.72-0.76 CPU time per step. Likely why: with one device XLA:CPU splits
+      each of ~400 small ops a step over both cores and joins after it; two device programs meet once a step,
+      at the gradient all-reduce. Opt-in because it changes `jax.device_count()`: data.batch_size (and eval
+      batches) must divide by the number of cores, and every jitted function sees a mesh of that many devices.
+  XLA flags: none by default -- no candidate measured better than XLA's defaults on this machine:
+      --xla_cpu_use_xnnpack=false          x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
+      --xla_cpu_multi_thread_eigen=false   x1.00 (with 2 CPU devices x0.92 median, within the noise)
+      --xla_cpu_enable_fast_math=true      x0.99-1.01
+      --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY   x0.96 CPU, median in noise
       --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED           x1.37 median (worse)
       --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME                           x1.42 median (worse)
-      --xla_cpu_prefer_vector_width=512         x0.99 CPU, x1.11 median (worse)
-      --xla_cpu_use_thunk_runtime               deprecated (the thunk runtime is the only one)
+      --xla_cpu_prefer_vector_width=512    x0.99 CPU, x1.11 median
+      --xla_cpu_use_thunk_runtime          deprecated (the thunk runtime is the only one)
     `CPU_XLA_FLAGS` below is where a flag that does help goes, with its measurement.
   Threads: XLA:CPU in jax 0.10 sizes its pools from the cores it may run on (taskset/cgroups); there is no
-      intra-op thread-count knob to set. Pinning to one core: x1.16-1.30 median (both cores do help).
+      intra-op thread-count knob to set. Pinned to one core: x1.16-1.30 median (both cores do help).
 
 An XLA_FLAGS entry or JAX setting already given by the user always wins over what `configure()` would set.
 """
@@ -39,7 +39,7 @@ import os
 log = logging.getLogger(__name__)
 
 CPU_DEVICES_ENV = "JAXFORMER_CPU_DEVICES"
-# Flags added to XLA_FLAGS on a CPU when not already there: none measured better than XLA's defaults (see above).
+# Added to XLA_FLAGS on a CPU when not already there: none measured better than XLA's defaults (see above).
 CPU_XLA_FLAGS: tuple[str, ...] = ()
 _ACCELERATORS = ("cuda", "gpu", "rocm", "tpu", "metal")
 _ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
@@ -54,7 +54,7 @@ def usable_cores() -> int:
 
 
 def resolve_platform(platform_hint: str | None = None) -> str:
-    """"cpu", or the accelerator JAX will pick: the hint, else JAX_PLATFORMS, else an installed accelerator plugin."""
+    """"cpu" or the accelerator JAX will pick: the hint, else JAX_PLATFORMS, else an installed plugin."""
     name = platform_hint or os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
     name = name.split(",")[0].strip().lower()
     if name:
@@ -76,18 +76,19 @@ def _cpu_device_count(cpu_devices) -> int | None:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"cpu_devices={value!r} ({CPU_DEVICES_ENV}); give a positive integer or 'auto' (one per core)")
+        raise ValueError(f"cpu_devices={value!r} ({CPU_DEVICES_ENV}); "
+                         "give a positive integer or 'auto' (one device per core)")
     return n
 
 
 def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None = None) -> dict[str, str]:
-    """Applies this machine's settings before JAX initialises its backend; returns what it set (for the manifest).
+    """Applies this machine's settings before JAX initialises its backend; returns what it set (for logs).
 
-    platform_hint: "cpu", "gpu", "tpu", ... when the caller knows; otherwise JAX_PLATFORMS or the installed plugins
-      decide. Anything but a CPU: nothing is set.
+    platform_hint: "cpu", "gpu", "tpu", ... when the caller knows; otherwise JAX_PLATFORMS or the installed
+      plugins decide. Anything but a CPU: nothing is set.
     cpu_devices: JAX CPU devices to present: an integer, "auto" (one per usable core), or None to read
       JAXFORMER_CPU_DEVICES (unset: JAX's default of one device). See the module docstring for when it pays.
-    Called after the backend is up, it changes nothing and logs a warning (the settings would not take effect).
+    Called after the backend is up, it changes nothing and logs a warning (too late to take effect).
     """
     import jax
     from jax._src import xla_bridge

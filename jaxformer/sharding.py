@@ -256,17 +256,3 @@ def replicated_names(tree, mesh: Mesh, axis: str = "fsdp") -> list[str]:
     return [jax.tree_util.keystr(path) for (path, x), spec in zip(flat, specs, strict=True)
             if x.ndim and axis not in spec]
 
-
-# ------------------------------------------------------------------- until train.py uses shard_batch: remove
-
-def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
-    """A global jax.Array from the rows `process_slice` gives this process (all of them on one host)."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
-
-
-def process_slice(global_batch_size: int) -> slice:
-    """Process p's rows under the assumption that processes own consecutive equal row blocks; `shard_batch`
-    needs no such assumption."""
-    per_process = global_batch_size // jax.process_count()
-    start = jax.process_index() * per_process
-    return slice(start, start + per_process)

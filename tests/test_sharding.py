@@ -5,7 +5,6 @@ The multi-device tests run tests/sharding_worker.py in subprocesses, because the
 The one-device baseline runs in a subprocess beside them, on the CPU too (whatever this machine has).
 """
 
-import inspect
 import json
 import os
 import socket
@@ -276,16 +275,7 @@ def test_two_processes_match_one_process(one_device):
     assert runs[0]["fsdp4"]["losses"] == runs[1]["fsdp4"]["losses"]
 
 
-def _train_checkpoints_from_every_process() -> bool:
-    """Until the multi-host fix of train.py and checkpoint.py lands, only process 0 saves checkpoints."""
-    from jaxformer import checkpoint as checkpoint_lib
-
-    return "enabled" not in inspect.signature(checkpoint_lib.Checkpoints.__init__).parameters
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _train_checkpoints_from_every_process(),
-                    reason="train() checkpoints from process 0 alone; orbax needs every process")
 def test_two_processes_checkpoint_and_resume_on_another_mesh(one_device, tmp_path):
     """`train` in two processes: checkpoint at step 4 on (data=4), resume on (fsdp=4); files written once.
 

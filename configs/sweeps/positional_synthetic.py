@@ -23,9 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
         "--config.data.synthetic.min_items=1",  # copies of 1..16 symbols in training (not only the longest that fits)
         "--config.data.synthetic.max_items=0",  # 0 = as many as fit the block: 16
         "--config.model.n_embd=64",
-        "--config.train.steps=500",  # RoPE copies perfectly by step 250 at this size
-        "--config.train.eval_every=250",
-        "--config.train.checkpoint_every=250",
+        "--config.train.steps=1500",  # 500 steps leave every variant short of copying 16 symbols
+        "--config.train.eval_every=500",
+        "--config.train.checkpoint_every=500",
         "--config.train.sample_chars=0",
     )
     c.axes = ml_collections.ConfigDict()
