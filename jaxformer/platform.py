@@ -14,6 +14,7 @@ jax/jaxlib 0.10.2, nanoGPT's baby shakespeare-char step, 4x128, batch 12 x 64):
       each of ~400 small ops a step over both cores and joins after it; two device programs meet once a step,
       at the gradient all-reduce. Opt-in because it changes `jax.device_count()`: data.batch_size (and eval
       batches) must divide by the number of cores, and every jitted function sees a mesh of that many devices.
+      It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
   XLA flags: none by default -- no candidate measured better than XLA's defaults on this machine:
       --xla_cpu_use_xnnpack=false          x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
       --xla_cpu_multi_thread_eigen=false   x1.00 (with 2 CPU devices x0.92 median, within the noise)
