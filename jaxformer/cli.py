@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from jaxformer import platform
+
+    platform.configure()  # machine settings (XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
     function = getattr(importlib.import_module(module_name), function_name)
     try:
