@@ -42,8 +42,10 @@ def main(argv=None) -> None:
     rows = {}
     for mode, use_cache in (("cached", True), ("uncached", False)):
         generator = sample_lib.Generator(model)
-        run = lambda: generator(prompt, max_new_tokens=args.new_tokens, temperature=1.0, top_k=20,
-                                          seed=0, max_context=context, use_cache=use_cache)
+        def run(generator=generator, use_cache=use_cache):
+            return generator(prompt, max_new_tokens=args.new_tokens, temperature=1.0, top_k=20, seed=0,
+                             max_context=context, use_cache=use_cache)
+
         run()  # compile
         times = []
         for _ in range(args.repeats):

@@ -23,7 +23,8 @@ class Checkpoints:
         apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
         self.latest = ocp.CheckpointManager(
             os.path.join(root, "latest"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, multiprocessing_options=apart("latest")))
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 multiprocessing_options=apart("latest")))
         self.best = ocp.CheckpointManager(
             os.path.join(root, "best"),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",

@@ -203,7 +203,7 @@ def repro_check_main(argv: list[str]) -> int:
         # Same config (so the same schedule); stop after N steps.
         train_lib.train(cfg, os.path.join(tmp, "run"), stop_after=args.steps)
         rerun = [m for m in run_lib.read_metrics(os.path.join(tmp, "run")) if m["step"] <= args.steps]
-    mismatches = [(a, b) for a, b in zip(recorded, rerun) if a != b]
+    mismatches = [(a, b) for a, b in zip(recorded, rerun, strict=False) if a != b]
     if len(rerun) != len(recorded):
         mismatches.append((f"{len(recorded)} records", f"{len(rerun)} records"))
     if mismatches:

@@ -35,11 +35,13 @@ def config_path(config: str) -> str:
     """A config given as a path to a .py file, or as the name of one in `jaxformer.configs` (e.g. "tiny")."""
     if config.endswith(".py") or os.sep in config:
         if not os.path.isfile(config):
-            raise ConfigError(f"--config={config!r}: no such file; give a .py file or one of: {', '.join(list_configs())}")
+            names = ", ".join(list_configs())
+            raise ConfigError(f"--config={config!r}: no such file; give a .py file or one of: {names}")
         return config
     packaged = importlib.resources.files("jaxformer.configs").joinpath(f"{config.replace('.', '/')}.py")
     if not packaged.is_file():
-        raise ConfigError(f"--config={config!r}: not a file nor a packaged config; choose one of: {', '.join(list_configs())}")
+        names = ", ".join(list_configs())
+        raise ConfigError(f"--config={config!r}: not a file nor a packaged config; choose one of: {names}")
     return str(packaged)
 
 
@@ -85,7 +87,7 @@ def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collectio
             field = arg[len("--config."):].split("=", 1)[0]
             if field not in known:
                 close = difflib.get_close_matches(field, known, n=3)
-                hint = f"did you mean: {', '.join(close)}" if close else "see `jaxformer config --config " + config + "`"
+                hint = f"did you mean: {', '.join(close)}" if close else f"see `jaxformer config --config {config}`"
                 raise ConfigError(f"unknown config field {field!r}; {hint}") from e
         raise ConfigError(f"bad override: {e}") from e
     except flags.Error as e:
@@ -143,7 +145,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr!r}; must be in [0, optim.lr={o.lr!r}]")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps!r}; must be >= 0")
     _require(o.decay_steps >= 0, f"optim.decay_steps={o.decay_steps!r}; must be >= 0 (0 = train.steps)")
-    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1!r}, optim.beta2={o.beta2!r}; both must be in [0, 1)")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1,
+             f"optim.beta1={o.beta1!r}, optim.beta2={o.beta2!r}; both must be in [0, 1)")
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay!r}; must be >= 0")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip!r}; must be >= 0 (0 = off)")
     _require(0 <= m.dropout < 1, f"model.dropout={m.dropout!r}; must be in [0, 1)")
@@ -160,7 +163,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              f"model.n_head={m.n_head} is not divisible by model.n_kv_head={n_kv}; kv heads must divide query heads")
     implementations = sorted(attention.IMPLEMENTATIONS)
     _require(m.attention.implementation in implementations,
-             f"model.attention.implementation={m.attention.implementation!r}; choose one of: {', '.join(implementations)}")
+             f"model.attention.implementation={m.attention.implementation!r}; "
+             f"choose one of: {', '.join(implementations)}")
 
     names = positional.list_positional_encodings()
     _require(m.position.name in names, f"model.position.name={m.position.name!r}; choose one of: {', '.join(names)}")
@@ -177,7 +181,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
         _require(d.block_size <= limit,
                  f"data.block_size={d.block_size} is beyond the {m.position.name} table ({field}.max_len={limit})")
         for length in eval_lengths:
-            _require(length <= limit, f"eval length {length} is beyond the {m.position.name} table ({field}.max_len={limit})")
+            _require(length <= limit,
+                     f"eval length {length} is beyond the {m.position.name} table ({field}.max_len={limit})")
 
     datasets = data_lib.list_datasets()
     _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
@@ -194,7 +199,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             raise ConfigError(str(e)) from e
         shards = sizes["data"] * sizes["fsdp"]
         _require(d.batch_size % shards == 0,
-                 f"data.batch_size={d.batch_size} is not divisible by the {shards} data-parallel devices (mesh.data x mesh.fsdp)")
+                 f"data.batch_size={d.batch_size} is not divisible by the {shards} data-parallel devices "
+                 "(mesh.data x mesh.fsdp)")
 
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:

@@ -163,7 +163,8 @@ class GPT(nnx.Module):
     def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         cfg = model_cfg
         if cfg.vocab_size <= 0:
-            raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary first")
+            raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary "
+                             "first")
         self.dtype = jnp.dtype(cfg.dtype)
         self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head

@@ -18,7 +18,7 @@ def loss_curve(metrics: list[dict], path: str, *, title: str = "") -> None:
     for key, label, style in series:
         points = [(m["step"], m[key]) for m in metrics if key in m]
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             ax.plot(steps, values, style, label=label, markersize=3)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")

@@ -50,14 +50,16 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
     if exists and resume:
         return os.path.exists(os.path.join(workdir, "config.json"))
     if exists and not overwrite:
-        raise RunDirError(f"--workdir={workdir} is not empty; pass --resume to continue it or --overwrite to replace it")
+        raise RunDirError(f"--workdir={workdir} is not empty; pass --resume to continue it or --overwrite to "
+                          "replace it")
     if exists and overwrite:
         protected = {os.path.abspath(os.sep), os.path.expanduser("~")}
         cwd = os.getcwd()
         if workdir in protected or cwd == workdir or cwd.startswith(workdir + os.sep):
             raise RunDirError(f"--overwrite refuses to delete {workdir}: it is the root, home or current directory")
         if not os.path.exists(os.path.join(workdir, "config.json")):
-            raise RunDirError(f"--overwrite refuses to delete {workdir}: it has no config.json, so it is not a run directory")
+            raise RunDirError(f"--overwrite refuses to delete {workdir}: it has no config.json, so it is not a run "
+                              "directory")
         shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
     return False

@@ -240,6 +240,7 @@ class Trainer:
             functools.partial(eval_step, graphdef=self.graphdef, compute_sharding=compute_sharding),
             in_shardings=(self.state_sharding["params"], self.eval_sharding))
         self.schedule = make_schedule(cfg.optim)
+        self._eval_cache: dict[str, list] = {}  # the fixed evaluation batches, built once per split
 
     def initial_state(self) -> dict:
         return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._params0)
@@ -290,12 +291,14 @@ class Trainer:
             result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
         return result
 
-    @functools.cache
     def _eval_batches(self, split: str):
+        if split in self._eval_cache:
+            return self._eval_cache[split]
         cfg = self.cfg
         batches = self.dataset.eval_batches(split, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                             num_batches=cfg.train.eval_iters, seed=cfg.train.seed)
-        return [sharding_lib.shard_batch(b, self.eval_sharding) for b in batches]
+        self._eval_cache[split] = [sharding_lib.shard_batch(b, self.eval_sharding) for b in batches]
+        return self._eval_cache[split]
 
 
 def _window(recent: dict, done: int, log_every: int) -> np.ndarray:

@@ -27,7 +27,7 @@ def build(cfg, seed=0):
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(nnx.to_pure_dict(state))
     keys = jax.random.split(jax.random.key(seed + 100), len(leaves))
-    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
 
 
@@ -85,7 +85,7 @@ def test_causality_probe_gradient_is_zero_after_position():
     table = params["position"]["params"]["table"]
 
     for i in (0, 3, 6):
-        def loss_at_i(table):
+        def loss_at_i(table, i=i):
             p = {**params, "position": {"params": {"table": table}}}
             logits = nnx.merge(graphdef, p)(tokens)
             return jnp.sum(jax.nn.log_softmax(logits[:, i])[:, 0])

@@ -57,7 +57,7 @@ def test_gradient_accumulation_equals_big_batch(tiny_cfg):
     sb = b.train_step(b.initial_state(), micro)
     # Equal-weight micro-batches: the mean of the two means is the whole-batch mean.
     assert float(sa["recent"]["loss"][0]) == pytest.approx(float(sb["recent"]["loss"][0]), rel=1e-5)
-    for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"])):
+    for x, y in zip(jax.tree.leaves(sa["params"]), jax.tree.leaves(sb["params"]), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
