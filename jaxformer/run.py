@@ -95,6 +95,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def git_revision() -> str | None:
+    """The revision of the code this process loaded (read once, at import, not when a later run starts)."""
+    return _GIT_REVISION
+
+
+def _read_git_revision() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
@@ -105,6 +110,9 @@ def git_revision() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+_GIT_REVISION = _read_git_revision()
 
 
 def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:

@@ -2,7 +2,7 @@
 
 Every registered variant x 2 seeds, a small character-level GPT on tiny_shakespeare trained at block 64, each model
 evaluated on the validation text at 1x, 2x, 4x and 8x the training length with the same number of predicted tokens
-at every length. Sized for about 25 CPU-minutes for all 18 points (59 min wall on a 2-core machine shared with other
+at every length. Sized for about 15 minutes for all 18 points on a quiet 2-core CPU (59 min on one shared with other
 jobs; results in experiments/pe_extrapolation):
 
     jaxformer sweep --config sweeps.positional --config.data.manual_dir=/path/to/tinyshakespeare
