@@ -84,8 +84,9 @@ def main():
         loss.item()  # nanoGPT reads the loss every log step; here every step, as a sync point
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: median {1000 * statistics.median(times):.2f} "
-          f"ms/step (p10 {1000 * sorted(times)[len(times) // 10]:.2f}, p90 {1000 * sorted(times)[9 * len(times) // 10]:.2f})")
+    ms = sorted(1000 * t for t in times)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads: median {statistics.median(ms):.2f} ms/step "
+          f"(p10 {ms[len(ms) // 10]:.2f}, p90 {ms[9 * len(ms) // 10]:.2f})")
 
 
 if __name__ == "__main__":

@@ -73,15 +73,11 @@ def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collectio
     for arg in overrides:
         if not arg.startswith("--config."):
             raise ConfigError(f"override {arg!r}: expected --config.<section>.<field>=<value>")
-    argv = ["jaxformer", f"--config={path}", *overrides]
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
     try:
-        flag_values(argv)
-        cfg = flag_values.config
+        cfg = _parse(path, overrides)
     except (AttributeError, KeyError) as e:
         # An override naming a field the config does not have: find which one, and suggest the nearest names.
-        base = _load_file(path)
+        base = _parse(path, [])
         known = _field_names(base)
         for arg in overrides:
             field = arg[len("--config."):].split("=", 1)[0]
@@ -95,9 +91,10 @@ def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collectio
     return cfg
 
 
-def _load_file(path: str) -> ml_collections.ConfigDict:
+def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """The config file at `path` with `--config.x=v` overrides, through a fresh (locked) config flag."""
+    argv = ["jaxformer", f"--config={path}", *overrides]
     flag_values = flags.FlagValues()
-    argv = ["jaxformer", f"--config={path}"]
     config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True, sys_argv=argv)
     flag_values(argv)
     return flag_values.config

@@ -261,15 +261,9 @@ class Trainer:
         return sharding_lib.shard_batch(batch, self.batch_sharding)
 
     def evaluate(self, params, split: str) -> dict:
-        batches = self._eval_batches(split)
-        totals = None
-        for batch in batches:
-            out = self.eval_step(params, batch)
-            totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-        totals = jax.device_get(totals)
-        result = {"loss": float(totals["loss_sum"] / max(totals["weight_sum"], 1.0))}
-        if self.dataset.has_accuracy:
-            result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
+        """Loss (and exact-match accuracy on tasks) over the fixed `train.eval_iters` batches of the split."""
+        result = self._evaluate(params, self._eval_batches(split))
+        del result["tokens"]
         return result
 
     def evaluate_full(self, params, split: str) -> dict:
@@ -278,10 +272,13 @@ class Trainer:
         cfg = self.cfg
         windows = self.dataset.windows(split, length=cfg.data.block_size)
         n, B = windows["inputs"].shape[0], cfg.data.batch_size
+        batches = (sharding_lib.shard_batch({k: v[start:start + B] for k, v in windows.items()}, self.eval_sharding)
+                   for start in range(0, n - n % B, B))  # whole batches: the sharded eval step has a fixed size
+        return self._evaluate(params, batches)
+
+    def _evaluate(self, params, batches) -> dict:
         totals = None
-        for start in range(0, n - n % B, B):  # whole batches (the sharded eval step has a fixed batch size)
-            batch = sharding_lib.shard_batch({k: v[start:start + B] for k, v in windows.items()},
-                                             self.eval_sharding)
+        for batch in batches:
             out = self.eval_step(params, batch)
             totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
         totals = jax.device_get(totals)
