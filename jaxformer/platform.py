@@ -53,7 +53,8 @@ CPU_DEVICES_ENV = "JAXFORMER_CPU_DEVICES"
 MALLOC_ENV = "JAXFORMER_MALLOC"
 # glibc mallopt parameters (malloc.h) and the values configure() sets on a CPU (see the module docstring).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, 1 << 30), "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, (1 << 31) - 1)}
+MALLOC_SETTINGS = {"M_MMAP_THRESHOLD": (_M_MMAP_THRESHOLD, 1 << 30),
+                   "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, (1 << 31) - 1)}
 _MALLOC_USER_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
 # Added to XLA_FLAGS on a CPU when not already there: none measured better than XLA's defaults (see above).
 CPU_XLA_FLAGS: tuple[str, ...] = ()
