@@ -154,15 +154,18 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
 
     mask, (mb, mk, mg) = batch_dims_first(_group_heads(mask, K, G))
     bias, (bb, bk, bg) = batch_dims_first(_group_heads(bias, K, G))
-    head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=True)
+    head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights)
     # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
-    over_g = jax.vmap(lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b), (1, None, None, mg, bg), (1, 0))
-    over_k = jax.vmap(over_g, (1, 1, 1, mk, bk), (1, 0))
-    over_b = jax.vmap(over_k, (0, 0, 0, mb, bb), (0, 0))
+    out_axes = lambda axis: (axis, 0) if return_weights else axis
+    over_g = jax.vmap(lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b), (1, None, None, mg, bg), out_axes(1))
+    over_k = jax.vmap(over_g, (1, 1, 1, mk, bk), out_axes(1))
+    over_b = jax.vmap(over_k, (0, 0, 0, mb, bb), out_axes(0))
     q_BxTxKxGxd = q_BxTxHxd.reshape(B, T, K, G, d)
-    out_BxTxKxGxdv, weights_BxKxGxTxS = over_b(q_BxTxKxGxd, k_BxSxKxd, v_BxSxKxdv, mask, bias)
-    out_BxTxHxdv = out_BxTxKxGxdv.reshape(B, T, H, dv)
-    return (out_BxTxHxdv, weights_BxKxGxTxS.reshape(B, H, T, S)) if return_weights else out_BxTxHxdv
+    out = over_b(q_BxTxKxGxd, k_BxSxKxd, v_BxSxKxdv, mask, bias)
+    if not return_weights:
+        return out.reshape(B, T, H, dv)
+    out_BxTxKxGxdv, weights_BxKxGxTxS = out
+    return out_BxTxKxGxdv.reshape(B, T, H, dv), weights_BxKxGxTxS.reshape(B, H, T, S)
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,

@@ -17,13 +17,16 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       not gain from the same setting: 58-61 ms either way, measured.)
   CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
       "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh
-      (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Measured:
-      x0.70-0.87 median step time, x0.72-0.76 CPU time per step. Likely why: with one device XLA:CPU splits
+      (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Measured on
+      Zen 5: x0.70-0.87 median step time, x0.72-0.76 CPU time per step. On Zen 3 with the allocator setting it
+      is slower than one device (56.5-71.7 vs 50.1-58.1 ms): the per-step all-reduce and its rendezvous cost
+      more than the split saves. Likely why: with one device XLA:CPU splits
       each of ~400 small ops a step over both cores and joins after it; two device programs meet once a step,
       at the gradient all-reduce. Opt-in because it changes `jax.device_count()`: data.batch_size (and eval
       batches) must divide by the number of cores, and every jitted function sees a mesh of that many devices.
       It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
-  XLA flags: none by default -- no candidate measured better than XLA's defaults on this machine:
+  XLA flags: none by default -- no candidate measured better than XLA's defaults (Zen 5; on Zen 3 oneDNN dots
+      and YNNPACK dot-only fusion were also within the noise once the allocator was set):
       --xla_cpu_use_xnnpack=false          x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
       --xla_cpu_multi_thread_eigen=false   x1.00 (with 2 CPU devices x0.92 median, within the noise)
       --xla_cpu_enable_fast_math=true      x0.99-1.01
