@@ -20,8 +20,9 @@ on a stand-in dataset -- random characters over 65 symbols, tiny_shakespeare's v
 needs no download; `--data config` loads the config's own dataset (tiny_shakespeare then needs
 `--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs use their own data.
 
-Machine settings come from `jaxformer.platform.configure()` (the one place for them); `--no-platform` skips it
-to measure XLA's defaults. An XLA_FLAGS entry already in the environment always wins over its defaults.
+Machine settings come from `jaxformer.platform.configure()` (the one place for them: allocator, XLA flags, CPU
+devices); `--no-platform` skips it to measure the defaults. An XLA_FLAGS entry already in the environment always
+wins over its defaults.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def parse_args(argv):
                    help="stand-in random text with a 65-symbol vocabulary (default), or the config's dataset")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 float32 matmul ceiling")
     p.add_argument("--no-platform", action="store_true",
-                   help="skip jaxformer.platform.configure() (XLA defaults)")
+                   help="skip jaxformer.platform.configure() (XLA's and glibc malloc's defaults)")
     p.add_argument("--cpu-devices", default=None,
                    help="JAX CPU devices: an integer, or 'auto' = one per core (the batch is split over "
                         "them); "

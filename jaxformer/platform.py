@@ -13,7 +13,8 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       buffers come back as fresh pages and each first touch is a page fault: 2.05 M minor faults and 7 s of
       system time in a 150-step benchmark. Keeping freed memory in the process (M_MMAP_THRESHOLD 1 GiB,
       M_TRIM_THRESHOLD 2 GiB) leaves 0.14 M faults and 0.9 s: Zen 3, median step 83.8 -> 53.0 ms (x0.63).
-      Cost: the process keeps its peak heap instead of giving it back between steps. (PyTorch's CPU step does
+      Cost: the process keeps its peak heap instead of giving it back between steps (peak RSS of the
+      benchmark 675-719 MB vs 547-565 MB). (PyTorch's CPU step does
       not gain from the same setting: 58-61 ms either way, measured.)
   CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
       "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh

@@ -3,7 +3,8 @@
     python experiments/nanogpt_shakespeare_char/make_figures.py RUN_DIR... --nanogpt NANOGPT_JSON...
 
 RUN_DIR: a `jaxformer train` run directory (metrics.jsonl, timing.jsonl; `eval_full.json` if the output of
-`jaxformer eval --full` was saved there, `wall_s.txt` if `/usr/bin/time -f %e -o RUN_DIR/wall_s.txt` timed the run). NANOGPT_JSON: `benchmarks/torch_reference_step.py --train DIR --json FILE` output.
+`jaxformer eval --full` was saved there, `wall_s.txt` if `/usr/bin/time -f %e -o RUN_DIR/wall_s.txt` timed the run).
+NANOGPT_JSON: the output of `benchmarks/torch_reference_step.py --train DIR --json FILE`.
 Writes loss_curves.png next to this file and prints the README's Markdown tables.
 """
 
@@ -63,7 +64,8 @@ def tables(runs, replicas) -> str:
         lines.append(f"| nanoGPT replica (PyTorch) | {n['seed']} | {last['train']:.4f} | {last['val']:.4f} | "
                      f"{n['whole_val_loss']:.4f} | {n['wall_s']:.0f} s | {n['median_ms_per_iter']:.1f} |")
     if replicas:
-        lines.append(f"| nanoGPT replica (PyTorch) | mean ± std | {mean_std([n['evals'][-1]['train'] for n in replicas])}"
+        train_losses = [n["evals"][-1]["train"] for n in replicas]
+        lines.append(f"| nanoGPT replica (PyTorch) | mean ± std | {mean_std(train_losses)}"
                      f" | {mean_std([n['evals'][-1]['val'] for n in replicas])} | "
                      f"{mean_std([n['whole_val_loss'] for n in replicas])} | | |")
     return "\n".join(lines)
@@ -71,23 +73,27 @@ def tables(runs, replicas) -> str:
 
 def figure(runs, replicas, path):
     fig, ax = plt.subplots(figsize=(7.5, 4.4), dpi=120)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(runs):
         logged = [(m["step"], m["loss"]) for m in r["metrics"] if "loss" in m]
-        ax.plot(*zip(*logged, strict=True), "-", color=colors[i], alpha=0.35, linewidth=0.8,
-                label=f"jaxformer seed {r['seed']} train (mean of 10 steps)")
-        ax.plot([e["step"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]], "-o", color=colors[i],
-                markersize=3, label=f"jaxformer seed {r['seed']} val (20 batches)")
+        ax.plot(*zip(*logged, strict=True), "-", color="tab:blue", alpha=0.15, linewidth=0.7,
+                label="jaxformer train loss (logged, mean of 10 steps)" if i == 0 else None)
+        ax.plot([e["step"] for e in r["evals"]], [e["val_loss"] for e in r["evals"]], "-o", color="tab:blue",
+                alpha=0.6, markersize=2.5, linewidth=1,
+                label=f"jaxformer val (20 batches), seeds {runs[0]['seed']}-{runs[-1]['seed']}" if i == 0 else None)
     for i, n in enumerate(replicas):
-        ax.plot([e["iter"] for e in n["evals"] if e["iter"] > 0], [e["val"] for e in n["evals"] if e["iter"] > 0],
-                "--s", color=colors[len(runs) + i], markersize=3, label=f"nanoGPT replica seed {n['seed']} val")
-    ax.axhline(1.886, color="k", linestyle=":", linewidth=0.9, label="nanoGPT's single run, val 1.886 (brief)")
-    ax.set_ylim(1.6, 3.0)
+        evals = [e for e in n["evals"] if e["iter"] > 0]
+        ax.plot([e["iter"] for e in evals], [e["val"] for e in evals], "--s", color="tab:orange", alpha=0.7,
+                markersize=2.5, linewidth=1,
+                label=(f"nanoGPT replica (PyTorch) val (20 batches), seeds {replicas[0]['seed']}-"
+                       f"{replicas[-1]['seed']}") if i == 0 else None)
+    ax.axhline(1.886, color="k", linestyle=":", linewidth=0.9, label="nanoGPT's one run in the brief, val 1.886")
+    ax.set_ylim(1.7, 2.6)
+    ax.set_xlim(0, 2050)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy (nats/char)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6.5, ncol=2)
-    ax.set_title("shakespeare_char_cpu (nanoGPT baby config): jaxformer vs nanoGPT replica")
+    ax.legend(fontsize=7.5)
+    ax.set_title("nanoGPT baby config (shakespeare_char_cpu): jaxformer vs a PyTorch nanoGPT replica", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
