@@ -165,27 +165,15 @@ def check(args, dataset) -> list[dict]:
 def throughput(args, implementation: str, dtype: str, dataset) -> dict:
     import jax
     import numpy as np
-    from train_step import model_flops_per_step
+    from train_step import model_flops_per_step, time_train_step
 
     from jaxformer import train
 
     trainer = train.Trainer(load_config(args.config, implementation=implementation, dtype=dtype), dataset)
     cfg = trainer.cfg
-    state = trainer.initial_state()
-    batches = [trainer.batch(s) for s in range(4)]
-    jax.block_until_ready((state, batches))
-    t = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t
-    for i in range(args.warmup):
-        state = compiled(state, batches[i % len(batches)])
-    jax.block_until_ready(state)
-    times = []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        state = jax.block_until_ready(compiled(state, batches[i % len(batches)]))
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times))
+    timed = time_train_step(trainer, steps=args.steps, warmup=args.warmup, n_batches=4)
+    compile_s, compiled, state = timed["compile_s"], timed["compiled"], timed["state"]
+    step_s = float(np.median(timed["times"]))
     tokens = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps
     flops = model_flops_per_step(cfg, trainer.n_params_non_embedding)
     peak = peak_flops(jax.devices()[0].device_kind, args.peak_tflops)

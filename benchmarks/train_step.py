@@ -111,6 +111,29 @@ def _last_loss(state) -> float | None:
     return float(np.asarray(recent["loss"])[np.argmax(np.asarray(recent["step"]))])
 
 
+def time_train_step(trainer, *, steps: int, warmup: int, n_batches: int) -> dict:
+    """Compiles `trainer.train_step`, runs `warmup` steps, then times `steps` steps, each to `block_until_ready`,
+    cycling over `n_batches` batches prepared beforehand. Returns compile_s, the per-step times (s), the compiled
+    step and the final state."""
+    import jax
+
+    state = trainer.initial_state()
+    batches = [trainer.batch(s) for s in range(n_batches)]
+    jax.block_until_ready((state, batches))
+    t = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - t
+    for i in range(warmup):
+        state = compiled(state, batches[i % n_batches])
+    jax.block_until_ready(state)
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        state = jax.block_until_ready(compiled(state, batches[i % n_batches]))
+        times.append(time.perf_counter() - t)
+    return {"compile_s": compile_s, "times": times, "compiled": compiled, "state": state}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
@@ -132,25 +155,8 @@ def run(args) -> dict:
     trainer = train.Trainer(cfg, dataset)
     cfg = trainer.cfg
 
-    state = trainer.initial_state()
-    batches = [trainer.batch(s) for s in range(8)]
-    jax.block_until_ready((state, batches))
-    t = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t
-
-    def step(state, i):  # train_step returns the new state, or (state, metrics) in older versions
-        out = compiled(state, batches[i % len(batches)])
-        return out[0] if isinstance(out, tuple) else out
-
-    for i in range(args.warmup):
-        state = step(state, i)
-    jax.block_until_ready(state)
-    times = []
-    for i in range(args.steps):
-        t = time.perf_counter()
-        state = jax.block_until_ready(step(state, i))
-        times.append(time.perf_counter() - t)
+    timed = time_train_step(trainer, steps=args.steps, warmup=args.warmup, n_batches=8)
+    compile_s, times, state = timed["compile_s"], timed["times"], timed["state"]
     loss = _last_loss(state)
     gflops = matmul_gflops(args.matmul_size)
 
