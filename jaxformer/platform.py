@@ -153,5 +153,5 @@ def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None
         jax.config.update("jax_num_cpu_devices", n)
         applied["jax_num_cpu_devices"] = str(n)
     if applied:
-        log.info("platform settings: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
+        log.debug("platform settings: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
     return applied
