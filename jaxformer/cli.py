@@ -235,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from jaxformer import platform
 
-    platform.configure()  # machine settings (XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
     try:
+        # Machine settings (allocator, XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend; a bad
+        # environment value is a one-line error like any other bad input.
+        platform.configure()
+        function = getattr(importlib.import_module(module_name), function_name)
         return function([a for a in rest if a != "--debug"])
     except (ValueError, FileNotFoundError, KeyError) as e:
         if debug:

@@ -14,17 +14,17 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       system time in a 150-step benchmark. Keeping freed memory in the process (M_MMAP_THRESHOLD 1 GiB,
       M_TRIM_THRESHOLD 2 GiB) leaves 0.14 M faults and 0.9 s: Zen 3, median step 83.8 -> 53.0 ms (x0.63).
       Cost: the process keeps its peak heap instead of giving it back between steps (peak RSS of the
-      benchmark 675-719 MB vs 547-565 MB). (PyTorch's CPU step does
-      not gain from the same setting: 58-61 ms either way, measured.)
+      benchmark 675-719 MB vs 547-565 MB). PyTorch's CPU step does not gain from the same setting (through
+      MALLOC_*_ environment variables: 62.6/62.4 ms with, 58.1/61.1 ms without).
   CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
       "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh
       (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Measured on
-      Zen 5: x0.70-0.87 median step time, x0.72-0.76 CPU time per step. On Zen 3 with the allocator setting it
-      is slower than one device (56.5-71.7 vs 50.1-58.1 ms): the per-step all-reduce and its rendezvous cost
-      more than the split saves. Likely why: with one device XLA:CPU splits
-      each of ~400 small ops a step over both cores and joins after it; two device programs meet once a step,
-      at the gradient all-reduce. Opt-in because it changes `jax.device_count()`: data.batch_size (and eval
-      batches) must divide by the number of cores, and every jitted function sees a mesh of that many devices.
+      Zen 5: x0.70-0.87 median step time, x0.72-0.76 CPU time per step. Likely why: with one device XLA:CPU
+      splits each of ~400 small ops a step over both cores and joins after it; two device programs meet once a
+      step, at the gradient all-reduce. On Zen 3 with the allocator setting it is slower than one device
+      (56.5-71.7 vs 50.1-58.1 ms): there the all-reduce and its rendezvous cost more than the split saves.
+      Opt-in because it changes `jax.device_count()`: data.batch_size (and eval batches) must divide by the
+      number of cores, and every jitted function sees a mesh of that many devices.
       It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
   XLA flags: none by default -- no candidate measured better than XLA's defaults (Zen 5; on Zen 3 oneDNN dots
       and YNNPACK dot-only fusion were also within the noise once the allocator was set):
@@ -105,10 +105,15 @@ def _cpu_device_count(cpu_devices) -> int | None:
 def tune_malloc() -> dict[str, str]:
     """Keeps freed heap memory in the process (glibc): XLA:CPU's per-step buffers are then reused, not re-faulted.
 
-    Off with JAXFORMER_MALLOC=default, and left alone when the user already tunes the allocator (MALLOC_*_ env,
-    GLIBC_TUNABLES, LD_PRELOAD) or the C library is not glibc. Returns what it set.
+    JAXFORMER_MALLOC: "tune" (or unset) sets it, "default" leaves glibc's settings (anything else: ValueError). It is
+    also left alone when the user already tunes the allocator (MALLOC_*_ env, GLIBC_TUNABLES, LD_PRELOAD) or the C
+    library is not glibc. Returns what it set.
     """
-    if os.environ.get(MALLOC_ENV, "").lower() == "default" or any(k in os.environ for k in _MALLOC_USER_ENV):
+    mode = os.environ.get(MALLOC_ENV, "tune").lower() or "tune"
+    if mode not in ("tune", "default"):
+        raise ValueError(f"{MALLOC_ENV}={os.environ[MALLOC_ENV]!r}; give 'tune' (keep freed memory in the process, "
+                         "the default) or 'default' (glibc's own settings)")
+    if mode == "default" or any(k in os.environ for k in _MALLOC_USER_ENV):
         return {}
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

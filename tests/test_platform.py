@@ -26,7 +26,8 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 
 
 def _probe(mode, **env):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "JAXFORMER_MALLOC"))}
+    user_tuning = ("MALLOC_", "JAXFORMER_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(user_tuning)}
     full_env.update(env)
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=full_env, capture_output=True, text=True,
                          check=True)
@@ -47,3 +48,19 @@ def test_tune_malloc_reuses_freed_buffers_instead_of_faulting_them_in_again():
 @pytest.mark.parametrize("env", [{"JAXFORMER_MALLOC": "default"}, {"MALLOC_MMAP_THRESHOLD_": "65536"}])
 def test_tune_malloc_leaves_the_allocator_alone_when_asked_or_already_tuned(env):
     assert _probe("tune", **env)["applied"] == {}
+
+
+@glibc
+def test_tune_malloc_with_tune_or_unset_value_sets_it():
+    assert _probe("tune", JAXFORMER_MALLOC="tune")["applied"] == _probe("tune")["applied"] != {}
+
+
+@pytest.mark.parametrize("name,value,valid", [("JAXFORMER_MALLOC", "off", "'default'"),
+                                              ("JAXFORMER_CPU_DEVICES", "zero", "'auto'")])
+def test_a_bad_machine_setting_is_a_one_line_cli_error(name, value, valid, tmp_path):
+    env = {**os.environ, name: value}
+    out = subprocess.run([sys.executable, "-m", "jaxformer.cli", "config", "--config", "tiny"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0] and repr(value) in lines[0] and valid in lines[0], out.stderr
