@@ -157,15 +157,18 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
     head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights)
     # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
     out_axes = lambda axis: (axis, 0) if return_weights else axis
-    over_g = jax.vmap(lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b), (1, None, None, mg, bg), out_axes(1))
+    one_head = lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b)
+    # Without grouping (G = 1) there is no G axis to map: a size-1 axis in the compiled [B, K, 1, T, S] arrays
+    # makes XLA:CPU's softmax-backward reduction ~6x slower (benchmarks/NOTES.md, 2026-12-02).
+    over_g = one_head if G == 1 else jax.vmap(one_head, (1, None, None, mg, bg), out_axes(1))
     over_k = jax.vmap(over_g, (1, 1, 1, mk, bk), out_axes(1))
     over_b = jax.vmap(over_k, (0, 0, 0, mb, bb), out_axes(0))
-    q_BxTxKxGxd = q_BxTxHxd.reshape(B, T, K, G, d)
-    out = over_b(q_BxTxKxGxd, k_BxSxKxd, v_BxSxKxdv, mask, bias)
+    q_BxTxKx_d = q_BxTxHxd if G == 1 else q_BxTxHxd.reshape(B, T, K, G, d)
+    out = over_b(q_BxTxKx_d, k_BxSxKxd, v_BxSxKxdv, mask, bias)
     if not return_weights:
         return out.reshape(B, T, H, dv)
-    out_BxTxKxGxdv, weights_BxKxGxTxS = out
-    return out_BxTxKxGxdv.reshape(B, T, H, dv), weights_BxKxGxTxS.reshape(B, H, T, S)
+    out_BxTxKx_dv, weights_BxKx_TxS = out
+    return out_BxTxKx_dv.reshape(B, T, H, dv), weights_BxKx_TxS.reshape(B, H, T, S)
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
