@@ -348,7 +348,8 @@ def _fused(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_p
         widen(q_BxTxHxd), widen(k_BxSxKxd), widen(v_BxSxKxdv), bias=bias, mask=mask, scale=scale,
         is_causal=is_causal, implementation=backend)[..., :dv]
     if mask is not None:  # jax gives a fully masked query uniform weights (the mean of v); ours are zero
-        live_BxTxHx1 = jnp.any(mask, axis=-1).transpose(0, 2, 1)[..., None]
+        allowed = mask & causal_mask(T, S) if is_causal else mask  # is_causal's mask is jax's, not in `mask`
+        live_BxTxHx1 = jnp.any(allowed, axis=-1).transpose(0, 2, 1)[..., None]
         out_BxTxHxdv = jnp.where(live_BxTxHx1, out_BxTxHxdv, 0)
     return out_BxTxHxdv
 

@@ -139,6 +139,8 @@ CASES = {
     "gqa_mask_bias_fn": (2, 5, 7, 4, 2, 8, 6, False, 3, (4, 5, 7), (2, 1, 5, 7), True),
     # Multi-query decoding: causal with queries at the last T of S positions, a [T, S] bias, several blocks.
     "mqa_causal_offset": (1, 3, 10, 2, 1, 8, 8, True, 4, None, (3, 10), False),
+    # Plain multi-head (H = K: the reference maps no group axis), causal, head-wise mask, per-batch bias, bias_fn.
+    "mha_causal_mask_bias_fn": (2, 6, 6, 3, 3, 4, 5, True, 4, (3, 6, 6), (2, 3, 6, 6), True),
 }
 
 
@@ -193,6 +195,30 @@ def test_matches_numpy_reference(implementation, case, dtype):
     if mask is not None:  # the fully masked query: exactly zero output, zero gradient
         assert np.all(f64(out)[1, 2, 1] == 0.0)
         assert np.all(f64(grads[0])[1, 2, 1] == 0.0)
+
+
+def _intermediate_shapes(jaxpr):
+    """Shapes of every value a jaxpr computes, sub-jaxprs (pjit, custom_vjp, scan bodies) included."""
+    for eqn in jaxpr.eqns:
+        yield from (tuple(v.aval.shape) for v in eqn.outvars)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _intermediate_shapes(inner)
+
+
+@pytest.mark.parametrize("H, K, G_axis_expected", [(3, 3, False), (4, 2, True)], ids=["mha", "gqa"])
+def test_reference_maps_a_group_axis_only_for_grouped_heads(H, K, G_axis_expected):
+    """Forward and backward hold [B, K, G, T, S] arrays only when G = H // K > 1: XLA:CPU ran the softmax-backward
+    reduction over a [B, K, 1, T, S] array ~6x slower than over [B, K, T, S] (benchmarks/NOTES.md)."""
+    B, T = 2, 5
+    rng = np.random.default_rng(4)
+    q, k, v = normal(rng, (B, T, H, 4)), normal(rng, (B, T, K, 4)), normal(rng, (B, T, K, 4))
+    loss = lambda q, k, v: attention.multi_head_attention(q, k, v, causal=True, implementation="reference").sum()
+    shapes = set(_intermediate_shapes(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v).jaxpr))
+    assert ((B, K, H // K, T, T) in shapes) == G_axis_expected
+    assert (B, K, T, T) in shapes or G_axis_expected
 
 
 # ---------------------------------------------------------------------------------------------- properties
