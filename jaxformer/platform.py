@@ -19,10 +19,11 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
   CPU devices (`cpu_devices`, env JAXFORMER_CPU_DEVICES; opt-in, default 1 = JAX's default).
       "auto" presents each usable core as one JAX CPU device (`jax_num_cpu_devices`), so the Trainer's mesh
       (mesh.data = -1) splits every batch across the cores: data parallelism inside one process. Measured on
-      Zen 5: x0.70-0.87 median step time, x0.72-0.76 CPU time per step. Likely why: with one device XLA:CPU
-      splits each of ~400 small ops a step over both cores and joins after it; two device programs meet once a
-      step, at the gradient all-reduce. On Zen 3 with the allocator setting it is slower than one device
-      (56.5-71.7 vs 50.1-58.1 ms): there the all-reduce and its rendezvous cost more than the split saves.
+      Zen 5 before the allocator setting existed: x0.70-0.87 median step time, x0.72-0.76 CPU time per step
+      (with one device XLA:CPU split each of ~400 small ops over both cores and joined after it; two device
+      programs meet once a step, at the gradient all-reduce). With the allocator setting it is slower than
+      one device on both kinds: Zen 3 56.5-71.7 vs 50.1-58.1 ms, Zen 5 32.3-44.1 vs 24.5-25.3 ms (2026-12-02):
+      the all-reduce and its rendezvous now cost more than the split saves.
       Opt-in because it changes `jax.device_count()`: data.batch_size (and eval batches) must divide by the
       number of cores, and every jitted function sees a mesh of that many devices.
       It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
