@@ -158,17 +158,30 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
     # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
     out_axes = lambda axis: (axis, 0) if return_weights else axis
     one_head = lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b)
-    # Without grouping (G = 1) there is no G axis to map: a size-1 axis in the compiled [B, K, 1, T, S] arrays
-    # makes XLA:CPU's softmax-backward reduction ~6x slower (benchmarks/NOTES.md, 2026-12-02).
-    over_g = one_head if G == 1 else jax.vmap(one_head, (1, None, None, mg, bg), out_axes(1))
-    over_k = jax.vmap(over_g, (1, 1, 1, mk, bk), out_axes(1))
-    over_b = jax.vmap(over_k, (0, 0, 0, mb, bb), out_axes(0))
-    q_BxTxKx_d = q_BxTxHxd if G == 1 else q_BxTxHxd.reshape(B, T, K, G, d)
-    out = over_b(q_BxTxKx_d, k_BxSxKxd, v_BxSxKxdv, mask, bias)
+    over_g = _map_axis(one_head, G, (1, None, None, mg, bg), out_axes(1))
+    over_k = _map_axis(over_g, K, (1, 1, 1, mk, bk), out_axes(1))
+    over_b = _map_axis(over_k, B, (0, 0, 0, mb, bb), out_axes(0))
+    out = over_b(q_BxTxHxd.reshape(B, T, K, G, d), k_BxSxKxd, v_BxSxKxdv, mask, bias)
     if not return_weights:
         return out.reshape(B, T, H, dv)
-    out_BxTxKx_dv, weights_BxKx_TxS = out
-    return out_BxTxKx_dv.reshape(B, T, H, dv), weights_BxKx_TxS.reshape(B, H, T, S)
+    out_BxTxKxGxdv, weights_BxKxGxTxS = out
+    return out_BxTxKxGxdv.reshape(B, T, H, dv), weights_BxKxGxTxS.reshape(B, H, T, S)
+
+
+def _map_axis(f, size, in_axes, out_axes):
+    """`jax.vmap(f, in_axes, out_axes)`; over an axis of size 1, f itself on the inputs with that axis dropped, and
+    the axis put back on the outputs. So no array the attention computes has a size-1 batch, kv-head or group
+    axis (G = 1 without grouped-query attention): XLA:CPU runs the softmax-backward reduction over such a
+    [B, K, 1, T, S] array ~6x slower than over [B, K, T, S] (benchmarks/NOTES.md, 2026-12-02)."""
+    if size != 1:
+        return jax.vmap(f, in_axes, out_axes)
+
+    def single(*args):
+        args = [x if axis is None or x is None else jnp.squeeze(x, axis) for x, axis in zip(args, in_axes,
+                                                                                            strict=True)]
+        return jax.tree.map(jnp.expand_dims, f(*args), out_axes)
+
+    return single
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
