@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxformer import matmul
+
 log = logging.getLogger(__name__)
 
 # Masked logits get a finite large negative, not -inf: a row whose keys are all masked would otherwise give
@@ -51,7 +53,7 @@ def scaled_dot_product_attention(q_Txd, k_Sxd, v_Sxdv, *, mask=None, bias=None, 
     the float32 weights [T, S] when `return_weights`.
     """
     # Logits and softmax in float32 whatever the input dtype: exp of bfloat16 logits loses the small weights.
-    logits_TxS = jnp.einsum("td,sd->ts", q_Txd, k_Sxd, preferred_element_type=_F32)
+    logits_TxS = matmul.matmul(q_Txd, k_Sxd, transpose_b=True, preferred_element_type=_F32)
     logits_TxS = logits_TxS * _scale(q_Txd.shape[-1], scale)
     if bias is not None:
         logits_TxS = logits_TxS + bias.astype(_F32)
@@ -63,7 +65,7 @@ def scaled_dot_product_attention(q_Txd, k_Sxd, v_Sxdv, *, mask=None, bias=None, 
     # [T, S] array fewer than with a jnp.where on the weights).
     live_Tx1 = True if mask is None else jnp.any(mask, axis=-1, keepdims=True)
     weights_TxS = exp_TxS * (live_Tx1 / exp_TxS.sum(axis=-1, keepdims=True))
-    out_Txdv = jnp.einsum("ts,sv->tv", weights_TxS, v_Sxdv.astype(_F32)).astype(v_Sxdv.dtype)
+    out_Txdv = matmul.matmul(weights_TxS, v_Sxdv.astype(_F32)).astype(v_Sxdv.dtype)
     return (out_Txdv, weights_TxS) if return_weights else out_Txdv
 
 
@@ -425,7 +427,7 @@ def init_attention_params(key, *, n_embd, n_head, n_kv_head=None, head_dim=None,
 
 def _dense(params, x):
     # On rows [B*T, D]: the weight gradient then contracts one axis (no transposed copy on XLA:CPU).
-    y = (x.reshape(-1, x.shape[-1]) @ params["kernel"]).reshape(*x.shape[:-1], -1)
+    y = matmul.matmul(x.reshape(-1, x.shape[-1]), params["kernel"]).reshape(*x.shape[:-1], -1)
     return y + params["bias"] if "bias" in params else y
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jaxformer import attention, positional
+from jaxformer import attention, matmul, positional
 
 Cache = dict[str, Any]  # {"index": int32 [], "layers": [{"k": [B,C,K,d], "v": [B,C,K,d]}, ...]}
 
@@ -124,9 +124,9 @@ class MLP(nnx.Module):
         init = nnx.initializers.normal(0.02)
         proj_init = nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer))
         self.fc = nnx.Linear(cfg.n_embd, 4 * cfg.n_embd, use_bias=cfg.bias, kernel_init=init, dtype=dtype,
-                             param_dtype=param_dtype, rngs=rngs)
+                             param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
         self.proj = nnx.Linear(4 * cfg.n_embd, cfg.n_embd, use_bias=cfg.bias, kernel_init=proj_init, dtype=dtype,
-                               param_dtype=param_dtype, rngs=rngs)
+                               param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
         self.approximate = cfg.gelu_approximate
 
     def __call__(self, x_BxTxD):

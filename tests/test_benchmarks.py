@@ -25,3 +25,6 @@ def test_train_step_benchmark_writes_the_issue_keys_with_consistent_values(tmp_p
     assert abs(r["tokens_per_s"] - tokens / step_s) < 1e-6 * r["tokens_per_s"]
     assert abs(r["mfu"] - r["model_flops_per_step"] / step_s / (r["matmul_gflops"] * 1e9)) < 1e-9
     assert r["p10_ms_per_step"] <= r["median_ms_per_step"] <= r["p90_ms_per_step"]
+    # The MFU ceiling is the faster of XLA's dot and the BLAS kernel the step's products go through (CPU default).
+    assert r["cpu_matmul"] == "blas" and r["matmul_gflops_blas"] > 0
+    assert r["matmul_gflops"] == max(r["matmul_gflops_xla"], r["matmul_gflops_blas"])

@@ -56,7 +56,8 @@ def test_tune_malloc_with_tune_or_unset_value_sets_it():
 
 
 @pytest.mark.parametrize("name,value,valid", [("JAXFORMER_MALLOC", "off", "'default'"),
-                                              ("JAXFORMER_CPU_DEVICES", "zero", "'auto'")])
+                                              ("JAXFORMER_CPU_DEVICES", "zero", "'auto'"),
+                                              ("JAXFORMER_CPU_MATMUL", "mkl", "'blas'")])
 def test_a_bad_machine_setting_is_a_one_line_cli_error(name, value, valid, tmp_path):
     env = {**os.environ, name: value}
     out = subprocess.run([sys.executable, "-m", "jaxformer.cli", "config", "--config", "tiny"], env=env,
