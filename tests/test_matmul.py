@@ -124,7 +124,7 @@ def test_model_trains_the_same_through_either_backend(tiny_cfg):
             results[name] = jax.tree.map(np.asarray, state["params"])
     finally:
         matmul.set_cpu_backend(before)
-    for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["blas"])):
+    for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["blas"]), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
