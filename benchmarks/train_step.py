@@ -12,8 +12,10 @@ number. Each step is timed to `block_until_ready` of its output; the median over
 
 Model FLOPs per step follow nanoGPT/PaLM: tokens x (6·N + 12·L·H·d·T), N = non-embedding parameters (the token
 table and any absolute position table left out), as in nanoGPT's `estimate_mfu`. The ceiling is measured in
-the same process: a float32 2048³ `jnp` matmul, median of 5 runs. On a shared machine both move with the load;
-compare numbers from one run, or runs alternated back to back (benchmarks/NOTES.md).
+the same process: float32 2048³ products, best of 10 runs, through XLA's dot (`jnp`) and, when the step's products
+go through it (the CPU default), the BLAS kernel of `jaxformer.matmul`; MFU is against the faster of the two. On a
+shared machine both move with the load; compare numbers from one run, or runs alternated back to back
+(benchmarks/NOTES.md).
 
 Data: the step time does not depend on the text, so by default a text config (tiny_shakespeare, tfds:...) runs
 on a stand-in dataset -- random characters over 65 symbols, tiny_shakespeare's vocabulary size -- that
@@ -21,7 +23,7 @@ needs no download; `--data config` loads the config's own dataset (tiny_shakespe
 `--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs use their own data.
 
 Machine settings come from `jaxformer.platform.configure()` (the one place for them: allocator, XLA flags, CPU
-devices); `--no-platform` skips it to measure the defaults. An XLA_FLAGS entry already in the environment always
+devices, CPU matmul backend -- JAXFORMER_CPU_MATMUL=xla measures XLA's own dot); `--no-platform` skips it to measure the defaults. An XLA_FLAGS entry already in the environment always
 wins over its defaults.
 """
 
@@ -76,9 +78,10 @@ def standin_dataset(vocab_size: int = STANDIN_VOCAB, n_chars: int = 200_000, see
     return TextDataset("standin", text(n_chars), text(n_chars // 10), data_hash="standin")
 
 
-def matmul_gflops(n: int = 2048, reps: int = 5, *, fn=None) -> float:
-    """float32 n^3 matmul throughput (GFLOP/s) of `fn` (default jnp.matmul, i.e. XLA's dot), median of `reps` timed
-    runs after one warm-up."""
+def matmul_gflops(n: int = 2048, reps: int = 10, *, fn=None) -> float:
+    """float32 n^3 matmul throughput (GFLOP/s) of `fn` (default jnp.matmul, i.e. XLA's dot): the best of `reps` timed
+    runs after one warm-up. A ceiling: on a shared host, noise only ever slows a run (the median of 5 moved
+    between 82 and 168 GFLOP/s from one run to the next on Zen 3, which made MFU read up to 98%)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -92,7 +95,7 @@ def matmul_gflops(n: int = 2048, reps: int = 5, *, fn=None) -> float:
         t = time.perf_counter()
         mm(a, b).block_until_ready()
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
+    return 2 * n ** 3 / float(np.min(times)) / 1e9
 
 
 def model_flops_per_step(cfg, n_params_non_embedding: int) -> int:
