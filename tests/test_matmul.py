@@ -128,15 +128,18 @@ def test_model_trains_the_same_through_either_backend(tiny_cfg):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-def test_backend_choice_follows_devices_and_the_environment(monkeypatch):
+def test_backend_choice_follows_the_cpu_devices_and_the_environment(monkeypatch):
     monkeypatch.delenv(platform.CPU_MATMUL_ENV, raising=False)
-    assert platform.cpu_matmul_backend(None) == platform.cpu_matmul_backend(1) == "blas"
-    assert platform.cpu_matmul_backend(2) == "xla"  # the custom call has no sharding rule
-    assert platform.cpu_matmul_backend(None, multi_device_flags=True) == "xla"
+    zen3, zen5 = {"avx", "avx2", "fma"}, {"avx2", "avx512f", "avx512bw"}
+    assert platform.cpu_matmul_backend(None, flags=zen3) == platform.cpu_matmul_backend(1, flags=zen3) == "blas"
+    assert platform.cpu_matmul_backend(1, flags=zen5) == "xla"  # measured setting there: XLA's dot
+    assert platform.cpu_matmul_backend(1, flags=set()) == "xla"  # no /proc/cpuinfo, or not x86
+    assert platform.cpu_matmul_backend(2, flags=zen3) == "xla"  # the custom call has no sharding rule
+    assert platform.cpu_matmul_backend(None, multi_device_flags=True, flags=zen3) == "xla"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "xla")
-    assert platform.cpu_matmul_backend(1) == "xla"
+    assert platform.cpu_matmul_backend(1, flags=zen3) == "xla"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "blas")
-    assert platform.cpu_matmul_backend(4) == "blas"
+    assert platform.cpu_matmul_backend(4, flags=zen5) == "blas"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "fast")
     with pytest.raises(ValueError, match="JAXFORMER_CPU_MATMUL='fast'"):
         platform.cpu_matmul_backend(1)
