@@ -23,8 +23,8 @@ needs no download; `--data config` loads the config's own dataset (tiny_shakespe
 `--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs use their own data.
 
 Machine settings come from `jaxformer.platform.configure()` (the one place for them: allocator, XLA flags, CPU
-devices, CPU matmul backend -- JAXFORMER_CPU_MATMUL=xla measures XLA's own dot); `--no-platform` skips it to measure the defaults. An XLA_FLAGS entry already in the environment always
-wins over its defaults.
+devices, CPU matmul backend -- JAXFORMER_CPU_MATMUL=xla measures XLA's own dot); `--no-platform` skips it to
+measure the defaults. An XLA_FLAGS entry already in the environment always wins over its defaults.
 """
 
 from __future__ import annotations
