@@ -166,9 +166,9 @@ def run(args) -> dict:
 
     # The ceiling is the faster of the two ways this run can multiply float32 matrices: XLA's dot (jnp) and, where
     # the model's products use it, the CPU BLAS kernel (jaxformer.matmul) -- MFU is never flattered by a slow one.
+    cpu_matmul = matmul.cpu_backend_in_use()
     gflops_xla = matmul_gflops(args.matmul_size)
-    kernel = matmul.cpu_backend() == "blas" and jax.devices()[0].platform == "cpu"
-    gflops_blas = matmul_gflops(args.matmul_size, fn=matmul.matmul) if kernel else None
+    gflops_blas = matmul_gflops(args.matmul_size, fn=matmul.matmul) if cpu_matmul == "blas" else None
     gflops = max(gflops_xla, gflops_blas or 0.0)
 
     step_s = float(np.median(times))
@@ -179,7 +179,7 @@ def run(args) -> dict:
         "data": dataset.name if dataset is not None else cfg.data.name,
         "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "cpu_matmul": matmul.cpu_backend() if jax.devices()[0].platform == "cpu" else None,
+        "cpu_matmul": cpu_matmul,
         "n_params": trainer.n_params, "n_params_non_embedding": trainer.n_params_non_embedding,
         "compile_s": compile_s,
         "median_ms_per_step": 1e3 * step_s,

@@ -31,7 +31,16 @@ def set_cpu_backend(name: str) -> None:
 
 
 def cpu_backend() -> str:
+    """The backend chosen for CPU products (what `set_cpu_backend` was given)."""
     return _cpu_backend
+
+
+def cpu_backend_in_use() -> str | None:
+    """What CPU products actually run on: "blas" only when chosen and the kernel loaded, else "xla"; None when JAX's
+    default device is not a CPU. For run records and benchmarks."""
+    if jax.devices()[0].platform != "cpu":
+        return None
+    return "blas" if _kernel_target() is not None else "xla"
 
 
 def _xla(a, b, ta: bool, tb: bool, preferred_element_type=None):

@@ -201,7 +201,7 @@ def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None
     if n is not None and not user_set:
         jax.config.update("jax_num_cpu_devices", n)
         applied["jax_num_cpu_devices"] = str(n)
-    matmul_backend = cpu_matmul_backend(n if not user_set else None, multi_device_flags=user_set)
+    matmul_backend = cpu_matmul_backend(n, multi_device_flags=user_set)
     matmul.set_cpu_backend(matmul_backend)
     applied["cpu_matmul"] = matmul_backend
     if applied:

@@ -135,7 +135,7 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
         "process_count": jax.process_count(),
         "host": platform.node(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "cpu_matmul": matmul.cpu_backend() if devices[0].platform == "cpu" else None,
+        "cpu_matmul": matmul.cpu_backend_in_use(),
         "data_hash": data_hash,
         "git_revision": git_revision(),
         "config_hash": config_lib.config_hash(cfg),

@@ -49,6 +49,7 @@ def test_matmul_matches_float64_and_the_backend_is_the_one_chosen(backend, shape
     assert out.shape == batch + (M, N)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.sqrt(K))
     assert _uses_kernel(fn, a, b) == (backend == "blas")
+    assert matmul.cpu_backend_in_use() == backend
 
 
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
@@ -157,9 +158,10 @@ def test_kernel_build_is_cached_and_a_missing_compiler_is_reported(tmp_path, mon
 def test_a_process_without_the_kernel_falls_back_to_xla_and_says_why(tmp_path):
     code = ("import jax, jax.numpy as jnp; from jaxformer import matmul; from jaxformer.kernels import cpu_gemm;"
             "matmul.set_cpu_backend('blas'); print(float(matmul.matmul(jnp.ones((2, 3)), jnp.ones((3, 2)))[0, 0]));"
-            "print(cpu_gemm.reason())")
+            "print(cpu_gemm.reason()); print(matmul.cpu_backend_in_use())")
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "JAXFORMER_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    value, reason = out.stdout.strip().splitlines()[-2:]
+    value, reason, in_use = out.stdout.strip().splitlines()[-3:]
     assert value == "3.0" and "no-such-compiler" in reason + out.stderr
+    assert in_use == "xla"  # chosen "blas", but what runs (and what run records say) is XLA's dot

@@ -75,7 +75,7 @@ def test_end_to_end_synthetic_train_resume_sample(tiny_cfg, tmp_path):
     assert sorted(os.listdir(os.path.join(full_dir, "checkpoints", "best"))) == ["30"]
     manifest = run_lib.read_json(os.path.join(full_dir, "manifest.json"))
     assert manifest["versions"]["jax"] == jax.__version__ and manifest["data_hash"]
-    assert manifest["cpu_matmul"] == matmul.cpu_backend()  # which product kernel the run used
+    assert manifest["cpu_matmul"] == matmul.cpu_backend_in_use()  # which product kernel the run used
 
     # Interrupted after 12 steps (mid log window; checkpoint there), then resumed: identical metrics, bit for bit.
     tiny_cfg.train.checkpoint_every = 12
