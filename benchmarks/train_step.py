@@ -189,6 +189,7 @@ def run(args) -> dict:
         "tokens_per_s": tokens / step_s,
         "model_flops_per_step": flops,
         "matmul_gflops": gflops,
+        "matmul_size": args.matmul_size,
         "matmul_gflops_xla": gflops_xla,
         "matmul_gflops_blas": gflops_blas,
         "mfu": flops / step_s / (gflops * 1e9),
@@ -211,7 +212,7 @@ def table(r: dict) -> str:
                           f"p90 {r['p90_ms_per_step']:.2f}; {r['steps']} steps)"),
         ("tokens/s", f"{r['tokens_per_s']:,.0f}"),
         ("model FLOPs/step", f"{r['model_flops_per_step'] / 1e9:.3f} GFLOP"),
-        ("f32 matmul ceiling", f"{r['matmul_gflops']:.1f} GFLOP/s (2048^3, same run; XLA dot "
+        ("f32 matmul ceiling", f"{r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_size']}^3, same run; XLA dot "
                                f"{r['matmul_gflops_xla']:.1f}"
                                + (f", BLAS kernel {r['matmul_gflops_blas']:.1f})" if r["matmul_gflops_blas"] else ")")),
         ("MFU", f"{100 * r['mfu']:.1f}%"),
