@@ -392,9 +392,15 @@ def test_projections_and_self_attention(use_bias):
     x = normal(np.random.default_rng(10), (B, T, D))
     q, k, v = attention.qkv_projection(params, x, n_head=H, n_kv_head=K)
     chex.assert_shape([q, k, v], [(B, T, H, d), (B, T, K, d), (B, T, K, d)])
-    fused = x @ params["qkv"]["kernel"] + (params["qkv"]["bias"] if use_bias else 0.0)
-    np.testing.assert_allclose(k[:, :, 1], fused[..., (H + 1) * d:(H + 2) * d], rtol=1e-6)
-    np.testing.assert_allclose(v[:, :, 0], fused[..., (H + K) * d:(H + K + 1) * d], rtol=1e-6)
+    fused64 = np.asarray(x, np.float64) @ np.asarray(params["qkv"]["kernel"], np.float64)
+    fused64 = fused64 + (np.asarray(params["qkv"]["bias"], np.float64) if use_bias else 0.0)
+    # Columns [q heads | k heads | v heads], d each, every head checked against the float64 product.
+    for h in range(H):
+        np.testing.assert_allclose(q[:, :, h], fused64[..., h * d:(h + 1) * d], rtol=1e-5, atol=1e-6)
+    for h in range(K):
+        np.testing.assert_allclose(k[:, :, h], fused64[..., (H + h) * d:(H + h + 1) * d], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(v[:, :, h], fused64[..., (H + K + h) * d:(H + K + h + 1) * d], rtol=1e-5,
+                                   atol=1e-6)
 
     calls = []
 

@@ -67,3 +67,20 @@ def test_every_packaged_config_validates():
 def test_unknown_config_file():
     with pytest.raises(config_lib.ConfigError, match="choose one of"):
         config_lib.load("nonexistent_config")
+
+
+def test_resolve_fills_each_zero_from_where_it_comes_and_keeps_set_values():
+    cfg = config_lib.load("tiny", ["--config.data.block_size=24", "--config.train.steps=70",
+                                   "--config.model.n_head=4", "--config.model.n_kv_head=0",
+                                   "--config.optim.decay_steps=0", "--config.model.position.learned.max_len=0",
+                                   "--config.model.position.rope.original_max_len=0", "--config.model.vocab_size=0"])
+    r = config_lib.resolve(cfg, vocab_size=17)
+    assert (r.model.n_kv_head, r.optim.decay_steps, r.model.vocab_size) == (4, 70, 17)
+    assert r.model.position.learned.max_len == 24 and r.model.position.rope.original_max_len == 24
+    assert cfg.model.position.learned.max_len == 0  # the input is not modified
+    kept = config_lib.resolve(config_lib.load("tiny", [
+        "--config.model.n_head=4", "--config.model.n_kv_head=2", "--config.optim.decay_steps=50",
+        "--config.model.position.learned.max_len=40", "--config.model.position.rope.original_max_len=16"]),
+        vocab_size=17)
+    assert (kept.model.n_kv_head, kept.optim.decay_steps) == (2, 50)
+    assert kept.model.position.learned.max_len == 40 and kept.model.position.rope.original_max_len == 16

@@ -131,7 +131,7 @@ def test_bfloat16_compute_with_float32_params():
     low = model(tokens)
     assert low.dtype == jnp.float32 and np.isfinite(np.asarray(low)).all()
     full = build(make_cfg())(tokens)
-    np.testing.assert_allclose(np.asarray(low), np.asarray(full), atol=0.1)
+    np.testing.assert_allclose(np.asarray(low), np.asarray(full), atol=3e-2)  # measured: 7e-3 at |logits| <= 1.5
 
 
 def test_grouped_query_attention_model():

@@ -97,9 +97,14 @@ BAD_FIELDS = [
     ("rope", {"scaling": "yarn", "factor": 4.0}, "model.position.rope.original_max_len=0; YaRN needs"),
     ("learned", {"max_len": 0}, "model.position.learned.max_len=0"),
     ("xpos", {"scale_base": 0.0}, "model.position.xpos.scale_base=0.0"),
+    ("xpos", {"theta": 0.0}, "model.position.xpos.theta=0.0; must be > 0"),
+    ("xpos", {"gamma": -0.1}, "model.position.xpos.gamma=-0.1; must be > 0"),
     ("t5", {"num_buckets": 1}, "model.position.t5.num_buckets=1"),
     ("t5", {"max_distance": 8}, "model.position.t5.max_distance=8"),
+    ("t5", {"num_buckets": 3, "bidirectional": True}, "model.position.t5.num_buckets=3; must leave >= 2"),
     ("fire", {"mlp_width": 0}, "model.position.fire.mlp_width=0"),
+    ("fire", {"init_L": 0.0}, "model.position.fire.init_L=0.0; must be > 0"),
+    ("fire", {"eps": 0.0}, "model.position.fire.eps=0.0; must be > 0"),
 ]
 
 
@@ -398,10 +403,16 @@ def test_kerple_equals_the_paper_and_depends_only_on_the_offset():
 
 def test_kerple_parameters_stay_positive_with_finite_gradients():
     pe, cfg, _ = make("kerple")
-    raw = {"r1_raw": jnp.full((H,), -30.0), "r2_raw": jnp.full((H,), -30.0)}
     positions = jnp.arange(5)
-    assert (np.asarray(jit_bias(pe, cfg)(raw, positions, positions)) <= 0).all()
-    grads = jax.jit(jax.grad(lambda p: pe.bias(p, positions, positions, cfg, n_head=H).sum()))(raw)
+    distance = np.abs(np.arange(5)[:, None] - np.arange(5)[None])
+    # Raw values of any sign (softplus keeps r1, r2 > 0): the bias is 0 at distance 0 and < 0 beyond it.
+    raw = {"r1_raw": jnp.array([-3.0, -0.5, 0.7, 2.0]), "r2_raw": jnp.array([1.5, -2.0, 0.0, -1.0])}
+    bias = np.asarray(jit_bias(pe, cfg)(raw, positions, positions))
+    assert (bias[:, distance == 0] == 0).all() and (bias[:, distance > 0] < -1e-3).all()
+    # Far negative raw values: the bias goes to 0 from below and the gradients stay finite.
+    far = {"r1_raw": jnp.full((H,), -30.0), "r2_raw": jnp.full((H,), -30.0)}
+    assert (np.asarray(jit_bias(pe, cfg)(far, positions, positions)) <= 0).all()
+    grads = jax.jit(jax.grad(lambda p: pe.bias(p, positions, positions, cfg, n_head=H).sum()))(far)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
@@ -503,18 +514,17 @@ def test_decoding_with_a_cache_gives_the_full_pass_weights(name):
 
 
 def _attention():
-    return pytest.importorskip("jaxformer.attention", reason="jaxformer/attention.py not present")
+    from jaxformer import attention
+
+    return attention
 
 
 def _implementations():
     """Every attention implementation; all but the reference are marked slow (each compiles a forward and a
     backward pass per variant: about 15 s on two cores for the lot)."""
-    try:
-        from jaxformer import attention
+    from jaxformer import attention
 
-        names = sorted(attention.IMPLEMENTATIONS)
-    except ImportError:
-        names = ["chunked", "fused", "reference"]
+    names = sorted(attention.IMPLEMENTATIONS)
     return [name if name == "reference" else pytest.param(name, marks=pytest.mark.slow) for name in names]
 
 
