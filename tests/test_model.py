@@ -113,6 +113,23 @@ def test_kv_cache_decoding_matches_full_forward(position, implementation):
     assert int(cache["index"]) == 9
 
 
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_kv_cache_decoding_with_grouped_query_heads_matches_full_forward(position):
+    """Four query heads over two key/value heads: the cache holds K = 2 heads and decoding still equals the full
+    pass."""
+    model = build(make_cfg(position, n_head=4, n_kv_head=2))
+    forward, decode = jitted(model)
+    tokens = jax.random.randint(jax.random.key(5), (2, 7), 0, 13)
+    cache = model.init_cache(2, capacity=7)
+    assert cache["layers"][0]["k"].shape == (2, 7, 2, 8)
+    logits, cache = decode(tokens[:, :2], cache)
+    steps = [np.asarray(logits)]
+    for t in range(2, 7):
+        logits, cache = decode(tokens[:, t:t + 1], cache)
+        steps.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(forward(tokens)), rtol=2e-5, atol=2e-5)
+
+
 def test_dropout_only_with_key():
     model = build(make_cfg(dropout=0.5))
     tokens = jax.random.randint(jax.random.key(3), (2, 8), 0, 13)

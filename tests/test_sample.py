@@ -35,6 +35,12 @@ def test_generation_past_the_context_crops_like_nanogpt():
     ref = sample_lib.generate(model, np.array([1], np.int32), max_new_tokens=60, temperature=0.0, max_context=32,
                               use_cache=False)
     np.testing.assert_array_equal(out, ref)
+    # Written out without the sampling loop: past the context, each greedy token is the argmax of the model on
+    # the last 32 tokens before it.
+    graphdef, state = nnx.split(model)
+    last = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t)[0, -1])
+    for j in range(33, 61):
+        assert out[j] == int(np.argmax(np.asarray(last(state, out[None, j - 32:j])))), j
 
 
 def test_top_k_and_greedy():
