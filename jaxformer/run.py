@@ -48,8 +48,11 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
     exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise RunDirError(f"--workdir={workdir} is a file, not a directory")
+    if resume and not os.path.exists(os.path.join(workdir, "config.json")):
+        raise RunDirError(f"--resume: --workdir={workdir} holds no run to continue (no config.json); drop --resume "
+                          "to start a new run there")
     if exists and resume:
-        return os.path.exists(os.path.join(workdir, "config.json"))
+        return True
     if exists and not overwrite:
         raise RunDirError(f"--workdir={workdir} is not empty; pass --resume to continue it or --overwrite to "
                           "replace it")
@@ -64,6 +67,39 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
         shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
     return False
+
+
+# What a resumed run may change: how it is run, not what is trained (the model, its data, the seed of its data
+# order). `--resume --config.train.steps=4000` extends a run; a new mesh reshards it.
+RESUME_MAY_CHANGE = ("train.", "optim.", "mesh.", "model.attention.implementation", "model.attention.block_size",
+                     "model.remat", "data.manual_dir", "data.data_dir")
+RESUME_FIXED = ("train.seed",)
+
+
+def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:
+    """The dotted fields in which `cfg` differs from the run's saved config; a one-line error if one of them may not
+    change on resume. Both configs resolved (0 = derived fields filled in)."""
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flat(saved.to_dict()), flat(cfg.to_dict())
+    missing = object()
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]
+    if fixed:
+        k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
+        raise RunDirError(f"--resume: {k}={b.get(k, '<absent>')!r} differs from the run's {a.get(k, '<absent>')!r} "
+                          f"in {workdir}/config.json{more}; a resumed run may change only train.* (not train.seed), "
+                          "optim.*, mesh.*, the attention implementation and data paths -- start a new run in "
+                          "another --workdir")
+    return changed
 
 
 def write_json(path: str, obj) -> None:

@@ -322,15 +322,26 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
     resuming = sharding_lib.broadcast_from_main(
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
+    if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
+        saved = run_lib.load_config(workdir)
+        changed = run_lib.check_resume_config(
+            workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
+        if changed:
+            log.info("resuming with changed fields: %s", ", ".join(changed))
     trainer = Trainer(cfg, dataset)
     cfg = trainer.cfg
     dataset = trainer.dataset
     t = cfg.train
 
-    if is_main:
-        run_lib.save_config(workdir, cfg)
-        run_lib.write_json(os.path.join(workdir, "manifest.json"), run_lib.manifest(cfg, data_hash=dataset.data_hash))
-        dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+    def write_run_files():
+        if is_main:
+            run_lib.save_config(workdir, cfg)
+            run_lib.write_json(os.path.join(workdir, "manifest.json"),
+                               run_lib.manifest(cfg, data_hash=dataset.data_hash))
+            dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+
+    if not resuming:
+        write_run_files()
     log.info("model: %s parameters (%s non-embedding); %s, %s attention, %s compute; %s",
              f"{trainer.n_params:,}", f"{trainer.n_params_non_embedding:,}", cfg.model.position.name,
              cfg.model.attention.implementation, cfg.model.dtype, sharding_lib.describe(trainer.mesh))
@@ -350,6 +361,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         state = trainer.initial_state()
         if resuming and is_main:
             run_lib.truncate_metrics(workdir, 0)
+    if resuming:  # the checkpoint restored: now the run's files may say how it goes on
+        write_run_files()
 
     writer = run_lib.MetricsWriter(workdir, enabled=is_main)
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps

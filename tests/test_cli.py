@@ -134,3 +134,39 @@ def test_train_sample_eval_on_tiny_shakespeare(shakespeare_dir, tfds_data_dir, t
     out = jaxformer("eval", "--workdir", workdir)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["loss"] > 0
+
+
+def test_resume_refuses_a_changed_model_or_nothing_to_resume_and_writes_nothing(tmp_path):
+    workdir = str(tmp_path / "run")
+    short = ["--config", "tiny", "--config.train.steps=20", "--config.train.checkpoint_every=10",
+             "--config.train.eval_every=10", "--config.train.sample_chars=0"]
+    assert jaxformer("train", *short, "--workdir", workdir).returncode == 0
+
+    def snapshot():
+        files = {}
+        for root, _, names in os.walk(workdir):
+            for name in names:
+                with open(os.path.join(root, name), "rb") as f:
+                    files[os.path.relpath(os.path.join(root, name), workdir)] = f.read()
+        return files
+
+    before = snapshot()
+    refusals = [
+        (["--config.model.n_embd=64"], "--resume: model.n_embd=64 differs from the run's 32"),
+        (["--config", "tiny", "--config.model.position.name=alibi"], "model.position.name='alibi' differs"),
+        (["--config.train.seed=5"], "train.seed=5 differs from the run's 0"),
+    ]
+    for args, message in refusals:
+        out = jaxformer("train", "--workdir", workdir, "--resume", *args)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
+        assert snapshot() == before  # the run's files, checkpoints included, are untouched
+    missing = str(tmp_path / "no_run")
+    out = jaxformer("train", "--workdir", missing, "--resume")
+    assert out.returncode == 2 and "holds no run to continue" in out.stderr, out.stderr
+    assert not os.path.exists(missing)
+    # What may change does: more steps (and a new eval cadence) continue the same run.
+    out = jaxformer("train", "--workdir", workdir, "--resume", "--config.train.steps=30")
+    assert out.returncode == 0 and "resumed from step 20" in out.stderr, out.stderr
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert max(json.loads(line)["step"] for line in f if line.strip()) == 30
