@@ -104,7 +104,7 @@ def _apply_overrides_to_saved(workdir: str, overrides: list[str]):
         f.write("import json, ml_collections\n"
                 f"def get_config():\n    return ml_collections.ConfigDict(json.load(open({saved!r})))\n")
     try:
-        return config_lib.load(f.name, overrides)
+        return config_lib.load(f.name, overrides, check_fields=False)
     finally:
         os.unlink(f.name)
 

@@ -8,6 +8,7 @@ checks everything a run needs, raising a one-line `ConfigError` that names the f
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib.resources
@@ -66,18 +67,26 @@ def _field_names(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return names
 
 
-def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads a config and applies `--config.a.b=value` overrides (typed by the existing field; unknown = error)."""
+def load(config: str = "default", overrides: Sequence[str] = (), *,
+         check_fields: bool = True) -> ml_collections.ConfigDict:
+    """Loads a config and applies `--config.a.b=value` overrides (typed by the existing field; unknown = error).
+
+    A training config (one with `model` and `train` sections) may only hold the fields of configs/default.py: a
+    typo in the file (`c.model.n_layers = 4`) is an error, as it is in an override (`check_fields=False` skips it:
+    a run's saved config.json, written by the code of its day).
+    """
     path = config_path(config)
     overrides = list(overrides)
     for arg in overrides:
         if not arg.startswith("--config."):
             raise ConfigError(f"override {arg!r}: expected --config.<section>.<field>=<value>")
+    base = _load_file(path)
+    if check_fields and "model" in base and "train" in base:
+        _check_known_fields(base, path)
     try:
-        cfg = _parse(path, overrides)
+        cfg = _parse(path, overrides) if overrides else base
     except (AttributeError, KeyError) as e:
         # An override naming a field the config does not have: find which one, and suggest the nearest names.
-        base = _parse(path, [])
         known = _field_names(base)
         for arg in overrides:
             field = arg[len("--config."):].split("=", 1)[0]
@@ -87,8 +96,71 @@ def load(config: str = "default", overrides: Sequence[str] = ()) -> ml_collectio
                 raise ConfigError(f"unknown config field {field!r}; {hint}") from e
         raise ConfigError(f"bad override: {e}") from e
     except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from e
+        line = str(e).splitlines()[0]
+        field = line.split("--config.", 1)[1].split("=", 1)[0] if line.startswith("flag --config.") else None
+        value = _get(base, field) if field else None
+        if value is not None and not isinstance(value, ml_collections.ConfigDict):
+            line += f" (expected {type(value).__name__}, like the current value {value!r})"
+        raise ConfigError(line) from e
     return cfg
+
+
+def _get(cfg: ml_collections.ConfigDict, field: str):
+    node = cfg
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _load_file(path: str) -> ml_collections.ConfigDict:
+    """The config file's get_config(), with what can go wrong in the file as a one-line ConfigError."""
+    with open(path) as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as e:
+        raise ConfigError(f"--config={path}: syntax error at line {e.lineno}: {e.msg}") from e
+    # Checked here, not from the loaded module: ml_collections reuses one module object for every config file
+    # loaded in a process, so a file without get_config() would silently run the previous file's.
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            defined.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Assign):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    if "get_config" not in defined:
+        raise ConfigError(f"--config={path}: defines no get_config() (it must return an ml_collections.ConfigDict)")
+    try:
+        cfg = _parse(path, [])
+    except flags.Error as e:  # raised inside the file's get_config(): the first line and the error itself
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ConfigError(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines)) from e
+    except AttributeError as e:
+        if "get_config" in str(e):
+            raise ConfigError(f"--config={path}: defines no get_config() (it must return an "
+                              "ml_collections.ConfigDict)") from e
+        raise ConfigError(f"--config={path}: get_config() failed: AttributeError: {e}") from e
+    except Exception as e:  # noqa: BLE001 -- any error raised by the user's file, said in one line
+        raise ConfigError(f"--config={path}: get_config() failed: {type(e).__name__}: {e}") from e
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"--config={path}: get_config() returned a {type(cfg).__name__}; it must return an "
+                          "ml_collections.ConfigDict (start from jaxformer.configs.default.get_config())")
+    return cfg
+
+
+def _check_known_fields(cfg: ml_collections.ConfigDict, path: str) -> None:
+    from jaxformer.configs import default
+
+    known = set(_field_names(default.get_config()))
+    for field in _field_names(cfg):
+        if field not in known:
+            close = difflib.get_close_matches(field, sorted(known), n=3)
+            hint = f"did you mean: {', '.join(close)}" if close else "see configs/default.py for every field"
+            raise ConfigError(f"unknown config field {field!r} set in {path}; {hint}")
 
 
 def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:

@@ -84,3 +84,32 @@ def test_resolve_fills_each_zero_from_where_it_comes_and_keeps_set_values():
         vocab_size=17)
     assert (kept.model.n_kv_head, kept.optim.decay_steps) == (2, 50)
     assert kept.model.position.learned.max_len == 40 and kept.model.position.rope.original_max_len == 16
+
+
+BAD_FILES = [  # (config file text, what the one-line error must say)
+    ("def get_config(:\n    pass\n", "syntax error at line 1"),
+    ("x = 1\n", "defines no get_config()"),
+    ("def get_config():\n    return {'model': {}}\n", "get_config() returned a dict; it must return an"),
+    ("from jaxformer.configs import default\n\ndef get_config():\n    c = default.get_config()\n"
+     "    c.model.n_layers = 4\n    return c\n", "unknown config field 'model.n_layers' set in"),
+    ("from jaxformer.configs import default\n\ndef get_config():\n    c = default.get_config()\n"
+     "    c.model.n_layer = 'four'\n    return c\n", "TypeError: Could not override field 'n_layer'"),
+    ("def get_config():\n    raise RuntimeError('no GPU here')\n", "get_config() failed: RuntimeError: no GPU here"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_FILES)
+def test_mistakes_inside_a_config_file_are_one_line_errors_naming_the_file(text, message, tmp_path):
+    path = tmp_path / "my_config.py"
+    path.write_text(text)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.load(str(path))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(path) in str(info.value) or "model.n_layers" in str(info.value)
+
+
+def test_a_wrong_override_type_says_what_type_the_field_holds():
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.load("tiny", ["--config.model.n_layer=two"])
+    assert "--config.model.n_layer=two" in str(info.value) and "expected int, like the current value 1" in str(
+        info.value)
