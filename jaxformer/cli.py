@@ -160,6 +160,12 @@ def sample_main(argv: list[str]) -> int:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}; must be >= 1")
     if args.temperature < 0:
         raise ValueError(f"--temperature={args.temperature}; must be >= 0 (0 = greedy)")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k={args.top_k}; must be >= 0 (0 = no top-k cut)")
+    if args.max_context < 0:
+        raise ValueError(f"--max-context={args.max_context}; must be >= 0 (0 = the training block size)")
+    if not args.prompt:
+        raise ValueError("--prompt=''; give at least one character (the default is a newline)")
     run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
     tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
     prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
@@ -197,6 +203,10 @@ def repro_check_main(argv: list[str]) -> int:
     if not recorded:
         raise ValueError(f"{args.workdir}/metrics.jsonl has no records up to step {args.steps}")
     cfg = run_lib.load_config(args.workdir)
+    last = max(m["step"] for m in run_lib.read_metrics(args.workdir))
+    if args.steps > last:
+        raise ValueError(f"--steps={args.steps}; {args.workdir} has recorded only {last} steps (its metrics.jsonl): "
+                         f"choose --steps <= {last}")
     cfg.train.progress = False
     cfg.train.sample_chars = 0
     with tempfile.TemporaryDirectory() as tmp:

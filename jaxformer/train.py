@@ -320,6 +320,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
     # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
+    created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
     if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
@@ -328,7 +329,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
-    trainer = Trainer(cfg, dataset)
+    try:
+        trainer = Trainer(cfg, dataset)  # validates the config and loads the data: the usual place for bad input
+    except Exception:
+        if created and os.path.isdir(workdir) and not os.listdir(workdir):
+            os.rmdir(workdir)  # made by this call and still empty: leave no trace of a refused run
+        raise
     cfg = trainer.cfg
     dataset = trainer.dataset
     t = cfg.train

@@ -27,6 +27,7 @@ def test_help_lists_subcommands():
 @pytest.mark.parametrize("args,message", [
     (["train", "--config", "tiny", "--config.model.n_haed=3"], "unknown config field 'model.n_haed'"),
     (["train", "--config", "tiny", "--config.model.position.name=nope"], "model.position.name='nope'"),
+    (["train", "--config", "tiny", "--config.train.steps=-5"], "train.steps=-5; must be a positive integer"),
     (["train", "--config", "no_such_config"], "--config='no_such_config'"),
     (["sample", "--workdir", "/nonexistent/run"], "has no config.json"),
 ])
@@ -36,6 +37,7 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "w")  # a refused run leaves no (empty) run directory behind
 
 
 def _wait_for_step(workdir, step, proc, timeout=240):
@@ -114,6 +116,14 @@ def test_repro_check(tmp_path):
     open(path, "w").write("\n".join(lines) + "\n")
     out = jaxformer("repro-check", workdir, "--steps", "15")
     assert out.returncode == 1 and "MISMATCH" in out.stdout
+    out = jaxformer("repro-check", workdir, "--steps", "500")  # beyond the run: nothing to compare, an error
+    assert out.returncode == 2 and "has recorded only 30 steps" in out.stderr, out.stderr
+    # Sampling options are checked before the checkpoint loads.
+    for args, message in ((["--top-k", "-3"], "--top-k=-3; must be >= 0"), (["--prompt", ""], "--prompt=''"),
+                          (["--max-context", "-1"], "--max-context=-1; must be >= 0")):
+        out = jaxformer("sample", "--workdir", workdir, *args)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr
 
 
 def test_train_sample_eval_on_tiny_shakespeare(shakespeare_dir, tfds_data_dir, tmp_path):
