@@ -401,6 +401,9 @@ def test_attention_command_selection_and_best_checkpoint(run_dir, tmp_path):
     from jaxformer.analysis import report
 
     out = str(tmp_path / "sel")
+    # A first capture of every head into the same directory: its other heads' PNGs must not stay behind.
+    assert report.attention_main(["--workdir", run_dir, "--text", "abab", "--out", out]) == 0
+    assert sorted(os.listdir(os.path.join(out, "heads"))) == ["L0H0.png", "L0H1.png"]
     assert report.attention_main(["--workdir", run_dir, "--text", "abab", "--out", out, "--heads", "1",
                                   "--checkpoint", "best", "--induction-period", "4"]) == 0
     cap = capture.load_npz(os.path.join(out, "weights.npz"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -57,6 +58,13 @@ def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = Non
 
     heatmaps.grid(cap.weights_LxHxTxT, cap.tokens, path("grid.png"), layers=cap.layers, heads=cap.heads,
                   title=title)
+    # An earlier capture into the same directory may have written other heads: its per-head PNGs would sit
+    # beside this capture's and look like part of it. Only this tool's own L<l>H<h>.png files are removed.
+    keep = {f"L{layer}H{head}.png" for layer in cap.layers for head in cap.heads}
+    heads_dir = os.path.join(out_dir, "heads")
+    for name in os.listdir(heads_dir) if os.path.isdir(heads_dir) else []:
+        if re.fullmatch(r"L\d+H\d+\.png", name) and name not in keep:
+            os.remove(os.path.join(heads_dir, name))
     for a, layer in enumerate(cap.layers):
         for b, head in enumerate(cap.heads):
             heatmaps.head(cap.weights_LxHxTxT[a, b], cap.tokens, path(f"heads/L{layer}H{head}.png"),
