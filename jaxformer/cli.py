@@ -199,11 +199,12 @@ def repro_check_main(argv: list[str]) -> int:
     p.add_argument("workdir")
     p.add_argument("--steps", type=int, required=True)
     args = p.parse_args(argv)
-    recorded = [m for m in run_lib.read_metrics(args.workdir) if m["step"] <= args.steps]
+    metrics = run_lib.read_metrics(args.workdir)
+    recorded = [m for m in metrics if m["step"] <= args.steps]
     if not recorded:
         raise ValueError(f"{args.workdir}/metrics.jsonl has no records up to step {args.steps}")
     cfg = run_lib.load_config(args.workdir)
-    last = max(m["step"] for m in run_lib.read_metrics(args.workdir))
+    last = max(m["step"] for m in metrics)
     if args.steps > last:
         raise ValueError(f"--steps={args.steps}; {args.workdir} has recorded only {last} steps (its metrics.jsonl): "
                          f"choose --steps <= {last}")

@@ -139,11 +139,6 @@ def _load_file(path: str) -> ml_collections.ConfigDict:
     except flags.Error as e:  # raised inside the file's get_config(): the first line and the error itself
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise ConfigError(" ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines)) from e
-    except AttributeError as e:
-        if "get_config" in str(e):
-            raise ConfigError(f"--config={path}: defines no get_config() (it must return an "
-                              "ml_collections.ConfigDict)") from e
-        raise ConfigError(f"--config={path}: get_config() failed: AttributeError: {e}") from e
     except Exception as e:  # noqa: BLE001 -- any error raised by the user's file, said in one line
         raise ConfigError(f"--config={path}: get_config() failed: {type(e).__name__}: {e}") from e
     if not isinstance(cfg, ml_collections.ConfigDict):
@@ -278,6 +273,22 @@ def config_hash(cfg: ml_collections.ConfigDict) -> str:
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
+    """`{"section.field": value}` for every leaf, values as config.json holds them (tuples as lists), so a config
+    compares equal to its own saved copy."""
+
+    def flat(d: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return flat(json.loads(to_json(cfg)), "")
 
 
 def from_json(text: str) -> ml_collections.ConfigDict:

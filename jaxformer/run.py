@@ -79,17 +79,7 @@ RESUME_FIXED = ("train.seed",)
 def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:
     """The dotted fields in which `cfg` differs from the run's saved config; a one-line error if one of them may not
     change on resume. Both configs resolved (0 = derived fields filled in)."""
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(saved.to_dict()), flat(cfg.to_dict())
+    a, b = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
     missing = object()
     changed = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
     fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]

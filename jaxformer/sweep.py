@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import time
 
@@ -181,16 +180,6 @@ def point_state(run_dir: str, steps: int) -> str:
     return "new"
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -> None:
     """A run directory made by an earlier sweep must hold this point's config (else resuming would mix two).
 
@@ -202,7 +191,7 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
         saved = config_lib.resolve(saved)
     except (AttributeError, KeyError, ValueError):  # a config from older code: compare it as saved
         pass
-    saved, wanted = (_flat(json.loads(config_lib.to_json(c))) for c in (saved, cfg))
+    saved, wanted = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
     for field in sorted(set(saved) & set(wanted)):
         parts = field.split(".")
         other_variant = field.startswith("model.position.") and parts[2] not in ("name", cfg.model.position.name)
