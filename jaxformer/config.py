@@ -67,6 +67,13 @@ def _field_names(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return names
 
 
+def _suggest(field: str, cfg: ml_collections.ConfigDict) -> list[str]:
+    """The nearest settable fields to a mistyped one: leaves only (a section such as `model.position.none` holds no
+    value to set)."""
+    leaves = [name for name in _field_names(cfg) if not isinstance(_get(cfg, name), ml_collections.ConfigDict)]
+    return difflib.get_close_matches(field, leaves, n=3, cutoff=0.8)
+
+
 def load(config: str = "default", overrides: Sequence[str] = (), *,
          check_fields: bool = True) -> ml_collections.ConfigDict:
     """Loads a config and applies `--config.a.b=value` overrides (typed by the existing field; unknown = error).
@@ -91,7 +98,7 @@ def load(config: str = "default", overrides: Sequence[str] = (), *,
         for arg in overrides:
             field = arg[len("--config."):].split("=", 1)[0]
             if field not in known:
-                close = difflib.get_close_matches(field, known, n=3)
+                close = _suggest(field, base)
                 hint = f"did you mean: {', '.join(close)}" if close else f"see `jaxformer config --config {config}`"
                 raise ConfigError(f"unknown config field {field!r}; {hint}") from e
         raise ConfigError(f"bad override: {e}") from e
@@ -150,10 +157,11 @@ def _load_file(path: str) -> ml_collections.ConfigDict:
 def _check_known_fields(cfg: ml_collections.ConfigDict, path: str) -> None:
     from jaxformer.configs import default
 
-    known = set(_field_names(default.get_config()))
+    reference = default.get_config()
+    known = set(_field_names(reference))
     for field in _field_names(cfg):
         if field not in known:
-            close = difflib.get_close_matches(field, sorted(known), n=3)
+            close = _suggest(field, reference)
             hint = f"did you mean: {', '.join(close)}" if close else "see configs/default.py for every field"
             raise ConfigError(f"unknown config field {field!r} set in {path}; {hint}")
 

@@ -113,3 +113,23 @@ def test_a_wrong_override_type_says_what_type_the_field_holds():
         config_lib.load("tiny", ["--config.model.n_layer=two"])
     assert "--config.model.n_layer=two" in str(info.value) and "expected int, like the current value 1" in str(
         info.value)
+
+
+@pytest.mark.parametrize("typo,suggested", [
+    ("model.position.non", "model.position.name"),
+    ("model.positon.name", "model.position.name"),
+    ("model.n_layers", "model.n_layer"),
+    ("train.step", "train.steps"),
+])
+def test_typo_suggestions_are_settable_fields_only(typo, suggested):
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.load("default", [f"--config.{typo}=1"])
+    hint = str(info.value).split("did you mean: ", 1)[1]
+    names = hint.split(", ")
+    assert suggested in names
+    cfg = config_lib.load("default")
+    for name in names:  # every suggestion holds a value (none is a section such as model.position.none)
+        node = cfg
+        for part in name.split("."):
+            node = node[part]
+        assert not isinstance(node, type(cfg)), name
