@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 
@@ -92,7 +93,15 @@ def train_main(argv: list[str]) -> int:
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in result.items() if k not in ("params", "trainer")}, sort_keys=True))
     print(f"run directory: {workdir}")
-    return 0
+    return exit_status(result)
+
+
+def exit_status(result: dict) -> int:
+    """0 for a run that ran its steps; 128 + the signal's number for one a signal stopped (a shell's convention: a
+    script sees the interrupt, and `--resume` continues from the checkpoint saved); 1 for a non-finite stop."""
+    if result.get("signal"):
+        return 128 + signal.Signals[result["signal"]].value
+    return 1 if result.get("stopped") else 0
 
 
 def _apply_overrides_to_saved(workdir: str, overrides: list[str]):

@@ -175,6 +175,22 @@ def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     return flag_values.config
 
 
+# The fields `resolve` fills when they are 0, and the field each is then taken from.
+DERIVED_FROM = {
+    "model.n_kv_head": "model.n_head",
+    "optim.decay_steps": "train.steps",
+    "model.position.learned.max_len": "data.block_size",
+    "model.position.rope.original_max_len": "data.block_size",
+}
+
+
+def cause_first(fields) -> list[str]:
+    """Differing dotted fields, sorted, a derived field after the field it follows when both differ: a changed
+    `train.steps` is reported as itself, not as the `optim.decay_steps` it brought along."""
+    fields = set(fields)
+    return sorted(fields, key=lambda f: (DERIVED_FROM.get(f) in fields, f))
+
+
 def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) -> ml_collections.ConfigDict:
     """Returns a copy with the derived fields filled in: 0 means "take it from elsewhere"."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())

@@ -329,7 +329,8 @@ def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> N
         ax.set_xlabel("eval length (tokens, log scale)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if axes[0][-1].get_legend_handles_labels()[0]:  # no point evaluated yet: no legend
+        axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -377,7 +378,8 @@ def plot_position_loss(variants: list[dict], path: str, *, title: str = "", per_
     ax.set_xlabel(f"token position in the window (log scale; mean over {per_octave} bins per doubling)")
     ax.set_ylabel("mean loss at the position (nats/token)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:  # no curve yet (a sweep stopped before its first evaluation): no legend
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -81,7 +81,7 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
     change on resume. Both configs resolved (0 = derived fields filled in)."""
     a, b = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
     missing = object()
-    changed = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
     fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]
     if fixed:
         k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""

@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import signal
 import time
 
 import ml_collections
@@ -192,14 +193,17 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
     except (AttributeError, KeyError, ValueError):  # a config from older code: compare it as saved
         pass
     saved, wanted = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
-    for field in sorted(set(saved) & set(wanted)):
+
+    def compared(field: str) -> bool:
         parts = field.split(".")
         other_variant = field.startswith("model.position.") and parts[2] not in ("name", cfg.model.position.name)
-        if field in _RESUME_IGNORED or other_variant:
-            continue
-        if saved.get(field) != wanted.get(field):
-            raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved.get(field)!r}, the sweep "
-                             f"now gives {wanted.get(field)!r}; use another --workdir or restore the sweep config")
+        return field not in _RESUME_IGNORED and not other_variant
+
+    differ = config_lib.cause_first(f for f in set(saved) & set(wanted) if compared(f) and saved[f] != wanted[f])
+    if differ:
+        field, more = differ[0], f" (and {len(differ) - 1} more: {', '.join(differ[1:])})" if len(differ) > 1 else ""
+        raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved[field]!r}, the sweep now gives "
+                         f"{wanted[field]!r}{more}; use another --workdir or restore the sweep config")
 
 
 def describe(point: Point, state: str) -> str:
@@ -242,7 +246,9 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
         if report:
             write_reports(workdir)
         if stopped:
-            raise SweepStopped(f"sweep stopped at point {p.name}: {stopped}; run the same command to resume")
+            reason, signal_name = stopped
+            raise SweepStopped(f"sweep stopped at point {p.name}: {reason}; run the same command to resume",
+                               signal_name)
     if report:
         for line in write_reports(workdir):
             print_fn(line)
@@ -252,10 +258,15 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
 class SweepStopped(RuntimeError):
     """A signal stopped a run (its checkpoint is saved); the sweep resumes from it when run again."""
 
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
 
 def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, state: str,
-              datasets: dict) -> str | None:
-    """Trains (or resumes) and evaluates one point; returns a stop reason when a signal interrupted it."""
+              datasets: dict) -> tuple[str, str] | None:
+    """Trains (or resumes) and evaluates one point; returns (the stop reason, the signal's name) when a signal
+    interrupted it."""
     from jaxformer import data as data_lib
     from jaxformer import train as train_lib
 
@@ -268,9 +279,9 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         start, cpu_start = time.perf_counter(), time.process_time()
         result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset)
         train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
-        if result["stopped"] and not result.get("nonfinite_steps"):
-            return result["stopped"]
-        stopped = result["stopped"]
+        if result["signal"]:
+            return result["stopped"], result["signal"]
+        stopped = result["stopped"]  # a non-finite stop: the run is evaluated as it is, and says so
         trainer = result["trainer"]
         graphdef, params, cfg, step = trainer.graphdef, result["params"], trainer.cfg, result["step"]
     else:
@@ -453,7 +464,7 @@ def sweep_main(argv: list[str]) -> int:
                   print_fn=functools.partial(print, flush=True))
     except SweepStopped as e:
         print(str(e))
-        return 130
+        return 128 + signal.Signals[e.signal_name].value
     return 0
 
 

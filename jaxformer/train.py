@@ -374,7 +374,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps
     progress = _progress(start, t.steps, enabled=is_main and t.progress)
     last_time, last_step = time.perf_counter(), start
-    result: dict = {"step": start, "stopped": None}
+    result: dict = {"step": start, "stopped": None, "signal": None}
     best_val = math.inf
     with _StopSignal() as stop:
         for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
@@ -428,6 +428,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             if stopping:
                 signal_name = stop.received or "a signal to another process"
                 result["stopped"] = f"{signal_name} at step {done}; checkpoint saved"
+                result["signal"] = stop.received or "SIGTERM"  # what the job got (another process's, as a TERM)
                 break
             result["step"] = done
     checkpoints.wait()

@@ -75,7 +75,7 @@ def test_signal_saves_checkpoint_and_resume_is_exact(sig, uninterrupted, tmp_pat
     _wait_for_step(workdir, 20, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + sig.value, stderr  # a shell's convention: 130 for SIGINT, 143 for SIGTERM
     assert f"{sig.name} at step" in stderr and "checkpoint saved" in stderr
     steps = os.listdir(os.path.join(workdir, "checkpoints", "latest"))
     assert steps and max(int(s) for s in steps if s.isdigit()) < 300
@@ -180,3 +180,12 @@ def test_resume_refuses_a_changed_model_or_nothing_to_resume_and_writes_nothing(
     assert out.returncode == 0 and "resumed from step 20" in out.stderr, out.stderr
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert max(json.loads(line)["step"] for line in f if line.strip()) == 30
+
+
+def test_exit_status_says_how_the_run_ended():
+    from jaxformer import cli
+
+    assert cli.exit_status({"stopped": None, "signal": None}) == 0
+    assert cli.exit_status({"stopped": "SIGINT at step 7; checkpoint saved", "signal": "SIGINT"}) == 130
+    assert cli.exit_status({"stopped": "SIGTERM at step 7; checkpoint saved", "signal": "SIGTERM"}) == 143
+    assert cli.exit_status({"stopped": "non-finite loss or gradient at step 3", "signal": None}) == 1

@@ -133,3 +133,22 @@ def test_typo_suggestions_are_settable_fields_only(typo, suggested):
         for part in name.split("."):
             node = node[part]
         assert not isinstance(node, type(cfg)), name
+
+
+def test_a_derived_field_is_reported_after_the_field_it_follows():
+    assert config_lib.cause_first(["optim.decay_steps", "train.steps"]) == ["train.steps", "optim.decay_steps"]
+    assert config_lib.cause_first(["optim.decay_steps", "optim.lr"]) == ["optim.decay_steps", "optim.lr"]  # set itself
+    assert config_lib.cause_first(["model.position.learned.max_len", "data.block_size", "model.n_kv_head"]) == [
+        "data.block_size", "model.n_kv_head", "model.position.learned.max_len"]
+    # every derived field is one resolve() fills, from the field named
+    cfg = config_lib.load("default")
+    with cfg.unlocked():
+        for derived in config_lib.DERIVED_FROM:
+            section, _, leaf = derived.rpartition(".")
+            node = cfg
+            for part in section.split("."):
+                node = node[part]
+            node[leaf] = 0
+    resolved = config_lib.flat_fields(config_lib.resolve(cfg))
+    for derived, source in config_lib.DERIVED_FROM.items():
+        assert resolved[derived] == resolved[source], derived

@@ -186,6 +186,12 @@ def test_changed_config_is_refused_not_mixed(swept):
     sweep_cfg, base = _tiny("--config.optim.lr=0.002")
     with pytest.raises(ValueError, match="was run with optim.lr=0.003"):
         sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, dry_run=True)
+    # A changed train.steps is named as itself, not as the optim.decay_steps derived from it.
+    steps = sweep.make_points(*_tiny())[0].cfg.train.steps
+    sweep_cfg, base = _tiny(f"--config.train.steps={steps + 5}")
+    with pytest.raises(ValueError, match=rf"was run with train.steps={steps}, the sweep now gives {steps + 5} "
+                                         r"\(and 1 more: optim.decay_steps\)"):
+        sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, dry_run=True)
     # Settings of a variant no point uses do not touch the runs: not a difference.
     sweep_cfg, base = _tiny("--config.model.position.rope.theta=500.0")
     lines = []
@@ -230,3 +236,15 @@ def test_cli_subcommands(tmp_path, capsys):
     assert "position=alibi,seed=0" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2
     assert "has no runs/ directory" in capsys.readouterr().err
+
+
+def test_a_signal_stops_the_sweep_with_its_exit_status(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg, workdir, **kwargs):
+        return {"stopped": "SIGTERM at step 4; checkpoint saved", "signal": "SIGTERM", "step": 4}
+
+    monkeypatch.setattr(train_lib, "train", interrupted)
+    status = sweep.sweep_main(["--config", "sweeps.tiny", "--workdir", str(tmp_path / "s")])
+    assert status == 143
+    out = capsys.readouterr().out
+    assert "sweep stopped at point position=learned,seed=0: SIGTERM at step 4; checkpoint saved" in out
+    assert "position=alibi" not in out.split("sweep stopped")[1]  # nothing after the stopped point ran
