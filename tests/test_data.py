@@ -6,6 +6,7 @@ array_record in a temporary data dir); nothing is written into the repository.
 
 import hashlib
 import importlib.util
+import logging
 import os
 import socket
 import subprocess
@@ -169,6 +170,16 @@ def test_tiny_shakespeare_through_tfds_without_tensorflow(shakespeare, tfds_data
     assert ds.vocab_size == 65 and ds.data_hash == SHA256 == hashlib.sha256(raw.encode()).hexdigest()
     with open(os.path.join(os.path.dirname(builder_lib.__file__), "checksums.tsv")) as f:
         assert f"{builder_lib.URL}\t1115394\t{SHA256}\tinput.txt" in f.read()
+
+
+def test_first_prepare_logs_no_tfds_warning_or_progress_bars(tmp_path, shakespeare_dir, caplog, capfd):
+    with caplog.at_level(logging.INFO):
+        splits = text_lib.tiny_shakespeare_splits(config(data_dir=str(tmp_path), manual_dir=shakespeare_dir))
+    assert len(splits["train"]) == 1_003_854
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == []  # TFDS warns "Variant folder ... has no dataset_info.json" unless silenced
+    err = capfd.readouterr().err
+    assert "it/s" not in err and "\r" not in err  # no tqdm redraws
 
 
 def test_validation_plus_test_is_nanogpts_last_ten_percent(shakespeare):

@@ -15,8 +15,10 @@ transient errors once a connection is possible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import socket
 import threading
@@ -178,6 +180,7 @@ def _prepare_tiny_shakespeare(builder, data_cfg) -> None:
                         f"(offline?); {_how_to(url)}")
     # No GCS lookup for prepared data: this builder is not on TFDS's bucket, and offline it would only wait.
     config = tfds.download.DownloadConfig(manual_dir=directory, try_download_gcs=False)
+    tfds.display_progress_bar(False)  # a 1 MB file: its nine progress bars would only fill a log with redraws
     try:
         builder.download_and_prepare(download_config=config)
     except download_manager.NonMatchingChecksumError:
@@ -196,6 +199,20 @@ def _prepare_tiny_shakespeare(builder, data_cfg) -> None:
             raise DataError(f"preparing tiny_shakespeare from {path} in {builder.data_dir} failed "
                             f"({reason})") from None
         raise DataError(f"downloading {url} failed ({reason}); {_how_to(url)}") from None
+    finally:
+        tfds.display_progress_bar(True)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's absl warnings off for the duration (its scan of a half-made version folder warns at every first use)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def tiny_shakespeare_splits(data_cfg) -> dict:
@@ -205,8 +222,10 @@ def tiny_shakespeare_splits(data_cfg) -> dict:
     from jaxformer.data.tiny_shakespeare import NAME, TinyShakespeare
 
     data_dir = os.path.expanduser(data_cfg.data_dir) if data_cfg.get("data_dir") else None
-    builder = TinyShakespeare(data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
+    with _quiet_tfds():  # not prepared yet is the normal first use, not a warning ("Variant folder ... has no ...")
+        builder = TinyShakespeare(data_dir=data_dir, file_format="array_record")
+        prepared = builder.is_prepared()
+    if not prepared:
         _prepare_tiny_shakespeare(builder, data_cfg)
     sources = tfds.data_source(NAME, split=list(TINY_SHAKESPEARE_SPLITS), data_dir=data_dir,
                                download=False, builder_kwargs={"file_format": "array_record"})
