@@ -6,7 +6,7 @@ to JAX. Model and training code never branch on the platform; entry points (the 
 
 Settings and their measured effect (benchmarks/NOTES.md has the runs; nanoGPT's baby shakespeare-char step, 4x128,
 batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the machine kind of the issue brief,
-"Zen 5" = 2-core EPYC with AVX-512):
+"Zen 4" = 2-core EPYC Genoa VM (family 25 model 17, AVX-512), "Zen 5" = 2-core EPYC with AVX-512, family 26):
 
   Allocator (`tune_malloc`, on by default on a CPU with glibc; JAXFORMER_MALLOC=default turns it off).
       glibc returns large freed blocks to the OS (mmap threshold, heap trimming), so every step XLA:CPU's
@@ -27,15 +27,17 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       Opt-in because it changes `jax.device_count()`: data.batch_size (and eval batches) must divide by the
       number of cores, and every jitted function sees a mesh of that many devices.
       It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
-  Matrix products (`cpu_matmul_backend`, env JAXFORMER_CPU_MATMUL = "blas" | "xla"; default "blas" on an x86
-      CPU with AVX2 but no AVX-512, the kind it was measured on, with one CPU device; "xla" otherwise).
+  Matrix products (`cpu_matmul_backend`, env JAXFORMER_CPU_MATMUL = "blas" | "xla"; default "blas", with one
+      CPU device, on the kinds it was measured faster on -- x86 with AVX2 and no AVX-512 (Zen 3), and AMD
+      family 25 with AVX-512 (Zen 4) -- and "xla" otherwise).
       "blas" routes every float32 product of the model (`jaxformer.matmul`: dense layers, the attention core's
       two products per head) to the custom call of `jaxformer/kernels/cpu_gemm.cc`: OpenBLAS's single-threaded
       sgemm on row blocks or head matrices spread over XLA's own thread pool. XLA:CPU's kernels split each small
       product over both cores with a fork/join that costs more than it saves: 48 heads of 64x32x64 ran at
       21-29 GFLOP/s through XLA vs ~70 in PyTorch (Zen 3, 2026-12-03). Measured on Zen 3: x0.845 in one
       process, interleaved (49.4 vs 56.6 ms); 41.0-46.3 vs 49.2-52.7 ms in 4 alternated rounds (x0.80-0.93).
-      Zen 5 and the Intel kind are not yet measured with it. Built on first use with the
+      Zen 4 (2026-12-04): 27.3-30.1 vs 31.0-32.3 ms, faster in 7 of 8 alternated rounds (the 8th a 40.5 ms spike), MFU
+      60.7-67.5% vs 56.9-60.9%. Zen 5 and the Intel kind are not yet measured with it. Built on first use with the
       system C++ compiler (cached); without a compiler or the scipy-openblas32 wheel it warns once and uses XLA's
       dot. Several CPU devices keep "xla": the custom call has no sharding rule.
   XLA flags: none by default -- no candidate measured better than XLA's defaults (Zen 5; on Zen 3 oneDNN dots
@@ -142,33 +144,51 @@ def tune_malloc() -> dict[str, str]:
     return applied
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (empty where there is none: not Linux)."""
+def cpu_info() -> dict:
+    """The first processor's `vendor_id`, `cpu family` (int) and `flags` (set) from /proc/cpuinfo; {} where there
+    is none (not Linux)."""
+    info: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "vendor_id":
+                    info["vendor"] = value
+                elif key == "cpu family" and value.isdigit():
+                    info["family"] = int(value)
+                elif key == "flags":
+                    info["flags"] = set(value.split())
+                elif not key and info:  # the blank line after the first processor
+                    break
     except OSError:
         pass
-    return set()
+    return info
+
+
+def kernel_measured_faster(cpu: dict) -> bool:
+    """True on the CPU kinds where the BLAS kernel beat XLA's dot in the step: x86 with AVX2 and no AVX-512 (Zen 3,
+    2026-12-03), and AMD family 25 with AVX-512 (Zen 4, 2026-12-04). Zen 5 (family 26) and Intel's AVX-512 kinds
+    keep XLA's dot, their measured setting: the kernel is not yet measured there."""
+    flags = cpu.get("flags", set())
+    if "avx2" not in flags:
+        return False
+    return "avx512f" not in flags or (cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25)
 
 
 def cpu_matmul_backend(cpu_devices: int | None = None, *, multi_device_flags: bool = False,
-                       flags: set[str] | None = None) -> str:
+                       cpu: dict | None = None) -> str:
     """"blas" or "xla" for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla"); else
-    "blas" on the kind it was measured faster on -- an x86 CPU with AVX2 and without AVX-512 (Zen 3) -- with one
-    CPU device, and "xla" otherwise: on AVX-512 machines (Zen 5, Intel) XLA's dot is the measured setting and the
-    kernel is not yet measured there, and several devices need the sharding rule the custom call lacks."""
+    "blas" where `kernel_measured_faster(cpu)` (`cpu`: `cpu_info()` of this machine unless given) with one CPU
+    device, and "xla" otherwise: several devices need the sharding rule the custom call lacks."""
     mode = os.environ.get(CPU_MATMUL_ENV, "").lower()
     if mode and mode not in matmul.CPU_BACKENDS:
         raise ValueError(f"{CPU_MATMUL_ENV}={os.environ[CPU_MATMUL_ENV]!r}; give 'blas' (the float32 matmul kernel "
-                         "on OpenBLAS; default on AVX2 CPUs without AVX-512) or 'xla' (XLA's own dot)")
+                         "on OpenBLAS; default on Zen 3, Zen 4 and other AVX2 CPUs without AVX-512) or 'xla' "
+                         "(XLA's own dot)")
     if mode:
         return mode
-    flags = cpu_flags() if flags is None else flags
-    measured_faster = "avx2" in flags and "avx512f" not in flags
-    return "blas" if measured_faster and (cpu_devices or 1) == 1 and not multi_device_flags else "xla"
+    faster = kernel_measured_faster(cpu_info() if cpu is None else cpu)
+    return "blas" if faster and (cpu_devices or 1) == 1 and not multi_device_flags else "xla"
 
 
 def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None = None) -> dict[str, str]:

@@ -131,19 +131,36 @@ def test_model_trains_the_same_through_either_backend(tiny_cfg):
 
 def test_backend_choice_follows_the_cpu_devices_and_the_environment(monkeypatch):
     monkeypatch.delenv(platform.CPU_MATMUL_ENV, raising=False)
-    zen3, zen5 = {"avx", "avx2", "fma"}, {"avx2", "avx512f", "avx512bw"}
-    assert platform.cpu_matmul_backend(None, flags=zen3) == platform.cpu_matmul_backend(1, flags=zen3) == "blas"
-    assert platform.cpu_matmul_backend(1, flags=zen5) == "xla"  # measured setting there: XLA's dot
-    assert platform.cpu_matmul_backend(1, flags=set()) == "xla"  # no /proc/cpuinfo, or not x86
-    assert platform.cpu_matmul_backend(2, flags=zen3) == "xla"  # the custom call has no sharding rule
-    assert platform.cpu_matmul_backend(None, multi_device_flags=True, flags=zen3) == "xla"
+    avx512 = {"avx2", "avx512f", "avx512bw"}
+    zen3 = {"vendor": "AuthenticAMD", "family": 25, "flags": {"avx", "avx2", "fma"}}
+    zen4 = {"vendor": "AuthenticAMD", "family": 25, "flags": avx512}
+    zen5 = {"vendor": "AuthenticAMD", "family": 26, "flags": avx512}
+    xeon = {"vendor": "GenuineIntel", "family": 6, "flags": avx512 | {"amx_tile"}}
+    assert platform.cpu_matmul_backend(None, cpu=zen3) == platform.cpu_matmul_backend(1, cpu=zen3) == "blas"
+    assert platform.cpu_matmul_backend(1, cpu=zen4) == "blas"  # measured faster there too
+    assert platform.cpu_matmul_backend(1, cpu=zen5) == "xla"  # measured setting there: XLA's dot
+    assert platform.cpu_matmul_backend(1, cpu=xeon) == "xla"
+    assert platform.cpu_matmul_backend(1, cpu={}) == "xla"  # no /proc/cpuinfo, or not x86
+    assert platform.cpu_matmul_backend(2, cpu=zen3) == "xla"  # the custom call has no sharding rule
+    assert platform.cpu_matmul_backend(None, multi_device_flags=True, cpu=zen4) == "xla"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "xla")
-    assert platform.cpu_matmul_backend(1, flags=zen3) == "xla"
+    assert platform.cpu_matmul_backend(1, cpu=zen3) == "xla"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "blas")
-    assert platform.cpu_matmul_backend(4, flags=zen5) == "blas"
+    assert platform.cpu_matmul_backend(4, cpu=zen5) == "blas"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "fast")
     with pytest.raises(ValueError, match="JAXFORMER_CPU_MATMUL='fast'"):
         platform.cpu_matmul_backend(1)
+
+
+def test_cpu_info_reads_the_first_processor(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "flags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    assert platform.cpu_info() == {"vendor": "AuthenticAMD", "family": 25, "flags": {"fpu", "avx2", "avx512f"}}
+    cpuinfo.unlink()
+    assert platform.cpu_info() == {}
 
 
 def test_kernel_build_is_cached_and_a_missing_compiler_is_reported(tmp_path, monkeypatch):
