@@ -180,6 +180,7 @@ def run(args) -> dict:
         "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_matmul": cpu_matmul,
+        "openblas_core": matmul.blas_core(),
         "n_params": trainer.n_params, "n_params_non_embedding": trainer.n_params_non_embedding,
         "compile_s": compile_s,
         "median_ms_per_step": 1e3 * step_s,
@@ -205,7 +206,8 @@ def table(r: dict) -> str:
         ("data", r["data"]),
         ("device", f"{r['device']} x{r['n_devices']}"),
         ("XLA_FLAGS", r["xla_flags"] or "(none)"),
-        ("CPU matmul", r["cpu_matmul"] or "-"),
+        ("CPU matmul", f"{r['cpu_matmul']} (OpenBLAS {r['openblas_core']} kernels)" if r.get("openblas_core")
+                       else r["cpu_matmul"] or "-"),
         ("parameters", f"{r['n_params']:,} ({r['n_params_non_embedding']:,} non-embedding)"),
         ("compile", f"{r['compile_s']:.2f} s"),
         ("step (median)", f"{r['median_ms_per_step']:.2f} ms  (p10 {r['p10_ms_per_step']:.2f}, "

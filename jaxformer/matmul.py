@@ -43,6 +43,15 @@ def cpu_backend_in_use() -> str | None:
     return "blas" if _kernel_target() is not None else "xla"
 
 
+def blas_core() -> str | None:
+    """OpenBLAS's core kernels ("Haswell", "SkylakeX", ...) when the CPU products run on the kernel, else None."""
+    if cpu_backend_in_use() != "blas":
+        return None
+    from jaxformer.kernels import cpu_gemm
+
+    return cpu_gemm.openblas_corename()
+
+
 def _xla(a, b, ta: bool, tb: bool, preferred_element_type=None):
     n = a.ndim
     batch = tuple(range(n - 2))

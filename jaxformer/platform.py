@@ -40,6 +40,10 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       60.7-67.5% vs 56.9-60.9%. Zen 5 and the Intel kind are not yet measured with it. Built on first use with the
       system C++ compiler (cached); without a compiler or the scipy-openblas32 wheel it warns once and uses XLA's
       dot. Several CPU devices keep "xla": the custom call has no sharding rule.
+      OpenBLAS core kernels (`openblas_coretype`; OPENBLAS_CORETYPE if the user set it): on Zen 4 OpenBLAS picks
+      its SkylakeX (AVX-512) kernels; with its Haswell (AVX2) ones the step ran 27.20-28.84 vs 28.27-31.15 ms,
+      faster in 6 of 6 alternated rounds (x0.96 on the medians, p10 26.9-27.3 vs 27.8-28.2; 2026-12-04; Zen 4
+      runs AVX-512 on 256-bit units). Cooperlake's and Zen's kernels were in between (two rounds each).
   XLA flags: none by default -- no candidate measured better than XLA's defaults (Zen 5; on Zen 3 oneDNN dots
       and YNNPACK dot-only fusion were also within the noise once the allocator was set):
       --xla_cpu_use_xnnpack=false          x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
@@ -175,6 +179,15 @@ def kernel_measured_faster(cpu: dict) -> bool:
     return "avx512f" not in flags or (cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25)
 
 
+def openblas_coretype(cpu: dict, matmul_backend: str) -> str | None:
+    """The OpenBLAS core kernels to ask for (OPENBLAS_CORETYPE) where the measured choice differs from OpenBLAS's
+    own: "Haswell" (AVX2) on AMD family 25 with AVX-512 (Zen 4), where OpenBLAS picks SkylakeX (AVX-512) and the
+    step ran x0.96 with Haswell's; None elsewhere, and when the products do not run on the kernel."""
+    flags = cpu.get("flags", set())
+    zen4 = cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25 and "avx512f" in flags
+    return "Haswell" if matmul_backend == "blas" and zen4 else None
+
+
 def cpu_matmul_backend(cpu_devices: int | None = None, *, multi_device_flags: bool = False,
                        cpu: dict | None = None) -> str:
     """"blas" or "xla" for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla"); else
@@ -221,9 +234,14 @@ def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None
     if n is not None and not user_set:
         jax.config.update("jax_num_cpu_devices", n)
         applied["jax_num_cpu_devices"] = str(n)
-    matmul_backend = cpu_matmul_backend(n, multi_device_flags=user_set)
+    cpu = cpu_info()
+    matmul_backend = cpu_matmul_backend(n, multi_device_flags=user_set, cpu=cpu)
     matmul.set_cpu_backend(matmul_backend)
     applied["cpu_matmul"] = matmul_backend
+    coretype = openblas_coretype(cpu, matmul_backend)
+    if coretype and "OPENBLAS_CORETYPE" not in os.environ:  # read when the kernel loads OpenBLAS, at first use
+        os.environ["OPENBLAS_CORETYPE"] = coretype
+        applied["OPENBLAS_CORETYPE"] = coretype
     if applied:
         log.debug("platform settings: %s", ", ".join(f"{k}={v}" for k, v in applied.items()))
     return applied

@@ -162,6 +162,7 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
         "host": platform.node(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_matmul": matmul.cpu_backend_in_use(),
+        "openblas_core": matmul.blas_core(),
         "data_hash": data_hash,
         "git_revision": git_revision(),
         "config_hash": config_lib.config_hash(cfg),

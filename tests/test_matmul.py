@@ -163,6 +163,28 @@ def test_cpu_info_reads_the_first_processor(tmp_path, monkeypatch):
     assert platform.cpu_info() == {}
 
 
+def test_openblas_core_kernels_are_chosen_only_where_measured():
+    avx512 = {"avx2", "avx512f", "avx512bw"}
+    zen4 = {"vendor": "AuthenticAMD", "family": 25, "flags": avx512}
+    assert platform.openblas_coretype(zen4, "blas") == "Haswell"
+    assert platform.openblas_coretype(zen4, "xla") is None  # nothing of ours runs on OpenBLAS then
+    assert platform.openblas_coretype({"vendor": "AuthenticAMD", "family": 25, "flags": {"avx2"}}, "blas") is None
+    assert platform.openblas_coretype({"vendor": "AuthenticAMD", "family": 26, "flags": avx512}, "blas") is None
+    assert platform.openblas_coretype({"vendor": "GenuineIntel", "family": 6, "flags": avx512}, "blas") is None
+    assert platform.openblas_coretype({}, "blas") is None
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", "Sandybridge"])
+def test_the_recorded_openblas_core_is_the_one_that_runs(coretype):
+    code = ("import jax.numpy as jnp; from jaxformer import matmul; matmul.set_cpu_backend('blas');"
+            "matmul.matmul(jnp.ones((2, 3)), jnp.ones((3, 2))).block_until_ready(); print(matmul.blas_core());"
+            "matmul.set_cpu_backend('xla'); print(matmul.blas_core())")
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == [coretype, "None"]
+
+
 def test_kernel_build_is_cached_and_a_missing_compiler_is_reported(tmp_path, monkeypatch):
     library = cpu_gemm.build(tmp_path)
     assert library.exists() and cpu_gemm.build(tmp_path) == library  # second call: the cached file

@@ -65,3 +65,28 @@ def test_a_bad_machine_setting_is_a_one_line_cli_error(name, value, valid, tmp_p
     assert out.returncode == 2, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and repr(value) in lines[0] and valid in lines[0], out.stderr
+
+
+# configure() on a stand-in Zen 4: the kernel's products, and OpenBLAS's AVX2 kernels unless the user chose some.
+_CONFIGURE_ZEN4 = """
+import json, os
+from jaxformer import matmul, platform
+platform.cpu_info = lambda: {"vendor": "AuthenticAMD", "family": 25, "flags": {"avx2", "avx512f"}}
+applied = platform.configure("cpu")
+import jax.numpy as jnp
+matmul.matmul(jnp.ones((2, 3)), jnp.ones((3, 2))).block_until_ready()
+print(json.dumps({"applied": applied, "env": os.environ.get("OPENBLAS_CORETYPE"), "core": matmul.blas_core()}))
+"""
+
+
+@pytest.mark.parametrize("user", [None, "Sandybridge"])
+def test_configure_asks_openblas_for_the_measured_kernels_unless_the_user_chose(user):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "JAXFORMER_CPU_MATMUL")}
+    if user:
+        env["OPENBLAS_CORETYPE"] = user
+    out = subprocess.run([sys.executable, "-c", _CONFIGURE_ZEN4], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["applied"]["cpu_matmul"] == "blas"
+    assert got["applied"].get("OPENBLAS_CORETYPE") == (None if user else "Haswell")
+    assert got["env"] == got["core"] == (user or "Haswell")

@@ -102,6 +102,19 @@ def load() -> str | None:
         return _state["target"]
 
 
+def openblas_corename() -> str | None:
+    """The core kernels OpenBLAS chose in this process ("Haswell", "SkylakeX", ...: its CPU detection, or
+    OPENBLAS_CORETYPE); None until `load()` has succeeded."""
+    if not _state.get("target"):
+        return None
+    try:
+        corename = ctypes.CDLL(_openblas()).scipy_openblas_get_corename  # the handle `load()` already opened
+    except (OSError, AttributeError):
+        return None
+    corename.restype = ctypes.c_char_p
+    return corename().decode()
+
+
 def reason() -> str | None:
     """Why `load()` returned None (None when it loaded or was not tried)."""
     return _state.get("reason")
