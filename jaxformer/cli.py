@@ -223,12 +223,21 @@ def repro_check_main(argv: list[str]) -> int:
         # Same config (so the same schedule); stop after N steps.
         train_lib.train(cfg, os.path.join(tmp, "run"), stop_after=args.steps)
         rerun = [m for m in run_lib.read_metrics(os.path.join(tmp, "run")) if m["step"] <= args.steps]
+        now = run_lib.read_json(os.path.join(tmp, "run", "manifest.json"))
     mismatches = [(a, b) for a, b in zip(recorded, rerun, strict=False) if a != b]
     if len(rerun) != len(recorded):
         mismatches.append((f"{len(recorded)} records", f"{len(rerun)} records"))
     if mismatches:
         a, b = mismatches[0]
         print(f"MISMATCH: {len(mismatches)} of {len(recorded)} records differ; first: recorded {a} vs re-run {b}")
+        recorded_manifest = os.path.join(args.workdir, "manifest.json")
+        if os.path.exists(recorded_manifest):
+            differences = run_lib.environment_differences(run_lib.read_json(recorded_manifest), now)
+            print("what differs from the recorded run's manifest:" if differences else
+                  "the recorded run's manifest shows no difference in versions, devices, flags, kernels, data "
+                  "or code revision")
+            for line in differences:
+                print(f"  {line}")
         return 1
     print(f"OK: the first {args.steps} steps reproduce all {len(recorded)} recorded metrics records bit for bit")
     return 0

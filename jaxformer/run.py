@@ -170,6 +170,33 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
     }
 
 
+# What can change a run's numbers between two machines or installs (not `created`, `host` or `argv`).
+NUMERIC_ENVIRONMENT = ("versions", "platform", "device_kind", "device_count", "process_count", "xla_flags",
+                       "cpu_matmul", "openblas_core", "data_hash", "git_revision")
+
+
+def environment_differences(recorded: dict, now: dict) -> list[str]:
+    """One line per manifest field, of those that can change the numbers, that differs between two manifests,
+    e.g. "openblas_core: recorded=SkylakeX, now=Haswell (OPENBLAS_CORETYPE=SkylakeX selects the recorded kernels)".
+    A field an older manifest lacks reads "(not recorded)"."""
+    missing = "(not recorded)"
+    lines = []
+    for key in NUMERIC_ENVIRONMENT:
+        a, b = recorded.get(key, missing), now.get(key, missing)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += [f"{key}.{k}: recorded={a.get(k, missing)}, now={b.get(k, missing)}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            line = f"{key}: recorded={a}, now={b}"
+            if key == "openblas_core" and a not in (None, missing):
+                line += f" (OPENBLAS_CORETYPE={a} selects the recorded kernels)"
+            elif key == "openblas_core" and a == missing and recorded.get("cpu_matmul") == "blas":
+                line += (" (manifests before 2026-12-04 do not name it; OpenBLAS then chose by its own CPU detection, "
+                         "which an empty OPENBLAS_CORETYPE= restores)")
+            lines.append(line)
+    return lines
+
+
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):

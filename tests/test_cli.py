@@ -116,6 +116,8 @@ def test_repro_check(tmp_path):
     open(path, "w").write("\n".join(lines) + "\n")
     out = jaxformer("repro-check", workdir, "--steps", "15")
     assert out.returncode == 1 and "MISMATCH" in out.stdout
+    # Same machine, same code: the mismatch is the record's, and the check says the environment is not the cause.
+    assert "manifest shows no difference" in out.stdout, out.stdout
     out = jaxformer("repro-check", workdir, "--steps", "500")  # beyond the run: nothing to compare, an error
     assert out.returncode == 2 and "has recorded only 30 steps" in out.stderr, out.stderr
     # Sampling options are checked before the checkpoint loads.

@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxformer import config as config_lib
@@ -48,6 +49,49 @@ def test_weight_decay_on_matrices_only():
     np.testing.assert_allclose(np.asarray(updates["w"]), -lr0 * o.weight_decay * np.ones((3, 4)), rtol=1e-6)
     assert o.weight_decay > 0
     np.testing.assert_array_equal(np.asarray(updates["b"]), 0.0)  # vectors (biases, norms) are not
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 50.0])  # clipped, and not
+def test_clip_reusing_the_step_norm_matches_optax_and_keeps_its_state_tree(max_norm):
+    rng = np.random.default_rng(0)
+    grads = {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+    # float64 reference from the formula: g * min(1, max_norm / ||g||).
+    g64 = {k: np.asarray(v, np.float64) for k, v in grads.items()}
+    norm = np.sqrt(sum(np.sum(v ** 2) for v in g64.values()))
+    ours = train_lib.clip_by_global_norm(max_norm)
+    theirs = optax.clip_by_global_norm(max_norm)
+    for kwargs in [{}, {"grad_norm": optax.tree.norm(grads)}]:
+        clipped, state = ours.update(grads, ours.init(grads), None, **kwargs)
+        expected, _ = theirs.update(grads, theirs.init(grads), None)
+        for k in grads:
+            np.testing.assert_allclose(np.asarray(clipped[k]), g64[k] * min(1.0, max_norm / norm), rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(clipped[k]), np.asarray(expected[k]), rtol=1e-6)
+    # The norm handed in is the one used (a wrong one shows), and checkpoints' optimizer-state trees are unchanged.
+    scaled, _ = ours.update(grads, ours.init(grads), None, grad_norm=jnp.float32(norm * 4))
+    np.testing.assert_allclose(np.asarray(scaled["w"]), g64["w"] * min(1.0, max_norm / (norm * 4)), rtol=1e-5)
+    o = config_lib.load("tiny").optim
+    assert o.grad_clip > 0
+    reference = optax.chain(optax.clip_by_global_norm(o.grad_clip), optax.adamw(
+        train_lib.make_schedule(o), b1=o.beta1, b2=o.beta2, weight_decay=o.weight_decay,
+        mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
+    assert (jax.tree.structure(train_lib.make_optimizer(o).init(grads))
+            == jax.tree.structure(reference.init(grads)))
+
+
+def test_environment_differences_name_what_can_change_the_numbers():
+    recorded = {"versions": {"jax": "0.10.2", "optax": "0.2.8"}, "cpu_matmul": "blas", "openblas_core": "SkylakeX",
+                "xla_flags": "", "git_revision": "abc", "host": "a", "created": "then", "argv": ["x"]}
+    assert run_lib.environment_differences(recorded, dict(recorded, host="b", created="now", argv=["y"])) == []
+    now = dict(recorded, versions={"jax": "0.10.3", "optax": "0.2.8"}, openblas_core="Haswell",
+               xla_flags="--xla_cpu_use_xnnpack=false", host="b")
+    assert run_lib.environment_differences(recorded, now) == [
+        "versions.jax: recorded=0.10.2, now=0.10.3",
+        "xla_flags: recorded=, now=--xla_cpu_use_xnnpack=false",
+        "openblas_core: recorded=SkylakeX, now=Haswell (OPENBLAS_CORETYPE=SkylakeX selects the recorded kernels)"]
+    older = {k: v for k, v in recorded.items() if k != "openblas_core"}  # manifests before the field existed
+    (line,) = run_lib.environment_differences(older, now | {"versions": recorded["versions"], "xla_flags": ""})
+    assert line.startswith("openblas_core: recorded=(not recorded), now=Haswell") and "OPENBLAS_CORETYPE=" in line
 
 
 def test_gradient_accumulation_equals_big_batch(tiny_cfg):
