@@ -315,5 +315,25 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
     return flat(json.loads(to_json(cfg)), "")
 
 
+# Fields added after runs had already been written, each with the value that reproduces how those runs were built
+# and trained (not necessarily today's default). `from_json` fills any that a saved config.json lacks, so a run
+# written before the field existed still loads, resumes, samples and evaluates as it was trained. A change that
+# adds a config field whose default alters behaviour adds a line here: "section.field": old_behaviour_value.
+LEGACY_DEFAULTS: dict[str, object] = {}
+
+
+def fill_legacy(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of a saved config with every LEGACY_DEFAULTS field it lacks filled in (fields it has are kept)."""
+    d = cfg.to_dict()
+    for field, value in LEGACY_DEFAULTS.items():
+        *sections, leaf = field.split(".")
+        node = d
+        for section in sections:
+            node = node.setdefault(section, {})
+        node.setdefault(leaf, value)
+    return ml_collections.ConfigDict(d)
+
+
 def from_json(text: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(json.loads(text))
+    """A saved config (config.json), with the fields added since it was written filled by LEGACY_DEFAULTS."""
+    return fill_legacy(ml_collections.ConfigDict(json.loads(text)))

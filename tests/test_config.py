@@ -152,3 +152,16 @@ def test_a_derived_field_is_reported_after_the_field_it_follows():
     resolved = config_lib.flat_fields(config_lib.resolve(cfg))
     for derived, source in config_lib.DERIVED_FROM.items():
         assert resolved[derived] == resolved[source], derived
+
+
+def test_a_saved_config_gets_the_legacy_value_of_a_field_it_lacks_and_keeps_the_fields_it_has(monkeypatch):
+    monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, "model.position.t5.max_distance", 128)
+    monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, "data.new_section.flag", False)
+    saved = config_lib.load("tiny").to_dict()
+    saved["model"]["position"]["t5"].pop("max_distance")
+    cfg = config_lib.from_json(config_lib.json.dumps(saved))
+    assert cfg.model.position.t5.max_distance == 128
+    assert cfg.data.new_section.flag is False
+    set_cfg = config_lib.load("tiny", ["--config.model.position.t5.max_distance=7"])
+    kept = config_lib.from_json(config_lib.to_json(set_cfg))
+    assert kept.model.position.t5.max_distance == 7
