@@ -27,8 +27,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxformer import matmul
-
 log = logging.getLogger(__name__)
 
 # Masked logits get a finite large negative, not -inf: a row whose keys are all masked would otherwise give
@@ -45,15 +43,17 @@ def _scale(d, scale):
 
 
 def scaled_dot_product_attention(q_Txd, k_Sxd, v_Sxdv, *, mask=None, bias=None, scale=None,
-                                 return_weights=False):
+                                 return_weights=False, dot_general=lax.dot_general):
     """One head: softmax(q·kᵀ·scale + bias, masked)·v, `scale` = 1/√d by default (Vaswani et al., 2017).
 
     `mask` bool [T, S], True where query t may attend key s; `bias` float [T, S], added to the scaled logits.
     A query with every key masked gets zero weights and a zero output. Returns out [T, dv] in v's dtype, and
-    the float32 weights [T, S] when `return_weights`.
+    the float32 weights [T, S] when `return_weights`. `dot_general` (`lax.dot_general`'s signature) computes
+    the two products: a machine's own matmul can be passed in (the model's construction does), the maths is
+    the same.
     """
     # Logits and softmax in float32 whatever the input dtype: exp of bfloat16 logits loses the small weights.
-    logits_TxS = matmul.matmul(q_Txd, k_Sxd, transpose_b=True, preferred_element_type=_F32)
+    logits_TxS = dot_general(q_Txd, k_Sxd, (((q_Txd.ndim - 1,), (1,)), ((), ())), preferred_element_type=_F32)
     logits_TxS = logits_TxS * _scale(q_Txd.shape[-1], scale)
     if bias is not None:
         logits_TxS = logits_TxS + bias.astype(_F32)
@@ -65,7 +65,8 @@ def scaled_dot_product_attention(q_Txd, k_Sxd, v_Sxdv, *, mask=None, bias=None, 
     # [T, S] array fewer than with a jnp.where on the weights).
     live_Tx1 = True if mask is None else jnp.any(mask, axis=-1, keepdims=True)
     weights_TxS = exp_TxS * (live_Tx1 / exp_TxS.sum(axis=-1, keepdims=True))
-    out_Txdv = matmul.matmul(weights_TxS, v_Sxdv.astype(_F32)).astype(v_Sxdv.dtype)
+    out_Txdv = dot_general(weights_TxS, v_Sxdv.astype(_F32), (((weights_TxS.ndim - 1,), (0,)), ((), ())))
+    out_Txdv = out_Txdv.astype(v_Sxdv.dtype)
     return (out_Txdv, weights_TxS) if return_weights else out_Txdv
 
 
@@ -141,7 +142,7 @@ def _no_weights(name):
 
 
 def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-               scale, block_size, return_weights):
+               scale, block_size, return_weights, dot_general):
     del block_size
     (B, T, H, d), (S, K), dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1:3], v_BxSxKxdv.shape[-1]
     G = H // K
@@ -156,7 +157,8 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
 
     mask, (mb, mk, mg) = batch_dims_first(_group_heads(mask, K, G))
     bias, (bb, bk, bg) = batch_dims_first(_group_heads(bias, K, G))
-    head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights)
+    head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights,
+                             dot_general=dot_general)
     # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
     out_axes = lambda axis: (axis, 0) if return_weights else axis
     one_head = lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b)
@@ -187,11 +189,12 @@ def _map_axis(f, size, in_axes, out_axes):
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-             scale, block_size, return_weights):
+             scale, block_size, return_weights, dot_general):
     """Key blocks of `block_size`, all queries at once: each step holds [B, H, T, block] (queries are not
     blocked, as a scan over them would serialise work that XLA runs as one matmul)."""
     if return_weights:
         raise _no_weights("chunked")
+    del dot_general  # its block products are einsums inside the custom VJP: XLA's dot
     (B, T, H, d), (S, K), dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1:3], v_BxSxKxdv.shape[-1]
     G = H // K
     q_pos, k_pos = _positions(q_positions, k_positions, T, S)
@@ -346,10 +349,10 @@ def _fused_backend(dtype, width, *, has_arrays):
 
 
 def _fused(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-           scale, block_size, return_weights):
+           scale, block_size, return_weights, dot_general):
     if return_weights:
         raise _no_weights("fused")
-    del block_size
+    del block_size, dot_general  # jax.nn.dot_product_attention chooses its own kernels
     (_, T, H, d), S, dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1], v_BxSxKxdv.shape[-1]
     # jax's is_causal is aligned top-left (query i sees keys <= i): ours only if T == S at default positions.
     is_causal = causal and q_positions is None and k_positions is None and T == S
@@ -374,14 +377,15 @@ IMPLEMENTATIONS = {"reference": _reference, "chunked": _chunked, "fused": _fused
 
 def multi_head_attention(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask=None, bias=None, bias_fn=None,
                          causal=False, q_positions=None, k_positions=None, scale=None,
-                         implementation="reference", return_weights=False, block_size=512):
+                         implementation="reference", return_weights=False, block_size=512,
+                         dot_general=lax.dot_general):
     """Multi-head (K = H) or grouped-query (K divides H) attention: the single-head function per head.
 
     mask: bool [T,S], [H,T,S] or [B,H,T,S] (size-1 dims broadcast), True = may attend. bias: float, same
     ranks, added to the scaled logits. bias_fn(q_positions [t], k_positions [s]) -> [H, t, s]: a positional
     bias that `chunked` evaluates block by block. causal: keys at k_positions <= the query's q_positions
     (defaults: keys at 0..S-1, queries the last T). Returns out [B,T,H,dv], and weights [B,H,T,S] (reference
-    only) when `return_weights`.
+    only) when `return_weights`. dot_general: the products of `reference` (see scaled_dot_product_attention).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
@@ -396,7 +400,8 @@ def multi_head_attention(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask=None, bias=No
     return IMPLEMENTATIONS[implementation](
         q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, mask=_as_rank4(mask, "mask", B, H, T, S),
         bias=_as_rank4(bias, "bias", B, H, T, S), bias_fn=bias_fn, causal=causal, q_positions=q_positions,
-        k_positions=k_positions, scale=_scale(d, scale), block_size=block_size, return_weights=return_weights)
+        k_positions=k_positions, scale=_scale(d, scale), block_size=block_size, return_weights=return_weights,
+        dot_general=dot_general)
 
 
 # ------------------------------------------------------------------------------------------------ projections
@@ -425,16 +430,17 @@ def init_attention_params(key, *, n_embd, n_head, n_kv_head=None, head_dim=None,
     return params
 
 
-def _dense(params, x):
+def _dense(params, x, dot_general):
     # On rows [B*T, D]: the weight gradient then contracts one axis (no transposed copy on XLA:CPU).
-    y = matmul.matmul(x.reshape(-1, x.shape[-1]), params["kernel"]).reshape(*x.shape[:-1], -1)
+    y = dot_general(x.reshape(-1, x.shape[-1]), params["kernel"], (((1,), (0,)), ((), ())))
+    y = y.reshape(*x.shape[:-1], -1)
     return y + params["bias"] if "bias" in params else y
 
 
-def qkv_projection(params, x_BxTxD, *, n_head, n_kv_head=None):
+def qkv_projection(params, x_BxTxD, *, n_head, n_kv_head=None, dot_general=lax.dot_general):
     """x·W_qkv (+ b), split into q [B,T,H,d], k [B,T,K,d], v [B,T,K,d]."""
     H, K = n_head, n_kv_head or n_head
-    qkv_BxTxW = _dense(params["qkv"], x_BxTxD)
+    qkv_BxTxW = _dense(params["qkv"], x_BxTxD, dot_general)
     B, T, W = qkv_BxTxW.shape
     if W % (H + 2 * K):
         raise ValueError(f"qkv kernel width {W} is not (n_head + 2·n_kv_head)·head_dim "
@@ -444,10 +450,10 @@ def qkv_projection(params, x_BxTxD, *, n_head, n_kv_head=None):
     return q_BxTxHxd.reshape(B, T, H, d), k_BxTxKxd.reshape(B, T, K, d), v_BxTxKxd.reshape(B, T, K, d)
 
 
-def output_projection(params, o_BxTxHxd):
+def output_projection(params, o_BxTxHxd, *, dot_general=lax.dot_general):
     """Concatenated heads · W_out (+ b): [B, T, H, d] -> [B, T, D]."""
     B, T, H, d = o_BxTxHxd.shape
-    return _dense(params["out"], o_BxTxHxd.reshape(B, T, H * d))
+    return _dense(params["out"], o_BxTxHxd.reshape(B, T, H * d), dot_general)
 
 
 def self_attention(params, x_BxTxD, *, n_head, n_kv_head=None, rotate=None, positions=None, causal=True,

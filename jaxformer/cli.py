@@ -33,24 +33,10 @@ log = logging.getLogger("jaxformer")
 
 
 def split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """(config, overrides, rest): `--config X` / `--config=X`, `--config.a.b=v` / `--config.a.b v`."""
-    config, overrides, rest = None, [], []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            config, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg.startswith("--config."):
-            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                arg, i = f"{arg}={argv[i + 1]}", i + 1
-            overrides.append(arg)
-        else:
-            rest.append(arg)
-        i += 1
-    return config, overrides, rest
+    """`config.split_config_args` (imported when called: `jaxformer --help` stays free of JAX)."""
+    from jaxformer import config as config_lib
+
+    return config_lib.split_config_args(argv)
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -123,6 +109,7 @@ def eval_main(argv: list[str]) -> int:
 
     from jaxformer import config as config_lib
     from jaxformer import data as data_lib
+    from jaxformer import loader
     from jaxformer import train as train_lib
 
     p = _parser("eval", "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks).")
@@ -133,7 +120,7 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--full", action="store_true",
                    help="every non-overlapping block of the split instead of train.eval_iters random batches")
     args = p.parse_args(argv)
-    cfg, graphdef, params, step = train_lib.restore_params(args.workdir, which=args.checkpoint)
+    cfg, graphdef, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
     dataset = data_lib.load_dataset(cfg.data)
@@ -150,9 +137,9 @@ def sample_main(argv: list[str]) -> int:
     from flax import nnx
 
     from jaxformer import data as data_lib
+    from jaxformer import loader
     from jaxformer import run as run_lib
     from jaxformer import sample as sample_lib
-    from jaxformer import train as train_lib
 
     p = _parser("sample", "Generate text from a run's checkpoint with a KV cache.")
     p.add_argument("--workdir", required=True)
@@ -178,7 +165,7 @@ def sample_main(argv: list[str]) -> int:
     run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
     tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
     prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
-    cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)
+    cfg, graphdef, params, _ = loader.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)
     ids = sample_lib.generate(model, prompt_ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None, seed=args.seed,

@@ -1,12 +1,19 @@
-"""Matrix products `op(a) · op(b)` (op = identity or transpose, any matching leading batch dimensions) for the
-dense layers and the attention core, with one kernel choice made per machine.
+"""Matrix products `op(a) · op(b)` (op = identity or transpose, any matching leading batch dimensions) on a CPU
+through OpenBLAS, as a JAX primitive; the machine-tuning edge of the model's products.
 
-Everywhere the product is `lax.dot_general`. On a CPU where `jaxformer.platform.configure()` selected the BLAS
-backend (`set_cpu_backend("blas")`, measured faster on the 2-core machines of benchmarks/NOTES.md), a float32
-product is the custom call of `kernels/cpu_gemm.cc` (OpenBLAS sgemm on blocks spread over XLA's thread pool)
-behind `lax.platform_dependent`, so the same traced function still compiles to `dot_general` on a GPU or TPU. Its
-derivative is written out (`custom_vjp`): the input and weight gradients are products of the same kind with
-transposes chosen, never materialised.
+The maths (`attention.py`) and the modules (`model.py`) never import this file: their products take a
+`dot_general` with `lax.dot_general`'s signature, `lax.dot_general` by default. `default_dot_general()` is what
+model construction injects (`loader.build_model`): `dot_general` below when `jaxformer.platform.configure()` chose
+the BLAS backend (`set_cpu_backend("blas")`, the measured-faster setting of benchmarks/NOTES.md) and the kernel
+loads, else `lax.dot_general` itself. The choice is made once, outside any traced function, so a failure to build
+the kernel is one warning at construction and never an error inside `jit`.
+
+`gemm_p` is a proper primitive, so every JAX transformation goes through it: abstract evaluation; a lowering to
+the custom call of `kernels/cpu_gemm.cc` (OpenBLAS sgemm on blocks spread over XLA's thread pool) on a CPU and to
+`dot_general` on any other platform; bilinear JVP and transpose rules (forward and reverse mode to any order: jvp,
+linearize, jacfwd, hessian, grad of grad), whose products are products of the same kind with the transposes
+chosen, never materialised; a batching rule (vmap adds a leading batch axis, which the kernel takes as is).
+It has no sharding rule: several CPU devices keep XLA's dot (`platform.cpu_matmul_backend`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.core import ShapedArray
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+_TARGET = "jaxformer_gemm_f32"  # kernels/cpu_gemm.TARGET, without importing the kernel's build machinery here
 
 CPU_BACKENDS = ("xla", "blas")
 _cpu_backend = "xla"
@@ -67,33 +79,52 @@ def _kernel_target() -> str | None:
     return cpu_gemm.load()
 
 
-def _blas(a, b, ta: bool, tb: bool, target: str):
-    M = a.shape[-1] if ta else a.shape[-2]
-    N = b.shape[-2] if tb else b.shape[-1]
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(a.shape[:-2] + (M, N), jnp.float32),
-                            vmap_method="broadcast_all")
-    return call(a, b, trans_a=ta, trans_b=tb)
+# ------------------------------------------------------------------------------------------- the gemm primitive
+
+gemm_p = Primitive("jaxformer_gemm")  # C = op(A) · op(B), float32; params trans_a, trans_b (the kernel's attributes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _mm(a, b, ta: bool, tb: bool, target: str):
-    return lax.platform_dependent(a, b, cpu=lambda a, b: _blas(a, b, ta, tb, target),
-                                  default=lambda a, b: _xla(a, b, ta, tb))
+def _gemm(a, b, trans_a: bool, trans_b: bool):
+    return gemm_p.bind(a, b, trans_a=bool(trans_a), trans_b=bool(trans_b))
 
 
-def _mm_fwd(a, b, ta, tb, target):
-    return _mm(a, b, ta, tb, target), (a, b)
+def _gemm_abstract_eval(a, b, *, trans_a, trans_b):
+    M = a.shape[-1] if trans_a else a.shape[-2]
+    N = b.shape[-2] if trans_b else b.shape[-1]
+    return ShapedArray(a.shape[:-2] + (M, N), a.dtype)
 
 
-def _mm_bwd(ta, tb, target, residuals, g):
-    # C = op(A) op(B): d op(A) = G op(B)^T and d op(B) = op(A)^T G, each transposed back where op transposed.
-    a, b = residuals
-    da = _mm(b, g, tb, True, target) if ta else _mm(g, b, False, not tb, target)
-    db = _mm(g, a, True, ta, target) if tb else _mm(a, g, not ta, False, target)
-    return da, db
+@functools.cache
+def _gemm_jitted(trans_a: bool, trans_b: bool):
+    return jax.jit(functools.partial(_gemm, trans_a=trans_a, trans_b=trans_b))
 
 
-_mm.defvjp(_mm_fwd, _mm_bwd)
+def _gemm_lhs_transpose(g, a, b, *, trans_a, trans_b):
+    # C = op(A) op(B): d op(A) = G op(B)^T, transposed back where op transposed A.
+    return _gemm(b, g, trans_b, True) if trans_a else _gemm(g, b, False, not trans_b)
+
+
+def _gemm_rhs_transpose(g, a, b, *, trans_a, trans_b):
+    # d op(B) = op(A)^T G, transposed back where op transposed B.
+    return _gemm(g, a, True, trans_a) if trans_b else _gemm(a, g, not trans_a, False)
+
+
+def _gemm_batch(args, dims, *, trans_a, trans_b):
+    """vmap: the mapped axis becomes the leading batch axis of both operands (the unmapped one broadcast)."""
+    size = next(x.shape[d] for x, d in zip(args, dims, strict=True) if d is not None)
+    a, b = (jnp.broadcast_to(x, (size,) + x.shape) if d is None else jnp.moveaxis(x, d, 0)
+            for x, d in zip(args, dims, strict=True))
+    return _gemm(a, b, trans_a, trans_b), 0
+
+
+gemm_p.def_impl(lambda a, b, *, trans_a, trans_b: _gemm_jitted(trans_a, trans_b)(a, b))
+gemm_p.def_abstract_eval(_gemm_abstract_eval)
+ad.defbilinear(gemm_p, _gemm_lhs_transpose, _gemm_rhs_transpose)
+batching.primitive_batchers[gemm_p] = _gemm_batch
+mlir.register_lowering(gemm_p, mlir.lower_fun(lambda a, b, *, trans_a, trans_b: _xla(a, b, trans_a, trans_b),
+                                               multiple_results=False))
+# The custom call's target is registered by `cpu_gemm.load()`; the primitive is bound only after it succeeded.
+mlir.register_lowering(gemm_p, jax.ffi.ffi_lowering(_TARGET), platform="cpu")
 
 
 def matmul(a, b, *, transpose_a: bool = False, transpose_b: bool = False, preferred_element_type=None):
@@ -117,20 +148,32 @@ def matmul(a, b, *, transpose_a: bool = False, transpose_b: bool = False, prefer
                          f"{kb} (b {b.shape}, transpose_b={transpose_b})")
     f32 = np.dtype(np.float32)
     fits = a.dtype == f32 and b.dtype == f32 and preferred_element_type in (None, f32, jnp.float32)
-    target = _kernel_target() if fits else None
-    if target is None:
+    if not fits or _kernel_target() is None:
         return _xla(a, b, transpose_a, transpose_b, preferred_element_type)
-    return _mm(a, b, transpose_a, transpose_b, target)
+    return _gemm(a, b, transpose_a, transpose_b)
 
 
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
-    """`lax.dot_general`, through `matmul` for the dense-layer case (last axis of `lhs` with the first of a
-    matrix `rhs`); for `flax.nnx.Linear(dot_general=...)`."""
+    """`lax.dot_general` with its matrix products on the BLAS kernel: rows times a matrix (a dense layer), and
+    one matrix times another with either operand transposed (an attention head's q·kᵀ and weights·v; under
+    `vmap` the primitive batches). Anything else, and any product the kernel does not take (not float32, an
+    explicit precision or output sharding), is `lax.dot_general` itself. What `default_dot_general()` returns
+    when the BLAS backend is in use; for `flax.nnx.Linear(dot_general=...)` and the maths' `dot_general=`."""
     (lc, rc), (lb, rb) = dimension_numbers
-    dense = (not lb and not rb and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and rhs.ndim == 2
-             and precision is None and out_sharding is None)
-    if dense:
-        return matmul(lhs, rhs, preferred_element_type=preferred_element_type)
+    lc, rc = tuple(lc), tuple(rc)
+    plain = not lb and not rb and precision is None and out_sharding is None and rhs.ndim == 2 and len(lc) == 1
+    if plain and lhs.ndim >= 2 and lc == (lhs.ndim - 1,) and rc in ((0,), (1,)):
+        return matmul(lhs, rhs, transpose_b=rc == (1,), preferred_element_type=preferred_element_type)
+    if plain and lhs.ndim == 2 and lc == (0,) and rc in ((0,), (1,)):
+        return matmul(lhs, rhs, transpose_a=True, transpose_b=rc == (1,),
+                      preferred_element_type=preferred_element_type)
     kw = {} if out_sharding is None else {"out_sharding": out_sharding}
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kw)
+
+
+def default_dot_general():
+    """The `dot_general` to build a model with: `dot_general` above when the CPU backend chosen is "blas" (by
+    `platform.configure()` or `set_cpu_backend`) and the kernel loads, else `lax.dot_general`. Loading is tried
+    here, outside any trace: where it fails, one warning says why and that XLA's dot is used instead."""
+    return dot_general if _kernel_target() is not None else lax.dot_general

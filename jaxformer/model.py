@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from jaxformer import attention, matmul, positional
+from jaxformer import attention, positional
 
 Cache = dict[str, Any]  # {"index": int32 [], "layers": [{"k": [B,C,K,d], "v": [B,C,K,d]}, ...]}
 
@@ -72,7 +72,8 @@ class Position(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
+        self.dot_general = dot_general
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.implementation, self.block_size = cfg.attention.implementation, cfg.attention.block_size
         self.dtype = jnp.dtype(cfg.dtype)
@@ -85,7 +86,7 @@ class Attention(nnx.Module):
                  return_weights=False):
         params = jax.tree.map(lambda a: a.astype(self.dtype), _values(self.params))
         q_BxTxHxd, k_BxTxKxd, v_BxTxKxd = attention.qkv_projection(
-            params, x_BxTxD, n_head=self.n_head, n_kv_head=self.n_kv_head)
+            params, x_BxTxD, n_head=self.n_head, n_kv_head=self.n_kv_head, dot_general=self.dot_general)
         if rotate is not None:
             q_BxTxHxd, k_BxTxKxd = rotate(q_BxTxHxd, k_BxTxKxd, positions_T, positions_T)
         k_positions = positions_T
@@ -99,11 +100,11 @@ class Attention(nnx.Module):
             k_positions = jnp.arange(k_BxSxKxd.shape[1], dtype=jnp.int32)
         out = attention.multi_head_attention(
             q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=True, q_positions=positions_T, k_positions=k_positions,
-            bias_fn=bias_fn, block_size=self.block_size, return_weights=return_weights,
+            bias_fn=bias_fn, block_size=self.block_size, return_weights=return_weights, dot_general=self.dot_general,
             # Only the reference path forms the weights; the same parameters give the same function.
             implementation="reference" if return_weights else self.implementation)
         out_BxTxHxd, weights_BxHxTxS = out if return_weights else (out, None)
-        y_BxTxD = attention.output_projection(params, out_BxTxHxd)
+        y_BxTxD = attention.output_projection(params, out_BxTxHxd, dot_general=self.dot_general)
         return y_BxTxD, layer_cache, weights_BxHxTxS
 
 
@@ -119,14 +120,14 @@ def gelu(x, approximate: bool = False):
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(0.02)
         proj_init = nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer))
         self.fc = nnx.Linear(cfg.n_embd, 4 * cfg.n_embd, use_bias=cfg.bias, kernel_init=init, dtype=dtype,
-                             param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
+                             param_dtype=param_dtype, dot_general=dot_general, rngs=rngs)
         self.proj = nnx.Linear(4 * cfg.n_embd, cfg.n_embd, use_bias=cfg.bias, kernel_init=proj_init, dtype=dtype,
-                               param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
+                               param_dtype=param_dtype, dot_general=dot_general, rngs=rngs)
         self.approximate = cfg.gelu_approximate
 
     def __call__(self, x_BxTxD):
@@ -138,12 +139,12 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
         norm = dict(epsilon=1e-5, use_bias=cfg.bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
         self.ln1 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
-        self.attn = Attention(cfg, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs, dot_general=dot_general)
         self.ln2 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs, dot_general=dot_general)
         self.dropout = cfg.dropout
 
     def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
@@ -158,9 +159,14 @@ class Block(nnx.Module):
 
 
 class GPT(nnx.Module):
-    """Decoder-only transformer; `model_cfg` is the `model` section of a resolved config."""
+    """Decoder-only transformer; `model_cfg` is the `model` section of a resolved config.
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    `dot_general` (`lax.dot_general`'s signature) computes the dense layers' and attention's matrix products: the
+    machine's choice is injected here (`loader.build_model` passes `matmul.default_dot_general()`), never read
+    inside the forward pass. Same function, same parameters, whichever is given.
+    """
+
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
         cfg = model_cfg
         if cfg.vocab_size <= 0:
             raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary "
@@ -173,7 +179,7 @@ class GPT(nnx.Module):
                              dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
                                  rngs=rngs)
-        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general) for _ in range(cfg.n_layer)])
         self.ln_f = nnx.LayerNorm(cfg.n_embd, epsilon=1e-5, use_bias=cfg.bias, dtype=self.dtype,
                                   param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
 

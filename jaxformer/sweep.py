@@ -268,6 +268,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     """Trains (or resumes) and evaluates one point; returns (the stop reason, the signal's name) when a signal
     interrupted it."""
     from jaxformer import data as data_lib
+    from jaxformer import loader
     from jaxformer import train as train_lib
 
     data_key = config_lib.to_json(point.cfg.data)
@@ -285,7 +286,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         trainer = result["trainer"]
         graphdef, params, cfg, step = trainer.graphdef, result["params"], trainer.cfg, result["step"]
     else:
-        cfg, graphdef, params, step = train_lib.restore_params(run_dir)
+        cfg, graphdef, params, step = loader.restore_params(run_dir)
     extrapolation.evaluate_run(run_dir, graphdef, params, dataset, cfg, step=step, point=point.name,
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
@@ -442,9 +443,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
 # ------------------------------------------------------------------------------------------------------------ CLI
 
 def sweep_main(argv: list[str]) -> int:
-    from jaxformer.cli import split_config_args
-
-    config, overrides, rest = split_config_args(argv)
+    config, overrides, rest = config_lib.split_config_args(argv)
     p = argparse.ArgumentParser(
         prog="jaxformer sweep", description="Run a sweep config: every point a run directory under --workdir, "
         "each evaluated at multiples of the training length; reports in --workdir.",

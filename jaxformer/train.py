@@ -33,23 +33,13 @@ from jaxformer import config as config_lib
 from jaxformer import data as data_lib
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
-from jaxformer.model import GPT, count_params
+from jaxformer.loader import build_model, restore_params, split_model  # noqa: F401 -- train.* names kept
+from jaxformer.model import count_params
 
 log = logging.getLogger("jaxformer")
 
 
 # ----------------------------------------------------------------------------------------------- model and optimizer
-
-def build_model(cfg: ml_collections.ConfigDict) -> GPT:
-    """The model for a resolved config, initialised from `train.seed`."""
-    return GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed))
-
-
-def split_model(model: GPT):
-    """(graphdef, params as a plain nested dict of arrays)."""
-    graphdef, state = nnx.split(model)
-    return graphdef, nnx.to_pure_dict(state)
-
 
 def make_schedule(o: ml_collections.ConfigDict) -> optax.Schedule:
     """Linear warm-up to `lr` over `warmup_steps` (nanoGPT's (it+1)/(warmup+1) ramp), cosine decay to `min_lr`."""
@@ -496,26 +486,3 @@ def _progress(start: int, total: int, *, enabled: bool):
 
     return tqdm(total=total, initial=start, disable=not enabled or not sys.stderr.isatty(), unit="step",
                 dynamic_ncols=True)
-
-
-def restore_params(workdir: str, *, which: str = "latest", step: int | None = None):
-    """(config, graphdef, params, step) of a run directory's checkpoint, without loading its dataset.
-
-    Only the params subtree is used, so the checkpoint of any train-state layout restores; the model structure comes
-    from `nnx.eval_shape` (no initialisation).
-    """
-    cfg = run_lib.load_config(workdir)
-    graphdef, abstract = split_model(nnx.eval_shape(lambda: build_model(cfg)))
-    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
-    try:
-        step, state = checkpoints.restore(None, which=which, step=step)
-    finally:
-        checkpoints.close()
-    return cfg, graphdef, _like(abstract, state["params"]), step
-
-
-def _like(abstract, restored):
-    """`restored` (as saved: dict keys may come back as strings) in the structure and dtypes of `abstract`."""
-    if isinstance(abstract, dict):
-        return {k: _like(v, restored[k] if k in restored else restored[str(k)]) for k, v in abstract.items()}
-    return jnp.asarray(restored, abstract.dtype).reshape(abstract.shape)

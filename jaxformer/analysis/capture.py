@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import positional
+from jaxformer import loader, positional
 from jaxformer.model import GPT
 
 
@@ -54,8 +54,7 @@ def reference_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.Con
 
 @functools.lru_cache(maxsize=8)
 def _graphdef(model_cfg_json: str):
-    cfg = ml_collections.ConfigDict(json.loads(model_cfg_json))
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(params=0))))
+    graphdef, _ = loader.abstract_model(ml_collections.ConfigDict(json.loads(model_cfg_json)))
     return graphdef
 
 
@@ -65,7 +64,7 @@ def reference_graphdef(model_cfg: ml_collections.ConfigDict):
 
 
 def reference_model(model_cfg: ml_collections.ConfigDict, params) -> GPT:
-    """The model of `model_cfg` with `params` (a pure dict, as `train.restore_params` gives), on the reference
+    """The model of `model_cfg` with `params` (a pure dict, as `loader.restore_params` gives), on the reference
     attention path."""
     return nnx.merge(reference_graphdef(model_cfg), params)
 
@@ -155,11 +154,9 @@ def prepare_text(workdir: str, text: str, *, layers: str | list[int] | None = No
 
 def load_model(workdir: str, *, which: str = "latest", step: int | None = None) -> tuple[GPT, int]:
     """(model on the reference path, step) from a run directory's latest or best checkpoint."""
-    from jaxformer import train as train_lib
-
     if which not in ("latest", "best"):
         raise ValueError(f"--checkpoint={which!r}; choose one of: latest, best")
-    cfg, _, params, step = train_lib.restore_params(workdir, which=which, step=step)
+    cfg, _, params, step = loader.restore_params(workdir, which=which, step=step)
     return reference_model(cfg.model, params), int(step)
 
 

@@ -1,0 +1,69 @@
+"""Loading a run: the model from a config, its parameters from a run directory's checkpoint, its tokenizer.
+
+The one place a model is built (`build_model`, `abstract_model`) and a checkpoint turned back into parameters
+(`restore_params`), below training (`train.py`) and the research tools (`analysis/`, `sweep.py`,
+`extrapolation.py`), which all load runs through it. Machine tuning enters here: the model is constructed with the
+matrix product `platform.configure()` chose (`matmul.default_dot_general()`), so nothing inside the forward pass
+reads it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jaxformer import checkpoint as checkpoint_lib
+from jaxformer import data as data_lib
+from jaxformer import matmul
+from jaxformer import run as run_lib
+from jaxformer.model import GPT
+
+
+def build_model(cfg: ml_collections.ConfigDict) -> GPT:
+    """The model for a resolved config, initialised from `train.seed`, its products on this machine's matmul."""
+    return GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed), dot_general=matmul.default_dot_general())
+
+
+def split_model(model: GPT):
+    """(graphdef, params as a plain nested dict of arrays)."""
+    graphdef, state = nnx.split(model)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def abstract_model(model_cfg: ml_collections.ConfigDict):
+    """(graphdef, abstract params) of the `model` section's GPT, built with `nnx.eval_shape`: nothing is initialised."""
+    return split_model(nnx.eval_shape(
+        lambda: GPT(model_cfg, rngs=nnx.Rngs(params=0), dot_general=matmul.default_dot_general())))
+
+
+def restore_params(workdir: str, *, which: str = "latest", step: int | None = None):
+    """(config, graphdef, params, step) of a run directory's checkpoint, without loading its dataset.
+
+    Only the params subtree is used, so the checkpoint of any train-state layout restores; the model structure comes
+    from `abstract_model` (no initialisation).
+    """
+    cfg = run_lib.load_config(workdir)
+    graphdef, abstract = abstract_model(cfg.model)
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
+    try:
+        step, state = checkpoints.restore(None, which=which, step=step)
+    finally:
+        checkpoints.close()
+    return cfg, graphdef, like(abstract, state["params"]), step
+
+
+def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
+    """(config, model, tokenizer, step): everything `sample`, `eval` and the analysis tools need from a run."""
+    cfg, graphdef, params, step = restore_params(workdir, which=which, step=step)
+    tokenizer = data_lib.load_tokenizer(os.path.join(workdir, "vocab.json"))
+    return cfg, nnx.merge(graphdef, params), tokenizer, step
+
+
+def like(abstract, restored):
+    """`restored` (as saved: dict keys may come back as strings) in the structure and dtypes of `abstract`."""
+    if isinstance(abstract, dict):
+        return {k: like(v, restored[k] if k in restored else restored[str(k)]) for k, v in abstract.items()}
+    return jnp.asarray(restored, abstract.dtype).reshape(abstract.shape)
