@@ -66,6 +66,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.metadata
+import importlib.util
 import logging
 import os
 
@@ -190,18 +191,26 @@ def openblas_coretype(cpu: dict, matmul_backend: str) -> str | None:
 
 def cpu_matmul_backend(cpu_devices: int | None = None, *, multi_device_flags: bool = False,
                        cpu: dict | None = None) -> str:
-    """"blas" or "xla" for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla"); else
-    "blas" where `kernel_measured_faster(cpu)` (`cpu`: `cpu_info()` of this machine unless given) with one CPU
-    device, and "xla" otherwise: several devices need the sharding rule the custom call lacks."""
+    """"blas" or "xla" for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla"; any other
+    value: one warning naming what is used instead, the measured choice); else "blas" where
+    `kernel_measured_faster(cpu)` (`cpu`: `cpu_info()` of this machine unless given) with one CPU device and the
+    `cpu` extra (scipy-openblas32) installed, and "xla" otherwise: several devices need the sharding rule the
+    primitive lacks. Whether the kernel then builds and loads is found at model construction
+    (`matmul.default_dot_general`), which falls back to XLA's dot with one warning."""
     mode = os.environ.get(CPU_MATMUL_ENV, "").lower()
+    faster = kernel_measured_faster(cpu_info() if cpu is None else cpu)
+    measured = "blas" if faster and (cpu_devices or 1) == 1 and not multi_device_flags else "xla"
     if mode and mode not in matmul.CPU_BACKENDS:
-        raise ValueError(f"{CPU_MATMUL_ENV}={os.environ[CPU_MATMUL_ENV]!r}; give 'blas' (the float32 matmul kernel "
-                         "on OpenBLAS; default on Zen 3, Zen 4 and other AVX2 CPUs without AVX-512) or 'xla' "
-                         "(XLA's own dot)")
+        log.warning("%s=%r is not one of 'blas' (the OpenBLAS matmul kernel), 'xla' (XLA's dot); using %r, the "
+                    "measured choice for this CPU", CPU_MATMUL_ENV, os.environ[CPU_MATMUL_ENV], measured)
+        return measured
     if mode:
         return mode
-    faster = kernel_measured_faster(cpu_info() if cpu is None else cpu)
-    return "blas" if faster and (cpu_devices or 1) == 1 and not multi_device_flags else "xla"
+    if measured == "blas" and importlib.util.find_spec("scipy_openblas32") is None:
+        log.info("the OpenBLAS matmul kernel is measured faster on this CPU but scipy-openblas32 is not installed "
+                 "(pip install 'jaxformer[cpu]'); using XLA's dot")
+        return "xla"
+    return measured
 
 
 def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None = None) -> dict[str, str]:

@@ -147,9 +147,40 @@ def test_backend_choice_follows_the_cpu_devices_and_the_environment(monkeypatch)
     assert platform.cpu_matmul_backend(1, cpu=zen3) == "xla"
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "blas")
     assert platform.cpu_matmul_backend(4, cpu=zen5) == "blas"
+
+
+
+@pytest.mark.parametrize("cpu,expected", [({"vendor": "AuthenticAMD", "family": 25, "flags": {"avx2"}}, "blas"),
+                                          ({"vendor": "AuthenticAMD", "family": 26, "flags": {"avx2", "avx512f"}},
+                                           "xla")])
+def test_an_unknown_backend_name_says_in_one_line_what_is_used_instead(monkeypatch, caplog, cpu, expected):
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "fast")
-    with pytest.raises(ValueError, match="JAXFORMER_CPU_MATMUL='fast'"):
-        platform.cpu_matmul_backend(1)
+    with caplog.at_level("WARNING", logger="jaxformer"):
+        assert platform.cpu_matmul_backend(1, cpu=cpu) == expected  # the measured choice, no error
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "JAXFORMER_CPU_MATMUL='fast'" in lines[0] and f"using {expected!r}" in lines[0]
+
+
+def test_a_kernel_that_cannot_load_is_one_warning_at_construction_never_an_error_inside_jit(tmp_path):
+    """JAXFORMER_CPU_MATMUL=blas where the kernel cannot build: the model is built on XLA's dot, one warning line
+    says so, and jit/grad/jvp run."""
+    code = ("import logging, jax, jax.numpy as jnp; logging.basicConfig(format='%(message)s');"
+            "from jaxformer import platform, matmul, config;"
+            "applied = platform.configure('cpu'); from jaxformer import loader;"
+            "cfg = config.load('tiny'); cfg.model.vocab_size = 7; "
+            "model = loader.build_model(cfg); x = jnp.zeros((1, 4), jnp.int32);"
+            "print(applied['cpu_matmul'], matmul.default_dot_general() is jax.lax.dot_general, "
+            "float(jax.jit(lambda: model(x).sum())()), matmul.cpu_backend_in_use())")
+    env = {**os.environ, "JAXFORMER_CPU_MATMUL": "blas", "CXX": str(tmp_path / "no-such-compiler"),
+           "JAXFORMER_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "cannot load" in line]
+    assert len(warnings) == 1 and "using XLA's dot instead" in warnings[0] and "no-such-compiler" in warnings[0]
+    chosen, is_xla, _, in_use = out.stdout.split()
+    assert (chosen, is_xla, in_use) == ("blas", "True", "xla")
 
 
 def test_cpu_info_reads_the_first_processor(tmp_path, monkeypatch):

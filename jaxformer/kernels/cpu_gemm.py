@@ -98,7 +98,10 @@ def load() -> str | None:
             _state.update(target=TARGET, library=lib, reason=None)
         except Exception as e:  # noqa: BLE001 -- any failure means: use XLA's dot, and say why once
             _state.update(target=None, reason=f"{type(e).__name__}: {e}")
-            log.warning("jaxformer: CPU BLAS matmul unavailable, using XLA's dot (%s)", _state["reason"])
+            hint = " (pip install 'jaxformer[cpu]')" if isinstance(e, ImportError) else ""
+            first_line = " ".join(_state["reason"].split())[:300]  # one line, however long the compiler's stderr
+            log.warning("CPU matmul 'blas': the OpenBLAS kernel cannot load, using XLA's dot instead: %s%s",
+                        first_line, hint)
         return _state["target"]
 
 
