@@ -337,24 +337,3 @@ def fill_legacy(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """A saved config (config.json), with the fields added since it was written filled by LEGACY_DEFAULTS."""
     return fill_legacy(ml_collections.ConfigDict(json.loads(text)))
-
-
-def split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]]:
-    """(config, overrides, rest): `--config X` / `--config=X`, `--config.a.b=v` / `--config.a.b v`."""
-    config, overrides, rest = None, [], []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config" and i + 1 < len(argv):
-            config, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg.startswith("--config."):
-            if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                arg, i = f"{arg}={argv[i + 1]}", i + 1
-            overrides.append(arg)
-        else:
-            rest.append(arg)
-        i += 1
-    return config, overrides, rest

@@ -4,6 +4,7 @@ graph has no cycle."""
 
 import ast
 import os
+import re
 
 import pytest
 
@@ -24,6 +25,11 @@ LAYERS = [
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
+# Upward imports still in the code, each with what removes it. The subcommands `sweep`, `report` and `attention`
+# have their entry functions below the CLI (cli.SUBCOMMANDS dispatches to them), and those parse their options
+# with `cli.parse`/`cli.parser` (the option tables live in cli.py so that --help imports no JAX): a cycle
+# cli -> sweep -> cli. To go: the option tables in a bottom-layer module, or the entry functions in cli.py.
+KNOWN_UPWARD = {("jaxformer.sweep", "jaxformer.cli"), ("jaxformer.analysis.report", "jaxformer.cli")}
 
 
 def _module_files():
@@ -59,6 +65,9 @@ def import_graph() -> dict[str, set[str]]:
                     parts = package.split(".")
                     base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
                 names = [f"{base}.{a.name}" for a in node.names] + [base]
+            elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and re.fullmatch(r"jaxformer(\.\w+)+:\w+", node.value)):
+                names = [node.value.split(":")[0]]  # "module:function", imported by name (cli.SUBCOMMANDS)
             else:
                 continue
             for name in names:
@@ -92,6 +101,8 @@ def test_no_module_imports_a_higher_layer():
         (mine, my_group) = _layer(module)
         for target in targets:
             theirs, their_group = _layer(target)
+            if (module, target) in KNOWN_UPWARD:
+                continue
             if theirs > mine or (theirs == mine and their_group != my_group):
                 wrong.append(f"{module} (layer {mine}) imports {target} (layer {theirs})")
     assert not wrong, "\n".join(sorted(wrong))
@@ -102,8 +113,14 @@ def test_the_maths_imports_nothing_from_jaxformer(module):
     assert import_graph()[module] == set()
 
 
-def test_no_import_cycles():
+def test_known_upward_imports_are_still_there():
+    """An entry of KNOWN_UPWARD that the code no longer has must leave the list (it would hide a regression)."""
     graph = import_graph()
+    assert [edge for edge in KNOWN_UPWARD if edge[1] not in graph.get(edge[0], ())] == []
+
+
+def test_no_import_cycles():
+    graph = {m: {t for t in ts if (m, t) not in KNOWN_UPWARD} for m, ts in import_graph().items()}
     state, stack, cycles = {}, [], []
 
     def visit(m):
