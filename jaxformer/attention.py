@@ -454,25 +454,3 @@ def output_projection(params, o_BxTxHxd, *, dot_general=lax.dot_general):
     """Concatenated heads · W_out (+ b): [B, T, H, d] -> [B, T, D]."""
     B, T, H, d = o_BxTxHxd.shape
     return _dense(params["out"], o_BxTxHxd.reshape(B, T, H * d), dot_general)
-
-
-def self_attention(params, x_BxTxD, *, n_head, n_kv_head=None, rotate=None, positions=None, causal=True,
-                   mask=None, bias=None, bias_fn=None, implementation="reference", return_weights=False,
-                   block_size=512):
-    """qkv_projection -> rotate(q, k, positions, positions) -> multi_head_attention -> output_projection.
-
-    positions: int32 [T], default 0..T-1. Returns y [B, T, D], and weights [B, H, T, T] (reference only)
-    when `return_weights`.
-    """
-    q_BxTxHxd, k_BxTxKxd, v_BxTxKxd = qkv_projection(params, x_BxTxD, n_head=n_head, n_kv_head=n_kv_head)
-    if positions is None:
-        positions = jnp.arange(x_BxTxD.shape[1], dtype=jnp.int32)
-    if rotate is not None:
-        q_BxTxHxd, k_BxTxKxd = rotate(q_BxTxHxd, k_BxTxKxd, positions, positions)
-    out = multi_head_attention(q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, mask=mask, bias=bias, bias_fn=bias_fn,
-                               causal=causal, q_positions=positions, k_positions=positions,
-                               implementation=implementation, return_weights=return_weights,
-                               block_size=block_size)
-    out_BxTxHxd, weights_BxHxTxT = out if return_weights else (out, None)
-    y_BxTxD = output_projection(params, out_BxTxHxd)
-    return (y_BxTxD, weights_BxHxTxT) if return_weights else y_BxTxD

@@ -222,7 +222,10 @@ def train_main(argv: list[str]) -> int:
         cfg = config_lib.load(args.config, overrides)
     if args.multihost:
         cfg.mesh.multihost = True
-    result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
+    from jaxformer.analysis import diagnostics
+
+    result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite,
+                             hooks=diagnostics.training_hooks(cfg))
     print(json.dumps({k: v for k, v in result.items() if k not in ("params", "trainer")}, sort_keys=True))
     print(f"run directory: {workdir}")
     return exit_status(result)
@@ -316,6 +319,7 @@ def config_main(argv: list[str]) -> int:
 def repro_check_main(argv: list[str]) -> int:
     from jaxformer import run as run_lib
     from jaxformer import train as train_lib
+    from jaxformer.analysis import diagnostics
 
     args = parse("repro-check", argv)
     metrics = run_lib.read_metrics(args.workdir)
@@ -331,7 +335,7 @@ def repro_check_main(argv: list[str]) -> int:
     cfg.train.sample_chars = 0
     with tempfile.TemporaryDirectory() as tmp:
         # Same config (so the same schedule); stop after N steps.
-        train_lib.train(cfg, os.path.join(tmp, "run"), stop_after=args.steps)
+        train_lib.train(cfg, os.path.join(tmp, "run"), stop_after=args.steps, hooks=diagnostics.training_hooks(cfg))
         rerun = [m for m in run_lib.read_metrics(os.path.join(tmp, "run")) if m["step"] <= args.steps]
         now = run_lib.read_json(os.path.join(tmp, "run", "manifest.json"))
     mismatches = [(a, b) for a, b in zip(recorded, rerun, strict=False) if a != b]

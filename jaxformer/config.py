@@ -263,7 +263,7 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             pe.validate(pe_cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    limit = pe.max_length(pe_cfg)
+    limit = positional.max_length(m.position)
     if limit is not None:
         field = f"model.position.{m.position.name}"
         _require(d.block_size <= limit,

@@ -13,7 +13,6 @@ A run's numbers go to `<run>/extrapolation.json`; the reports read only those fi
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import math
@@ -23,9 +22,7 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from jaxformer import run as run_lib
@@ -35,17 +32,13 @@ RESULT_FILE = "extrapolation.json"
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
-def _token_losses(params, inputs_BxT, targets_BxT, *, graphdef):
-    model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(inputs_BxT)
-    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-    correct_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
-    return losses_BxT, correct_BxT
-
-
 def compile_losses(graphdef):
-    """`fn(params, inputs_BxT, targets_BxT) -> (losses_BxT, correct_BxT)`, jit-compiled (once per input shape)."""
-    return jax.jit(functools.partial(_token_losses, graphdef=graphdef))
+    """`fn(params, inputs_BxT, targets_BxT) -> (losses_BxT, correct_BxT)`, jit-compiled (once per input shape):
+    `train.token_losses`, the forward+loss that training and evaluation use."""
+    from jaxformer import train as train_lib
+
+    return jax.jit(lambda params, inputs_BxT, targets_BxT: train_lib.token_losses(params, graphdef, inputs_BxT,
+                                                                                   targets_BxT))
 
 
 def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: int):
@@ -164,10 +157,7 @@ def write_result(path: str, result: dict) -> None:
     """Indented JSON with each list of numbers on one line (the per-position losses), written atomically."""
     text = json.dumps(result, indent=1, sort_keys=True)
     text = re.sub(r"\[\s+([-+0-9.eE,\snul]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    run_lib.atomic_write(path, text + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ reading results

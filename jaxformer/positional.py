@@ -100,6 +100,12 @@ def get_positional_encoding(name: str) -> PositionalEncoding:
     return _REGISTRY[name]
 
 
+def max_length(position_cfg) -> int | None:
+    """The most positions the configured variant can encode (a learned table's size), None where unbounded;
+    `position_cfg` is the `model.position` section (name + each variant's fields). The one lookup of it."""
+    return get_positional_encoding(position_cfg.name).max_length(position_cfg[position_cfg.name].to_dict())
+
+
 def default_config() -> ml_collections.ConfigDict:
     """`model.position`: `{"name": "rope", "<variant>": {its defaults}}` for every registered variant."""
     cfg = ml_collections.ConfigDict({"name": "rope"})

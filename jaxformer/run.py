@@ -92,13 +92,22 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
     return changed
 
 
-def write_json(path: str, obj) -> None:
-    """Writes atomically (temp file + rename), so a kill never leaves a half-written file."""
+def atomic_write(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old file or the new one,
+    never half of one (the one place the project writes a file this way)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    """Indented, sorted JSON, written atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: str):
@@ -107,10 +116,7 @@ def read_json(path: str):
 
 
 def save_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(config_lib.to_json(cfg) + "\n")
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    atomic_write(os.path.join(workdir, "config.json"), config_lib.to_json(cfg) + "\n")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -213,10 +219,7 @@ def truncate_metrics(workdir: str, step: int) -> None:
             continue
         with open(path) as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        atomic_write(path, "".join(kept))
 
 
 class MetricsWriter:

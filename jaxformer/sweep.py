@@ -151,7 +151,7 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
 def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int]) -> list[dict]:
     """The eval lengths of one point; those beyond a position table are n/a with the reason, not an error."""
     name = cfg.model.position.name
-    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
+    limit = positional.max_length(cfg.model.position)
     out = []
     for m in multipliers:
         length = m * cfg.data.block_size
@@ -269,6 +269,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     from jaxformer import data as data_lib
     from jaxformer import loader
     from jaxformer import train as train_lib
+    from jaxformer.analysis import diagnostics
 
     data_key = config_lib.to_json(point.cfg.data)
     if data_key not in datasets:
@@ -277,7 +278,8 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     stopped, train_time = None, None
     if state in ("new", "resume"):
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset)
+        result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset,
+                                 hooks=diagnostics.training_hooks(point.cfg))
         train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
         if result["signal"]:
             return result["stopped"], result["signal"]
@@ -370,6 +372,7 @@ CSV_COLUMNS = ("variant", "multiplier", "length", "status", "seeds", "loss_mean"
 
 def _write_csv(variants: list[dict], path: str) -> None:
     import csv
+    import io
 
     rows = []
     for v in variants:
@@ -384,12 +387,11 @@ def _write_csv(variants: list[dict], path: str) -> None:
                          "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1],
                          "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0],
                          "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    run_lib.atomic_write(path, text.getvalue())
 
 
 def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
@@ -433,10 +435,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
         out += ["No run has been evaluated yet."]
     if unfinished:
         out += ["", f"Not finished yet: {', '.join(unfinished)}"]
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write("\n".join(out) + "\n")
-    os.replace(tmp, path)
+    run_lib.atomic_write(path, "\n".join(out) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI

@@ -13,6 +13,7 @@ training goes on and the count is logged. Checking on the device keeps the step 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -20,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -100,11 +102,19 @@ def init_state(params, optimizer: optax.GradientTransformation, seed: int, log_e
 
 # ----------------------------------------------------------------------------------------------------- pure steps
 
+def token_losses(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None):
+    """The forward pass and its per-token next-token cross-entropy, with whether each argmax prediction is right:
+    (losses_BxT, correct_BxT). The one forward+loss of training (`loss_fn`), evaluation (`eval_step`) and the
+    length-extrapolation evaluation (`extrapolation.compile_losses`); unused outputs cost nothing under jit."""
+    model = nnx.merge(graphdef, params)
+    logits_BxTxV = model(inputs_BxT, dropout_key=dropout_key)
+    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+    return losses_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
+
+
 def loss_fn(params, graphdef, batch, dropout_key=None):
     """Weighted mean next-token cross-entropy (weights select the predicted tokens; all ones for plain text)."""
-    model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(batch["inputs"], dropout_key=dropout_key)
-    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+    losses_BxT, _ = token_losses(params, graphdef, batch["inputs"], batch["targets"], dropout_key)
     weights_BxT = batch["weights"]
     return jnp.sum(losses_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
 
@@ -171,11 +181,9 @@ def eval_step(params, batch, *, graphdef, compute_sharding=None):
     """Sums for the weighted loss and the exact-match accuracy (every weighted target of an example right)."""
     if compute_sharding is not None:
         params = jax.lax.with_sharding_constraint(params, compute_sharding)
-    model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(batch["inputs"])
-    losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
+    losses_BxT, correct_BxT = token_losses(params, graphdef, batch["inputs"], batch["targets"])
     weights_BxT = batch["weights"]
-    correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == batch["targets"]) | (weights_BxT == 0)
+    correct_BxT = correct_BxT | (weights_BxT == 0)
     has_answer_B = jnp.any(weights_BxT > 0, axis=-1)
     return {
         "loss_sum": jnp.sum(losses_BxT * weights_BxT),
@@ -323,11 +331,22 @@ def _should(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """An action the training loop runs every `every` steps (and at the last step; 0 = never): `fn(trainer, params,
+    step)` returns a record of metrics for metrics.jsonl, or None. It runs on process 0 with whole parameters.
+    The loop knows no research tool: the CLI registers them (e.g. `analysis.diagnostics.training_hooks`)."""
+
+    every: int
+    fn: Callable[..., dict | None]
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
-          dataset=None, stop_after: int | None = None) -> dict:
+          dataset=None, stop_after: int | None = None, hooks: Sequence[Hook] = ()) -> dict:
     """Trains `cfg` into `workdir` (see run.py for what it holds); returns the final metrics.
 
     `stop_after=N` runs only the first N steps of the same schedule (for `repro-check`), with no final-step extras.
+    `hooks`: actions at their steps (`Hook`), after the step's log and evaluation, before its checkpoint.
     """
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
     is_main = sharding_lib.is_main_process()
@@ -425,11 +444,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                 best_val = min(best_val, val["loss"])
                 log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
                          f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
-            if t.attention_diagnostics_every and _should(done, t.attention_diagnostics_every, t.steps):
+            due = [hook for hook in hooks if hook.every and _should(done, hook.every, t.steps)]
+            if due:
                 # Computed apart from the mesh, so with several processes on whole (gathered) parameters.
                 params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
-                if is_main:
-                    writer.write({"step": done, **attention_diagnostics(trainer, params)})
+                for hook in due:
+                    record = hook.fn(trainer, params, done) if is_main else None
+                    if record:
+                        writer.write({"step": done, **record})
             stopping = stop.received is not None
             if jax.process_count() > 1:
                 # A signal reaches the processes at different steps: they agree on it at a log step, and stop
@@ -458,13 +480,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     result["params"] = state["params"]
     result["trainer"] = trainer
     return result
-
-
-def attention_diagnostics(trainer: Trainer, params) -> dict:
-    from jaxformer.analysis import diagnostics
-
-    model = nnx.merge(trainer.graphdef, params)
-    return diagnostics.training_metrics(model, trainer.dataset, trainer.cfg)
 
 
 def finish(trainer: Trainer, params, workdir: str) -> None:

@@ -352,7 +352,7 @@ def run_dir(tmp_path_factory):
     cfg.train.update(steps=10, log_every=5, eval_every=10, checkpoint_every=10, attention_diagnostics_every=5,
                      sample_chars=0, progress=False)
     workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
-    train_lib.train(cfg, workdir)
+    train_lib.train(cfg, workdir, hooks=diagnostics.training_hooks(cfg))
     return workdir
 
 

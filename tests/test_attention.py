@@ -408,9 +408,18 @@ def test_projections_and_self_attention(use_bias):
         calls.append((q_pos, k_pos))
         return 2.0 * q, k
 
+    # Composed as the model composes them (model.Attention: projection, rotation, attention, output).
+    from flax import nnx
+
+    from jaxformer import config as config_lib
+    from jaxformer import model as model_lib
+
+    model_cfg = config_lib.load("tiny").model
+    model_cfg.update(n_embd=D, n_head=H, n_kv_head=K, bias=use_bias)
+    graphdef, _ = nnx.split(model_lib.Attention(model_cfg, rngs=nnx.Rngs(params=0)))
+    layer = nnx.merge(graphdef, {"params": params})
     positions = jnp.arange(T) + 3
-    y, weights = attention.self_attention(params, x, n_head=H, n_kv_head=K, rotate=rotate,
-                                          positions=positions, return_weights=True)
+    y, _, weights = layer(x, positions_T=positions, rotate=rotate, bias_fn=None, return_weights=True)
     np.testing.assert_array_equal(calls[0][0], positions)
     out = attention.multi_head_attention(2.0 * q, k, v, causal=True, q_positions=positions,
                                          k_positions=positions)

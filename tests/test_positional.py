@@ -580,3 +580,11 @@ def test_every_bias_variant_with_every_attention_implementation(name, implementa
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
     if implementation == "chunked":
         assert seen and max(s for _, s in seen) <= BLOCK, f"bias_fn was called for (T, S) = {seen}"
+
+
+def test_max_length_of_a_position_section():
+    section = P.default_config()
+    section.learned.max_len = 48
+    for name in P.list_positional_encodings():
+        section.name = name
+        assert P.max_length(section) == (48 if name == "learned" else None)

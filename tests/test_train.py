@@ -192,3 +192,23 @@ def test_workdir_safety(tiny_cfg, tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
     train_lib.train(tiny_cfg, str(workdir), overwrite=True)
     assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2
+
+
+def test_hooks_log_at_their_steps_and_the_loop_runs_none_by_itself(tiny_cfg, tmp_path):
+    from jaxformer import run as run_lib
+
+    tiny_cfg.train.update(steps=6, log_every=3, eval_every=6, checkpoint_every=6, sample_chars=0,
+                          attention_diagnostics_every=2)
+    seen = []
+
+    def hook(trainer, params, step):
+        seen.append(step)
+        return {"hook/param_sum": float(sum(np.sum(x) for x in jax.tree.leaves(params)))}
+
+    train_lib.train(tiny_cfg, str(tmp_path / "a"), hooks=[train_lib.Hook(4, hook), train_lib.Hook(0, hook)])
+    assert seen == [4, 6]  # every 4 steps and the last; every=0 never
+    logged = [r for r in run_lib.read_metrics(str(tmp_path / "a")) if "hook/param_sum" in r]
+    assert [r["step"] for r in logged] == [4, 6] and logged[0]["hook/param_sum"] != logged[1]["hook/param_sum"]
+    # Without hooks the loop logs no research-tool metrics, whatever the config asks (the CLI registers them).
+    train_lib.train(tiny_cfg, str(tmp_path / "b"))
+    assert not any(k.startswith(("attn/", "hook/")) for r in run_lib.read_metrics(str(tmp_path / "b")) for k in r)

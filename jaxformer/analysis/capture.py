@@ -124,7 +124,7 @@ def check_length(cfg: ml_collections.ConfigDict, n_tokens: int, *, what: str = "
     if n_tokens < 2:
         raise ValueError(f"{what} has {n_tokens} token(s); give at least 2")
     name = cfg.model.position.name
-    limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
+    limit = positional.max_length(cfg.model.position)
     if limit is not None and n_tokens > limit:
         raise ValueError(f"{what} has {n_tokens} tokens, beyond the {name} table of this run "
                          f"(model.position.{name}.max_len={limit}); shorten it")

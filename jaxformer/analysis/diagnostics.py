@@ -21,9 +21,10 @@ The first four are measured on real text (the `--text` of `jaxformer attention`,
 during training); induction needs the repeated random sequence (`repeated_random_tokens`). With a batch axis
 the per-example values are averaged.
 
-`training_metrics(model, dataset, cfg)` is the hook `train.attention_diagnostics_every` calls: flat scalar
-keys `attn/L{layer}H{head}/{metric}` for metrics.jsonl, from one jit-compiled forward over a fixed validation
-batch and one over repeated random sequences (compiled once per run, cached across calls).
+`training_metrics(model, dataset, cfg)` is what the training hook (`training_hooks`) logs every
+`train.attention_diagnostics_every` steps: flat scalar keys `attn/L{layer}H{head}/{metric}` for metrics.jsonl,
+from one jit-compiled forward over a fixed validation batch and one over repeated random sequences (compiled once
+per run, cached across calls).
 """
 
 from __future__ import annotations
@@ -156,6 +157,18 @@ def training_metrics(model, dataset, cfg: ml_collections.ConfigDict) -> dict[str
     table = diagnostics_for_model(model, text_BxT, period=induction_period(cfg.data.block_size),
                                   model_cfg=cfg.model, seed=cfg.train.seed)
     return flatten(table)
+
+
+def training_hooks(cfg: ml_collections.ConfigDict) -> list:
+    """The training loop's hook that logs `training_metrics` every `train.attention_diagnostics_every` steps (none
+    when 0); the CLI and sweeps register it with `train.train(hooks=...)`."""
+    from jaxformer import train as train_lib
+
+    every = cfg.train.attention_diagnostics_every
+    if not every:
+        return []
+    return [train_lib.Hook(every, lambda trainer, params, step: training_metrics(
+        nnx.merge(trainer.graphdef, params), trainer.dataset, trainer.cfg))]
 
 
 # ------------------------------------------------------------------------------------------------------ files
