@@ -235,3 +235,17 @@ def test_a_process_without_the_kernel_falls_back_to_xla_and_says_why(tmp_path):
     value, reason, in_use = out.stdout.strip().splitlines()[-3:]
     assert value == "3.0" and "no-such-compiler" in reason + out.stderr
     assert in_use == "xla"  # chosen "blas", but what runs (and what run records say) is XLA's dot
+
+
+def test_off_cpu_the_kernel_is_never_built_or_loaded(tmp_path):
+    """A GPU/TPU machine (here: the platform hint) needs no C++ compiler and no OpenBLAS: configure() chooses
+    nothing, the model is built on lax.dot_general, and the kernel's build is never attempted."""
+    code = ("import jax; from jaxformer import platform, matmul; from jaxformer.kernels import cpu_gemm;"
+            "applied = platform.configure('gpu'); chosen = matmul.default_dot_general();"
+            "print(applied == {}, chosen is jax.lax.dot_general, cpu_gemm._state == {})")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXFORMER_CPU_MATMUL": "blas",
+           "CXX": str(tmp_path / "no-such-compiler"), "JAXFORMER_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
+    assert list(tmp_path.iterdir()) == []  # nothing built

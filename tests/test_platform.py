@@ -56,8 +56,7 @@ def test_tune_malloc_with_tune_or_unset_value_sets_it():
 
 
 @pytest.mark.parametrize("name,value,valid", [("JAXFORMER_MALLOC", "off", "'default'"),
-                                              ("JAXFORMER_CPU_DEVICES", "zero", "'auto'"),
-                                              ("JAXFORMER_CPU_MATMUL", "mkl", "'blas'")])
+                                              ("JAXFORMER_CPU_DEVICES", "zero", "'auto'")])
 def test_a_bad_machine_setting_is_a_one_line_cli_error(name, value, valid, tmp_path):
     env = {**os.environ, name: value}
     out = subprocess.run([sys.executable, "-m", "jaxformer.cli", "config", "--config", "tiny"], env=env,
@@ -66,6 +65,18 @@ def test_a_bad_machine_setting_is_a_one_line_cli_error(name, value, valid, tmp_p
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and repr(value) in lines[0] and valid in lines[0], out.stderr
 
+
+
+def test_an_unknown_matmul_backend_is_one_line_saying_what_is_used_instead(tmp_path):
+    """Issue 23's bad input: the run goes on with the measured choice, and says so in one line (no traceback)."""
+    env = {**os.environ, "JAXFORMER_CPU_MATMUL": "mkl"}
+    out = subprocess.run([sys.executable, "-m", "jaxformer.cli", "config", "--config", "tiny"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "JAXFORMER_CPU_MATMUL='mkl'" in lines[0], out.stderr
+    assert "using 'xla'" in lines[0] or "using 'blas'" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
 
 # configure() on a stand-in Zen 4: the kernel's products, and OpenBLAS's AVX2 kernels unless the user chose some.
 _CONFIGURE_ZEN4 = """
