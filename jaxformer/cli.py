@@ -136,7 +136,7 @@ def eval_main(argv: list[str]) -> int:
     cfg, graphdef, params, step = train_lib.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
-    dataset = data_lib.load_dataset(cfg.data)
+    dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, args.workdir))
     trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)
     params = jax.device_put(params, trainer.state_sharding["params"])
     del graphdef
@@ -176,7 +176,7 @@ def sample_main(argv: list[str]) -> int:
     if not args.prompt:
         raise ValueError("--prompt=''; give at least one character (the default is a newline)")
     run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
-    tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
+    tokenizer = data_lib.run_tokenizer(args.workdir)  # vocab.json (characters) or tokenizer.json (subwords)
     prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)

@@ -280,6 +280,12 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             _require(length <= limit,
                      f"eval length {length} is beyond the {m.position.name} table ({field}.max_len={limit})")
 
+    _require(d.tokenizer in data_lib.TOKENIZER_KINDS,
+             f"data.tokenizer={d.tokenizer!r}; choose one of: {', '.join(data_lib.TOKENIZER_KINDS)}")
+    _require(d.tokenizer != "bpe" or d.vocab_size >= 257,
+             f"data.vocab_size={d.vocab_size!r}; a byte-level BPE needs at least 257 (256 bytes + merges)")
+    _require(d.tokenizer == "char" or not d.name.startswith("synthetic/"),
+             f"data.tokenizer={d.tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char")
     datasets = data_lib.list_datasets()
     _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
              f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
@@ -338,6 +344,8 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "model.qkv_bias": False,
     "model.position.rope.low_freq_factor": 1.0,
     "model.position.rope.high_freq_factor": 4.0,
+    "data.tokenizer": "char",
+    "data.vocab_size": 1024,
 }
 
 

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(interactive, self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png.")
     p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
     text = p.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
+    text.add_argument("--text", help="the text to look at (tokenized with the run's tokenizer)")
     text.add_argument("--text-file", help="read the text from this file")
     p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
