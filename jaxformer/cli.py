@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "report": ("jaxformer.sweep:report_main", "regenerate a sweep's tables and plots from its run directories"),
     "attention": ("jaxformer.analysis.report:attention_main",
                   "attention heatmaps, HTML viewer and per-head diagnostics for a run and a text"),
+    "import": ("jaxformer.convert.hf:import_main",
+               "convert a Hugging Face checkpoint (GPT-2, Llama family) into a run directory"),
 }
 
 log = logging.getLogger("jaxformer")
