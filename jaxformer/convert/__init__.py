@@ -18,7 +18,7 @@ A new family is a new file with its two maps and one line in `FAMILIES`; the mod
 from __future__ import annotations
 
 from jaxformer.convert import gpt2, llama
-from jaxformer.convert.common import Entry, ConvertError, Family
+from jaxformer.convert.common import ConvertError, Entry, Family
 
 FAMILIES: dict[str, Family] = {
     "GPT2LMHeadModel": gpt2.FAMILY,

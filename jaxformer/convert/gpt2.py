@@ -50,7 +50,8 @@ def param_map(hf: dict) -> list[Entry]:
             Entry(h + "attn.c_proj.weight", (D, D), b + "attn/params/out/kernel"),
             Entry(h + "attn.c_proj.bias", (D,), b + "attn/params/out/bias"),
             Entry(h + "ln_2.weight", (D,), b + "ln2/scale"), Entry(h + "ln_2.bias", (D,), b + "ln2/bias"),
-            Entry(h + "mlp.c_fc.weight", (D, F), b + "mlp/fc/kernel"), Entry(h + "mlp.c_fc.bias", (F,), b + "mlp/fc/bias"),
+            Entry(h + "mlp.c_fc.weight", (D, F), b + "mlp/fc/kernel"),
+            Entry(h + "mlp.c_fc.bias", (F,), b + "mlp/fc/bias"),
             Entry(h + "mlp.c_proj.weight", (F, D), b + "mlp/proj/kernel"),
             Entry(h + "mlp.c_proj.bias", (D,), b + "mlp/proj/bias"),
         ]
