@@ -203,7 +203,7 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
     returns the manifest's `source` record."""
     from jaxformer import checkpoint as checkpoint_lib
     from jaxformer import run as run_lib
-    from jaxformer.data.tokenizer import SUBWORD_FILE, SubwordTokenizer
+    from jaxformer.data.tokenizer import SUBWORD_FILE, DataError, SubwordTokenizer
 
     if param_dtype not in ("float32", "bfloat16"):
         raise ConvertError(f"--param-dtype={param_dtype!r}; choose one of: float32, bfloat16")
@@ -218,7 +218,10 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
     if not os.path.exists(tokenizer_path):
         raise ConvertError(f"{folder} has no tokenizer.json (the `tokenizers` format; AutoTokenizer's "
                            "save_pretrained writes it)")
-    tokenizer = SubwordTokenizer.load(tokenizer_path)  # unreadable: a one-line error, before any work
+    try:
+        tokenizer = SubwordTokenizer.load(tokenizer_path)  # unreadable: a one-line error, before any work
+    except DataError as e:
+        raise ConvertError(str(e)) from None
     cfg = run_config(hf_config, family, param_dtype=param_dtype, overrides=overrides)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConvertError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens, more than the model's "
