@@ -264,22 +264,9 @@ def _leaves(tree):
 
 
 def import_main(argv: list[str]) -> int:
-    import argparse
+    from jaxformer.cli import parse  # the options live in cli.py, parsed there before JAX is imported
 
-    from jaxformer.cli import split_config_args
-
-    _, overrides, rest = split_config_args(argv)
-    p = argparse.ArgumentParser(
-        prog="jaxformer import", epilog="--debug shows tracebacks on errors. Override any field of the resulting "
-        "run with --config.section.field=value (e.g. --config.data.block_size=512).",
-        description="Convert a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2, SmolLM) into a run directory "
-                    "that eval, sample and attention read.")
-    p.add_argument("--hf", required=True, help="a folder with config.json + *.safetensors + tokenizer.json, "
-                   "or a hub id such as gpt2 or HuggingFaceTB/SmolLM-135M (fetched when online)")
-    p.add_argument("--workdir", required=True, help="the run directory to create (must not exist or be empty)")
-    p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="dtype the parameters are kept (and computed) in")
-    args = p.parse_args(rest)
-    record = import_checkpoint(args.hf, args.workdir, param_dtype=args.param_dtype, overrides=overrides)
+    args = parse("import", argv)
+    record = import_checkpoint(args.hf, args.workdir, param_dtype=args.param_dtype, overrides=args.overrides)
     print(json.dumps({"workdir": os.path.abspath(args.workdir), **record}, sort_keys=True))
     return 0
