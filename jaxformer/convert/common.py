@@ -12,6 +12,10 @@ class ConvertError(ValueError):
     """A checkpoint that cannot be imported; the message is one line naming the file or tensor and what is valid."""
 
 
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One checkpoint tensor: where it goes and how.
@@ -24,7 +28,7 @@ class Entry:
     name: str
     shape: tuple[int, ...]
     target: str
-    transform: Callable[[np.ndarray], np.ndarray] = lambda x: x
+    transform: Callable[[np.ndarray], np.ndarray] = identity
     columns: tuple[int, int] | None = None
 
 

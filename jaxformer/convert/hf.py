@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from jaxformer.convert import family_for
-from jaxformer.convert.common import ConvertError, Entry
+from jaxformer.convert.common import ConvertError, Entry, identity
 
 log = logging.getLogger("jaxformer")
 
@@ -116,8 +116,38 @@ def _targets(cfg: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...],
     return flat
 
 
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _header(fh) -> tuple[dict, int]:
+    """A safetensors file's header (name -> dtype, shape, data_offsets) and where its data starts: 8 bytes of
+    little-endian length, then that much JSON (the format's specification)."""
+    n = int.from_bytes(fh.read(8), "little")
+    return json.loads(fh.read(n)), 8 + n
+
+
+def _read(fh, info: dict, base: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One tensor, read with a positioned read into `out` (or a new array): not through a memory map, whose pages
+    would stay in the process's resident set until the whole file had passed through it."""
+    import ml_dtypes  # noqa: F401 -- registers bfloat16 with NumPy
+
+    dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+    buf = out if out is not None and out.dtype == dtype else np.empty(info["shape"], dtype)
+    start, end = info["data_offsets"]
+    fh.seek(base + start)
+    view = memoryview(buf.reshape(-1).view(np.uint8))
+    if fh.readinto(view) != end - start:
+        raise ConvertError(f"{fh.name}: tensor data ends early (truncated file?)")
+    return buf
+
+
 def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.ConfigDict) -> dict:
-    """The parameters as a nested dict of NumPy arrays (cfg.model.param_dtype), filled tensor by tensor."""
+    """The parameters as a nested dict of arrays (cfg.model.param_dtype), filled tensor by tensor.
+
+    Each file is opened with the `safetensors` package first (it validates the header; names, shapes and dtypes
+    come from it), then each tensor is read alone into its place, so at most one tensor is held twice.
+    """
+    import jax
     from safetensors import safe_open
 
     entries: dict[str, Entry] = {e.name: e for e in family.param_map(hf_config)}
@@ -129,11 +159,14 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
     seen: set[str] = set()
     for file in weight_files(folder):
         try:
-            handle = safe_open(file, framework="numpy")
+            with safe_open(file, framework="numpy") as f:
+                stored_names = list(f.keys())
+                shapes = {name: tuple(f.get_slice(name).get_shape()) for name in stored_names}
         except Exception as e:
             raise ConvertError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
-        with handle as f:
-            for stored in f.keys():
+        with open(file, "rb") as fh:
+            header, base = _header(fh)
+            for stored in stored_names:
                 name = stored
                 for prefix in family.strip_prefixes:
                     name = name[len(prefix):] if name.startswith(prefix) else name
@@ -145,16 +178,21 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
                         continue
                     raise ConvertError(f"{file}: tensor {stored} is not part of a {family.name} model of this "
                                        "config.json; is config.json the one these weights were saved with?")
-                shape = tuple(f.get_slice(stored).get_shape())
-                if shape != entry.shape:
-                    raise ConvertError(f"{file}: tensor {stored} has shape {list(shape)}, expected "
+                if shapes[stored] != entry.shape:
+                    raise ConvertError(f"{file}: tensor {stored} has shape {list(shapes[stored])}, expected "
                                        f"{list(entry.shape)} from config.json")
-                value = entry.transform(f.get_tensor(stored))
+                if header[stored]["dtype"] not in SAFETENSORS_DTYPES:
+                    raise ConvertError(f"{file}: tensor {stored} is {header[stored]['dtype']}; expected one of "
+                                       f"{', '.join(SAFETENSORS_DTYPES)}")
                 target = arrays[entry.target]
-                if entry.columns is None:
-                    target[...] = value
-                else:
-                    target[..., entry.columns[0]:entry.columns[1]] = value
+                direct = entry.columns is None and entry.transform is identity
+                value = _read(fh, header[stored], base, target if direct else None)
+                if value is not target:
+                    value = entry.transform(value)
+                    if entry.columns is None:
+                        target[...] = value
+                    else:
+                        target[..., entry.columns[0]:entry.columns[1]] = value
                 del value
                 seen.add(name)
     missing = [e for e in entries.values() if e.name not in seen]
@@ -163,8 +201,9 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ConvertError(f"{folder}: tensor {e.name} (shape {list(e.shape)}) is missing from the checkpoint{more}")
     params: dict = {}
-    for path, value in arrays.items():
-        _set(params, path, value)
+    for path in list(arrays):
+        # One at a time: on a CPU the jax array takes over the NumPy buffer's role, so orbax writes it as is.
+        _set(params, path, jax.device_put(arrays.pop(path)))
     return params
 
 
