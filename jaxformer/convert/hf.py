@@ -240,7 +240,6 @@ def run_config(hf_config: dict, family, *, param_dtype: str, overrides=()) -> ml
 def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32", overrides=()) -> dict:
     """Converts a Hugging Face checkpoint into the run directory `workdir` (which must not exist or be empty);
     returns the manifest's `source` record."""
-    from jaxformer import checkpoint as checkpoint_lib
     from jaxformer import run as run_lib
     from jaxformer.data.tokenizer import SUBWORD_FILE, DataError, SubwordTokenizer
 
@@ -272,12 +271,7 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
         params = load_params(folder, family, hf_config, cfg)
         log.info("import: %s (%s), %s parameters", architecture, family.name,
                  f"{sum(x.size for x in _leaves(params)):,}")
-        checkpoints = checkpoint_lib.Checkpoints(tmp, keep=1)
-        try:
-            checkpoints.save(0, {"params": params})
-            checkpoints.wait()
-        finally:
-            checkpoints.close()
+        save_checkpoint(tmp, params)
         del params
         shutil.copyfile(tokenizer_path, os.path.join(tmp, SUBWORD_FILE))
         run_lib.save_config(tmp, cfg)
@@ -295,6 +289,26 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return record
+
+
+def save_checkpoint(workdir: str, params: dict) -> None:
+    """{"params": params} as step 0 of `workdir/checkpoints/latest`, the layout `checkpoint.Checkpoints` restores.
+
+    orbax copies each array out before writing it; bounding the bytes in flight (device-to-host and to disk) to
+    about the largest array keeps the save from holding a second copy of the whole model (benchmarks/README.md).
+    """
+    import orbax.checkpoint as ocp
+
+    # orbax refuses an array larger than the bound (it is in GB, a float here): room for the largest, with a margin.
+    in_flight_gb = 1.1 * max(max(x.nbytes for x in _leaves(params)), 2**26) / 1e9
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb)
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"), item_handlers=handler,
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    try:
+        manager.save(0, args=ocp.args.PyTreeSave({"params": params}), force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
 
 
 def _leaves(tree):
