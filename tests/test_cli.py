@@ -306,3 +306,19 @@ def test_log_lines_go_above_the_progress_bar():
     bar.close()
     lines = [line.split("\r")[-1] for line in stream.getvalue().split("\n")]
     assert "step 3: val 1.2345" in lines, lines  # the whole line, after the bar was cleared
+
+
+def test_readme_train_lines_are_valid_configs():
+    """Every `jaxformer train --config ...` one-liner in the README loads, resolves and validates."""
+    import shlex
+
+    from jaxformer import cli
+    from jaxformer import config as config_lib
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    lines = [line for line in readme.splitlines() if line.startswith("jaxformer train --config copy_task")]
+    assert len(lines) >= 9, lines  # one per positional encoding at least
+    for line in lines:
+        args = cli.parse("train", shlex.split(line)[2:])
+        cfg = config_lib.resolve(config_lib.load(args.config, args.overrides))
+        config_lib.validate(cfg)

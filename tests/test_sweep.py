@@ -280,3 +280,20 @@ def test_committed_sweep_regenerates_byte_for_byte(sweep_dir, tmp_path):
     for name in ("results.md", "results.csv"):
         with open(os.path.join(source, name), "rb") as a, open(os.path.join(copy, name), "rb") as b:
             assert a.read() == b.read(), f"{sweep_dir}/{name} does not regenerate from its run files"
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_copy_task_config_is_the_committed_copy_sweeps_runs(position):
+    """configs/copy_task.py trains exactly what experiments/pe_extrapolation/copy's runs trained (the README sends
+    users there for the numbers each variant gives); only how often it evaluates and samples differs."""
+
+    observed = ("train.eval_every", "train.checkpoint_every", "train.sample_chars", "train.progress",
+                "model.vocab_size", "data.manual_dir", "data.data_dir")
+    cfg = config_lib.load("copy_task", [f"--config.model.position.name={position}"])
+    run = os.path.join(EXPERIMENTS, "pe_extrapolation", "copy", "runs", f"position={position},seed=0")
+    with open(os.path.join(run, "config.json")) as f:
+        saved = config_lib.from_json(f.read())
+    ours = config_lib.flat_fields(config_lib.resolve(cfg, vocab_size=saved.model.vocab_size))
+    theirs = config_lib.flat_fields(saved)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if k not in observed and ours.get(k) != theirs.get(k))
+    assert not differ, [(k, ours.get(k), theirs.get(k)) for k in differ]
