@@ -40,11 +40,11 @@ def compare_curves(curves: dict, path: str) -> None:
     loss_ax = axes[0, 0]
     for i, (label, records) in enumerate(curves.items()):
         color = f"C{i % 10}"
-        for key, style, alpha, suffix in (("loss", "-", 0.35, " (train)"), ("val_loss", "-o", 1.0, "")):
+        for key, style, alpha, legend in (("loss", "-", 0.35, "_nolegend_"), ("val_loss", "-o", 1.0, label)):
             points = [(m["step"], m[key]) for m in records if key in m]
             if points:
                 steps, values = zip(*points, strict=True)
-                loss_ax.plot(steps, values, style, color=color, alpha=alpha, markersize=3, label=label + suffix)
+                loss_ax.plot(steps, values, style, color=color, alpha=alpha, markersize=3, label=legend)
         if has_accuracy:
             points = [(m["step"], 100 * m["val_accuracy"]) for m in records if "val_accuracy" in m]
             if points:
