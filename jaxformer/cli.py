@@ -3,6 +3,12 @@
 Every subcommand that builds a run takes `--config` (a path, or a packaged name such as `tiny`) and any number of
 `--config.section.field=value` overrides. Bad input exits with status 2 and one line naming what was wrong;
 `--debug` shows the traceback too.
+
+The options of every subcommand live here, in `_<name>_arguments` (registered in ARGUMENTS), apart from the code
+that runs it (SUBCOMMANDS, imported only when used): `main` parses the arguments first, so `--help` and a mistyped
+option answer before JAX is imported. A new option is one line in its `_<name>_arguments`, with a help text (the
+default is appended to it); a new subcommand is one SUBCOMMANDS and one ARGUMENTS entry, and its function starts
+with `args = parse(name, argv)`.
 """
 
 from __future__ import annotations
