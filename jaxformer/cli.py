@@ -299,7 +299,9 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
         sample_note = "# a random task example, answered by the model"
     else:
         samples = os.path.join(workdir, "samples.txt")
-        text = open(samples).read()[: min(cfg.data.block_size, 64)] if os.path.exists(samples) else ""
+        lines_of_text = [line for line in open(samples).read().splitlines() if line.strip()] \
+            if os.path.exists(samples) else []
+        text = lines_of_text[0][: min(cfg.data.block_size, 64)] if lines_of_text else ""  # one line of its own text
         sample_note = "# --prompt TEXT to continue your own text"
     lines += ["next:", f"  jaxformer sample --workdir {quoted}    {sample_note}",
               f"  jaxformer eval --workdir {quoted} --checkpoint best --full"]
