@@ -149,6 +149,9 @@ def runs_main(argv: list[str]) -> int:
     from jaxformer.cli import parse
 
     args = parse("runs", argv)
+    if args.dir == "runs" and not os.path.exists(args.dir):  # the default, before the first `jaxformer train`
+        print("no runs yet: runs/ does not exist here (`jaxformer train` makes runs/<config>-<position>-<time>)")
+        return 0
     if not os.path.isdir(args.dir):
         raise FileNotFoundError(f"{args.dir} is not a directory; give a folder of runs (default: runs/)")
     paths = find_runs(args.dir)

@@ -161,3 +161,9 @@ def test_compare_refuses_what_is_not_a_run(make, tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1 and str(bad) in lines[0], out.stderr
     assert not os.path.exists(tmp_path / "c.png")
+
+
+def test_runs_before_the_first_run(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxformer.cli", "runs"], capture_output=True, text=True,
+                         timeout=60, env=ENV, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("no runs yet"), out.stdout + out.stderr
