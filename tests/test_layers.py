@@ -16,20 +16,23 @@ LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.data", "jaxformer.kernels", "jaxformer.sharding",
      "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.configs"],
-    ["jaxformer.model", "jaxformer.matmul", "jaxformer.config"],  # modules; the matmul edge; config (registries)
+    ["jaxformer.model", "jaxformer.matmul"],  # NNX modules; the matmul edge
+    ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
     ["jaxformer.loader"],  # building a model and loading a run
     ["jaxformer.train"],
-    ["jaxformer.analysis", "jaxformer.extrapolation"],  # research tools
+    ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist"],  # research tools
     ["jaxformer.sweep"],
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
-# Upward imports still in the code, each with what removes it. The subcommands `sweep`, `report` and `attention`
-# have their entry functions below the CLI (cli.SUBCOMMANDS dispatches to them), and those parse their options
-# with `cli.parse`/`cli.parser` (the option tables live in cli.py so that --help imports no JAX): a cycle
-# cli -> sweep -> cli. To go: the option tables in a bottom-layer module, or the entry functions in cli.py.
-KNOWN_UPWARD = {("jaxformer.sweep", "jaxformer.cli"), ("jaxformer.analysis.report", "jaxformer.cli")}
+# Upward imports still in the code, each with what removes it. The subcommands `sweep`, `report`, `attention`,
+# `import`, `runs` and `compare` have their entry functions below the CLI (cli.SUBCOMMANDS dispatches to them), and
+# those parse their options with `cli.parse`/`cli.parser` (the option tables live in cli.py so that --help imports
+# no JAX): cycles such as cli -> sweep -> cli. To go: the option tables in a bottom-layer module, or the entry
+# functions in cli.py.
+KNOWN_UPWARD = {("jaxformer.sweep", "jaxformer.cli"), ("jaxformer.analysis.report", "jaxformer.cli"),
+                ("jaxformer.runlist", "jaxformer.cli"), ("jaxformer.convert.hf", "jaxformer.cli")}
 
 
 def _module_files():

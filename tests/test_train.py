@@ -212,3 +212,19 @@ def test_hooks_log_at_their_steps_and_the_loop_runs_none_by_itself(tiny_cfg, tmp
     # Without hooks the loop logs no research-tool metrics, whatever the config asks (the CLI registers them).
     train_lib.train(tiny_cfg, str(tmp_path / "b"))
     assert not any(k.startswith(("attn/", "hook/")) for r in run_lib.read_metrics(str(tmp_path / "b")) for k in r)
+
+
+def test_resume_ignores_the_task_settings_of_a_text_run_only():
+    """The default's data.synthetic.min_items changed (0 -> 1): a text run saved before resumes with today's config,
+    while a changed task setting of a synthetic run is still refused."""
+    from jaxformer import config as config_lib
+    from jaxformer import run as run_lib
+
+    text = config_lib.resolve(config_lib.load("shakespeare_char_cpu"), vocab_size=65)
+    saved = config_lib.resolve(config_lib.load("shakespeare_char_cpu", ["--config.data.synthetic.min_items=0"]),
+                               vocab_size=65)
+    assert run_lib.check_resume_config("w", saved, text) == []
+    task = config_lib.resolve(config_lib.load("default"), vocab_size=28)
+    saved_task = config_lib.resolve(config_lib.load("default", ["--config.data.synthetic.min_items=0"]), vocab_size=28)
+    with pytest.raises(run_lib.RunDirError, match="data.synthetic.min_items"):
+        run_lib.check_resume_config("w", saved_task, task)
