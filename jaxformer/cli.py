@@ -342,8 +342,9 @@ def _apply_overrides_to_saved(workdir: str, overrides: list[str]):
 
     saved = os.path.join(workdir, "config.json")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write("import json, ml_collections\n"
-                f"def get_config():\n    return ml_collections.ConfigDict(json.load(open({saved!r})))\n")
+        # Through config.from_json: a config.json written before a field existed gets its LEGACY_DEFAULTS value.
+        f.write("from jaxformer import config\n"
+                f"def get_config():\n    return config.from_json(open({saved!r}).read())\n")
     try:
         return config_lib.load(f.name, overrides, check_fields=False)
     finally:

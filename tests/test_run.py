@@ -44,8 +44,11 @@ def test_old_run_samples(old_run, capsys):
     assert cli.main(["sample", "--workdir", old_run, "--prompt", "abc|", "--max-new-tokens", "12",
                      "--temperature", "0"]) == 0
     out = capsys.readouterr().out
-    text = out.rstrip("\n").splitlines()[-1]
-    assert text.startswith("abc|") and len(text) == len("abc|") + 12
+    # A task run prints the prompt, the model's continuation and the expected answer (`model:` line).
+    model_lines = [line.split(":", 1)[1].split()[0] for line in out.splitlines() if line.startswith("model:")]
+    assert len(model_lines) == 1, out
+    text = model_lines[0]
+    assert len(text) == 12
     with open(os.path.join(old_run, "vocab.json")) as f:
         assert set(text) <= set(json.load(f)["vocab"])
 
