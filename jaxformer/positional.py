@@ -141,9 +141,33 @@ def sinusoidal(positions_T, dim: int):
     return x_TxFx2.reshape(angle_TxF.shape[0], -1)[:, :dim]
 
 
+# The token embeddings' initial standard deviation (model.py's `wte`, GPT-2's 0.02), which the table is matched to.
+TOKEN_EMBEDDING_STD = 0.02
+# sin^2 + cos^2 = 1 per pair, so the table's root mean square over its elements is 1/sqrt(2).
+SINUSOIDAL_RMS = 1.0 / math.sqrt(2.0)
+
+
+def sinusoidal_matched_scale() -> float:
+    """The factor that gives the sinusoidal table the token embeddings' RMS: 0.02 / (1/sqrt 2) = 0.0283.
+
+    Vaswani et al. 2017 add the unit-amplitude table to token embeddings multiplied by sqrt(D) (§3.4), so position
+    and content start at comparable sizes. With GPT-style 0.02 token embeddings and no sqrt(D), the unscaled table
+    (RMS 0.71) outweighs content ~35:1 and the model must first learn to shrink it; scaling the table to the
+    embeddings' RMS restores the paper's balance without changing the other variants' token embeddings.
+    """
+    return TOKEN_EMBEDDING_STD / SINUSOIDAL_RMS
+
+
+def _sinusoidal_validate(cfg: Mapping) -> None:
+    _require(cfg["scale"] >= 0, "sinusoidal", "scale", cfg["scale"],
+             "must be >= 0 (0 = matched to the token embeddings' RMS; 1 = the unscaled table)")
+
+
 register(PositionalEncoding(
-    "sinusoidal", defaults={}, init=_no_params,
-    embed=lambda params, positions_T, cfg, *, n_embd: sinusoidal(positions_T, n_embd)))
+    "sinusoidal", defaults={"scale": 0.0}, init=_no_params,
+    embed=lambda params, positions_T, cfg, *, n_embd: (
+        (cfg["scale"] or sinusoidal_matched_scale()) * sinusoidal(positions_T, n_embd)),
+    validate=_sinusoidal_validate))
 
 
 # ---------------------------------------------------------------------------------------------- learned
@@ -322,13 +346,25 @@ def _xpos_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg
     return q, k
 
 
+def xpos_scale_base(block_size: int) -> float:
+    """xPos's scale_base for a training length L: L / 2, the paper's ratio (512 at L = 1024, Sun et al. 2022).
+
+    The decay zeta_i^(distance / scale_base) is meant to act within the training length; at 512 a model trained on
+    64 tokens sees at most zeta^(1/8), i.e. almost plain RoPE. float32 holds the key factors zeta_i^(-p/scale_base)
+    up to |p - center| ~ 70 scale_base (35 L).
+    """
+    return block_size / 2.0
+
+
 def _xpos_validate(cfg: Mapping) -> None:
-    for field in ("theta", "scale_base", "gamma"):
+    _require(cfg["scale_base"] >= 0, "xpos", "scale_base", cfg["scale_base"],
+             "must be > 0 (0 = data.block_size / 2)")
+    for field in ("theta", "gamma"):
         _require(cfg[field] > 0, "xpos", field, cfg[field], "must be > 0")
 
 
 register(PositionalEncoding(
-    "xpos", defaults={"theta": 10000.0, "scale_base": 512.0, "gamma": 0.4, "center": 0},
+    "xpos", defaults={"theta": 10000.0, "scale_base": 0.0, "gamma": 0.4, "center": 0},  # 0 = xpos_scale_base(L)
     init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate))
 
 
@@ -404,7 +440,21 @@ def t5_bias(table_NxH, q_positions_T, k_positions_S, *, bidirectional: bool, max
     return jnp.transpose(table_NxH.astype(jnp.float32)[bucket_TxS], (2, 0, 1))
 
 
+def t5_max_distance(block_size: int, *, num_buckets: int = 32, bidirectional: bool = False) -> int:
+    """T5's max_distance for a training length L: L // 2, so every bucket sees distances during training.
+
+    Raffel et al. use 128 at L = 512. With max_distance > L, the last buckets (distances that never occur in
+    training) keep their initial values and are met only past the training length; at L // 2 the last bucket already
+    collects every distance from L/2 up, so what is beyond L reads a trained value. Kept above the exact range
+    (buckets per direction / 2), which `_t5_validate` requires.
+    """
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
+    return max(block_size // 2, per_direction // 2 + 1)
+
+
 def _t5_validate(cfg: Mapping) -> None:
+    if cfg["max_distance"] == 0:  # derived from data.block_size when the config is resolved
+        return
     per_direction = cfg["num_buckets"] // 2 if cfg["bidirectional"] else cfg["num_buckets"]
     _require(per_direction >= 2, "t5", "num_buckets", cfg["num_buckets"],
              "must leave >= 2 buckets per direction (>= 4 when bidirectional)")
@@ -413,7 +463,7 @@ def _t5_validate(cfg: Mapping) -> None:
 
 
 register(PositionalEncoding(
-    "t5", defaults={"num_buckets": 32, "max_distance": 128, "bidirectional": False},
+    "t5", defaults={"num_buckets": 32, "max_distance": 0, "bidirectional": False},  # 0 = t5_max_distance(L)
     init=lambda key, cfg, *, n_embd, n_head, head_dim: {
         "table": 0.02 * jax.random.normal(key, (cfg["num_buckets"], n_head), jnp.float32)},
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: t5_bias(
@@ -485,14 +535,24 @@ def _fire_init(key, cfg, *, n_embd, n_head, head_dim) -> Params:
             "w2": u(keys[2], (width, n_head), width), "b2": u(keys[3], (n_head,), width)}
 
 
+def fire_init_L(block_size: int) -> float:
+    """FIRE's initial threshold L for a training length L_train: L_train itself (Li et al. 2023).
+
+    Below the threshold every query is normalised by psi(L), so within the training length FIRE is a learned
+    function of log distance; beyond it, by psi(i): the progressive interpolation that lets it extrapolate. The
+    paper's 512 was sized for its own training lengths; at 64 tokens it would never let the normalisation vary.
+    """
+    return float(block_size)
+
+
 def _fire_validate(cfg: Mapping) -> None:
     _require(cfg["mlp_width"] >= 1, "fire", "mlp_width", cfg["mlp_width"], "must be >= 1")
-    _require(cfg["init_L"] > 0, "fire", "init_L", cfg["init_L"], "must be > 0")
+    _require(cfg["init_L"] >= 0, "fire", "init_L", cfg["init_L"], "must be > 0 (0 = data.block_size)")
     _require(cfg["eps"] > 0, "fire", "eps", cfg["eps"], "must be > 0")
 
 
 register(PositionalEncoding(
-    "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 512.0, "eps": 1e-6},
+    "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 0.0, "eps": 1e-6},  # init_L 0 = fire_init_L(L)
     init=_fire_init,
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: fire_bias(
         params, q_positions_T, k_positions_S, init_L=cfg["init_L"], eps=cfg["eps"]),

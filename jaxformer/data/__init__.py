@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxformer.data.dataset import Dataset
+from jaxformer.data.dataset import BOSDataset, Dataset, prepend_bos
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
 from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
 from jaxformer.data.tokenizer import DataError, Tokenizer, load_tokenizer
 
-__all__ = ["DataError", "Dataset", "SyntheticDataset", "TextDataset", "Tokenizer", "default_config",
-           "list_datasets", "load_dataset", "load_tokenizer"]
+__all__ = ["BOSDataset", "DataError", "Dataset", "SyntheticDataset", "TextDataset", "Tokenizer", "default_config",
+           "list_datasets", "load_dataset", "load_tokenizer", "prepend_bos"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -29,6 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra)
     d.block_size = 32  # tokens per training row T (context length)
     d.batch_size = 32  # rows per batch B (per optimizer micro-step)
+    d.bos = False  # prepend a beginning-of-sequence token (id = tokenizer vocab size) to every row; not scored
     d.val_split = "validation"  # TFDS split(s) read as "val", +-joined; validation+test = nanoGPT's last 10%
     d.manual_dir = ""  # folder holding input.txt for offline use; "" = $JAXFORMER_MANUAL_DIR, else download
     d.data_dir = ""  # TFDS data dir for prepared data; "" = $TFDS_DATA_DIR, else ~/tensorflow_datasets
@@ -48,9 +49,11 @@ def load_dataset(data_cfg) -> Dataset:
     """The dataset `data_cfg.name` names (TFDS data is prepared on first use)."""
     name = data_cfg.name
     if name == "tiny_shakespeare":
-        return load_tiny_shakespeare(data_cfg)
-    if name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
-        return load_synthetic(data_cfg)
-    if name.startswith("tfds:") and len(name) > len("tfds:"):
-        return load_tfds_text(data_cfg)
-    raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")
+        dataset = load_tiny_shakespeare(data_cfg)
+    elif name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
+        dataset = load_synthetic(data_cfg)
+    elif name.startswith("tfds:") and len(name) > len("tfds:"):
+        dataset = load_tfds_text(data_cfg)
+    else:
+        raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")
+    return BOSDataset(dataset) if data_cfg.get("bos", False) else dataset
