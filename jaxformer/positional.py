@@ -113,6 +113,14 @@ def _require(ok: bool, variant: str, field: str, value, rule: str) -> None:
         raise ValueError(f"model.position.{variant}.{field}={value!r}; {rule}")
 
 
+def _resolved(cfg: Mapping, variant: str, field: str):
+    """A field whose 0 means "derived from data.block_size": the model needs the resolved value."""
+    if cfg[field] == 0:
+        raise ValueError(f"model.position.{variant}.{field}=0 is derived from data.block_size; resolve the config "
+                         "first (jaxformer.config.resolve) or set it")
+    return cfg[field]
+
+
 def _no_params(key, cfg, *, n_embd, n_head, head_dim) -> Params:
     return {}
 
@@ -340,7 +348,8 @@ def apply_xpos(x, positions_T, *, is_key: bool, theta: float = 10000.0, scale_ba
 
 
 def _xpos_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
-    kw = {f: cfg[f] for f in ("theta", "scale_base", "gamma", "center")}
+    kw = {f: cfg[f] for f in ("theta", "gamma", "center")}
+    kw["scale_base"] = _resolved(cfg, "xpos", "scale_base")
     q = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=False, **kw), q_BxTxHxd, q_positions_T)
     k = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=True, **kw), k_BxSxKxd, k_positions_S)
     return q, k
@@ -453,13 +462,13 @@ def t5_max_distance(block_size: int, *, num_buckets: int = 32, bidirectional: bo
 
 
 def _t5_validate(cfg: Mapping) -> None:
-    if cfg["max_distance"] == 0:  # derived from data.block_size when the config is resolved
-        return
     per_direction = cfg["num_buckets"] // 2 if cfg["bidirectional"] else cfg["num_buckets"]
     _require(per_direction >= 2, "t5", "num_buckets", cfg["num_buckets"],
              "must leave >= 2 buckets per direction (>= 4 when bidirectional)")
-    _require(cfg["max_distance"] > per_direction // 2, "t5", "max_distance", cfg["max_distance"],
-             f"must exceed the exact range, buckets per direction / 2 = {per_direction // 2}")
+    # 0 = derived from data.block_size when the config is resolved (t5_max_distance)
+    _require(cfg["max_distance"] == 0 or cfg["max_distance"] > per_direction // 2, "t5", "max_distance",
+             cfg["max_distance"], f"must exceed the exact range, buckets per direction / 2 = {per_direction // 2} "
+             "(0 = data.block_size // 2)")
 
 
 register(PositionalEncoding(
@@ -468,7 +477,7 @@ register(PositionalEncoding(
         "table": 0.02 * jax.random.normal(key, (cfg["num_buckets"], n_head), jnp.float32)},
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: t5_bias(
         params["table"], q_positions_T, k_positions_S, bidirectional=cfg["bidirectional"],
-        max_distance=cfg["max_distance"]),
+        max_distance=_resolved(cfg, "t5", "max_distance")),
     validate=_t5_validate))
 
 
@@ -555,5 +564,5 @@ register(PositionalEncoding(
     "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 0.0, "eps": 1e-6},  # init_L 0 = fire_init_L(L)
     init=_fire_init,
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: fire_bias(
-        params, q_positions_T, k_positions_S, init_L=cfg["init_L"], eps=cfg["eps"]),
+        params, q_positions_T, k_positions_S, init_L=_resolved(cfg, "fire", "init_L"), eps=cfg["eps"]),
     validate=_fire_validate))

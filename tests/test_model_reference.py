@@ -21,7 +21,7 @@ V, T, B = 13, 8, 2
 
 CASES = [  # (name, non-default fields)
     ("none", {}),
-    ("sinusoidal", {}),
+    ("sinusoidal", {"scale": 0.5}),
     ("learned", {"max_len": 24}),
     ("rope", {"theta": 500.0}),
     ("rope", {"fraction": 0.5, "scaling": "yarn", "factor": 4.0, "original_max_len": 16}),
@@ -77,7 +77,7 @@ def reference_forward(cfg, p, tokens, positions):
     pp = p.get("position", {}).get("params", {})
     x = p["wte"]["embedding"][tokens]
     if name == "sinusoidal":
-        x = x + ref.sinusoidal(positions, m.n_embd)[None]
+        x = x + fields["scale"] * ref.sinusoidal(positions, m.n_embd)[None]
     elif name == "learned":
         x = x + pp["table"][positions][None]
 
