@@ -147,6 +147,7 @@ def eval_main(argv: list[str]) -> int:
 
 
 def sample_main(argv: list[str]) -> int:
+    import numpy as np
     from flax import nnx
 
     from jaxformer import data as data_lib
@@ -180,10 +181,14 @@ def sample_main(argv: list[str]) -> int:
     prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)
+    bos = cfg.data.get("bos", False)  # trained with a BOS first token: the prompt starts with it too
+    if bos:
+        prompt_ids = np.concatenate([np.asarray([tokenizer.vocab_size], np.int32), prompt_ids])
     ids = sample_lib.generate(model, prompt_ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_k=args.top_k or None, seed=args.seed,
                               max_context=args.max_context or cfg.data.block_size)
-    sys.stdout.write(tokenizer.decode(ids) + "\n")
+    ids = np.asarray(ids)
+    sys.stdout.write(tokenizer.decode(ids[1:] if bos else ids) + "\n")
     return 0
 
 

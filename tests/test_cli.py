@@ -30,6 +30,8 @@ def test_help_lists_subcommands():
     (["train", "--config", "tiny", "--config.train.steps=-5"], "train.steps=-5; must be a positive integer"),
     (["train", "--config", "no_such_config"], "--config='no_such_config'"),
     (["sample", "--workdir", "/nonexistent/run"], "has no config.json"),
+    (["train", "--config", "tiny", "--config.data.bos=True", "--config.model.vocab_size=28"],
+     "model.vocab_size=28 has no room for data.bos=True's token: the data has 28 tokens and BOS takes id 28"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     out = jaxformer(*args, "--workdir", str(tmp_path / "w")) if args[0] == "train" else jaxformer(*args)
@@ -191,3 +193,18 @@ def test_exit_status_says_how_the_run_ended():
     assert cli.exit_status({"stopped": "SIGINT at step 7; checkpoint saved", "signal": "SIGINT"}) == 130
     assert cli.exit_status({"stopped": "SIGTERM at step 7; checkpoint saved", "signal": "SIGTERM"}) == 143
     assert cli.exit_status({"stopped": "non-finite loss or gradient at step 3", "signal": None}) == 1
+
+
+@pytest.mark.slow
+def test_train_and_sample_with_a_bos_token(tmp_path):
+    """data.bos through the command line: a task run (samples.txt decodes prompts that start with BOS), then
+    `sample` prepends BOS to the prompt and prints only the text."""
+    workdir = str(tmp_path / "bos")
+    out = jaxformer("train", "--config", "tiny", "--config.data.bos=True", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    cfg = json.load(open(os.path.join(workdir, "config.json")))
+    assert cfg["data"]["bos"] is True and cfg["model"]["vocab_size"] == 29  # 28 task symbols + BOS
+    assert "prompt:" in open(os.path.join(workdir, "samples.txt")).read()
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "abc|", "--max-new-tokens", "3", "--temperature", "0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("abc|") and len(out.stdout[:-1]) == 7
