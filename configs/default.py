@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay in param_dtype)
     c.model.param_dtype = "float32"  # master parameter dtype
+    c.model.embed_multiplier = 1.0  # token embeddings x this on input; 0 = sqrt(n_embd) (Vaswani et al. 2017)
     c.model.gelu_approximate = False  # tanh-approximate GELU instead of the exact erf form (nanoGPT: exact)
     c.model.remat = False  # rematerialise each block in the backward pass (saves activation memory)
     c.model.attention = ml_collections.ConfigDict()

@@ -252,6 +252,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay!r}; must be >= 0")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip!r}; must be >= 0 (0 = off)")
     _require(0 <= m.dropout < 1, f"model.dropout={m.dropout!r}; must be in [0, 1)")
+    _require(m.get("embed_multiplier", 1.0) >= 0,
+             f"model.embed_multiplier={m.get('embed_multiplier')!r}; must be >= 0 (0 = sqrt(n_embd), 1 = GPT-2)")
     _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}; choose one of: {', '.join(DTYPES)}")
     _require(m.param_dtype in DTYPES, f"model.param_dtype={m.param_dtype!r}; choose one of: {', '.join(DTYPES)}")
     _require(t.nonfinite in NONFINITE_POLICIES,
@@ -349,6 +351,7 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 matched it to the embeddings)
     "data.bos": False,  # no beginning-of-sequence token
+    "model.embed_multiplier": 1.0,  # token embeddings as they are (GPT-2), not x sqrt(D)
 }
 
 

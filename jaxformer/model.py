@@ -169,6 +169,9 @@ class GPT(nnx.Module):
         self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.dropout, self.remat = cfg.dropout, cfg.remat
+        # Vaswani et al. 2017 (§3.4) multiply the token embeddings by sqrt(D); GPT-2 does not (1.0).
+        multiplier = cfg.get("embed_multiplier", 1.0)
+        self.embed_multiplier = math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)
         self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nnx.initializers.normal(0.02),
                              dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
@@ -204,6 +207,8 @@ class GPT(nnx.Module):
         if positions_T is None:
             positions_T = index + jnp.arange(T, dtype=jnp.int32)
         x_BxTxD = self.wte(tokens_BxT)
+        if self.embed_multiplier != 1.0:  # the input side only: the tied output head reads the table as it is
+            x_BxTxD = x_BxTxD * jnp.asarray(self.embed_multiplier, x_BxTxD.dtype)
         embedding_TxD = self.position.embed(positions_T)
         if embedding_TxD is not None:
             x_BxTxD = x_BxTxD + embedding_TxD.astype(x_BxTxD.dtype)[None]

@@ -35,8 +35,9 @@ CASES = [  # (name, non-default fields)
 ]
 
 
-def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None):
+def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None, embed_multiplier=1.0):
     cfg = config_lib.load("tiny")
+    cfg.model.embed_multiplier = embed_multiplier
     cfg.model.position.name = name
     for key, value in fields.items():
         cfg.model.position[name][key] = value
@@ -75,7 +76,8 @@ def reference_forward(cfg, p, tokens, positions):
     H, K = m.n_head, m.n_kv_head or m.n_head
     d = m.n_embd // H
     pp = p.get("position", {}).get("params", {})
-    x = p["wte"]["embedding"][tokens]
+    multiplier = m.embed_multiplier or math.sqrt(m.n_embd)  # 0 = sqrt(D), Vaswani et al. 2017
+    x = multiplier * p["wte"]["embedding"][tokens]  # the input side only: the output head uses the table as it is
     if name == "sinusoidal":
         x = x + fields["scale"] * ref.sinusoidal(positions, m.n_embd)[None]
     elif name == "learned":
@@ -157,3 +159,18 @@ def test_grouped_query_model_equals_the_float64_reference():
     want_logits, want_weights = reference_forward(cfg, p, tokens, positions)
     np.testing.assert_allclose(np.asarray(weights), want_weights, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 2.5])
+def test_token_embedding_multiplier_equals_the_float64_reference(multiplier):
+    """Vaswani et al.'s sqrt(D) scheme (embed_multiplier 0) with the unit sinusoidal table, and any multiplier."""
+    cfg, model, p = build("sinusoidal", {"scale": 1.0}, embed_multiplier=multiplier)
+    tokens = np.random.default_rng(5).integers(0, V, (B, T))
+    graphdef, state = nnx.split(model)
+    logits = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.asarray(tokens))
+    want, _ = reference_forward(cfg, p, tokens, np.arange(T))
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    plain, _ = reference_forward(config_lib.resolve(config_lib.load("tiny", [
+        "--config.model.position.name=sinusoidal", "--config.model.n_layer=2", "--config.model.n_head=2",
+        "--config.model.position.sinusoidal.scale=1.0"]), vocab_size=V), p, tokens, np.arange(T))
+    assert np.abs(plain - want).max() > 1e-2  # the multiplier changes the function
