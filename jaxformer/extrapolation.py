@@ -377,8 +377,8 @@ def _mark_training_length(ax, block: int | None) -> None:
 
 
 def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> None:
-    """Mean eval loss against eval length (log-x), one line per variant, error bars = spread over seeds; a second
-    panel with exact-match accuracy for synthetic tasks."""
+    """Mean eval loss against eval length (log-x), one line per variant, error bars = spread over seeds, dashed: the
+    same variant's sliding-window baseline; a second panel with exact-match accuracy for synthetic tasks."""
     plt = _plt()
     accuracy = bool(variants) and variants[0]["has_accuracy"]
     fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(13 if accuracy else 8.5, 5), dpi=120, squeeze=False)
@@ -397,6 +397,11 @@ def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> N
             shown += list(mean)
             ax.errorbar(T, mean, yerr=std, fmt="o-" if len(pts) > 1 else "s", color=cmap(i % 10),
                         label=v["variant"], capsize=3, markersize=5, linewidth=1.6)
+        for i, v in enumerate(variants if key == "loss" else ()):  # the sliding-window baseline, dashed
+            pts = [(x["length"], x["sliding_loss"][0]) for x in v["lengths"] if x.get("sliding_loss")]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts, strict=True), "--", color=cmap(i % 10), linewidth=1.0, alpha=0.7)
+                shown += [y for _, y in pts]
         _mark_training_length(ax, variants[0]["block_size"] if variants else None)
         ax.set_xscale("log", base=2)
         if lengths:

@@ -372,6 +372,10 @@ def summary_lines(variants: list[dict]) -> list[str]:
         if na:
             multipliers = ", ".join(f"{x['multiplier']}×" for x in na)
             text += f"; {multipliers} {na[0]['na']}"
+        sliding = [x for x in v["lengths"] if x.get("sliding_loss")]
+        if sliding and sliding[-1]["multiplier"] > first["multiplier"]:
+            x = sliding[-1]
+            text += f"; sliding window of {v['block_size']}: {x['sliding_loss'][0]:.3f} at {x['multiplier']}×"
         lines.append(f"{text} ({seeds})")
     if variants:
         longest = max(x["multiplier"] for x in variants[0]["lengths"])
@@ -426,7 +430,8 @@ def write_reports(workdir: str) -> list[str]:
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"),
                     settings=settings)
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
-                                     title=f"Loss vs eval length\n{title}")
+                                     title=f"Loss vs eval length (dashed: sliding window of the training "
+                                           f"length)\n{title}")
     which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
                                      title=f"Loss at each token position ({which})\n{title}")

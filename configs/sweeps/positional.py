@@ -1,4 +1,4 @@
-"""Which positional encoding, and how does it behave past the training length? (issues 6, 22; experiments/pe_extrapolation)
+"""Which positional encoding, and how does it behave past the training length? (issues 6 and 22)
 
 Every registered variant x 5 seeds, a small character-level GPT (2 layers, 4 heads, width 64) on tiny_shakespeare
 trained at block 64 with each variant's fair defaults (positional.py; docs/positional.md), each at its own learning

@@ -1,7 +1,7 @@
 """Picks each variant's learning rate from the selection sweep and prepares the main sweep (issue 22).
 
-Reads shakespeare_lr/runs/*/extrapolation.json (seed 0, 3 learning rates per variant, loss on the whole validation
-split at the training length), and writes
+Reads shakespeare_lr/runs/*/extrapolation.json (seed 0, the 3 learning rates of sweeps.positional_lr per variant,
+loss on the whole validation split at the training length; runs of an earlier grid are left out), and writes
   shakespeare_lr/lr_choice.json   every variant's losses per learning rate and the one chosen (the lowest);
   shakespeare/sweep_config.py     sweeps.positional with each variant's chosen learning rate (overrides_by_variant);
 and copies each chosen seed-0 run (config, metrics, checkpoints; not its 1x-only extrapolation.json) to
@@ -13,12 +13,16 @@ directory already there is left alone.
 
 import glob
 import json
+import math
 import os
 import shutil
 import sys
 
+from jaxformer.configs.sweeps import positional_lr
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SELECTION, MAIN = os.path.join(HERE, "shakespeare_lr"), os.path.join(HERE, "shakespeare")
+GRID = tuple(positional_lr.get_config().axes.optim.lr)
 
 
 def main() -> int:
@@ -28,16 +32,18 @@ def main() -> int:
             r = json.load(f)
         with open(os.path.join(os.path.dirname(path), "config.json")) as f:
             lr = json.load(f)["optim"]["lr"]
-        loss = r["lengths"][0].get("loss")
-        if loss is not None:
-            losses.setdefault(r["position"], {})[lr] = (loss, os.path.dirname(path))
-    incomplete = sorted(v for v, by_lr in losses.items() if len(by_lr) < 3)
+        if lr not in GRID:  # a run of an earlier grid
+            continue
+        loss = r["lengths"][0].get("loss")  # None: diverged (stopped), never chosen
+        losses.setdefault(r["position"], {})[lr] = (math.inf if loss is None else loss, os.path.dirname(path))
+    incomplete = sorted(v for v, by_lr in losses.items() if len(by_lr) < len(GRID))
     if not losses or incomplete:
         print(f"the selection sweep is not finished ({', '.join(incomplete) or 'no runs'}); run it first",
               file=sys.stderr)
         return 1
     choice = {v: min(by_lr, key=lambda lr: by_lr[lr][0]) for v, by_lr in sorted(losses.items())}
-    record = {v: {"lr": choice[v], "loss_at_1x_by_lr": {str(lr): loss for lr, (loss, _) in sorted(by_lr.items())}}
+    record = {v: {"lr": choice[v], "loss_at_1x_by_lr": {str(lr): loss if math.isfinite(loss) else None
+                                                         for lr, (loss, _) in sorted(by_lr.items())}}
               for v, by_lr in sorted(losses.items())}
     with open(os.path.join(SELECTION, "lr_choice.json"), "w") as f:
         json.dump(record, f, indent=1, sort_keys=True)
