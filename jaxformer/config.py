@@ -208,7 +208,7 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
     # Each variant's fair default for the training length (positional.py has each rule and its reasoning).
     pe, block = cfg.model.position, cfg.data.block_size
     if pe.get("sinusoidal", {}).get("scale", None) == 0:
-        pe.sinusoidal.scale = positional.sinusoidal_matched_scale()
+        pe.sinusoidal.scale = positional.sinusoidal_scale(pe.sinusoidal.get("scheme", "matched"))
     if pe.get("t5", {}).get("max_distance", None) == 0:
         pe.t5.max_distance = positional.t5_max_distance(block, num_buckets=pe.t5.num_buckets,
                                                         bidirectional=pe.t5.bidirectional)
@@ -349,7 +349,8 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 # written before the field existed still loads, resumes, samples and evaluates as it was trained. A change that
 # adds a config field whose default alters behaviour adds a line here: "section.field": old_behaviour_value.
 LEGACY_DEFAULTS: dict[str, object] = {
-    "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 matched it to the embeddings)
+    "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
+    "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)
     "data.bos": False,  # no beginning-of-sequence token
     "model.embed_multiplier": 1.0,  # token embeddings as they are (GPT-2), not x sqrt(D)
 }

@@ -169,13 +169,15 @@ class GPT(nnx.Module):
         self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.dropout, self.remat = cfg.dropout, cfg.remat
-        # Vaswani et al. 2017 (§3.4) multiply the token embeddings by sqrt(D); GPT-2 does not (1.0).
-        multiplier = cfg.get("embed_multiplier", 1.0)
-        self.embed_multiplier = math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)
         self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nnx.initializers.normal(0.02),
                              dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
                                  rngs=rngs)
+        # Vaswani et al. 2017 (§3.4) multiply the token embeddings by sqrt(D); GPT-2 does not (1.0). The positional
+        # variant may ask for its own factor (sinusoidal's sqrt_d scheme), on top of the model-wide one.
+        multiplier = cfg.get("embed_multiplier", 1.0)
+        self.embed_multiplier = (math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)) * float(
+            self.position.record.token_scale(dict(self.position.cfg), n_embd=cfg.n_embd))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
         self.ln_f = nnx.LayerNorm(cfg.n_embd, epsilon=1e-5, use_bias=cfg.bias, dtype=self.dtype,
                                   param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)

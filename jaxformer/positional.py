@@ -57,6 +57,7 @@ class PositionalEncoding:
 
     init(key, cfg, *, n_embd, n_head, head_dim) -> Params
     embed(params, positions_T, cfg, *, n_embd) -> x_TxD                   (added to the token embeddings)
+    token_scale(cfg, *, n_embd) -> float                                  (the token embeddings' factor, with embed)
     rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg) -> (q, k)
     bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
     max_length(cfg) -> int | None                                          (longest sequence; None = any)
@@ -72,6 +73,7 @@ class PositionalEncoding:
     bias: Callable | None = None
     max_length: Callable = lambda cfg: None
     validate: Callable | None = None
+    token_scale: Callable = lambda cfg, *, n_embd: 1.0
 
     @property
     def acts_at(self) -> tuple[str, ...]:
@@ -153,29 +155,43 @@ def sinusoidal(positions_T, dim: int):
 TOKEN_EMBEDDING_STD = 0.02
 # sin^2 + cos^2 = 1 per pair, so the table's root mean square over its elements is 1/sqrt(2).
 SINUSOIDAL_RMS = 1.0 / math.sqrt(2.0)
+SINUSOIDAL_SCHEMES = ("sqrt_d", "matched")
 
 
 def sinusoidal_matched_scale() -> float:
-    """The factor that gives the sinusoidal table the token embeddings' RMS: 0.02 / (1/sqrt 2) = 0.0283.
-
-    Vaswani et al. 2017 add the unit-amplitude table to token embeddings multiplied by sqrt(D) (§3.4), so position
-    and content start at comparable sizes. With GPT-style 0.02 token embeddings and no sqrt(D), the unscaled table
-    (RMS 0.71) outweighs content ~35:1 and the model must first learn to shrink it; scaling the table to the
-    embeddings' RMS restores the paper's balance without changing the other variants' token embeddings.
-    """
+    """The factor that gives the sinusoidal table the token embeddings' RMS: 0.02 / (1/sqrt 2) = 0.0283."""
     return TOKEN_EMBEDDING_STD / SINUSOIDAL_RMS
 
 
+def sinusoidal_scale(scheme: str) -> float:
+    """The table's factor under each scheme that keeps position from swamping content at the input.
+
+    - "sqrt_d" (Vaswani et al. 2017, §3.4): the token embeddings are multiplied by sqrt(D) (`_sinusoidal_token_scale`)
+      and the unit-amplitude table is added as it is: 0.02 sqrt(D) per element against 0.71.
+    - "matched": the token embeddings stay as GPT initialises them (std 0.02) and the table is scaled to their RMS.
+    With GPT-style 0.02 embeddings and neither, the table (RMS 0.71) outweighs content ~35:1 and must be unlearned
+    first. At 2L/64D on tiny_shakespeare, sqrt_d measured 1.980 +- 0.015 against matched 2.063 +- 0.034 (2 seeds,
+    experiments/pe_extrapolation/sinusoidal_scheme), so it is the default.
+    """
+    return 1.0 if scheme == "sqrt_d" else sinusoidal_matched_scale()
+
+
+def _sinusoidal_token_scale(cfg: Mapping, *, n_embd: int) -> float:
+    return math.sqrt(n_embd) if cfg.get("scheme", "matched") == "sqrt_d" else 1.0
+
+
 def _sinusoidal_validate(cfg: Mapping) -> None:
+    _require(cfg.get("scheme", "matched") in SINUSOIDAL_SCHEMES, "sinusoidal", "scheme", cfg.get("scheme"),
+             f"choose one of: {', '.join(SINUSOIDAL_SCHEMES)}")
     _require(cfg["scale"] >= 0, "sinusoidal", "scale", cfg["scale"],
-             "must be >= 0 (0 = matched to the token embeddings' RMS; 1 = the unscaled table)")
+             "must be >= 0 (0 = the scheme's: 1 for sqrt_d, 0.0283 for matched)")
 
 
 register(PositionalEncoding(
-    "sinusoidal", defaults={"scale": 0.0}, init=_no_params,
+    "sinusoidal", defaults={"scheme": "sqrt_d", "scale": 0.0}, init=_no_params,
     embed=lambda params, positions_T, cfg, *, n_embd: (
-        (cfg["scale"] or sinusoidal_matched_scale()) * sinusoidal(positions_T, n_embd)),
-    validate=_sinusoidal_validate))
+        (cfg["scale"] or sinusoidal_scale(cfg.get("scheme", "matched"))) * sinusoidal(positions_T, n_embd)),
+    token_scale=_sinusoidal_token_scale, validate=_sinusoidal_validate))
 
 
 # ---------------------------------------------------------------------------------------------- learned

@@ -163,7 +163,9 @@ def test_fair_positional_defaults_follow_the_block_size():
         r = config_lib.resolve(config_lib.load("tiny", [f"--config.data.block_size={block}"]), vocab_size=11)
         pe = r.model.position
         assert pe.t5.max_distance == max(block // 2, 17) and pe.xpos.scale_base == block / 2
-        assert pe.fire.init_L == block and pe.sinusoidal.scale == pytest.approx(0.02 * 2 ** 0.5, rel=1e-12)
+        assert pe.fire.init_L == block and pe.sinusoidal.scheme == "sqrt_d" and pe.sinusoidal.scale == 1.0
+    matched = config_lib.resolve(config_lib.load("tiny", ["--config.model.position.sinusoidal.scheme=matched"]))
+    assert matched.model.position.sinusoidal.scale == pytest.approx(0.02 * 2 ** 0.5, rel=1e-12)
     kept = config_lib.resolve(config_lib.load("tiny", [
         "--config.model.position.t5.max_distance=128", "--config.model.position.xpos.scale_base=512.0",
         "--config.model.position.fire.init_L=512.0", "--config.model.position.sinusoidal.scale=1.0"]))
@@ -178,6 +180,7 @@ def test_runs_written_before_the_fair_defaults_load_with_their_old_values():
     saved["data"].pop("bos")
     cfg = config_lib.resolve(config_lib.from_json(config_lib.json.dumps(saved)))
     assert cfg.model.position.sinusoidal.scale == 1.0 and cfg.model.position.t5.max_distance == 128
+    assert cfg.model.position.sinusoidal.scheme == "matched"  # no sqrt(D) on the embeddings, as they were trained
     assert cfg.data.bos is False
 
 

@@ -109,7 +109,8 @@ BAD_FIELDS = [
     ("t5", {"num_buckets": 3, "bidirectional": True}, "model.position.t5.num_buckets=3; must leave >= 2"),
     ("fire", {"mlp_width": 0}, "model.position.fire.mlp_width=0"),
     ("fire", {"init_L": -2.0}, "model.position.fire.init_L=-2.0; must be > 0 (0 = data.block_size)"),
-    ("sinusoidal", {"scale": -0.1}, "model.position.sinusoidal.scale=-0.1; must be >= 0 (0 = matched"),
+    ("sinusoidal", {"scale": -0.1}, "model.position.sinusoidal.scale=-0.1; must be >= 0 (0 = the scheme's"),
+    ("sinusoidal", {"scheme": "vaswani"}, "model.position.sinusoidal.scheme='vaswani'; choose one of: sqrt_d, matched"),
     ("fire", {"eps": 0.0}, "model.position.fire.eps=0.0; must be > 0"),
 ]
 
@@ -600,6 +601,12 @@ def test_matched_sinusoidal_table_has_the_token_embeddings_rms():
         x = np.asarray(pe.embed({}, positions, {"scale": scale}, n_embd=16), np.float64)
         # the slowest frequencies have not turned once in 4096 positions: take the pairs that have
         assert np.sqrt(np.mean(x[:, :8] ** 2)) == pytest.approx(rms, rel=0.02)
+    assert pe.token_scale({"scheme": "sqrt_d", "scale": 0.0}, n_embd=16) == 4.0  # Vaswani et al.: x sqrt(D)
+    assert pe.token_scale({"scheme": "matched", "scale": 0.0}, n_embd=16) == 1.0
+    x = np.asarray(pe.embed({}, positions, {"scheme": "sqrt_d", "scale": 0.0}, n_embd=16), np.float64)
+    assert np.sqrt(np.mean(x[:, :8] ** 2)) == pytest.approx(2 ** -0.5, rel=0.02)  # sqrt_d: the unit table
+    assert all(P.get_positional_encoding(n).token_scale(P.get_positional_encoding(n).defaults, n_embd=16) == 1.0
+               for n in P.list_positional_encodings() if n != "sinusoidal")
     x1 = np.asarray(pe.embed({}, positions[:50], {"scale": 1.0}, n_embd=16))
     x3 = np.asarray(pe.embed({}, positions[:50], {"scale": 3.0}, n_embd=16))
     np.testing.assert_allclose(x3, 3.0 * x1, rtol=1e-6)

@@ -11,7 +11,10 @@ from jaxformer.configs.sweeps import positional
 
 def get_config():
     c = positional.get_config()
-    c.overrides = (*c.overrides, "--config.train.steps=2000", "--config.model.position.name=sinusoidal")
+    # scheme=matched: no factor of the variant's own on the embeddings, so embed_multiplier alone sets it (these runs
+    # were made before the sqrt_d scheme became sinusoidal's default; their configs read scheme=matched)
+    c.overrides = (*c.overrides, "--config.train.steps=2000", "--config.model.position.name=sinusoidal",
+                   "--config.model.position.sinusoidal.scheme=matched")
     c.overrides_by_variant = {}
     c.axes.model = {"embed_multiplier": (1.0, 0.0),  # 0 = sqrt(n_embd) = 8
                     "position": {"sinusoidal": {"scale": (0.0, 1.0)}}}  # 0 = matched (0.0283), 1 = unit table
