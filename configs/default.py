@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.position = positional.default_config()  # .name picks the variant; .<variant>.<field> its settings
     c.model.position.name = "rope"
     c.model.position.learned.max_len = 0  # 0 = data.block_size (resolved before training)
-    c.model.position.sinusoidal.scale = 0.0  # table multiplier; 0 = matched to the token embeddings' RMS (0.0283)
+    c.model.position.sinusoidal.scheme = "sqrt_d"  # sqrt_d: token embeddings x sqrt(D) | matched: table x 0.0283
+    c.model.position.sinusoidal.scale = 0.0  # table multiplier; 0 = the scheme's (1 | 0.02 sqrt(2))
     c.model.position.t5.max_distance = 0  # distance sharing the last bucket; 0 = data.block_size // 2
     c.model.position.xpos.scale_base = 0.0  # decay length scale; 0 = data.block_size / 2 (the paper's 512 at 1024)
     c.model.position.fire.init_L = 0.0  # initial normalisation threshold; 0 = data.block_size
