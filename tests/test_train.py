@@ -192,3 +192,19 @@ def test_workdir_safety(tiny_cfg, tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
     train_lib.train(tiny_cfg, str(workdir), overwrite=True)
     assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2
+
+
+def test_resume_ignores_the_task_settings_of_a_text_run_only():
+    """The default's data.synthetic.min_items changed (0 -> 1): a text run saved before resumes with today's config,
+    while a changed task setting of a synthetic run is still refused."""
+    from jaxformer import config as config_lib
+    from jaxformer import run as run_lib
+
+    text = config_lib.resolve(config_lib.load("shakespeare_char_cpu"), vocab_size=65)
+    saved = config_lib.resolve(config_lib.load("shakespeare_char_cpu", ["--config.data.synthetic.min_items=0"]),
+                               vocab_size=65)
+    assert run_lib.check_resume_config("w", saved, text) == []
+    task = config_lib.resolve(config_lib.load("default"), vocab_size=28)
+    saved_task = config_lib.resolve(config_lib.load("default", ["--config.data.synthetic.min_items=0"]), vocab_size=28)
+    with pytest.raises(run_lib.RunDirError, match="data.synthetic.min_items"):
+        run_lib.check_resume_config("w", saved_task, task)

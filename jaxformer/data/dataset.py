@@ -139,3 +139,8 @@ class BOSDataset(Dataset):
 
     def split_tokens(self, split: str):
         return self.inner.split_tokens(split)
+
+    def __getattr__(self, name: str):  # the wrapped dataset's own API (a task's answer(), random_example(), ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
