@@ -354,6 +354,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
     try:
+        if resuming and dataset is None:  # the run's own subword tokenizer (a trained BPE is not trained again)
+            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir))
         trainer = Trainer(cfg, dataset)  # validates the config and loads the data: the usual place for bad input
     except Exception:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
@@ -368,7 +370,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             run_lib.save_config(workdir, cfg)
             run_lib.write_json(os.path.join(workdir, "manifest.json"),
                                run_lib.manifest(cfg, data_hash=dataset.data_hash))
-            dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+            dataset.tokenizer.save(os.path.join(workdir, dataset.tokenizer.filename))
 
     if not resuming:
         write_run_files()
