@@ -314,7 +314,11 @@ def save_checkpoint(workdir: str, params: dict) -> None:
     """
     import jax
     import orbax.checkpoint as ocp
-    from orbax.checkpoint._src.serialization import types as serialization_types  # the callback's documented home
+
+    # orbax's documented home of the serialization callback, and the metadata store its default ArrayHandler has
+    # (without it the checkpoint would lack array_metadatas/ and the write shapes in _METADATA).
+    from orbax.checkpoint._src.metadata import array_metadata_store
+    from orbax.checkpoint._src.serialization import types as serialization_types
 
     tree = {"params": params}
     pending = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
@@ -331,7 +335,8 @@ def save_checkpoint(workdir: str, params: dict) -> None:
     # orbax refuses an array larger than the bound (it is in GB, a float here): room for the largest, with a margin.
     in_flight_gb = 1.1 * max(max(x.nbytes for x in pending.values()), 2**26) / 1e9
     registry = ocp.type_handlers.create_type_handler_registry(
-        (jax.Array, ocp.type_handlers.ArrayHandler(callback=FreeWhenWritten())))
+        (jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                                   callback=FreeWhenWritten())))
     handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb,
                                           save_device_host_concurrent_gb=BATCH_BYTES / 1e9,
                                           type_handler_registry=registry)
