@@ -8,9 +8,10 @@ checkpoint of the parameters at step 0 (`checkpoints/latest/0`), so `eval`, `sam
 eval and config overrides work on it as on a trained run.
 
 Memory: the parameters are allocated once in the target layout (`param_dtype`), and each checkpoint tensor is read
-alone (safetensors, no torch), transformed and copied into its place, so the peak is about one copy of the model plus
-its largest tensor. Everything is written into a hidden temporary folder beside the workdir and renamed into place
-at the end; on any error that folder is removed and the workdir is untouched.
+alone (safetensors, no torch), transformed and copied into its place, so the peak is about one copy of the model
+plus its largest tensor; the save then frees each array as soon as orbax has written it (`save_checkpoint`).
+Everything is written into a hidden temporary folder beside the workdir and renamed into place at the end; on any
+error that folder is removed and the workdir is untouched.
 """
 
 from __future__ import annotations
