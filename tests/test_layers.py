@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.data", "jaxformer.kernels", "jaxformer.sharding",
-     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.configs"],
+     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs"],
     ["jaxformer.model", "jaxformer.matmul"],  # NNX modules; the matmul edge
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation

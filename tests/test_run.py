@@ -1,4 +1,5 @@
-"""A run directory written by an earlier version of jaxformer still loads, evaluates, samples and resumes.
+"""Run directories: what a resume may change; a run directory written by an earlier version of jaxformer still
+loads, evaluates, samples, resumes and repro-checks.
 
 `tests/fixtures/run_before_i23` was written by commit 89ef887 (before issue 23's refactor) with
     jaxformer train --config tiny --workdir tests/fixtures/run_before_i23 --config.train.steps=20 \
@@ -14,6 +15,8 @@ import shutil
 import pytest
 
 from jaxformer import cli
+from jaxformer import config as config_lib
+from jaxformer import run as run_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "run_before_i23")
 
@@ -67,8 +70,6 @@ def test_old_run_resumes_deterministically_and_keeps_its_history(old_run, tmp_pa
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
-    from jaxformer import run as run_lib
-
     path = str(tmp_path / "f.txt")
     run_lib.atomic_write(path, "first\n")
     run_lib.atomic_write(path, "second\n")
@@ -84,3 +85,21 @@ def test_old_run_repro_checks_bit_for_bit(old_run, capsys):
     written on the 2-core AMD EPYC, family 26, with XLA's dot: a CPU of another kind may pick other kernels, and
     repro-check then names the manifest differences)."""
     assert cli.main(["repro-check", old_run, "--steps", "20"]) == 0, capsys.readouterr()
+
+
+def _resolved(*overrides):
+    return config_lib.resolve(config_lib.load("tiny", list(overrides)), vocab_size=11)
+
+
+def test_resume_ignores_the_settings_of_positional_variants_the_run_does_not_use():
+    saved = _resolved("--config.model.position.name=alibi", "--config.model.position.sinusoidal.scheme=matched")
+    now = _resolved("--config.model.position.name=alibi", "--config.train.steps=40")
+    assert saved.model.position.sinusoidal.scale != now.model.position.sinusoidal.scale  # a new default elsewhere
+    assert run_lib.check_resume_config("w", saved, now) == ["train.steps", "optim.decay_steps"]
+    # the run's own variant's settings still may not change
+    with pytest.raises(run_lib.RunDirError, match="model.position.alibi|model.position.name"):
+        run_lib.check_resume_config("w", saved, _resolved("--config.model.position.name=rope"))
+    rope = _resolved("--config.model.position.name=rope")
+    with pytest.raises(run_lib.RunDirError, match=r"model.position.rope.theta=500.0 differs from the run's 10000.0"):
+        run_lib.check_resume_config("w", rope, _resolved("--config.model.position.name=rope",
+                                                          "--config.model.position.rope.theta=500.0"))
