@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxformer: unknown subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     debug = "--debug" in rest
+    interrupt = _Interrupt.install()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -270,13 +271,58 @@ def main(argv: list[str] | None = None) -> int:
         # environment value is a one-line error like any other bad input.
         platform.configure()
         function = getattr(importlib.import_module(module_name), function_name)
-        return function([a for a in rest if a != "--debug"])
+        status = function([a for a in rest if a != "--debug"])
+    except Interrupted as e:
+        print(f"jaxformer {name}: interrupted by {e.signal.name}", file=sys.stderr)
+        return 128 + e.signal.value
     except (ValueError, FileNotFoundError, KeyError) as e:
         if debug:
             raise
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"jaxformer {name}: error: {message}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # Errors that say themselves in one line and set their own status (e.g. a checkpoint that could not be
+        # written: checkpoint.CheckpointError, status 1).
+        if debug or not hasattr(type(e), "exit_code"):
+            raise
+        print(f"jaxformer {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return type(e).exit_code
+    if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
+        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
+        return 128 + signal.Signals[interrupt.received].value
+    return status
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM outside the training loop (which handles them itself: checkpoint, then exit 130/143).
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way (a checkpoint fallback, a
+    data loader) takes it for an error and carries on."""
+
+    def __init__(self, signal: signal.Signals):
+        super().__init__(signal.name)
+        self.signal = signal
+
+
+class _Interrupt:
+    """The entry point's handler: raises Interrupted, and remembers the signal, because Python only prints an
+    exception raised while it runs a garbage-collection callback ("Exception ignored in ...") and goes on.
+    train.py's loop reads `received` when it takes the signals over."""
+
+    def __init__(self):
+        self.received = None
+
+    @classmethod
+    def install(cls) -> _Interrupt:
+        handler = cls()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+        return handler
+
+    def __call__(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        raise Interrupted(signal.Signals(signum))
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def test_nonfinite_skip_policy_counts_and_continues(tiny_cfg, tmp_path):
 
 def test_workdir_safety(tiny_cfg, tmp_path):
     tiny_cfg.train.steps = 2
+    tiny_cfg.optim.warmup_steps = 1
     tiny_cfg.train.sample_chars = 0
     workdir = tmp_path / "run"
     train_lib.train(tiny_cfg, str(workdir))
