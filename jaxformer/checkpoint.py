@@ -36,6 +36,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that could not be written (one line naming the directory); the run ends with exit status 1."""
 
     exit_code = 1
+    exit_now = True  # orbax's threads of a failed asynchronous write may never finish: the CLI does not wait
 
 
 class NoUsableCheckpoint(FileNotFoundError):
@@ -50,12 +51,13 @@ class Checkpoints:
         # managers saving the same step at once must name theirs apart, or the processes cross barriers.
         apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
         # max_to_keep=None: keep-last-k is ours (`_prune`), so that it never deletes the newest proven checkpoint.
+        # The handler named up front: item metadata (the saved tree's layout) then reads without orbax warnings.
         self.latest = ocp.CheckpointManager(
-            os.path.join(root, "latest"),
+            os.path.join(root, "latest"), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
                                                  multiprocessing_options=apart("latest")))
         self.best = ocp.CheckpointManager(
-            os.path.join(root, "best"),
+            os.path.join(root, "best"), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
                                                  create=True, cleanup_tmp_directories=True,
                                                  multiprocessing_options=apart("best")))
@@ -65,15 +67,12 @@ class Checkpoints:
     def save(self, step: int, state) -> None:
         """Saves `state` as latest/<step>. Every process must call this (with the same arguments): each writes its
         devices' shards. The caller has checked that the parameters are finite (`all_finite`)."""
-        if step in self.latest.all_steps():
-            return
         self._write(self.latest, step, state, prune=max(self.keep - 1, 1))
 
     def save_best(self, step: int, state, *, val_loss: float) -> None:
         """Saves `state` as best/<step>, labelled with `val_loss`: the loss of an evaluation of this very state."""
-        if not math.isfinite(val_loss) or step in self.best.all_steps():
-            return
-        self._write(self.best, step, state, metrics={"val_loss": float(val_loss)})
+        if math.isfinite(val_loss):
+            self._write(self.best, step, state, metrics={"val_loss": float(val_loss)})
 
     def best_loss(self) -> float:
         """The label of the best checkpoint (inf when there is none)."""
@@ -87,6 +86,8 @@ class Checkpoints:
 
     def _write(self, manager, step: int, state, *, metrics=None, prune: int | None = None) -> None:
         try:
+            if step in manager.all_steps():
+                return
             # The previous save must be on disk before its elders are pruned (it is the checkpoint kept).
             manager.wait_until_finished()
             if prune is not None:
@@ -118,13 +119,16 @@ class Checkpoints:
 
     # --------------------------------------------------------------------------------------------------- restoring
 
-    def restore(self, abstract_state, *, which: str = "latest", step: int | None = None, convert=None):
+    def restore(self, abstract_state, *, which: str = "latest", step: int | None = None, convert=None,
+                set_aside: bool = False):
         """Restores onto `abstract_state` (ShapeDtypeStructs with shardings; None = as saved, on the default
         device); returns (step, state).
 
         Without `step`: the newest step of `which` that reads and verifies, then (for latest) the best checkpoint;
         each one passed over is reported in one line. `convert(saved_metadata_tree, abstract_state)` may return
         (target, finish) to restore a state saved with another layout (see train.py); None = restore as is.
+        `set_aside` (a resumed run, which will save those steps again) moves each unusable step to
+        `checkpoints/unusable/<latest|best>-<step>`: kept for a look, out of orbax's way.
         """
         if step is not None:
             candidates = [(which, step)]
@@ -140,8 +144,10 @@ class Checkpoints:
             try:
                 state = self._restore_verified(manager, s, abstract_state, convert)
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: said in one line, the next tried
-                log.warning("checkpoint %s is unusable: %s", path, _first_line(e))
                 failed.append(path)
+                aside = self._set_aside(manager, kind, s) if set_aside and jax.process_index() == 0 else None
+                log.warning("checkpoint %s is unusable: %s%s", path, _first_line(e),
+                            f" (moved to {aside})" if aside else "")
                 continue
             if failed:
                 log.warning("using checkpoint %s instead (%d newer unusable)", path, len(failed))
@@ -152,12 +158,23 @@ class Checkpoints:
                                      f"{len(failed)} failed to read or verify (newest: {failed[0]})")
         raise NoUsableCheckpoint(f"no {which} checkpoint under {directory}")
 
+    def _set_aside(self, manager, kind: str, step: int) -> str:
+        aside = os.path.join(os.path.dirname(str(manager.directory)), "unusable", f"{kind}-{step}")
+        if os.path.exists(aside):
+            aside += f".{os.getpid()}"
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(str(manager.directory), str(step)), aside)
+        manager.reload()
+        return aside
+
     def _restore_verified(self, manager, step: int, abstract_state, convert):
+        for name in ("_CHECKPOINT_METADATA", "default/_METADATA"):
+            if not os.path.exists(os.path.join(str(manager.directory), str(step), name)):
+                raise ValueError(f"{name} is missing (a checkpoint cut short or damaged)")
         expected = (manager.metadata(step).custom_metadata or {}).get("digests")
         finish = None
         if abstract_state is not None and convert is not None:
-            saved_tree = ocp.StandardCheckpointer().metadata(os.path.join(str(manager.directory), str(step),
-                                                                          "default")).item_metadata.tree
+            saved_tree = manager.item_metadata(step).tree
             abstract_state, finish = convert(saved_tree, abstract_state)
         args = ocp.args.StandardRestore() if abstract_state is None else ocp.args.StandardRestore(abstract_state)
         state = manager.restore(step, args=args)
@@ -181,9 +198,10 @@ class Checkpoints:
                 log.debug("closing %s: %s", manager.directory, e)
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 200) -> str:
     text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _path_name(path) -> str:

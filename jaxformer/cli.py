@@ -263,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        # orbax logs through absl, from its own threads, a traceback per failed write (dozens of lines for one
+        # full disk) and warnings on every damaged checkpoint; checkpoint.py says each of those in one line.
+        # (absl names its own module as the caller of some of them, hence both paths.)
+        quiet = (f"{os.sep}orbax{os.sep}", f"{os.sep}absl{os.sep}logging{os.sep}")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.name != "absl" or not any(q in record.pathname for q in quiet))
     from jaxformer import platform
 
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
@@ -287,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not hasattr(type(e), "exit_code"):
             raise
         print(f"jaxformer {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        if getattr(type(e), "exit_now", False):
+            # A failed asynchronous checkpoint write leaves orbax threads waiting (minutes) for a signal that
+            # the failed write never sends; the run's own state is already closed and unlocked (train.py's
+            # finally), so the process ends here rather than waiting for them.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(type(e).exit_code)
         return type(e).exit_code
     if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
         print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)

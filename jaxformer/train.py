@@ -523,7 +523,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main) -> dict:
         if resuming:
             recorded = run_lib.recorded_steps(workdir)  # repairs a torn last line of metrics.jsonl
             if checkpoints.has_any():
-                start, state = checkpoints.restore(trainer.abstract_state(), convert=restore_layout)
+                start, state = checkpoints.restore(trainer.abstract_state(), convert=restore_layout, set_aside=True)
                 log.info("resumed from step %d", start)
             elif recorded:
                 raise checkpoint_lib.NoUsableCheckpoint(
