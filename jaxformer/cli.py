@@ -270,42 +270,48 @@ def main(argv: list[str] | None = None) -> int:
         quiet = (f"{os.sep}orbax{os.sep}", f"{os.sep}absl{os.sep}logging{os.sep}")
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: record.name != "absl" or not any(q in record.pathname for q in quiet))
-    from jaxformer import platform
-
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
     try:
+        from jaxformer import platform
+
         # Machine settings (allocator, XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend; a bad
         # environment value is a one-line error like any other bad input.
         platform.configure()
         function = getattr(importlib.import_module(module_name), function_name)
         status = function([a for a in rest if a != "--debug"])
-    except Interrupted as e:
-        print(f"jaxformer {name}: interrupted by {e.signal.name}", file=sys.stderr)
-        return 128 + e.signal.value
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if debug:
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"jaxformer {name}: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        # Errors that say themselves in one line and set their own status (e.g. a checkpoint that could not be
-        # written: checkpoint.CheckpointError, status 1).
-        if debug or not hasattr(type(e), "exit_code"):
-            raise
-        print(f"jaxformer {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        if getattr(type(e), "exit_now", False):
-            # A failed asynchronous checkpoint write leaves orbax threads waiting (minutes) for a signal that
-            # the failed write never sends; the run's own state is already closed and unlocked (train.py's
-            # finally), so the process ends here rather than waiting for them.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(type(e).exit_code)
-        return type(e).exit_code
+    except BaseException as e:
+        if interrupt.received is None or isinstance(e, SystemExit):
+            return _error_status(name, e, debug)
+        # Interrupted itself, or what it became on its way out (inside a C extension's import: an ImportError).
+        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
+        return 128 + signal.Signals[interrupt.received].value
     if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
         print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
         return 128 + signal.Signals[interrupt.received].value
     return status
+
+
+def _error_status(name: str, e: BaseException, debug: bool) -> int:
+    """One line and the exit status for an error that says itself; anything else (a bug) goes on, traceback and
+    all, as does everything under --debug."""
+    if debug:
+        raise e
+    if isinstance(e, (ValueError, FileNotFoundError, KeyError)):  # bad input
+        print(f"jaxformer {name}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    if not isinstance(e, Exception) or not hasattr(type(e), "exit_code"):
+        raise e
+    # Errors that say themselves in one line and set their own status (e.g. a checkpoint that could not be
+    # written: checkpoint.CheckpointError, status 1).
+    print(f"jaxformer {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+    if getattr(type(e), "exit_now", False):
+        # A failed asynchronous checkpoint write leaves orbax threads waiting (minutes) for a signal that the
+        # failed write never sends; the run's own state is already closed and unlocked (train.py's finally), so
+        # the process ends here rather than waiting for them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(type(e).exit_code)
+    return type(e).exit_code
 
 
 class Interrupted(BaseException):
@@ -332,11 +338,35 @@ class _Interrupt:
         handler = cls()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
+        default_hook = sys.unraisablehook
+
+        def unraisable(info):  # the swallowed Interrupted is recorded in `received`: no traceback for it
+            if not isinstance(info.exc_value, Interrupted):
+                default_hook(info)
+
+        sys.unraisablehook = unraisable
         return handler
 
     def __call__(self, signum, frame):
         self.received = signal.Signals(signum).name
-        raise Interrupted(signal.Signals(signum))
+        self._raise(frame)
+
+    def _raise(self, frame, *_):
+        if _importing(frame):
+            # Raised inside a module being imported, the exception can be printed by a C extension's init (numpy,
+            # jaxlib: a traceback) and come out as an ImportError: raise it when the import is done.
+            signal.signal(signal.SIGALRM, lambda signum, frame: self._raise(frame))
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise Interrupted(signal.Signals[self.received])
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 if __name__ == "__main__":
