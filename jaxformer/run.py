@@ -6,7 +6,8 @@
               timing.jsonl     wall-clock figures per logged step (tokens/s, ms/step), kept apart so that
                                metrics.jsonl is bitwise reproducible
               events.*         TensorBoard
-              checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss)
+              checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss, unusable/ set aside)
+              .lock            {pid, host} of the process writing the run (one writer at a time)
               vocab.json       tokenizer
               samples.txt      text sampled at the end
               plots/           loss.png

@@ -7,8 +7,10 @@ uninterrupted run exactly on CPU.
 
 A non-finite loss or gradient norm never reaches the parameters: the update is skipped inside the compiled step and
 counted. With `train.nonfinite="stop"` every later update is skipped too, and the host stops the run at its next
-check (log or checkpoint step) with the first bad step reported and the last good checkpoint kept; with `"skip"`
-training goes on and the count is logged. Checking on the device keeps the step free of per-step host syncs.
+check (log or checkpoint step) with the first bad step reported and the last good checkpoint kept (nothing is saved
+once a step was non-finite, nor any non-finite parameters); with `"skip"` training goes on and the count is logged,
+until `train.max_skipped_steps` steps in a row were skipped. Checking on the device keeps the step free of per-step
+host syncs.
 """
 
 from __future__ import annotations
