@@ -393,6 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         quiet = (f"{os.sep}orbax{os.sep}", f"{os.sep}absl{os.sep}logging{os.sep}")
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: record.name != "absl" or not any(q in record.pathname for q in quiet))
+        # After a failed read, tensorstore's callbacks into the asyncio loop orbax has already closed report this
+        # error as "unraisable", a traceback per array; the failed read itself is said in one line.
+        default_hook = sys.unraisablehook
+
+        def unraisable(info):
+            if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+                default_hook(info)
+
+        sys.unraisablehook = unraisable
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
     try:
         from jaxformer import platform
