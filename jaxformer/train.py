@@ -489,8 +489,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
 
 
 def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main) -> dict:
+    first_checkpoint = 0
     if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
         saved = run_lib.load_config(workdir)
+        first_checkpoint = saved.train.checkpoint_every or saved.train.steps
         changed = run_lib.check_resume_config(
             workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
         if changed:
@@ -527,12 +529,14 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main) -> dict:
             if checkpoints.has_any():
                 start, state = checkpoints.restore(trainer.abstract_state(), convert=restore_layout, set_aside=True)
                 log.info("resumed from step %d", start)
-            elif recorded:
+            elif recorded >= first_checkpoint:
                 raise checkpoint_lib.NoUsableCheckpoint(
                     f"--resume: {workdir}/checkpoints holds no checkpoint, yet metrics.jsonl records steps up to "
-                    f"{recorded}; --overwrite starts the run again from step 0")
-            else:
-                log.warning("--resume: %s has no checkpoint and no recorded step yet; starting from step 0", workdir)
+                    f"{recorded} (past the first checkpoint, step {first_checkpoint}); --overwrite starts the run "
+                    "again from step 0")
+            else:  # stopped before its first checkpoint: nothing was saved that restarting could lose
+                log.warning("--resume: %s stopped before its first checkpoint (step %d); starting from step 0",
+                            workdir, first_checkpoint)
                 state = trainer.initial_state()
             if is_main:
                 run_lib.truncate_metrics(workdir, start)
@@ -614,7 +618,8 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                 result.update(record)
                 log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
                          f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
-                if val["loss"] < best_val:  # `best` is only ever a state evaluated here, labelled with this loss
+                # `best` is only ever a state evaluated here, labelled with this loss (and with finite parameters).
+                if val["loss"] < best_val and checkpoint_lib.all_finite(state["params"]):
                     checkpoints.save_best(done, state, val_loss=val["loss"])
                     best_val = val["loss"]
             if t.attention_diagnostics_every and _should(done, t.attention_diagnostics_every, t.steps):

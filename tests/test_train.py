@@ -286,3 +286,24 @@ def test_a_block_longer_than_the_text_is_refused(shakespeare_dir, tfds_data_dir,
     tiny_cfg.data.block_size = 10**9
     with pytest.raises(config_lib.ConfigError, match="data.block_size=1000000000 needs 1000000001 tokens per row"):
         train_lib.check_config(tiny_cfg, dataset)
+
+
+def test_resume_before_the_first_checkpoint_restarts_and_after_it_refuses(tiny_cfg, tmp_path, caplog):
+    """Stopped before its first checkpoint, a run has nothing to lose: --resume starts it again (saying so). With
+    metrics past the first checkpoint but no checkpoint left, restarting would wipe its history: an error."""
+    import shutil
+
+    from jaxformer import checkpoint as checkpoint_lib
+
+    workdir = str(tmp_path / "run")
+    tiny_cfg.train.sample_chars = 0
+    train_lib.train(tiny_cfg, workdir, stop_after=7)  # logs step 5; first checkpoint at 15
+    result = train_lib.train(tiny_cfg, workdir, resume=True)
+    assert "stopped before its first checkpoint (step 15); starting from step 0" in caplog.text
+    assert result["step"] == 30
+    assert [m["step"] for m in run_lib.read_metrics(workdir) if "loss" in m] == [5, 10, 15, 20, 25, 30]
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    before = run_lib.read_metrics(workdir)
+    with pytest.raises(checkpoint_lib.NoUsableCheckpoint, match="records steps up to 30"):
+        train_lib.train(tiny_cfg, workdir, resume=True)
+    assert run_lib.read_metrics(workdir) == before
