@@ -8,7 +8,7 @@
               events.*         TensorBoard
               checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss, unusable/ set aside)
               .lock            {pid, host} of the process writing the run (one writer at a time)
-              vocab.json       tokenizer
+              vocab.json       tokenizer (characters), or tokenizer.json (subwords: data.tokenizer=bpe or an import)
               samples.txt      text sampled at the end
               plots/           loss.png
 """

@@ -468,7 +468,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
     # Bad input (config, data, a model that cannot fit) is refused before the run directory is made or touched.
-    dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
+    if dataset is None:
+        # A resumed run's own subword tokenizer (a trained BPE is not trained again).
+        saved_run = resume and os.path.exists(os.path.join(workdir, "config.json"))
+        dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir)
+                                        if saved_run else None)
     if not resume:
         check_config(cfg, dataset)
     # Process 0 alone readies (and locks) the directory (--overwrite deletes it); the others wait for its answer.
@@ -508,7 +512,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main) -> dict:
             run_lib.save_config(workdir, cfg)
             run_lib.write_json(os.path.join(workdir, "manifest.json"),
                                run_lib.manifest(cfg, data_hash=dataset.data_hash))
-            dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+            dataset.tokenizer.save(os.path.join(workdir, dataset.tokenizer.filename))
 
     if not resuming:
         write_run_files()
