@@ -254,9 +254,6 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              f"train.steps={t.steps}; the step counter is int32: at most {INT32_MAX}")
     _require(isinstance(t.seed, int) and 0 <= t.seed <= INT32_MAX,
              f"train.seed={t.seed!r}; must be an integer in [0, {INT32_MAX}]")
-    _require(o.warmup_steps <= t.steps,
-             f"optim.warmup_steps={o.warmup_steps} is longer than the run (train.steps={t.steps}); choose "
-             f"optim.warmup_steps <= {t.steps}")
     _require(t.get("max_skipped_steps", 0) >= 0,
              f"train.max_skipped_steps={t.get('max_skipped_steps')!r}; must be >= 0 (0 = never stop)")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every!r}; must be >= 0 (0 = final only)")

@@ -343,7 +343,11 @@ def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.Conf
     the run directory is made or touched (one-line ConfigError)."""
     resolved = config_lib.resolve(cfg, vocab_size=dataset.vocab_size)
     config_lib.validate(resolved, n_devices=jax.device_count())
-    m, d = resolved.model, resolved.data
+    m, d, o, t = resolved.model, resolved.data, resolved.optim, resolved.train
+    # A training check, not validate()'s: an imported model's run (train.steps=1) is evaluated and sampled as is.
+    if o.warmup_steps > t.steps:
+        raise config_lib.ConfigError(f"optim.warmup_steps={o.warmup_steps} is longer than the run (train.steps="
+                                     f"{t.steps}); choose optim.warmup_steps <= {t.steps}")
     if m.vocab_size < dataset.vocab_size:
         raise config_lib.ConfigError(
             f"model.vocab_size={m.vocab_size} is smaller than the {dataset.vocab_size} tokens of data.name="

@@ -43,7 +43,6 @@ BAD = [
     (["--config.optim.weight_decay=inf"], "optim.weight_decay=inf; must be a finite number"),
     (["--config.optim.grad_clip=nan"], "optim.grad_clip=nan; must be a finite number"),
     (["--config.train.seed=-1"], "train.seed=-1; must be an integer in [0, 2147483647]"),
-    (["--config.optim.warmup_steps=31"], "optim.warmup_steps=31 is longer than the run (train.steps=30)"),
     (["--config.train.steps=2147483648"], "train.steps=2147483648; the step counter is int32"),
     (["--config.train.max_skipped_steps=-1"], "train.max_skipped_steps=-1"),
 ]
