@@ -210,7 +210,7 @@ def forward_with_weights(model, tokens_BxT, w_LxBxHxTxT):
 
     T = tokens_BxT.shape[1]
     positions = jnp.arange(T, dtype=jnp.int32)
-    x = model.wte(tokens_BxT)
+    x = model.wte(tokens_BxT) * model.embed_multiplier  # sinusoidal's sqrt_d scheme scales the token embeddings
     embedding = model.position.embed(positions)
     if embedding is not None:
         x = x + embedding[None]
