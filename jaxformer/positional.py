@@ -102,7 +102,8 @@ def get_positional_encoding(name: str) -> PositionalEncoding:
 
 def default_config() -> ml_collections.ConfigDict:
     """`model.position`: `{"name": "rope", "<variant>": {its defaults}}` for every registered variant."""
-    cfg = ml_collections.ConfigDict({"name": "rope"})
+    # randomize_max_len: Ruoss et al. 2023's randomized positions in training (see `random_positions`); 0 = off.
+    cfg = ml_collections.ConfigDict({"name": "rope", "randomize_max_len": 0})
     for name in list_positional_encodings():
         cfg[name] = ml_collections.ConfigDict(dict(_REGISTRY[name].defaults))
     return cfg
@@ -119,6 +120,18 @@ def _no_params(key, cfg, *, n_embd, n_head, head_dim) -> Params:
 
 def _f32(positions):
     return jnp.asarray(positions).astype(jnp.float32)
+
+
+def random_positions(key, length: int, max_len: int):
+    """Randomized positions (Ruoss et al. 2023): a sorted sample of `length` distinct positions from [0, max_len).
+
+    Trained on such positions, a model sees the position values (and distances) of sequences up to max_len long
+    while training on `length`-token ones, and at evaluation gets 0..T-1 for any T <= max_len. As in the authors'
+    code (one `jax.random.choice(..., replace=False)` per forward pass), one sample serves a whole batch. int32 `[T]`.
+    """
+    if not 1 <= length <= max_len:
+        raise ValueError(f"model.position.randomize_max_len={max_len} must be >= the sequence length {length}")
+    return jnp.sort(jax.random.choice(key, max_len, (length,), replace=False)).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------- none (NoPE)
@@ -176,6 +189,7 @@ register(PositionalEncoding(
 # ---------------------------------------------------------------------------------------------- rope
 
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+YARN_RAMPS = ("code", "paper")  # YaRN's ramp: linear in the dimension index (authors' code) or in rotations (paper)
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # Peng et al. 2023: ramp bounds, in rotations per original context
 
 
@@ -184,8 +198,32 @@ def rotary_dim(head_dim: int, fraction: float) -> int:
     return 2 * int(fraction * head_dim // 2)
 
 
+def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = "code") -> np.ndarray:
+    """YaRN's gamma_i in [0, 1] per frequency (1 = keep theta_i, 0 = interpolate it by the factor); `[d/2]`.
+
+    With r_i = L theta_i / (2 pi) rotations of frequency i in the original context L (Peng et al. 2023, eq. 17):
+    - "paper" (eq. 18): gamma = clip((r_i - alpha) / (beta - alpha), 0, 1), alpha = 1, beta = 32 -- linear in r;
+    - "code" (the authors' released code, as transformers and the released YaRN models compute it): the dimension
+      index where r = n is i(n) = d ln(L / (2 pi n)) / (2 ln theta); lo = floor(i(beta)), hi = ceil(i(alpha)),
+      clipped to [0, d - 1]; gamma_i = 1 - clip((i - lo) / (hi - lo), 0, 1) -- linear in the index i.
+    Both keep the frequencies with more than beta rotations and interpolate those with fewer than alpha; they differ
+    in between (r falls geometrically in i), and the "code" form is what a checkpoint trained with YaRN expects.
+    """
+    if form not in YARN_RAMPS:
+        raise ValueError(f"model.position.rope.yarn_ramp={form!r}; choose one of: {', '.join(YARN_RAMPS)}")
+    i = np.arange(rot_dim // 2, dtype=np.float64)
+    if form == "paper":
+        rotations = original_max_len * theta ** (-2.0 * i / rot_dim) / (2.0 * np.pi)
+        return np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+    index_of = lambda n: rot_dim * math.log(original_max_len / (2.0 * math.pi * n)) / (2.0 * math.log(theta))
+    lo = max(math.floor(index_of(YARN_BETA)), 0)
+    hi = min(math.ceil(index_of(YARN_ALPHA)), rot_dim - 1)
+    hi = hi + 0.001 if hi == lo else hi  # the authors' guard against a zero-width ramp
+    return 1.0 - np.clip((i - lo) / (hi - lo), 0.0, 1.0)
+
+
 def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | None = None, factor: float = 1.0,
-                     original_max_len: int = 0) -> np.ndarray:
+                     original_max_len: int = 0, yarn_ramp_form: str = "code") -> np.ndarray:
     """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
 
     - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
@@ -193,9 +231,8 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
       is divided by exactly s;
     - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
-      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i. This is the
-      paper's ramp in r; the authors' code instead ramps linearly in the dimension index between rounded end
-      points.
+      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
+      `yarn_ramp` in the paper's form (linear in r) or the authors' code's (linear in the dimension index).
     Static (config and shape only), so float64 NumPy, rounded to float32 once where used.
     """
     scaling = "none" if scaling is None else scaling
@@ -214,8 +251,7 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
         if original_max_len <= 0:
             raise ValueError(f"model.position.rope.original_max_len={original_max_len!r}; YaRN needs the "
                              "original (training) context length, > 0")
-        rotations = original_max_len * freq / (2.0 * np.pi)
-        ramp = np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+        ramp = yarn_ramp(rot_dim, theta=theta, original_max_len=original_max_len, form=yarn_ramp_form)
         freq = (1.0 - ramp) * freq / factor + ramp * freq
     return freq
 
@@ -239,7 +275,7 @@ def _cos_sin(x, positions_T, freq_F):
 
 
 def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0, scaling: str | None = None,
-               factor: float = 1.0, original_max_len: int = 0):
+               factor: float = 1.0, original_max_len: int = 0, yarn_ramp: str = "code"):
     """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
 
     `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since
@@ -254,7 +290,7 @@ def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0,
         raise ValueError(f"model.position.rope.fraction={fraction!r} rotates none of the {x.shape[-1]} "
                          "head dims")
     freq_F = rope_frequencies(rot, theta=theta, scaling=scaling, factor=factor,
-                              original_max_len=original_max_len)
+                              original_max_len=original_max_len, yarn_ramp_form=yarn_ramp)
     cos, sin = _cos_sin(x, positions_T, freq_F)
     x32 = x.astype(jnp.float32)
     y = jnp.concatenate([_rotate_pairs(x32[..., :rot], cos, sin), x32[..., rot:]], axis=-1)
@@ -269,7 +305,7 @@ def _per_head(fn, x_BxTxHxd, positions_T):
 
 
 def _rope_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
-    fields = ("theta", "fraction", "scaling", "factor", "original_max_len")
+    fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "yarn_ramp")
     rope = lambda x, positions: apply_rope(x, positions, **{f: cfg[f] for f in fields})
     return _per_head(rope, q_BxTxHxd, q_positions_T), _per_head(rope, k_BxSxKxd, k_positions_S)
 
@@ -282,11 +318,14 @@ def _rope_validate(cfg: Mapping) -> None:
     _require(cfg["factor"] >= 1.0, "rope", "factor", cfg["factor"], "must be >= 1 (1 = no context extension)")
     _require(cfg["scaling"] != "yarn" or cfg["original_max_len"] > 0, "rope", "original_max_len",
              cfg["original_max_len"], "YaRN needs the original (training) context length, > 0")
+    _require(cfg["yarn_ramp"] in YARN_RAMPS, "rope", "yarn_ramp", cfg["yarn_ramp"],
+             f"choose one of: {', '.join(YARN_RAMPS)}")
 
 
 register(PositionalEncoding(
     "rope",
-    defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0},
+    defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0,
+              "yarn_ramp": "code"},
     init=_no_params, rotate=_rope_rotate, validate=_rope_validate))
 
 

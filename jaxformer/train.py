@@ -31,6 +31,7 @@ from flax import nnx
 from jaxformer import checkpoint as checkpoint_lib
 from jaxformer import config as config_lib
 from jaxformer import data as data_lib
+from jaxformer import positional
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
 from jaxformer.model import GPT, count_params
@@ -110,38 +111,56 @@ def init_state(params, optimizer: optax.GradientTransformation, seed: int, log_e
 
 # ----------------------------------------------------------------------------------------------------- pure steps
 
-def loss_fn(params, graphdef, batch, dropout_key=None):
-    """Weighted mean next-token cross-entropy (weights select the predicted tokens; all ones for plain text)."""
+def loss_fn(params, graphdef, batch, dropout_key=None, positions_T=None):
+    """Weighted mean next-token cross-entropy (weights select the predicted tokens; all ones for plain text).
+
+    `positions_T`: the tokens' positions (None = 0..T-1), e.g. randomized ones (`training_positions`)."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(batch["inputs"], dropout_key=dropout_key)
+    logits_BxTxV = model(batch["inputs"], positions_T=positions_T, dropout_key=dropout_key)
     losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, batch["targets"])
     weights_BxT = batch["weights"]
     return jnp.sum(losses_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
 
 
-def _gathered_loss(params, graphdef, batch, dropout_key=None, *, compute_sharding=None):
+def _gathered_loss(params, graphdef, batch, dropout_key=None, positions_T=None, *, compute_sharding=None):
     if compute_sharding is not None:
         params = jax.lax.with_sharding_constraint(params, compute_sharding)
-    return loss_fn(params, graphdef, batch, dropout_key)
+    return loss_fn(params, graphdef, batch, dropout_key, positions_T)
+
+
+_POSITIONS_STREAM = 0x504F53  # folded into the step key: the positions' draws are apart from dropout's
+
+
+def training_positions(rng_data, step, micro: int, length: int, randomize_max_len: int):
+    """The positions of a training (micro-)batch: 0..T-1, or with `model.position.randomize_max_len` = R > 0 a
+    sorted sample of T distinct positions from [0, R) (Ruoss et al. 2023), a function of (train.seed, step, micro)."""
+    if not randomize_max_len:
+        return None
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng_data), step), _POSITIONS_STREAM)
+    return positional.random_positions(jax.random.fold_in(key, micro), length, randomize_max_len)
 
 
 def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool,
-               compute_sharding=None):
+               compute_sharding=None, randomize_max_len: int = 0):
     """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients.
 
     `compute_sharding` (sharding.compute_shardings): where the forward and backward use the parameters, e.g.
     gathered over the fsdp axis; the gradients come back in the parameters' own (stored) sharding.
+    `randomize_max_len` > 0: randomized positions (`training_positions`), one draw per micro-batch.
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     grad_fn = jax.value_and_grad(functools.partial(_gathered_loss, compute_sharding=compute_sharding))
     params = state["params"]
+    length = batch["inputs"].shape[-1]
+    positions = functools.partial(training_positions, state["rng"], state["step"], length=length,
+                                  randomize_max_len=randomize_max_len)
     if batch["inputs"].ndim == 2:
-        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None)
+        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None, positions(0))
     else:
         def micro(carry, xs):
             i, micro_batch = xs
             key = jax.random.fold_in(step_key, i) if use_dropout else None
-            loss, grads = grad_fn(params, graphdef, micro_batch, key)
+            loss, grads = grad_fn(params, graphdef, micro_batch, key, positions(i))
             return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
         n = batch["inputs"].shape[0]
@@ -256,7 +275,8 @@ class Trainer:
         self.eval_sharding = sharding_lib.batch_sharding(self.mesh)
         step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
                                  use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
-                                 compute_sharding=compute_sharding)
+                                 compute_sharding=compute_sharding,
+                                 randomize_max_len=cfg.model.position.randomize_max_len)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(

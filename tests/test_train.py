@@ -192,3 +192,53 @@ def test_workdir_safety(tiny_cfg, tmp_path):
     assert (other / "precious.txt").read_text() == "keep me"
     train_lib.train(tiny_cfg, str(workdir), overwrite=True)
     assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2
+
+
+def test_training_positions_are_a_function_of_seed_and_step():
+    rng_a = jax.random.key_data(jax.random.key(1))
+    rng_b = jax.random.key_data(jax.random.key(2))
+    draw = jax.jit(train_lib.training_positions, static_argnums=(2, 3, 4))
+    assert train_lib.training_positions(rng_a, 0, 0, 8, 0) is None  # off: 0..T-1
+    p = np.asarray(draw(rng_a, 3, 0, 16, 64))
+    assert (np.diff(p) > 0).all() and p.min() >= 0 and p.max() < 64
+    np.testing.assert_array_equal(p, np.asarray(draw(rng_a, 3, 0, 16, 64)))  # same (seed, step): same positions
+    for other in (draw(rng_a, 4, 0, 16, 64), draw(rng_b, 3, 0, 16, 64), draw(rng_a, 3, 1, 16, 64)):
+        assert not np.array_equal(p, np.asarray(other))  # another step, seed or micro-batch: another draw
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_randomized_training_step_uses_the_drawn_positions(tiny_cfg, position):
+    """The step's loss is the loss at the positions `training_positions` draws for (seed, step), not at 0..T-1;
+    a learned table is sized to the randomized range."""
+    tiny_cfg.model.position.name = position
+    tiny_cfg.model.position.randomize_max_len = 96
+    trainer = train_lib.Trainer(tiny_cfg)
+    cfg = trainer.cfg
+    assert position != "learned" or cfg.model.position.learned.max_len == 96
+    state = trainer.initial_state()
+    # Random, non-zero parameters: at initialisation the logits barely depend on positions.
+    leaves, treedef = jax.tree.flatten(jax.device_get(state["params"]))
+    rng_np = np.random.default_rng(0)
+    params = jax.tree.unflatten(treedef, [x + 0.3 * rng_np.standard_normal(x.shape).astype(x.dtype) for x in leaves])
+    state = {**state, "params": params, "opt_state": trainer.optimizer.init(params)}
+    rng = state["rng"]
+    batch = trainer.dataset.batch("train", 0, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
+                                  seed=cfg.train.seed)
+    positions = train_lib.training_positions(rng, 0, 0, cfg.data.block_size, 96)
+    assert int(positions[-1]) >= cfg.data.block_size  # (with this seed) positions past the block are trained
+    new = trainer.train_step(state, batch)
+    at_drawn = float(train_lib.loss_fn(params, trainer.graphdef, batch, None, positions))
+    at_plain = float(train_lib.loss_fn(params, trainer.graphdef, batch))
+    assert float(new["recent"]["loss"][0]) == pytest.approx(at_drawn, rel=1e-5)
+    assert at_drawn != pytest.approx(at_plain, rel=1e-3)
+
+
+def test_randomized_range_smaller_than_the_block_is_a_config_error(tiny_cfg):
+    tiny_cfg.model.position.randomize_max_len = 16
+    with pytest.raises(config_lib.ConfigError, match="randomize_max_len=16 is smaller than data.block_size=32"):
+        config_lib.validate(config_lib.resolve(tiny_cfg))
+    tiny_cfg.model.position.randomize_max_len = 128
+    tiny_cfg.model.position.name = "learned"
+    tiny_cfg.model.position.learned.max_len = 64
+    with pytest.raises(config_lib.ConfigError, match="randomize_max_len=128 is beyond the learned table"):
+        config_lib.validate(config_lib.resolve(tiny_cfg))
