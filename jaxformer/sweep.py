@@ -11,6 +11,9 @@ A sweep config's `get_config()` returns a ConfigDict with
     eval_tokens    predicted tokens per eval length, the same at every length (see extrapolation.py)
     eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
     eval_split     the split the windows come from ("val")
+    eval_sizes     (min, max) task sizes (synthetic tasks): every size in between is evaluated with
+                   `eval_size_examples` examples each, exact match and token accuracy per size and averaged over the
+                   sizes beyond the training ones (the literature's protocol, extrapolation.evaluate_sizes); () = off
 
 The sweep directory holds `sweep.json` (the sweep config and its points) and `runs/<point>/`, each made by
 `jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`.
@@ -40,7 +43,8 @@ from jaxformer import extrapolation, positional
 from jaxformer import run as run_lib
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
-SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split")
+SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
+                "eval_sizes", "eval_size_examples")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
 _RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
@@ -72,7 +76,8 @@ def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.C
         if field not in sweep_cfg:
             raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
-    defaults = {"overrides": (), "eval_tokens": 16384, "eval_batch_tokens": 8192, "eval_split": "val"}
+    defaults = {"overrides": (), "eval_tokens": 16384, "eval_batch_tokens": 8192, "eval_split": "val",
+                "eval_sizes": (), "eval_size_examples": 64}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
             if key not in sweep_cfg:
@@ -116,6 +121,10 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
     """Every point of the sweep, its config loaded, resolved and validated (raises before anything runs)."""
     axes = flatten_axes(sweep_cfg.axes)
     multipliers = [int(m) for m in sweep_cfg.eval_lengths]
+    if sweep_cfg.get("eval_sizes"):
+        extrapolation.check_sizes(sweep_cfg.eval_sizes)
+        if sweep_cfg.get("eval_size_examples", 64) < 1:
+            raise ValueError(f"eval_size_examples={sweep_cfg.eval_size_examples}; must be >= 1")
     if not multipliers or any(m < 1 for m in multipliers):
         raise ValueError(f"eval_lengths={tuple(sweep_cfg.eval_lengths)}; give positive multipliers of data.block_size")
     names = _short_names([field for field, _ in axes])
@@ -291,7 +300,8 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
-                               stopped=stopped, train_time=train_time)
+                               stopped=stopped, train_time=train_time, sizes=tuple(sweep_cfg.get("eval_sizes", ())),
+                               size_examples=sweep_cfg.get("eval_size_examples", 64))
     return None
 
 
@@ -358,6 +368,9 @@ def write_reports(workdir: str) -> list[str]:
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"))
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
                                      title=f"Loss vs eval length\n{title}")
+    if any(v.get("sizes") for v in variants):
+        extrapolation.plot_sizes(variants, os.path.join(workdir, "sizes.png"), title=f"Accuracy per task size\n{title}")
+        _write_sizes_csv(variants, os.path.join(workdir, "sizes.csv"))
     which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
                                      title=f"Loss at each token position ({which})\n{title}")
@@ -391,6 +404,52 @@ def _write_csv(variants: list[dict], path: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def _write_sizes_csv(variants: list[dict], path: str) -> None:
+    import csv
+
+    rows = []
+    for v in variants:
+        for x in (v.get("sizes") or {}).get("per_size", []):
+            em, acc = x["exact_match"] or (None, None), x["token_accuracy"] or (None, None)
+            rows.append({"variant": v["variant"], "items": x["items"], "ood": x["ood"], "status": x["na"] or "ok",
+                         "seeds": x["seeds"], "exact_match_mean": em[0], "exact_match_std": em[1],
+                         "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1]})
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("variant", "items", "ood", "status", "seeds", "exact_match_mean",
+                                               "exact_match_std", "token_accuracy_mean", "token_accuracy_std"))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def sizes_markdown(variants: list[dict]) -> list[str]:
+    """The protocol's table: exact match at the training sizes, the mean over the OOD sizes, and whether each model
+    reached REACHED exact match in distribution first (the papers' precondition)."""
+    with_sizes = [v for v in variants if v.get("sizes")]
+    if not with_sizes:
+        return []
+    s0 = with_sizes[0]["sizes"]
+    ood = s0.get("ood") or {}
+    in_dist = s0.get("in_distribution") or {}
+    out = ["", f"## Per task size (the literature's protocol: train on sizes 1..{s0['train_max_items']}, evaluate "
+           "every size)", "",
+           f"Exact match and token accuracy (mean ± spread over seeds) over the training sizes "
+           f"{in_dist.get('sizes', ['-', '-'])[0]}..{in_dist.get('sizes', ['-', '-'])[1]} and averaged over the OOD "
+           f"sizes {ood.get('sizes', ['-', '-'])[0]}..{ood.get('sizes', ['-', '-'])[1]} (every size, not only "
+           f"multiples); `reached` = seeds at ≥ {100 * extrapolation.REACHED:.0f}% exact match in distribution "
+           "(OOD numbers of a model that did not reach it say little).", "",
+           "| variant | reached | exact match (train sizes) | exact match (OOD mean) | token accuracy (OOD mean) |",
+           "|---|---|---|---|---|"]
+    for v in with_sizes:
+        s = v["sizes"]
+        parts = (("in_distribution", "exact_match"), ("ood", "exact_match"), ("ood", "token_accuracy"))
+        cells = [_fmt(s[part][key], percent=True) if s.get(part) else "-" for part, key in parts]
+        out.append(f"| {v['variant']} | {s['reached']}/{s['seeds']} | " + " | ".join(cells) + " |")
+    out += ["", "Per size: `sizes.csv`.", "", "![accuracy per task size](sizes.png)"]
+    return out
 
 
 def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
@@ -428,6 +487,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
             for v in variants:
                 cells = [_fmt(x[key], percent=True) if x["loss"] is not None else x["na"] for x in v["lengths"]]
                 out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+        out += sizes_markdown(variants)
         out += ["", "## Summary", "", *[f"- {line}" for line in lines], "",
                 "![loss vs eval length](extrapolation.png)", "", "![loss vs position](position_loss.png)"]
     else:
