@@ -8,6 +8,7 @@ Every subcommand that builds a run takes `--config` (a path, or a packaged name 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
@@ -53,24 +54,48 @@ def split_config_args(argv: list[str]) -> tuple[str | None, list[str], list[str]
     return config, overrides, rest
 
 
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"jaxformer {prog}", description=description,
-                                epilog="--debug shows tracebacks on errors")
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it, or the option is a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.option_strings and not no_default and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line, exit status 2."""
+
+    def error(self, message):
+        hint = "--help lists the options"
+        if message.startswith("unrecognized arguments:"):
+            options = [o for action in self._actions for o in action.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+                if word.startswith("--") and close:
+                    hint = f"did you mean {close[0]}? {hint}"
+                    break
+        self.exit(2, f"{self.prog}: error: {message} ({hint})\n")
+
+
+def _parser(prog: str, description: str) -> ArgumentParser:
+    p = ArgumentParser(prog=f"jaxformer {prog}", description=description, formatter_class=HelpFormatter)
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback, not one line")
     return p
 
 
 def _config_help(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config file (.py) or packaged name (default, tiny, shakespeare_char, ...)")
+    p.add_argument("--config", default="default",
+                   help="config file (.py) or packaged name (default, tiny, shakespeare_char, ...)")
     p.epilog = "Override any field with --config.section.field=value, e.g. --config.model.position.name=alibi"
 
 
-def train_main(argv: list[str]) -> int:
-    from jaxformer import config as config_lib
-    from jaxformer import run as run_lib
-    from jaxformer import train as train_lib
+# The options of each subcommand, apart from the code that runs it: `main` parses the arguments (and answers
+# --help) before that code, and JAX with it, is imported.
 
-    config, overrides, rest = split_config_args(argv)
-    p = _parser("train", "Train a model; with no arguments, configs/default.py into runs/<timestamp>.")
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     _config_help(p)
     p.add_argument("--workdir", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
@@ -78,16 +103,123 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--multihost", action="store_true",
                    help="one of several processes: jax.distributed.initialize() (= --config.mesh.multihost=true; "
                         "Slurm, Open MPI and TPU pod launches are detected without it); needs --workdir")
-    args = p.parse_args(rest)
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="which checkpoint: the last saved, or the best by validation loss")
+    p.add_argument("--split", choices=("val", "train"), default="val", help="data split to evaluate on")
+    p.add_argument("--batches", type=int, default=0,
+                   help="evaluation batches (default: 0 = the run's train.eval_iters)")
+    p.add_argument("--full", action="store_true",
+                   help="every non-overlapping block of the split instead of train.eval_iters random batches")
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="which checkpoint: the last saved, or the best by validation loss")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate after the prompt")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 = all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--max-context", type=int, default=0,
+                   help="positions kept in context (default: 0 = the training block size)")
+
+
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    _config_help(p)
+
+
+def _repro_check_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workdir", help="run directory made by `jaxformer train`")
+    p.add_argument("--steps", type=int, required=True, help="re-run and compare the first N steps")
+
+
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="sweep config: a .py file or packaged name (sweeps.positional); required")
+    p.add_argument("--workdir", help="sweep directory (default: runs/sweeps/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the points and their state; run nothing")
+    p.epilog = ("--config.<field>=v changes a sweep-config field (axes.*, eval_*, base, overrides) or, for any "
+                "other field, the base config of every point (e.g. --config.train.steps=200).")
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep_dir", help="a sweep directory (holding runs/<point>/)")
+
+
+def _attention_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
+    text.add_argument("--text-file", help="read the text from this file")
+    p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="which checkpoint: the last saved, or the best by validation loss")
+    p.add_argument("--step", type=int, help="a specific checkpoint step (default: the latest / best one)")
+    p.add_argument("--layers", default="all", help="layers to keep, e.g. 0,2-3")
+    p.add_argument("--heads", default="all", help="heads to keep, e.g. 0,2-3")
+    p.add_argument("--induction-period", type=int, default=0,
+                   help="block length n of the repeated random sequence (2n tokens) for the induction score "
+                        "(default: 0 = min(block_size // 2, 128))")
+    p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence")
+
+
+# name -> (adds the options, description); the commands that take --config / --config.a.b=v overrides are marked.
+ARGUMENTS = {
+    "train": (_train_arguments, "Train a model; with no arguments, configs/default.py into runs/<timestamp>."),
+    "eval": (_eval_arguments, "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks)."),
+    "sample": (_sample_arguments, "Generate text from a run's checkpoint with a KV cache."),
+    "config": (_config_arguments, "Print a config with overrides applied, as JSON (validated)."),
+    "repro-check": (_repro_check_arguments,
+                    "Re-run the first N steps of a run and compare with its recorded metrics."),
+    "sweep": (_sweep_arguments, "Run a sweep config: every point a run directory under --workdir, each evaluated "
+              "at multiples of the training length; reports in --workdir."),
+    "report": (_report_arguments, "Rewrite a sweep's reports from its run directories alone."),
+    "attention": (_attention_arguments,
+                  "Capture a run's attention on a text: grid.png, one PNG per head, attention.html (interactive, "
+                  "self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png."),
+}
+TAKES_CONFIG = ("train", "config", "sweep")
+
+
+def parser(name: str) -> ArgumentParser:
+    """The argument parser of subcommand `name` (imports nothing beyond argparse)."""
+    add_arguments, description = ARGUMENTS[name]
+    p = _parser(name, description)
+    add_arguments(p)
+    return p
+
+
+def parse(name: str, argv: list[str]) -> argparse.Namespace:
+    """`name`'s arguments; for a command that takes a config, `.config` and `.overrides` (the --config.a.b=v)."""
+    if name in TAKES_CONFIG:
+        config, overrides, rest = split_config_args(argv)
+        args = parser(name).parse_args(rest + ([f"--config={config}"] if config is not None else []))
+        args.overrides = overrides
+        args.config_given = config is not None
+        return args
+    return parser(name).parse_args(argv)
+
+
+def train_main(argv: list[str]) -> int:
+    from jaxformer import config as config_lib
+    from jaxformer import run as run_lib
+    from jaxformer import train as train_lib
+
+    args = parse("train", argv)
+    overrides = args.overrides
     if args.multihost and not args.workdir:
         raise ValueError("--multihost needs --workdir: every process must write the same run directory")
     workdir = args.workdir or run_lib.default_workdir()
-    if args.resume and config is None and os.path.exists(os.path.join(workdir, "config.json")):
+    if args.resume and not args.config_given and os.path.exists(os.path.join(workdir, "config.json")):
         cfg = run_lib.load_config(workdir)
         if overrides:
             cfg = _apply_overrides_to_saved(workdir, overrides)
     else:
-        cfg = config_lib.load(config or "default", overrides)
+        cfg = config_lib.load(args.config, overrides)
     if args.multihost:
         cfg.mesh.multihost = True
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite)
@@ -125,14 +257,7 @@ def eval_main(argv: list[str]) -> int:
     from jaxformer import data as data_lib
     from jaxformer import train as train_lib
 
-    p = _parser("eval", "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks).")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--split", choices=("val", "train"), default="val")
-    p.add_argument("--batches", type=int, default=0, help="evaluation batches (default: train.eval_iters)")
-    p.add_argument("--full", action="store_true",
-                   help="every non-overlapping block of the split instead of train.eval_iters random batches")
-    args = p.parse_args(argv)
+    args = parse("eval", argv)
     cfg, graphdef, params, step = train_lib.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
@@ -154,17 +279,7 @@ def sample_main(argv: list[str]) -> int:
     from jaxformer import sample as sample_lib
     from jaxformer import train as train_lib
 
-    p = _parser("sample", "Generate text from a run's checkpoint with a KV cache.")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-context", type=int, default=0,
-                   help="positions kept in context (default: the training block size)")
-    args = p.parse_args(argv)
+    args = parse("sample", argv)
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}; must be >= 1")
     if args.temperature < 0:
@@ -190,11 +305,8 @@ def sample_main(argv: list[str]) -> int:
 def config_main(argv: list[str]) -> int:
     from jaxformer import config as config_lib
 
-    config, overrides, rest = split_config_args(argv)
-    p = _parser("config", "Print a config with overrides applied, as JSON (validated).")
-    _config_help(p)
-    p.parse_args(rest)
-    cfg = config_lib.resolve(config_lib.load(config or "default", overrides))
+    args = parse("config", argv)
+    cfg = config_lib.resolve(config_lib.load(args.config, args.overrides))
     config_lib.validate(cfg)
     print(config_lib.to_json(cfg))
     return 0
@@ -204,10 +316,7 @@ def repro_check_main(argv: list[str]) -> int:
     from jaxformer import run as run_lib
     from jaxformer import train as train_lib
 
-    p = _parser("repro-check", "Re-run the first N steps of a run and compare with its recorded metrics.")
-    p.add_argument("workdir")
-    p.add_argument("--steps", type=int, required=True)
-    args = p.parse_args(argv)
+    args = parse("repro-check", argv)
     metrics = run_lib.read_metrics(args.workdir)
     recorded = [m for m in metrics if m["step"] <= args.steps]
     if not recorded:
@@ -243,22 +352,36 @@ def repro_check_main(argv: list[str]) -> int:
     return 0
 
 
+def print_help() -> None:
+    print("usage: jaxformer <subcommand> [options]   (no subcommand: `jaxformer train`, the default demo)\n\n"
+          "subcommands:")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        print(f"  {name:12s} {help_text}")
+    print("\noptions of every subcommand:\n"
+          "  -h, --help   its options, each with its default\n"
+          "  --debug      on an error, show the full traceback, not one line\n\n"
+          "`jaxformer <subcommand> --help` for its options; `jaxformer train` alone runs configs/default.py.")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        if not argv:
-            argv = ["train"]
-        else:
-            print("usage: jaxformer <subcommand> [options]\n\nsubcommands:")
-            for name, (_, help_text) in SUBCOMMANDS.items():
-                print(f"  {name:12s} {help_text}")
-            print("\n`jaxformer <subcommand> --help` for its options; `jaxformer train` alone runs configs/default.py.")
-            return 0
+    if argv and argv[0] in ("-h", "--help"):
+        print_help()
+        return 0
+    if argv and argv[0] == "--version":
+        from jaxformer import __version__
+
+        print(f"jaxformer {__version__}")
+        return 0
+    if not argv or argv[0].startswith("-"):
+        argv = ["train", *argv]
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"jaxformer: unknown subcommand {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    debug = "--debug" in rest
+    # Arguments first (--help and a mistyped option answer here, in a fraction of a second): nothing below this
+    # line has imported JAX yet.
+    debug = parse(name, rest).debug
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -270,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         # environment value is a one-line error like any other bad input.
         platform.configure()
         function = getattr(importlib.import_module(module_name), function_name)
-        return function([a for a in rest if a != "--debug"])
+        return function(rest)
     except (ValueError, FileNotFoundError, KeyError) as e:
         if debug:
             raise

@@ -28,7 +28,6 @@ directories alone.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import itertools
@@ -503,18 +502,10 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
 # ------------------------------------------------------------------------------------------------------------ CLI
 
 def sweep_main(argv: list[str]) -> int:
-    from jaxformer.cli import split_config_args
+    from jaxformer.cli import parse
 
-    config, overrides, rest = split_config_args(argv)
-    p = argparse.ArgumentParser(
-        prog="jaxformer sweep", description="Run a sweep config: every point a run directory under --workdir, "
-        "each evaluated at multiples of the training length; reports in --workdir.",
-        epilog="--config.<field>=v changes a sweep-config field (axes.*, eval_*, base, overrides) or, for any "
-        "other field, the base config of every point (e.g. --config.train.steps=200).")
-    p.add_argument("--config", help="sweep config: a .py file or packaged name (sweeps.positional)")
-    p.add_argument("--workdir", help="sweep directory (default: runs/sweeps/<config name>)")
-    p.add_argument("--dry-run", action="store_true", help="list the points and their state; run nothing")
-    args = p.parse_args(rest)
+    args = parse("sweep", argv)  # the options live in cli.py, parsed there before JAX is imported
+    config, overrides = args.config, args.overrides
     if config is None:
         raise ValueError("--config is required: a sweep config, e.g. sweeps.positional or configs/sweeps/positional.py")
     sweep_cfg, base_overrides = load_sweep(config, overrides)
@@ -530,10 +521,9 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def report_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="jaxformer report",
-                                description="Rewrite a sweep's reports from its run directories alone.")
-    p.add_argument("sweep_dir", help="a sweep directory (holding runs/<point>/)")
-    args = p.parse_args(argv)
+    from jaxformer.cli import parse
+
+    args = parse("report", argv)
     if not os.path.isdir(os.path.join(args.sweep_dir, "runs")):
         raise ValueError(f"{args.sweep_dir} has no runs/ directory; is it a sweep directory (`jaxformer sweep`)?")
     for line in write_reports(args.sweep_dir):

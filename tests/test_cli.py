@@ -24,6 +24,44 @@ def test_help_lists_subcommands():
         assert name in out.stdout
 
 
+@pytest.mark.parametrize("name", ["", "train", "eval", "sample", "config", "repro-check", "sweep", "report",
+                                  "attention"])
+def test_help_answers_before_jax_is_imported(name):
+    """`jaxformer [CMD] --help` parses and prints without importing JAX (what makes it answer in a blink)."""
+    code = ("import sys\nfrom jaxformer import cli\n"
+            f"try:\n    status = cli.main([*{[name] if name else []!r}, '--help'])\n"
+            "except SystemExit as e:\n    status = e.code\n"
+            "assert status == 0, status\n"
+            "assert 'jax' not in sys.modules and 'ml_collections' not in sys.modules, sorted(sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=ENV)
+    assert out.returncode == 0, out.stderr
+    assert "--debug" in out.stdout and "usage: jaxformer" in out.stdout
+
+
+def test_every_option_has_help_with_its_default():
+    from jaxformer import cli
+
+    assert set(cli.ARGUMENTS) == set(cli.SUBCOMMANDS)
+    for name in cli.ARGUMENTS:
+        p = cli.parser(name)
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"jaxformer {name} {action.option_strings[0]} has no help text"
+            text = formatter._get_help_string(action)
+            if action.default is not None and action.default is not False:
+                assert "default" in text, f"jaxformer {name} {action.option_strings[0]}: {text!r} hides its default"
+        assert "--debug" in p.format_help()
+
+
+def test_a_mistyped_option_is_one_line_naming_it():
+    out = jaxformer("eval", "--workdir", "x", "--chekpoint", "best")
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--chekpoint" in lines[0] and "did you mean --checkpoint?" in lines[0], out.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--config", "tiny", "--config.model.n_haed=3"], "unknown config field 'model.n_haed'"),
     (["train", "--config", "tiny", "--config.model.position.name=nope"], "model.position.name='nope'"),

@@ -84,24 +84,9 @@ def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jaxformer attention", epilog="--debug shows tracebacks on errors",
-        description="Capture a run's attention on a text: grid.png, one PNG per head, attention.html "
-                    "(interactive, self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png.")
-    p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
-    text = p.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
-    text.add_argument("--text-file", help="read the text from this file")
-    p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
-    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
-    p.add_argument("--step", type=int, help="a specific checkpoint step (default: the latest / best one)")
-    p.add_argument("--layers", default="all", help="layers to keep, e.g. 0,2-3 (default: all)")
-    p.add_argument("--heads", default="all", help="heads to keep, e.g. 0,2-3 (default: all)")
-    p.add_argument("--induction-period", type=int, default=0,
-                   help="block length n of the repeated random sequence (2n tokens) for the induction score "
-                        "(default: min(block_size // 2, 128))")
-    p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence")
-    return p
+    from jaxformer.cli import parser  # the options live in cli.py, parsed there before JAX is imported
+
+    return parser("attention")
 
 
 def attention_main(argv: list[str]) -> int:
