@@ -61,6 +61,8 @@ class PositionalEncoding:
     bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
     max_length(cfg) -> int | None                                          (longest sequence; None = any)
     validate(cfg) -> None                                                  (raises a one-line ValueError)
+    extension_fields                     the fields that rescale positions without touching parameters (context
+                                         extension): a trained model may take new values zero-shot or to fine-tune
     `cfg` is the variant's own sub-config (`model.position.<name>`) as a plain Mapping.
     """
 
@@ -72,6 +74,7 @@ class PositionalEncoding:
     bias: Callable | None = None
     max_length: Callable = lambda cfg: None
     validate: Callable | None = None
+    extension_fields: tuple[str, ...] = ()
 
     @property
     def acts_at(self) -> tuple[str, ...]:
@@ -326,7 +329,8 @@ register(PositionalEncoding(
     "rope",
     defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0,
               "yarn_ramp": "code"},
-    init=_no_params, rotate=_rope_rotate, validate=_rope_validate))
+    init=_no_params, rotate=_rope_rotate, validate=_rope_validate,
+    extension_fields=("theta", "scaling", "factor", "original_max_len", "yarn_ramp")))
 
 
 # ---------------------------------------------------------------------------------------------- xpos
@@ -368,7 +372,8 @@ def _xpos_validate(cfg: Mapping) -> None:
 
 register(PositionalEncoding(
     "xpos", defaults={"theta": 10000.0, "scale_base": 512.0, "gamma": 0.4, "center": 0},
-    init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate))
+    init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate,
+    extension_fields=("theta", "scale_base", "center")))
 
 
 # ---------------------------------------------------------------------------------------------- alibi

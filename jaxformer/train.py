@@ -353,15 +353,84 @@ def _should(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and step % every == 0)
 
 
+def check_init_source(source: str, which: str, workdir: str) -> ml_collections.ConfigDict:
+    """The saved config of the run `--init-from` names, after checking it is a run with that checkpoint (read only:
+    nothing is created or written there)."""
+    if which not in ("latest", "best"):
+        raise run_lib.RunDirError(f"--init-checkpoint={which!r}; choose one of: latest, best")
+    if os.path.abspath(source) == os.path.abspath(workdir):
+        raise run_lib.RunDirError(f"--init-from={source} is the new run's --workdir; give the new run another one")
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise run_lib.RunDirError(f"--init-from={source} holds no run (no config.json); give a run directory made "
+                                  "by `jaxformer train`")
+    directory = os.path.join(source, "checkpoints", which)
+    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+        raise run_lib.RunDirError(f"--init-from={source} has no {which} checkpoint ({directory} holds none); "
+                                  f"train it first{' or use --init-checkpoint=latest' if which == 'best' else ''}")
+    return run_lib.load_config(source)
+
+
+def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`cfg` with the derived position fields left at 0 taken from the source run, not from the new block size: a
+    learned table keeps its rows, and YaRN's `original_max_len` stays the context the source was trained at."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    source = config_lib.resolve(source_cfg)
+    for field in ("learned.max_len", "rope.original_max_len"):
+        variant, name = field.split(".")
+        if cfg.model.position[variant].get(name) == 0 and variant in source.model.position:
+            cfg.model.position[variant][name] = source.model.position[variant][name]
+    return cfg
+
+
+def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
+    """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); one-line
+    errors for another vocabulary or other parameter shapes."""
+    source_vocab = data_lib.load_tokenizer(os.path.join(source, "vocab.json")).vocab
+    if source_vocab != trainer.dataset.tokenizer.vocab:
+        raise run_lib.RunDirError(f"--init-from: data.name={trainer.cfg.data.name!r} has another vocabulary than "
+                                  f"{source}/vocab.json ({len(trainer.dataset.tokenizer.vocab)} vs {len(source_vocab)} "
+                                  "tokens); fine-tune on data with the source run's vocabulary")
+    _, _, params, step = restore_params(source, which=which)
+    want = jax.tree_util.tree_flatten_with_path(trainer._params0)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, x in want:
+        y = got.get(path)
+        if y is None or y.shape != x.shape:
+            name = jax.tree_util.keystr(path)
+            raise run_lib.RunDirError(f"--init-from: parameter {name} has shape {None if y is None else y.shape} in "
+                                      f"{source}, the new model's is {x.shape}; keep the model fields of the source")
+    params = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), trainer._params0, params)
+    manifest = run_lib.read_json(os.path.join(source, "manifest.json")) if os.path.isfile(
+        os.path.join(source, "manifest.json")) else {}
+    info = {"run": os.path.abspath(source), "checkpoint": which, "step": int(step),
+            "config_hash": manifest.get("config_hash"), "git_revision": manifest.get("git_revision")}
+    return params, info
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
-          dataset=None, stop_after: int | None = None) -> dict:
+          dataset=None, stop_after: int | None = None, init_from: str | None = None,
+          init_checkpoint: str = "latest") -> dict:
     """Trains `cfg` into `workdir` (see run.py for what it holds); returns the final metrics.
 
     `stop_after=N` runs only the first N steps of the same schedule (for `repro-check`), with no final-step extras.
+    `init_from=RUN` starts from the parameters of RUN's `init_checkpoint` (latest | best) with a fresh optimizer: a
+    fine-tune, e.g. at a longer `data.block_size` with a RoPE scaling; a change that gives another model is refused
+    before anything is written, and RUN is only read. The manifest records where the parameters came from.
     """
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
+    init_info = None
+    if init_from is not None:
+        if resume:
+            raise run_lib.RunDirError("--init-from starts a new run and --resume continues one; give only one")
+        source_cfg = check_init_source(init_from, init_checkpoint, workdir)
+        cfg = inherit_derived(cfg, source_cfg)
+        changed = run_lib.check_init_config(
+            init_from, config_lib.resolve(source_cfg),
+            config_lib.resolve(cfg, vocab_size=source_cfg.model.vocab_size or None))
+        if changed:
+            log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
     # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
     created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
@@ -374,6 +443,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             log.info("resuming with changed fields: %s", ", ".join(changed))
     try:
         trainer = Trainer(cfg, dataset)  # validates the config and loads the data: the usual place for bad input
+        if init_from is not None:
+            trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
     except Exception:
         if created and os.path.isdir(workdir) and not os.listdir(workdir):
             os.rmdir(workdir)  # made by this call and still empty: leave no trace of a refused run
@@ -382,11 +453,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     dataset = trainer.dataset
     t = cfg.train
 
+    manifest_path = os.path.join(workdir, "manifest.json")
+    if resuming and init_info is None and os.path.isfile(manifest_path):  # a resumed fine-tune keeps its origin
+        init_info = run_lib.read_json(manifest_path).get("init_from")
+
     def write_run_files():
         if is_main:
             run_lib.save_config(workdir, cfg)
-            run_lib.write_json(os.path.join(workdir, "manifest.json"),
-                               run_lib.manifest(cfg, data_hash=dataset.data_hash))
+            run_lib.write_json(manifest_path, run_lib.manifest(cfg, data_hash=dataset.data_hash, init_from=init_info))
             dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
 
     if not resuming:
@@ -408,6 +482,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         log.info("resumed from step %d", start)
     else:
         state = trainer.initial_state()
+        if init_info is not None:
+            log.info("initialised from %s (%s checkpoint, step %d); fresh optimizer", init_info["run"],
+                     init_info["checkpoint"], init_info["step"])
         if resuming and is_main:
             run_lib.truncate_metrics(workdir, 0)
     if resuming:  # the checkpoint restored: now the run's files may say how it goes on
