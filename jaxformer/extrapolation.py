@@ -195,11 +195,12 @@ def size_summary(records: list[dict]) -> dict:
 def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, point: str, variant: str, index: int,
                  values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
                  stopped: str | None = None, train_time: tuple[float, float] | None = None,
-                 sizes: tuple = (), size_examples: int = 64) -> dict:
+                 sizes: tuple = (), size_examples: int = 64, zero_shot: dict | None = None) -> dict:
     """Evaluates one trained run at every length (and task size, with `sizes` = (min, max)) and writes
     `<run_dir>/extrapolation.json`.
 
     `train_time`: (wall, CPU) seconds of the training call, for the report (None when it was not trained here).
+    `zero_shot`: the same lengths evaluated on the parameters the run started from (`train --init-from`).
     """
     from jaxformer.model import count_params
 
@@ -219,6 +220,7 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
         "stopped": stopped, "lengths": records,
         "randomize_max_len": cfg.model.position.get("randomize_max_len", 0),
+        **({"zero_shot": zero_shot} if zero_shot else {}),
         "seconds": {"train": train_time and train_time[0], "eval": time.perf_counter() - start},
         "cpu_seconds": {"train": train_time and train_time[1], "eval": time.process_time() - cpu_start},
     }
@@ -277,7 +279,11 @@ def load_results(sweep_dir: str) -> tuple[list[dict], list[str]]:
         r["val_loss"] = final_val_loss(run_dir)
         r["ms_per_step"] = median_ms_per_step(run_dir)
         results.append(r)
-    results.sort(key=lambda r: (r["index"], r["point"]))
+        if r.get("zero_shot"):  # the starting parameters under the run's config: a variant of its own in the report
+            results.append({**r, "variant": f"{r['variant']} zero-shot", "point": f"{r['point']} zero-shot",
+                            "lengths": r["zero_shot"]["lengths"], "val_loss": None, "ms_per_step": None,
+                            "sizes": None, "steps": 0})
+    results.sort(key=lambda r: ("zero-shot" not in r["variant"], r["index"], r["point"]))
     return results, unfinished
 
 

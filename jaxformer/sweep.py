@@ -11,6 +11,19 @@ A sweep config's `get_config()` returns a ConfigDict with
     eval_tokens    predicted tokens per eval length, the same at every length (see extrapolation.py)
     eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
     eval_split     the split the windows come from ("val")
+    variants       optional named sets of overrides, an axis of their own (outermost after the seeds), for variants
+                   that differ in several fields: `variants.rope_randomized = ("--config.model.position.name=rope",
+                   "--config.model.position.randomize_max_len=256")`; the points are named `variant=<name>,...`
+    eval_at        instead of eval_lengths: absolute eval lengths in tokens, e.g. (64, 128, 256, 512), for sweeps
+                   whose points differ in data.block_size (a fine-tune at a longer context)
+    init           optional: every point starts from another sweep's trained run (`train --init-from`):
+                   init.sweep  the sweep config of the runs to start from, run first into <workdir>/base (so the
+                               whole experiment is one command; finished base runs are reused);
+                   init.match  the fields whose values pick a point's base run (default ("train.seed",));
+                   init.checkpoint  latest | best;
+                   init.overrides   --config.a.b=v applied to every run of init.sweep (e.g. a shorter smoke run).
+                   Each such point is also evaluated zero-shot (the base run's parameters under the point's config,
+                   e.g. a RoPE scaling, before the fine-tune): reported as the variant "<variant> zero-shot".
     eval_sizes     (min, max) task sizes (synthetic tasks): every size in between is evaluated with
                    `eval_size_examples` examples each, exact match and token accuracy per size and averaged over the
                    sizes beyond the training ones (the literature's protocol, extrapolation.evaluate_sizes); () = off
@@ -42,8 +55,9 @@ from jaxformer import extrapolation, positional
 from jaxformer import run as run_lib
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
+VARIANT_FIELD = "variant"  # the axis of the sweep config's named `variants`
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
-                "eval_sizes", "eval_size_examples")
+                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
 _RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
@@ -59,6 +73,7 @@ class Point:
     values: list  # [(field, value), ...] in axis order
     cfg: ml_collections.ConfigDict  # resolved (the vocabulary size is filled in by the run)
     lengths: list  # [{"multiplier": m, "length": T, "na": reason | None}, ...]
+    init_from: str | None = None  # the base run it starts from (a sweep with `init`), relative to the sweep dir
 
 
 # ---------------------------------------------------------------------------------------------- sweep configs
@@ -76,7 +91,7 @@ def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.C
             raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
     defaults = {"overrides": (), "eval_tokens": 16384, "eval_batch_tokens": 8192, "eval_split": "val",
-                "eval_sizes": (), "eval_size_examples": 64}
+                "eval_sizes": (), "eval_size_examples": 64, "eval_at": ()}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
             if key not in sweep_cfg:
@@ -119,7 +134,17 @@ def _override_value(value) -> str:
 def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] = ()) -> list[Point]:
     """Every point of the sweep, its config loaded, resolved and validated (raises before anything runs)."""
     axes = flatten_axes(sweep_cfg.axes)
+    variants = sweep_cfg.get("variants") or {}
+    if variants:
+        for key, value in variants.items():
+            if not isinstance(value, (tuple, list)) or not all(str(o).startswith("--config.") for o in value):
+                raise ValueError(f"variants.{key}={value!r}; give a tuple of --config.<field>=<value> overrides")
+        axes = [(VARIANT_FIELD, tuple(variants.keys())), *axes]
     multipliers = [int(m) for m in sweep_cfg.eval_lengths]
+    absolute = [int(T) for T in sweep_cfg.get("eval_at", ())]
+    if any(T < 1 for T in absolute):
+        raise ValueError(f"eval_at={tuple(absolute)}; give positive lengths in tokens")
+    base_points = _init_points(sweep_cfg, base_overrides)
     if sweep_cfg.get("eval_sizes"):
         extrapolation.check_sizes(sweep_cfg.eval_sizes)
         if sweep_cfg.get("eval_size_examples", 64) < 1:
@@ -137,11 +162,22 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
         variant = (_format_value(dict(values)[varied[0]]) if len(varied) == 1 else
                    ",".join(f"{names[f]}={_format_value(v)}" for f, v in values if f != SEED_FIELD) or "base")
         overrides = [*sweep_cfg.overrides, *base_overrides,
-                     *[f"--config.{field}={_override_value(value)}" for field, value in values]]
+                     *[o for field, value in values for o in (
+                         variants[value] if field == VARIANT_FIELD else
+                         [f"--config.{field}={_override_value(value)}"])]]
+        init_from = None
         try:
-            cfg = config_lib.resolve(config_lib.load(sweep_cfg.base, overrides))
+            cfg = config_lib.load(sweep_cfg.base, overrides)
+            if base_points is not None:
+                base = _match_base(base_points, cfg, tuple(sweep_cfg.init.get("match", ("train.seed",))), name)
+                from jaxformer import train as train_lib
+
+                cfg = train_lib.inherit_derived(cfg, base.cfg)
+                run_lib.check_init_config(f"base/runs/{base.name}", base.cfg, config_lib.resolve(cfg))
+                init_from = os.path.join("base", "runs", base.name)
+            cfg = config_lib.resolve(cfg)
             config_lib.validate(cfg)
-            lengths = eval_lengths_for(cfg, multipliers)
+            lengths = eval_lengths_for(cfg, multipliers, absolute=absolute)
             config_lib.validate(cfg, eval_lengths=[x["length"] for x in lengths if x["na"] is None])
         except ValueError as e:
             raise ValueError(f"sweep point {name}: {str(e).splitlines()[0]}") from e
@@ -149,7 +185,7 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
         if sweep_cfg.eval_tokens < longest:
             raise ValueError(f"eval_tokens={sweep_cfg.eval_tokens} is less than the longest eval length {longest} "
                              f"(point {name}); give at least one window's worth")
-        points.append(Point(index, name, variant, values, cfg, lengths))
+        points.append(Point(index, name, variant, values, cfg, lengths, init_from))
     duplicates = {p.name for p in points if [q.name for q in points].count(p.name) > 1}
     if duplicates:
         raise ValueError(f"sweep points share a directory name: {', '.join(sorted(duplicates))}; "
@@ -157,15 +193,50 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
     return points
 
 
-def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int]) -> list[dict]:
-    """The eval lengths of one point; those beyond a position table are n/a with the reason, not an error."""
+# Overrides of a sweep with `init` that also reach the runs it starts from: where the data is on this machine.
+_INIT_SHARED = ("--config.data.manual_dir", "--config.data.data_dir")
+
+
+def init_overrides(sweep_cfg: ml_collections.ConfigDict, base_overrides=()) -> list[str]:
+    return [*[o for o in base_overrides if o.startswith(_INIT_SHARED)], *sweep_cfg.init.get("overrides", ())]
+
+
+def _init_points(sweep_cfg: ml_collections.ConfigDict, base_overrides=()) -> list[Point] | None:
+    """The points of the sweep a sweep with `init` starts from (None without `init`)."""
+    init = sweep_cfg.get("init")
+    if not init:
+        return None
+    if "sweep" not in init:
+        raise ValueError("init.sweep is missing: name the sweep config whose runs the points start from")
+    if init.get("checkpoint", "latest") not in ("latest", "best"):
+        raise ValueError(f"init.checkpoint={init.checkpoint!r}; choose one of: latest, best")
+    base_cfg, base_overrides = load_sweep(init.sweep, init_overrides(sweep_cfg, base_overrides))
+    if base_cfg.get("init"):
+        raise ValueError(f"init.sweep={init.sweep!r} has an init of its own; start from a sweep that trains from "
+                         "scratch")
+    return make_points(base_cfg, base_overrides)
+
+
+def _match_base(base_points: list[Point], cfg: ml_collections.ConfigDict, match: tuple, name: str) -> Point:
+    flat = config_lib.flat_fields(cfg)
+    found = [b for b in base_points if all(config_lib.flat_fields(b.cfg).get(f) == flat.get(f) for f in match)]
+    if len(found) != 1:
+        raise ValueError(f"sweep point {name}: {len(found)} runs of init.sweep have its {', '.join(match)}; "
+                         "init.match must pick exactly one")
+    return found[0]
+
+
+def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int], *, absolute=()) -> list[dict]:
+    """The eval lengths of one point (multipliers of its block size, or `absolute` lengths in tokens); those beyond
+    a position table are n/a with the reason, not an error."""
     name = cfg.model.position.name
     limit = positional.get_positional_encoding(name).max_length(cfg.model.position[name].to_dict())
     out = []
-    for m in multipliers:
-        length = m * cfg.data.block_size
+    block = cfg.data.block_size
+    for m, length in ([(round(T / block, 4), T) for T in absolute] if absolute else
+                      [(m, m * block) for m in multipliers]):
         na = f"n/a ({name} table has {limit} positions)" if limit is not None and length > limit else None
-        out.append({"multiplier": m, "length": length, "na": na})
+        out.append({"multiplier": int(m) if m == int(m) else m, "length": length, "na": na})
     return out
 
 
@@ -238,7 +309,12 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
     print_fn(f"sweep: {len(points)} point{'s' * (len(points) != 1)} ({axes or 'no axes'}), {done} finished, "
              f"into {workdir}")
     for p in points:
-        print_fn(describe(p, states[p.name]))
+        print_fn(describe(p, states[p.name]) + (f" (from {p.init_from})" if p.init_from else ""))
+    if sweep_cfg.get("init"):  # the runs the points start from: trained first (finished ones are reused)
+        base_cfg, base_base_overrides = load_sweep(sweep_cfg.init.sweep, init_overrides(sweep_cfg, base_overrides))
+        print_fn(f"sweep: the points start from the runs of {sweep_cfg.init.sweep} in {workdir}/base")
+        run_sweep(base_cfg, os.path.join(workdir, "base"), base_overrides=base_base_overrides, dry_run=dry_run,
+                  report=report, print_fn=print_fn)
     if dry_run:
         return points
 
@@ -284,9 +360,12 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         datasets[data_key] = data_lib.load_dataset(point.cfg.data)
     dataset = datasets[data_key]
     stopped, train_time = None, None
+    source = os.path.join(os.path.dirname(os.path.dirname(run_dir)), point.init_from) if point.init_from else None
+    which = sweep_cfg.init.get("checkpoint", "latest") if source else "latest"
     if state in ("new", "resume"):
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset)
+        result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset,
+                                 init_from=source if state == "new" else None, init_checkpoint=which)
         train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
         if result["signal"]:
             return result["stopped"], result["signal"]
@@ -295,12 +374,21 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         graphdef, params, cfg, step = trainer.graphdef, result["params"], trainer.cfg, result["step"]
     else:
         cfg, graphdef, params, step = train_lib.restore_params(run_dir)
+    zero_shot = None
+    if source:  # the base run's parameters under this point's config (e.g. a RoPE scaling), before its fine-tune
+        from flax import nnx
+
+        _, _, base_params, base_step = train_lib.restore_params(source, which=which)
+        zero_graphdef, _ = train_lib.split_model(nnx.eval_shape(lambda: train_lib.build_model(cfg)))
+        zero_shot = {"from": point.init_from, "step": base_step, "lengths": extrapolation.evaluate_lengths(
+            zero_graphdef, base_params, dataset, point.lengths, eval_tokens=sweep_cfg.eval_tokens,
+            batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split)}
     extrapolation.evaluate_run(run_dir, graphdef, params, dataset, cfg, step=step, point=point.name,
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
                                stopped=stopped, train_time=train_time, sizes=tuple(sweep_cfg.get("eval_sizes", ())),
-                               size_examples=sweep_cfg.get("eval_size_examples", 64))
+                               size_examples=sweep_cfg.get("eval_size_examples", 64), zero_shot=zero_shot)
     return None
 
 
