@@ -447,7 +447,7 @@ def write_reports(workdir: str) -> list[str]:
     results, unfinished = extrapolation.load_results(workdir)
     variants = extrapolation.aggregate(results)
     lines = summary_lines(variants)
-    first = results[0] if results else None
+    first = next((r for r in results if not r["variant"].endswith(" zero-shot")), results[0]) if results else None
     title = (f"{first['data']}, trained at T={first['block_size']} for {first['steps']} steps "
              f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)"
              if first else "no finished runs")
