@@ -11,7 +11,7 @@ BAD = [
     (["--config.model.position.name=ropez"], "model.position.name='ropez'; choose one of"),
     (["--config.model.attention.implementation=flash"], "model.attention.implementation='flash'; choose one of"),
     (["--config.data.name=wikitext"], "data.name='wikitext'; choose one of"),
-    (["--config.data.name=synthetic/sorting"], "data.name='synthetic/sorting'"),
+    (["--config.data.name=synthetic/sortin"], "data.name='synthetic/sortin'"),  # (sorting is a task now)
     (["--config.model.n_embd=33"], "model.n_embd=33 is not divisible by model.n_head=2"),
     (["--config.model.n_head=4", "--config.model.n_kv_head=3"], "not divisible by model.n_kv_head=3"),
     (["--config.model.position.name=learned", "--config.model.position.learned.max_len=16"],
