@@ -3,6 +3,12 @@
 Every subcommand that builds a run takes `--config` (a path, or a packaged name such as `tiny`) and any number of
 `--config.section.field=value` overrides. Bad input exits with status 2 and one line naming what was wrong;
 `--debug` shows the traceback too.
+
+The options of every subcommand live here, in `_<name>_arguments` (registered in ARGUMENTS), apart from the code
+that runs it (SUBCOMMANDS, imported only when used): `main` parses the arguments first, so `--help` and a mistyped
+option answer before JAX is imported. A new option is one line in its `_<name>_arguments`, with a help text (the
+default is appended to it); a new subcommand is one SUBCOMMANDS and one ARGUMENTS entry, and its function starts
+with `args = parse(name, argv)`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ SUBCOMMANDS = {
     "report": ("jaxformer.sweep:report_main", "regenerate a sweep's tables and plots from its run directories"),
     "attention": ("jaxformer.analysis.report:attention_main",
                   "attention heatmaps, HTML viewer and per-head diagnostics for a run and a text"),
+    "runs": ("jaxformer.runlist:runs_main", "list run directories as a table (steps, best val loss, status, ...)"),
+    "compare": ("jaxformer.runlist:compare_main", "plot several runs' loss curves in one PNG and print their table"),
 }
 
 log = logging.getLogger("jaxformer")
@@ -97,7 +105,7 @@ def _config_help(p: argparse.ArgumentParser) -> None:
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     _config_help(p)
-    p.add_argument("--workdir", help="run directory (default: runs/<timestamp>)")
+    p.add_argument("--workdir", help="run directory (default: runs/<config>-<position>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --workdir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete --workdir (a run directory) and start afresh")
     p.add_argument("--multihost", action="store_true",
@@ -136,11 +144,15 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                    help="which checkpoint: the last saved, or the best by validation loss")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate after the prompt")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = greedy")
+    p.add_argument("--prompt", help="text to continue (default: for a synthetic task, a random example's prompt "
+                   "drawn from the task (--seed picks it), answered and checked; for text, a newline)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="tokens to generate after the prompt (default: 500 for text; for a synthetic task the "
+                        "answer's length, so generation stops at the end of the answer)")
+    p.add_argument("--temperature", type=float,
+                   help="softmax temperature; 0 = greedy (default: 0.8 for text, 0 for a synthetic task)")
     p.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 = all")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (and of a task's random prompt)")
     p.add_argument("--max-context", type=int, default=0,
                    help="positions kept in context (default: 0 = the training block size)")
 
@@ -183,9 +195,20 @@ def _attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence")
 
 
+def _runs_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", nargs="?", default="runs",
+                   help="a folder of run directories (searched 4 levels deep: sweeps too), or one run")
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories made by `jaxformer train`")
+    p.add_argument("--out", default="compare.png", help="the PNG to write (replaced if it exists)")
+
+
 # name -> (adds the options, description); the commands that take --config / --config.a.b=v overrides are marked.
 ARGUMENTS = {
-    "train": (_train_arguments, "Train a model; with no arguments, configs/default.py into runs/<timestamp>."),
+    "train": (_train_arguments, "Train a model; with no arguments, configs/default.py (a copy task, about a "
+              "minute on a CPU) into runs/default-rope-<YYYYmmdd-HHMMSS>."),
     "eval": (_eval_arguments, "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks)."),
     "sample": (_sample_arguments, "Generate text from a run's checkpoint with a KV cache."),
     "config": (_config_arguments, "Print a config with overrides applied, as JSON (validated)."),
@@ -197,8 +220,14 @@ ARGUMENTS = {
     "attention": (_attention_arguments,
                   "Capture a run's attention on a text: grid.png, one PNG per head, attention.html (interactive, "
                   "self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png."),
+    "runs": (_runs_arguments, "List run directories as a table: name, config, data, position encoding, steps "
+             "done/total, best val loss, accuracy, wall time, tokens/s and status (finished, stopped, diverged, "
+             "running; broken for a folder that is not a readable run)."),
+    "compare": (_compare_arguments, "Plot the loss curves of several runs in one PNG (and their exact-match "
+                "accuracy, for tasks), and print their table."),
 }
 TAKES_CONFIG = ("train", "config", "sweep", "eval")
+WITHOUT_JAX = ("runs", "compare")  # read JSON files only: no JAX import, no machine settings
 
 
 def parser(name: str) -> ArgumentParser:
@@ -229,8 +258,10 @@ def train_main(argv: list[str]) -> int:
     overrides = args.overrides
     if args.multihost and not args.workdir:
         raise ValueError("--multihost needs --workdir: every process must write the same run directory")
-    workdir = args.workdir or run_lib.default_workdir()
-    if args.resume and not args.config_given and os.path.exists(os.path.join(workdir, "config.json")):
+    if args.resume and not args.workdir:
+        raise ValueError("--resume needs --workdir: the run directory to continue (`jaxformer runs` lists them)")
+    workdir = args.workdir
+    if args.resume and not args.config_given and workdir and os.path.exists(os.path.join(workdir, "config.json")):
         cfg = run_lib.load_config(workdir)
         if overrides:
             cfg = _apply_overrides_to_saved(workdir, overrides)
@@ -238,13 +269,65 @@ def train_main(argv: list[str]) -> int:
         cfg = init_config(args.init_from, overrides, args.init_checkpoint, workdir)
     else:
         cfg = config_lib.load(args.config, overrides)
+    workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name)
     if args.multihost:
         cfg.mesh.multihost = True
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite, init_from=args.init_from,
                              init_checkpoint=args.init_checkpoint)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("params", "trainer")}, sort_keys=True))
-    print(f"run directory: {workdir}")
+    if sharding_is_main():
+        print(run_summary(result, workdir, result["trainer"].cfg), flush=True)
     return exit_status(result)
+
+
+def sharding_is_main() -> bool:
+    from jaxformer import sharding as sharding_lib
+
+    return sharding_lib.is_main_process()
+
+
+def run_summary(result: dict, workdir: str, cfg) -> str:
+    """What a finished (or stopped) `jaxformer train` prints: how it went, where its files are, what to run next."""
+    import shlex
+
+    from jaxformer import runlist
+
+    row = runlist.summarize(workdir)
+    quoted = shlex.quote(workdir)
+    speed = f" ({row['tokens_per_s']:,.0f} tokens/s)" if row["tokens_per_s"] else ""
+    wall = f" in {runlist._duration(row['wall_s'])}" if row["wall_s"] is not None else ""
+    if result.get("stopped"):
+        lines = [f"stopped at step {result['step']} of {cfg.train.steps}{wall}: {result['stopped']}"]
+    else:
+        lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
+    if row["final_val"] is not None:
+        accuracy = f", val exact match {100 * row['accuracy']:.1f}%" if row["accuracy"] is not None else ""
+        lines.append(f"  val loss {row['final_val']:.4f} (best {row['best_val']:.4f} at step {row['best_step']})"
+                     f"{accuracy}")
+    lines.append(f"run directory: {workdir}")
+    files = [("plots/loss.png", "loss curves"),
+             ("samples.txt", "the model's answers to validation prompts" if row["accuracy"] is not None
+              else "text sampled at the end"),
+             ("checkpoints/", "latest and best (by val loss) checkpoints"),
+             ("metrics.jsonl", "every logged metric (TensorBoard: tensorboard --logdir runs)")]
+    lines += [f"  {name:15s} {what}" for name, what in files if os.path.exists(os.path.join(workdir, name))]
+    if result.get("stopped"):
+        lines += ["next:", f"  jaxformer train --resume --workdir {quoted}    # continue from the last checkpoint"]
+        return "\n".join(lines)
+    if row["accuracy"] is not None:
+        text = "abcd|abcd"  # every synthetic task's vocabulary holds these characters
+        sample_note = "# a random task example, answered by the model"
+    else:
+        samples = os.path.join(workdir, "samples.txt")
+        lines_of_text = [line for line in open(samples).read().splitlines() if line.strip()] \
+            if os.path.exists(samples) else []
+        text = lines_of_text[0][: min(cfg.data.block_size, 64)] if lines_of_text else ""  # one line of its own text
+        sample_note = "# --prompt TEXT to continue your own text"
+    lines += ["next:", f"  jaxformer sample --workdir {quoted}    {sample_note}",
+              f"  jaxformer eval --workdir {quoted} --checkpoint best --full"]
+    if text:
+        lines.append(f"  jaxformer attention --workdir {quoted} --text {shlex.quote(text)}")
+    lines.append(f"  jaxformer runs {shlex.quote(os.path.dirname(workdir) or '.')}    # every run there, as a table")
+    return "\n".join(lines)
 
 
 def init_config(source: str, overrides: list[str], which: str, workdir: str):
@@ -365,25 +448,50 @@ def sample_main(argv: list[str]) -> int:
     from jaxformer import train as train_lib
 
     args = parse("sample", argv)
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens}; must be >= 1")
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise ValueError(f"--temperature={args.temperature}; must be >= 0 (0 = greedy)")
     if args.top_k < 0:
         raise ValueError(f"--top-k={args.top_k}; must be >= 0 (0 = no top-k cut)")
     if args.max_context < 0:
         raise ValueError(f"--max-context={args.max_context}; must be >= 0 (0 = the training block size)")
-    if not args.prompt:
-        raise ValueError("--prompt=''; give at least one character (the default is a newline)")
-    run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
+    if args.prompt == "":
+        raise ValueError("--prompt=''; give at least one character, or leave --prompt out")
+    saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
     tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
-    prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
+    task = data_lib.load_dataset(saved.data) if saved.data.name.startswith("synthetic/") else None
+    if task is not None:
+        # A task's answer has a known length: generate exactly that, and say whether it is right.
+        if args.prompt is None:
+            prompt_ids, expected = task.random_example(args.seed, block_size=saved.data.block_size)
+        else:
+            prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
+            expected = task.answer(prompt_ids)
+        max_new_tokens = args.max_new_tokens or expected.size
+        temperature = 0.0 if args.temperature is None else args.temperature
+    else:
+        prompt = "\n" if args.prompt is None and "\n" in tokenizer.vocab else args.prompt
+        prompt = tokenizer.vocab[0] if prompt is None else prompt
+        prompt_ids = tokenizer.encode(prompt)  # unknown characters: a one-line error naming them
+        max_new_tokens = args.max_new_tokens or 500
+        temperature = 0.8 if args.temperature is None else args.temperature
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)
-    ids = sample_lib.generate(model, prompt_ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    ids = sample_lib.generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_k=args.top_k or None, seed=args.seed,
                               max_context=args.max_context or cfg.data.block_size)
-    sys.stdout.write(tokenizer.decode(ids) + "\n")
+    if task is None:
+        sys.stdout.write(tokenizer.decode(ids) + "\n")
+        return 0
+    got = ids[len(prompt_ids):]
+    n_right = int(sum(a == b for a, b in zip(got, expected, strict=False)))
+    verdict = ("right" if got.size == expected.size and n_right == expected.size
+               else f"WRONG ({n_right} of {expected.size} answer tokens right)")
+    how = "greedy" if temperature == 0 else f"temperature {temperature}"
+    print(f"prompt:   {tokenizer.decode(prompt_ids)}\n"
+          f"model:    {tokenizer.decode(got)}    ({how})\n"
+          f"expected: {tokenizer.decode(expected)}    {verdict}")
     return 0
 
 
@@ -437,6 +545,18 @@ def repro_check_main(argv: list[str]) -> int:
     return 0
 
 
+class TqdmLogHandler(logging.StreamHandler):
+    """Log lines go above a progress bar (tqdm.write), never onto the bar's line."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging's contract: a handler reports its own failures and does not raise
+            self.handleError(record)
+
+
 def print_help() -> None:
     print("usage: jaxformer <subcommand> [options]   (no subcommand: `jaxformer train`, the default demo)\n\n"
           "subcommands:")
@@ -467,16 +587,17 @@ def main(argv: list[str] | None = None) -> int:
     # Arguments first (--help and a mistyped option answer here, in a fraction of a second): nothing below this
     # line has imported JAX yet.
     debug = parse(name, rest).debug
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[TqdmLogHandler(sys.stderr)])
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from jaxformer import platform
-
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
     try:
-        # Machine settings (allocator, XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend; a bad
-        # environment value is a one-line error like any other bad input.
-        platform.configure()
+        if name not in WITHOUT_JAX:
+            from jaxformer import platform
+
+            # Machine settings (allocator, XLA flags, JAXFORMER_CPU_DEVICES) before JAX starts its backend; a bad
+            # environment value is a one-line error like any other bad input.
+            platform.configure()
         function = getattr(importlib.import_module(module_name), function_name)
         return function(rest)
     except (ValueError, FileNotFoundError, KeyError) as e:

@@ -33,8 +33,18 @@ class RunDirError(ValueError):
     """A workdir that cannot be used as asked (one line, says what to do)."""
 
 
-def default_workdir() -> str:
-    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+def default_workdir(config: str = "", position: str = "") -> str:
+    """`runs/<config>-<position>-<YYYYmmdd-HHMMSS>` (e.g. runs/tiny-alibi-20261206-131500): five runs with five
+    encodings can be told apart by name; a directory that exists already (two runs in one second) gets -2, -3, ..."""
+    name = os.path.splitext(os.path.basename(config.rstrip("/")))[0] if config.endswith(".py") else config
+    name = name.split(".")[-1]  # a packaged name such as sweeps.tiny
+    parts = [p for p in (name, position, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if p]
+    base = os.path.join("runs", "-".join(parts))
+    path, i = base, 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}"
+    return path
 
 
 def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
@@ -81,7 +91,10 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
     change on resume. Both configs resolved (0 = derived fields filled in)."""
     a, b = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
     missing = object()
-    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    # The synthetic-task settings of a text run train nothing (the default's changed on 2026-12-06).
+    text = not str(b.get("data.name", "")).startswith("synthetic/")
+    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing)
+                                     and not (text and k.startswith("data.synthetic.")))
     fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]
     if fixed:
         k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""

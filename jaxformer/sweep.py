@@ -277,7 +277,8 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
         parts = field.split(".")
         other_variant = field.startswith("model.position.") and parts[2] not in ("name", "randomize_max_len",
                                                                                       cfg.model.position.name)
-        return field not in _RESUME_IGNORED and not other_variant
+        unused_task = field.startswith("data.synthetic.") and not cfg.data.name.startswith("synthetic/")
+        return field not in _RESUME_IGNORED and not other_variant and not unused_task
 
     differ = config_lib.cause_first(f for f in set(saved) & set(wanted) if compared(f) and saved[f] != wanted[f])
     if differ:

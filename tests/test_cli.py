@@ -329,3 +329,96 @@ def test_train_init_from_with_overrides_only(tiny_runs, tmp_path):
     assert cfg["model"]["position"]["rope"]["scaling"] == "ntk"
     with open(os.path.join(workdir, "manifest.json")) as f:
         assert json.load(f)["init_from"]["run"] == os.path.abspath(rope)
+
+
+def test_first_hour_train_names_the_run_summarises_and_sample_answers_a_task(tmp_path):
+    """`jaxformer train` with no --workdir: a readable run name, a summary with the run's files and the next
+    commands; `jaxformer sample` on the task run with no --prompt answers a random task example and says whether it
+    is right, and with a --prompt stops at the end of the answer."""
+    import re
+
+    out = jaxformer("train", "--config", "tiny", "--config.train.steps=20", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (name,) = os.listdir(tmp_path / "runs")
+    assert re.fullmatch(r"tiny-rope-\d{8}-\d{6}", name), name
+    workdir = os.path.join("runs", name)
+    assert out.stdout.startswith("finished 20/20 steps in "), out.stdout
+    assert f"run directory: {workdir}" in out.stdout and "plots/loss.png" in out.stdout
+    assert re.search(r"val loss \d\.\d{4} \(best \d\.\d{4} at step 20\), val exact match \d+\.\d%", out.stdout)
+    for command in ("sample", "eval", "attention", "runs"):
+        assert f"  jaxformer {command} " in out.stdout, out.stdout
+    assert "{" not in out.stdout  # no raw JSON dict
+
+    out = jaxformer("sample", "--workdir", workdir, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    prompt, model, expected = out.stdout.splitlines()
+    assert re.fullmatch(r"prompt:   [a-p]+\|", prompt), prompt
+    copied = prompt.split()[1][:-1]
+    assert expected.split()[1] == copied and len(model.split()[1]) == len(copied)  # stops at the end of the answer
+    assert expected.endswith("right") or "answer tokens right" in expected
+    again = jaxformer("sample", "--workdir", workdir, "--seed", "1", cwd=tmp_path)
+    assert again.stdout.splitlines()[0] != prompt  # --seed draws another example
+
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "abca|", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "prompt:   abca|" and len(out.stdout.splitlines()[1].split()[1]) == 4
+    assert out.stdout.splitlines()[2].split()[1] == "abca"
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "ab", cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "is not a synthetic/copy prompt" in lines[0], out.stderr
+
+    import shutil
+
+    shutil.rmtree(os.path.join(tmp_path, workdir, "checkpoints"))
+    out = jaxformer("sample", "--workdir", workdir, cwd=tmp_path)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "no latest checkpoint" in lines[0], out.stderr
+
+
+def test_default_run_names_never_collide(tmp_path, monkeypatch):
+    from jaxformer import run as run_lib
+
+    monkeypatch.chdir(tmp_path)
+    first = run_lib.default_workdir("configs/tiny.py", "alibi")
+    assert first.startswith(os.path.join("runs", "tiny-alibi-"))
+    os.makedirs(first)
+    second = run_lib.default_workdir("configs/tiny.py", "alibi")
+    assert second in (f"{first}-2", ) or not second.startswith(first)  # same second: -2; the next second: new name
+    assert run_lib.default_workdir("sweeps.tiny", "rope").startswith(os.path.join("runs", "tiny-rope-"))
+
+
+def test_log_lines_go_above_the_progress_bar():
+    """A log record emitted while a tqdm bar is drawn ends up on a line of its own, not appended to the bar."""
+    import io
+    import logging
+
+    from tqdm import tqdm
+
+    from jaxformer import cli
+
+    stream = io.StringIO()
+    bar = tqdm(total=10, file=stream, ascii=True)
+    bar.update(3)
+    handler = cli.TqdmLogHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.emit(logging.LogRecord("jaxformer", logging.INFO, __file__, 1, "step 3: val 1.2345", None, None))
+    bar.update(1)
+    bar.close()
+    lines = [line.split("\r")[-1] for line in stream.getvalue().split("\n")]
+    assert "step 3: val 1.2345" in lines, lines  # the whole line, after the bar was cleared
+
+
+def test_readme_train_lines_are_valid_configs():
+    """Every `jaxformer train --config ...` one-liner in the README loads, resolves and validates."""
+    import shlex
+
+    from jaxformer import cli
+    from jaxformer import config as config_lib
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    lines = [line for line in readme.splitlines() if line.startswith("jaxformer train --config copy_task")]
+    assert len(lines) >= 9, lines  # one per positional encoding at least
+    for line in lines:
+        args = cli.parse("train", shlex.split(line)[2:])
+        cfg = config_lib.resolve(config_lib.load(args.config, args.overrides))
+        config_lib.validate(cfg)

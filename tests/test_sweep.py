@@ -1,9 +1,12 @@
 """Sweeps and length extrapolation: points, validation, a tiny sweep end to end, n/a handling, resume, reports."""
 
 import csv
+import glob
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import matplotlib.image
 import numpy as np
@@ -345,3 +348,50 @@ def test_init_sweep_trains_the_base_first_then_fine_tunes_and_reports_zero_shot(
     with open(os.path.join(workdir, "results.csv")) as f:
         variants = [r["variant"] for r in csv.DictReader(f)]
     assert variants[:4] == ["none zero-shot"] * 2 + ["yarn zero-shot"] * 2 and "yarn" in variants
+
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+COMMITTED_SWEEPS = sorted(os.path.dirname(os.path.relpath(path, EXPERIMENTS))
+                          for path in glob.glob(os.path.join(EXPERIMENTS, "**", "sweep.json"), recursive=True)
+                          if os.path.isdir(os.path.join(os.path.dirname(path), "runs")))
+
+
+def test_a_committed_sweep_has_its_run_files():
+    """.gitignore must not hide experiments/*/runs/ (it once did: `runs/` matched at every depth)."""
+    assert "pe_extrapolation/copy" in COMMITTED_SWEEPS
+    out = subprocess.run(["git", "-C", EXPERIMENTS, "check-ignore", "-q",
+                          os.path.join(EXPERIMENTS, "pe_extrapolation", "copy", "runs", "x", "metrics.jsonl")])
+    assert out.returncode == 1, "experiments/*/runs/ is git-ignored"
+
+
+@pytest.mark.parametrize("sweep_dir", COMMITTED_SWEEPS)
+def test_committed_sweep_regenerates_byte_for_byte(sweep_dir, tmp_path):
+    """The README's own command, `jaxformer report experiments/...`, on the committed files alone (a copy, so the
+    repository is untouched) gives the committed results.md and results.csv, byte for byte."""
+    from jaxformer import cli
+
+    source = os.path.join(EXPERIMENTS, sweep_dir)
+    copy = str(tmp_path / "sweep")
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("*.png", "results.*"))
+    assert cli.main(["report", copy]) == 0
+    for name in ("results.md", "results.csv"):
+        with open(os.path.join(source, name), "rb") as a, open(os.path.join(copy, name), "rb") as b:
+            assert a.read() == b.read(), f"{sweep_dir}/{name} does not regenerate from its run files"
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_copy_task_config_is_the_committed_copy_sweeps_runs(position):
+    """configs/copy_task.py trains exactly what experiments/pe_extrapolation/copy's runs trained (the README sends
+    users there for the numbers each variant gives); only how often it evaluates and samples differs."""
+
+    observed = ("train.eval_every", "train.checkpoint_every", "train.sample_chars", "train.progress",
+                "model.vocab_size", "data.manual_dir", "data.data_dir",
+                "model.position.rope.yarn_ramp")  # read only with rope.scaling=yarn; the runs predate the field
+    cfg = config_lib.load("copy_task", [f"--config.model.position.name={position}"])
+    run = os.path.join(EXPERIMENTS, "pe_extrapolation", "copy", "runs", f"position={position},seed=0")
+    with open(os.path.join(run, "config.json")) as f:
+        saved = config_lib.from_json(f.read())
+    ours = config_lib.flat_fields(config_lib.resolve(cfg, vocab_size=saved.model.vocab_size))
+    theirs = config_lib.flat_fields(saved)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if k not in observed and ours.get(k) != theirs.get(k))
+    assert not differ, [(k, ours.get(k), theirs.get(k)) for k in differ]

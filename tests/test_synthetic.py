@@ -155,3 +155,37 @@ def test_vocabulary_hash_and_load_through_config():
     assert ds.tokenizer.decode(ds.tokenizer.encode("abca|")) == "abca|"
     hashes = {make(t).data_hash for t in TASKS} | {make("copy", num_symbols=8).data_hash}
     assert len(hashes) == len(TASKS) + 1 and make("copy").data_hash == make("copy").data_hash
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_answer_solves_any_prompt_of_the_task_as_the_strings_say(task):
+    """`answer` (what `jaxformer sample --prompt` checks against) agrees with the string-level answer on random
+    examples, and with the generator's own answer."""
+    ds = make(task)
+    g = np.random.default_rng(7)
+    for _ in range(200):
+        n = int(g.integers(synthetic.TASKS[task].min_items, 20))
+        prompt, answer = ds.example(g, n)
+        solved = ds.answer(prompt)
+        np.testing.assert_array_equal(solved, answer)
+        assert ds.tokenizer.decode(solved) == expected_answer(task, ds.tokenizer.decode(prompt))
+
+
+@pytest.mark.parametrize("task,prompt", [
+    ("copy", "ab"), ("copy", "|"), ("copy", "ab|c"), ("copy", "a|b|"), ("copy", "a1|"), ("copy", "a_|"),
+    ("reverse", "abc"), ("associative_recall", "abc|a"), ("associative_recall", "abcd|e"),
+    ("induction", "abcd|d"), ("count", "abc|"), ("count", "abc|ab"),
+])
+def test_answer_refuses_a_prompt_not_of_the_task_in_one_line(task, prompt):
+    ds = make(task)
+    ids = ds.tokenizer.encode(prompt)
+    with pytest.raises(data_lib.DataError, match=f"is not a synthetic/{task} prompt"):
+        ds.answer(ids)
+
+
+def test_random_example_is_drawn_from_the_training_range_and_seeded():
+    ds = make("copy", min_items=3, max_items=9)
+    sizes = {len(ds.random_example(seed, block_size=32)[1]) for seed in range(200)}
+    assert sizes == set(range(3, 10))
+    a, b = ds.random_example(5, block_size=32), ds.random_example(5, block_size=32)
+    np.testing.assert_array_equal(a[0], b[0])

@@ -338,3 +338,19 @@ def test_init_from_bad_sources_are_one_line_errors(source_run, tmp_path, tiny_cf
     with pytest.raises(ValueError, match="data.block_size=64 is beyond the learned table"):
         train_lib.train(cfg, str(tmp_path / "longer"), init_from=learned_dir)
     assert not (tmp_path / "new").exists() and not (tmp_path / "longer").exists()
+
+
+def test_resume_ignores_the_task_settings_of_a_text_run_only():
+    """The default's data.synthetic.min_items changed (0 -> 1): a text run saved before resumes with today's config,
+    while a changed task setting of a synthetic run is still refused."""
+    from jaxformer import config as config_lib
+    from jaxformer import run as run_lib
+
+    text = config_lib.resolve(config_lib.load("shakespeare_char_cpu"), vocab_size=65)
+    saved = config_lib.resolve(config_lib.load("shakespeare_char_cpu", ["--config.data.synthetic.min_items=0"]),
+                               vocab_size=65)
+    assert run_lib.check_resume_config("w", saved, text) == []
+    task = config_lib.resolve(config_lib.load("default"), vocab_size=28)
+    saved_task = config_lib.resolve(config_lib.load("default", ["--config.data.synthetic.min_items=0"]), vocab_size=28)
+    with pytest.raises(run_lib.RunDirError, match="data.synthetic.min_items"):
+        run_lib.check_resume_config("w", saved_task, task)

@@ -40,6 +40,8 @@ from jaxformer.data import synthetic
 from jaxformer.data.synthetic import DIGIT0, SEP, SYMBOL0, Task
 
 OPERATORS = "+-*=?"
+# What `sample --prompt` says for these tasks: it checks typed prompts of the synthetic tasks' own forms only.
+FORM = "a random example of it (sample without --prompt)"
 
 
 def vocabulary(num_symbols: int) -> list:
@@ -132,16 +134,17 @@ def _sorting(g, n, k):
 
 
 TASKS = (
-    Task("reverse_string", _reverse_string, lambda n: 2 * n + 1, 1, vocabulary),
-    Task("duplicate_string", _duplicate_string, lambda n: 3 * n + 1, 1, vocabulary),
-    Task("parity_check", _parity_check, lambda n: n + 2, 1, vocabulary),
-    Task("binary_addition", _binary_addition, lambda n: 2 * n + 2, 2, vocabulary),
-    Task("bucket_sort", _bucket_sort, lambda n: 2 * n + 1, 1, vocabulary),
-    Task("missing_duplicate_string", _missing_duplicate_string, lambda n: 2 * n + 2, 1, vocabulary),
-    Task("modular_arithmetic", _modular_arithmetic, lambda n: 2 * n + 1, 1, vocabulary),
-    Task("addition", _addition, lambda n: 3 * n + 3, 1, vocabulary),
-    Task("summation", _summation, lambda n: 2 * n + 1, 1, vocabulary),
-    Task("sorting", _sorting, lambda n: 2 * n + 1, 1, vocabulary),
+    Task("reverse_string", _reverse_string, lambda n: 2 * n + 1, 1, form=FORM, vocabulary=vocabulary),
+    Task("duplicate_string", _duplicate_string, lambda n: 3 * n + 1, 1, form=FORM, vocabulary=vocabulary),
+    Task("parity_check", _parity_check, lambda n: n + 2, 1, form=FORM, vocabulary=vocabulary),
+    Task("binary_addition", _binary_addition, lambda n: 2 * n + 2, 2, form=FORM, vocabulary=vocabulary),
+    Task("bucket_sort", _bucket_sort, lambda n: 2 * n + 1, 1, form=FORM, vocabulary=vocabulary),
+    Task("missing_duplicate_string", _missing_duplicate_string, lambda n: 2 * n + 2, 1, form=FORM,
+         vocabulary=vocabulary),
+    Task("modular_arithmetic", _modular_arithmetic, lambda n: 2 * n + 1, 1, form=FORM, vocabulary=vocabulary),
+    Task("addition", _addition, lambda n: 3 * n + 3, 1, form=FORM, vocabulary=vocabulary),
+    Task("summation", _summation, lambda n: 2 * n + 1, 1, form=FORM, vocabulary=vocabulary),
+    Task("sorting", _sorting, lambda n: 2 * n + 1, 1, form=FORM, vocabulary=vocabulary),
 )
 
 for _task in TASKS:  # registered beside the synthetic tasks: data.name=synthetic/<name>, one vocabulary each

@@ -91,21 +91,67 @@ def _count(g: np.random.Generator, n: int, k: int):
     return [*s, SEP, q], [DIGIT0 + int(d) for d in str(int((s == q).sum()))]
 
 
+# A task's solver: prompt ids (symbols already checked) -> answer ids, for a prompt a user typed
+# (`jaxformer sample --prompt "abca|"`); ValueError when the prompt is not of the task's form.
+
+
+def _split(prompt, tail: int):
+    """(s_1..s_n, the `tail` tokens after the separator) of `s_1..s_n | tail`."""
+    prompt = list(prompt)
+    head, sep, rest = prompt[:len(prompt) - tail - 1], prompt[len(prompt) - tail - 1:][:1], prompt[len(prompt) - tail:]
+    if not head or sep != [SEP] or SEP in head or SEP in rest:
+        raise ValueError("form")
+    return head, rest
+
+
+def _solve_copy(prompt):
+    return _split(prompt, 0)[0]
+
+
+def _solve_reverse(prompt):
+    return _split(prompt, 0)[0][::-1]
+
+
+def _solve_associative_recall(prompt):
+    pairs, (q,) = _split(prompt, 1)
+    keys, values = pairs[0::2], pairs[1::2]
+    if len(keys) != len(values) or q not in keys:
+        raise ValueError("form")
+    return [values[len(keys) - 1 - keys[::-1].index(q)]]
+
+
+def _solve_induction(prompt):
+    s, (q,) = _split(prompt, 1)
+    if q not in s[:-1]:
+        raise ValueError("form")
+    return [s[len(s) - 2 - s[-2::-1].index(q) + 1]]
+
+
+def _solve_count(prompt):
+    s, (q,) = _split(prompt, 1)
+    return [DIGIT0 + int(d) for d in str(s.count(q))]
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str
     make: Callable  # (generator, n, num_symbols) -> (prompt ids, answer ids)
     length: Callable  # n -> the most tokens (prompt + answer) an example of size n has
     min_items: int
+    solve: Callable | None = None  # prompt ids -> answer ids (ValueError if not of the task's form)
+    form: str = ""  # a prompt of the task's form, for error messages
     vocabulary: Callable | None = None  # num_symbols -> its tokens, when not the shared `vocabulary` (extends it)
 
 
 TASKS = {t.name: t for t in (
-    Task("copy", _copy, lambda n: 2 * n + 1, 1),
-    Task("reverse", _reverse, lambda n: 2 * n + 1, 1),
-    Task("associative_recall", _associative_recall, lambda n: 2 * n + 3, 1),
-    Task("induction", _induction, lambda n: n + 3, 2),
-    Task("count", _count, lambda n: n + 2 + len(str(n)), 1),
+    Task("copy", _copy, lambda n: 2 * n + 1, 1, _solve_copy, "symbols then '|', e.g. 'abca|'"),
+    Task("reverse", _reverse, lambda n: 2 * n + 1, 1, _solve_reverse, "symbols then '|', e.g. 'abca|'"),
+    Task("associative_recall", _associative_recall, lambda n: 2 * n + 3, 1, _solve_associative_recall,
+         "key-value pairs, '|', then a key that occurs, e.g. 'abcd|c'"),
+    Task("induction", _induction, lambda n: n + 3, 2, _solve_induction,
+         "symbols, '|', then a symbol that occurs before the last one, e.g. 'abcab|b'"),
+    Task("count", _count, lambda n: n + 2 + len(str(n)), 1, _solve_count,
+         "symbols, '|', then the symbol to count, e.g. 'abca|a'"),
 )}
 
 
@@ -154,6 +200,26 @@ class SyntheticDataset(Dataset):
         """(prompt ids, answer ids) of one example of size n."""
         prompt, answer = self.task.make(g, n, self.num_symbols)
         return np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+
+    def answer(self, prompt_ids) -> np.ndarray:
+        """The right answer to a prompt of the task (e.g. one a user typed); a one-line DataError naming the task's
+        form when the prompt is not of it."""
+        prompt = [int(t) for t in prompt_ids]
+        symbols = range(SYMBOL0, SYMBOL0 + self.num_symbols)
+        try:
+            if self.task.solve is None or any(t != SEP and t not in symbols for t in prompt):
+                raise ValueError("form")
+            return np.asarray(self.task.solve(prompt), np.int32)
+        except ValueError:
+            raise DataError(f"prompt {self.tokenizer.decode(prompt)!r} is not a {self.name} prompt: "
+                            f"{self.task.form or 'see jaxformer/data/synthetic.py'} (symbols "
+                            f"{SYMBOLS[0]}..{SYMBOLS[self.num_symbols - 1]})") from None
+
+    def random_example(self, seed: int, *, block_size: int) -> tuple:
+        """(prompt ids, answer ids) of one example drawn as training draws them (n in the training range)."""
+        g = np.random.default_rng(seed)
+        low, high = self._size_range(block_size)
+        return self.example(g, int(g.integers(low, high + 1)))
 
     def _size_range(self, block_size: int) -> tuple:
         fit = items_that_fit(self.task, block_size)
