@@ -27,6 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay in param_dtype)
     c.model.param_dtype = "float32"  # master parameter dtype
     c.model.gelu_approximate = False  # tanh-approximate GELU instead of the exact erf form (nanoGPT: exact)
+    c.model.norm = "layernorm"  # layernorm | rmsnorm (Llama family: no centring, no bias)
+    c.model.norm_eps = 1e-5  # epsilon added to the variance in every norm (Llama: 1e-5 or 1e-6)
+    c.model.mlp = "gelu"  # gelu (exact; tanh form if gelu_approximate) | gelu_tanh (GPT-2's gelu_new) | swiglu
+    c.model.mlp_hidden = 0  # MLP hidden width; 0 = 4 * n_embd
+    c.model.tie_embeddings = True  # output head = token table transposed (GPT-2); False = its own [D, V] (Llama)
+    c.model.head_dim = 0  # head width d; 0 = n_embd // n_head (set it where d * n_head != n_embd)
+    c.model.qkv_bias = False  # biases on the q, k, v projections only, even with bias=False (Qwen2)
     c.model.remat = False  # rematerialise each block in the backward pass (saves activation memory)
     c.model.attention = ml_collections.ConfigDict()
     c.model.attention.implementation = "reference"  # reference | chunked | fused (same function, see attention.py)

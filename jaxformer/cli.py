@@ -34,6 +34,8 @@ SUBCOMMANDS = {
     "report": ("jaxformer.sweep:report_main", "regenerate a sweep's tables and plots from its run directories"),
     "attention": ("jaxformer.analysis.report:attention_main",
                   "attention heatmaps, HTML viewer and per-head diagnostics for a run and a text"),
+    "import": ("jaxformer.convert.hf:import_main",
+               "convert a Hugging Face checkpoint (GPT-2, Llama family) into a run directory"),
     "runs": ("jaxformer.runlist:runs_main", "list run directories as a table (steps, best val loss, status, ...)"),
     "compare": ("jaxformer.runlist:compare_main", "plot several runs' loss curves in one PNG and print their table"),
 }
@@ -181,7 +183,7 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 def _attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="run directory made by `jaxformer train`")
     text = p.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="the text to look at (tokenized with the run's vocab.json)")
+    text.add_argument("--text", help="the text to look at (tokenized with the run's tokenizer)")
     text.add_argument("--text-file", help="read the text from this file")
     p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
@@ -193,6 +195,16 @@ def _attention_arguments(p: argparse.ArgumentParser) -> None:
                    help="block length n of the repeated random sequence (2n tokens) for the induction score "
                         "(default: 0 = min(block_size // 2, 128))")
     p.add_argument("--seed", type=int, default=0, help="seed of the repeated random sequence")
+
+
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hf", required=True, help="a folder with config.json + *.safetensors + tokenizer.json, "
+                   "or a hub id such as gpt2 or HuggingFaceTB/SmolLM-135M (fetched when online)")
+    p.add_argument("--workdir", required=True, help="the run directory to create (must not exist or be empty)")
+    p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="dtype the parameters are kept and computed in")
+    p.epilog = ("--config.<field>=v changes a field of the imported run's config (e.g. --config.data.block_size=512, "
+                "--config.data.name=tfds:<name>).")
 
 
 def _runs_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,13 +232,15 @@ ARGUMENTS = {
     "attention": (_attention_arguments,
                   "Capture a run's attention on a text: grid.png, one PNG per head, attention.html (interactive, "
                   "self-contained), weights.npz, bertviz.npz, diagnostics.csv/.png."),
+    "import": (_import_arguments, "Convert a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2, SmolLM) into a "
+               "run directory that eval, sample and attention read."),
     "runs": (_runs_arguments, "List run directories as a table: name, config, data, position encoding, steps "
              "done/total, best val loss, accuracy, wall time, tokens/s and status (finished, stopped, diverged, "
              "running; broken for a folder that is not a readable run)."),
     "compare": (_compare_arguments, "Plot the loss curves of several runs in one PNG (and their exact-match "
                 "accuracy, for tasks), and print their table."),
 }
-TAKES_CONFIG = ("train", "config", "sweep", "eval")
+TAKES_CONFIG = ("train", "config", "sweep", "import", "eval")
 WITHOUT_JAX = ("runs", "compare")  # read JSON files only: no JAX import, no machine settings
 
 
@@ -389,7 +403,7 @@ def eval_main(argv: list[str]) -> int:
     _, _, params, step = train_lib.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
-    dataset = data_lib.load_dataset(cfg.data)
+    dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, args.workdir))
     if sizes and getattr(dataset, "task", None) is None:
         raise ValueError(f"--sizes: data.name={cfg.data.name!r} is not a synthetic task; use --lengths")
     trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)  # the model of the overridden config
@@ -459,7 +473,7 @@ def sample_main(argv: list[str]) -> int:
     if args.prompt == "":
         raise ValueError("--prompt=''; give at least one character, or leave --prompt out")
     saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
-    tokenizer = data_lib.load_tokenizer(os.path.join(args.workdir, "vocab.json"))
+    tokenizer = data_lib.run_tokenizer(args.workdir)  # vocab.json (characters) or tokenizer.json (subwords)
     task = data_lib.load_dataset(saved.data) if saved.data.name.startswith("synthetic/") else None
     if task is not None:
         # A task's answer has a known length: generate exactly that, and say whether it is right.
@@ -471,9 +485,13 @@ def sample_main(argv: list[str]) -> int:
         max_new_tokens = args.max_new_tokens or expected.size
         temperature = 0.0 if args.temperature is None else args.temperature
     else:
-        prompt = "\n" if args.prompt is None and "\n" in tokenizer.vocab else args.prompt
-        prompt = tokenizer.vocab[0] if prompt is None else prompt
-        prompt_ids = tokenizer.encode(prompt)  # unknown characters: a one-line error naming them
+        if args.prompt is not None:
+            prompt_ids = tokenizer.encode(args.prompt)  # unknown characters: a one-line error naming them
+        else:  # a newline where the vocabulary has one (subword vocabularies always do), else its first token
+            try:
+                prompt_ids = tokenizer.encode("\n")
+            except ValueError:
+                prompt_ids = tokenizer.encode(tokenizer.token_text(0))
         max_new_tokens = args.max_new_tokens or 500
         temperature = 0.8 if args.temperature is None else args.temperature
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)

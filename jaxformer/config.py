@@ -215,6 +215,8 @@ def _require(ok: bool, message: str) -> None:
 def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              eval_lengths: Sequence[int] = ()) -> None:
     """Raises ConfigError (one line) for anything that would fail or silently train the wrong thing."""
+    from jaxformer import model as model_lib  # the norm / MLP registries (flax only once a config is validated)
+
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
     for section, names in (("model", ("n_layer", "n_head", "n_embd")), ("data", ("block_size", "batch_size")),
                            ("train", ("steps", "log_every", "eval_every", "eval_iters")),
@@ -244,8 +246,14 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              f"train.nonfinite={t.nonfinite!r}; choose one of: {', '.join(NONFINITE_POLICIES)}")
     _require(t.attention_diagnostics_every >= 0,
              f"train.attention_diagnostics_every={t.attention_diagnostics_every!r}; must be >= 0 (0 = off)")
-    _require(m.n_embd % m.n_head == 0,
-             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; pick n_embd = n_head * head width")
+    _require(m.head_dim > 0 or m.n_embd % m.n_head == 0,
+             f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; pick n_embd = n_head * head width "
+             "or set model.head_dim")
+    for name, choices in (("norm", model_lib.NORMS), ("mlp", model_lib.MLPS)):
+        _require(m[name] in choices, f"model.{name}={m[name]!r}; choose one of: {', '.join(choices)}")
+    _require(m.norm_eps > 0, f"model.norm_eps={m.norm_eps!r}; must be > 0")
+    for name in ("head_dim", "mlp_hidden"):
+        _require(isinstance(m[name], int) and m[name] >= 0, f"model.{name}={m[name]!r}; must be >= 0 (0 = derive it)")
     n_kv = m.n_kv_head or m.n_head
     _require(m.n_head % n_kv == 0,
              f"model.n_head={m.n_head} is not divisible by model.n_kv_head={n_kv}; kv heads must divide query heads")
@@ -279,6 +287,12 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             _require(length <= limit,
                      f"eval length {length} is beyond the {m.position.name} table ({field}.max_len={limit})")
 
+    _require(d.tokenizer in data_lib.TOKENIZER_KINDS,
+             f"data.tokenizer={d.tokenizer!r}; choose one of: {', '.join(data_lib.TOKENIZER_KINDS)}")
+    _require(d.tokenizer != "bpe" or d.vocab_size >= 257,
+             f"data.vocab_size={d.vocab_size!r}; a byte-level BPE needs at least 257 (256 bytes + merges)")
+    _require(d.tokenizer == "char" or not d.name.startswith("synthetic/"),
+             f"data.tokenizer={d.tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char")
     datasets = data_lib.list_datasets()
     _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
              f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
@@ -329,6 +343,18 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.randomize_max_len": 0,  # randomized positions (Ruoss et al. 2023) came later: off
     "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
+    # Pretrained-model fields (issue 27): runs before them were LayerNorm(eps 1e-5), 4x GELU, tied, d = D / H.
+    "model.norm": "layernorm",
+    "model.norm_eps": 1e-5,
+    "model.mlp": "gelu",
+    "model.mlp_hidden": 0,
+    "model.tie_embeddings": True,
+    "model.head_dim": 0,
+    "model.qkv_bias": False,
+    "model.position.rope.low_freq_factor": 1.0,
+    "model.position.rope.high_freq_factor": 4.0,
+    "data.tokenizer": "char",
+    "data.vocab_size": 1024,
 }
 
 

@@ -1,7 +1,9 @@
 """A GPT-style decoder as thin Flax NNX modules over the pure functions of `attention.py` and `positional.py`.
 
-Pre-LayerNorm blocks (Radford et al. 2019): x + Attn(LN(x)), then x + MLP(LN(x)) with a 4x GELU MLP; tied input/output
-embeddings; optional biases; dropout on the embeddings and on each residual branch. The modules own parameters and
+Pre-norm blocks (Radford et al. 2019): x + Attn(N(x)), then x + MLP(N(x)); by default LayerNorm, a 4x GELU MLP, tied
+input/output embeddings, optional biases, dropout on the embeddings and on each residual branch. The Llama family's
+choices are fields of the same model, looked up in registries (`NORMS`, `MLPS`): `model.norm=rmsnorm`,
+`model.mlp=swiglu`, `model.tie_embeddings=False`, `model.head_dim`, `model.qkv_bias`. The modules own parameters and
 wire them; the math (attention, every positional encoding) lives in the pure functions they call, and the variant
 and implementation are looked up by the config string, never branched on here.
 
@@ -77,8 +79,11 @@ class Attention(nnx.Module):
         self.implementation, self.block_size = cfg.attention.implementation, cfg.attention.block_size
         self.dtype = jnp.dtype(cfg.dtype)
         params = attention.init_attention_params(
-            rngs.params(), n_embd=cfg.n_embd, n_head=cfg.n_head, n_kv_head=self.n_kv_head, use_bias=cfg.bias,
-            dtype=jnp.dtype(cfg.param_dtype), out_std=0.02 / math.sqrt(2 * cfg.n_layer))
+            rngs.params(), n_embd=cfg.n_embd, n_head=cfg.n_head, n_kv_head=self.n_kv_head,
+            head_dim=head_dim(cfg), use_bias=cfg.bias, dtype=jnp.dtype(cfg.param_dtype),
+            out_std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.qkv_bias and not cfg.bias:  # Qwen2: biases on q, k, v only
+            params["qkv"]["bias"] = jnp.zeros(params["qkv"]["kernel"].shape[-1:], jnp.dtype(cfg.param_dtype))
         self.params = _as_params(params)
 
     def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
@@ -118,31 +123,81 @@ def gelu(x, approximate: bool = False):
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
+def head_dim(cfg: ml_collections.ConfigDict) -> int:
+    """Head width d: `model.head_dim`, or n_embd // n_head when 0 (Llama-family models may set d·H != D)."""
+    return cfg.head_dim or cfg.n_embd // cfg.n_head
+
+
+def mlp_hidden(cfg: ml_collections.ConfigDict) -> int:
+    """Hidden width of the MLP: `model.mlp_hidden`, or 4·n_embd when 0."""
+    return cfg.mlp_hidden or 4 * cfg.n_embd
+
+
+def swiglu(gate, up):
+    """SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer"): Swish(x·W_gate) ⊙ (x·W_up), Swish = x·σ(x)."""
+    return jax.nn.silu(gate) * up
+
+
+# model.mlp -> the activation of the hidden layer; "swiglu" also has a gate projection.
+MLPS = {"gelu": lambda h: gelu(h), "gelu_tanh": lambda h: gelu(h, approximate=True), "swiglu": None}
+
+
 class MLP(nnx.Module):
+    """x·W_fc -> activation -> ·W_proj; for `swiglu`, swiglu(x·W_gate, x·W_fc)·W_proj (Llama's gate/up/down)."""
+
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        if cfg.mlp not in MLPS:
+            raise ValueError(f"model.mlp={cfg.mlp!r}; choose one of: {', '.join(MLPS)}")
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         init = nnx.initializers.normal(0.02)
         proj_init = nnx.initializers.normal(0.02 / math.sqrt(2 * cfg.n_layer))
-        self.fc = nnx.Linear(cfg.n_embd, 4 * cfg.n_embd, use_bias=cfg.bias, kernel_init=init, dtype=dtype,
-                             param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
-        self.proj = nnx.Linear(4 * cfg.n_embd, cfg.n_embd, use_bias=cfg.bias, kernel_init=proj_init, dtype=dtype,
-                               param_dtype=param_dtype, dot_general=matmul.dot_general, rngs=rngs)
-        self.approximate = cfg.gelu_approximate
+        hidden = mlp_hidden(cfg)
+        linear = dict(use_bias=cfg.bias, dtype=dtype, param_dtype=param_dtype, dot_general=matmul.dot_general,
+                      rngs=rngs)
+        self.fc = nnx.Linear(cfg.n_embd, hidden, kernel_init=init, **linear)
+        self.proj = nnx.Linear(hidden, cfg.n_embd, kernel_init=proj_init, **linear)
+        # Made after fc and proj, so the default model draws the same parameters as before the field existed.
+        self.gate = nnx.Linear(cfg.n_embd, hidden, kernel_init=init, **linear) if cfg.mlp == "swiglu" else None
+        # model.gelu_approximate predates model.mlp: with mlp=gelu it still selects the tanh form.
+        self.activation = "gelu_tanh" if cfg.mlp == "gelu" and cfg.gelu_approximate else cfg.mlp
 
     def __call__(self, x_BxTxD):
         # On rows [B*T, D] the weight gradients contract one axis, not (B, T), which XLA:CPU would canonicalise with a
         # transposed copy of the [B*T, 4D] cotangent (benchmarks/NOTES.md). The reshapes are free.
         x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
-        y_NxD = self.proj(gelu(self.fc(x_NxD), approximate=self.approximate))
+        if self.gate is not None:
+            h_NxF = swiglu(self.gate(x_NxD), self.fc(x_NxD))
+        else:
+            h_NxF = MLPS[self.activation](self.fc(x_NxD))
+        y_NxD = self.proj(h_NxF)
         return y_NxD.reshape(x_BxTxD.shape)
+
+
+def _layernorm(cfg, dim, rngs):
+    return nnx.LayerNorm(dim, epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=jnp.dtype(cfg.dtype),
+                         param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+
+
+def _rmsnorm(cfg, dim, rngs):
+    # RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x²) + eps) · g, no centring and no bias.
+    return nnx.RMSNorm(dim, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+                       rngs=rngs)
+
+
+NORMS = {"layernorm": _layernorm, "rmsnorm": _rmsnorm}  # model.norm -> constructor(cfg, dim, rngs)
+
+
+def norm(cfg: ml_collections.ConfigDict, dim: int, rngs: nnx.Rngs) -> nnx.Module:
+    if cfg.norm not in NORMS:
+        raise ValueError(f"model.norm={cfg.norm!r}; choose one of: {', '.join(NORMS)}")
+    return NORMS[cfg.norm](cfg, dim, rngs)
 
 
 class Block(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        norm = dict(epsilon=1e-5, use_bias=cfg.bias, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
-        self.ln1 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
+        self.ln1 = norm(cfg, cfg.n_embd, rngs)
         self.attn = Attention(cfg, rngs=rngs)
-        self.ln2 = nnx.LayerNorm(cfg.n_embd, **norm, rngs=rngs)
+        self.ln2 = norm(cfg, cfg.n_embd, rngs)
         self.mlp = MLP(cfg, rngs=rngs)
         self.dropout = cfg.dropout
 
@@ -167,15 +222,20 @@ class GPT(nnx.Module):
                              "first")
         self.dtype = jnp.dtype(cfg.dtype)
         self.n_layer, self.n_head, self.n_kv_head = cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
+        self.head_dim = head_dim(cfg)
         self.dropout, self.remat = cfg.dropout, cfg.remat
         self.wte = nnx.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=nnx.initializers.normal(0.02),
                              dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
                                  rngs=rngs)
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
-        self.ln_f = nnx.LayerNorm(cfg.n_embd, epsilon=1e-5, use_bias=cfg.bias, dtype=self.dtype,
-                                  param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        self.ln_f = norm(cfg, cfg.n_embd, rngs)
+        # An untied output head [D, V] (Llama); tied (GPT-2) reuses the token table: logits = x·Eᵀ.
+        self.lm_head = (None if cfg.tie_embeddings else
+                        nnx.Linear(cfg.n_embd, cfg.vocab_size, use_bias=False,
+                                   kernel_init=nnx.initializers.normal(0.02), dtype=self.dtype,
+                                   param_dtype=jnp.dtype(cfg.param_dtype), dot_general=matmul.dot_general,
+                                   rngs=rngs))
 
     def __call__(self, tokens_BxT, *, positions_T=None, dropout_key=None):
         """Logits `[B, T, V]` (float32) for a batch of token ids; `dropout_key` turns dropout on."""
@@ -222,7 +282,8 @@ class GPT(nnx.Module):
             all_weights.append(weights)
         x_BxTxD = self.ln_f(x_BxTxD)
         B, T, D = x_BxTxD.shape
-        logits_BxTxV = self.wte.attend(x_BxTxD.reshape(B * T, D)).reshape(B, T, -1).astype(jnp.float32)
+        head = self.wte.attend if self.lm_head is None else self.lm_head
+        logits_BxTxV = head(x_BxTxD.reshape(B * T, D)).reshape(B, T, -1).astype(jnp.float32)
         new_cache = {"index": index + T, "layers": new_layers} if cache is not None else None
         return logits_BxTxV, new_cache, all_weights
 

@@ -191,7 +191,7 @@ register(PositionalEncoding(
 
 # ---------------------------------------------------------------------------------------------- rope
 
-ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
 YARN_RAMPS = ("code", "paper")  # YaRN's ramp: linear in the dimension index (authors' code) or in rotations (paper)
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # Peng et al. 2023: ramp bounds, in rotations per original context
 
@@ -226,7 +226,8 @@ def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = 
 
 
 def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | None = None, factor: float = 1.0,
-                     original_max_len: int = 0, yarn_ramp_form: str = "code") -> np.ndarray:
+                     original_max_len: int = 0, low_freq_factor: float = 1.0,
+                     high_freq_factor: float = 4.0, yarn_ramp_form: str = "code") -> np.ndarray:
     """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
 
     - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
@@ -236,6 +237,10 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
       0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
       `yarn_ramp` in the paper's form (linear in r) or the authors' code's (linear in the dimension index).
+    - llama3 (Meta's Llama 3.1 release, `apply_scaling`): wavelengths lambda_i shorter than L / high_freq_factor
+      keep theta_i, longer than L / low_freq_factor become theta_i / s, and between them
+      (1 - g) theta_i / s + g theta_i with g = (L / lambda_i - low_freq_factor) / (high - low): a ramp in
+      L / lambda_i like YaRN's, with no attention temperature.
     Static (config and shape only), so float64 NumPy, rounded to float32 once where used.
     """
     scaling = "none" if scaling is None else scaling
@@ -256,6 +261,13 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
                              "original (training) context length, > 0")
         ramp = yarn_ramp(rot_dim, theta=theta, original_max_len=original_max_len, form=yarn_ramp_form)
         freq = (1.0 - ramp) * freq / factor + ramp * freq
+    elif scaling == "llama3":
+        if original_max_len <= 0 or not 0 < low_freq_factor < high_freq_factor:
+            raise ValueError(f"model.position.rope: llama3 scaling needs original_max_len > 0 (got {original_max_len}) "
+                             f"and 0 < low_freq_factor < high_freq_factor (got {low_freq_factor}, {high_freq_factor})")
+        ratio = original_max_len * freq / (2.0 * np.pi)  # L / lambda_i
+        smooth = np.clip((ratio - low_freq_factor) / (high_freq_factor - low_freq_factor), 0.0, 1.0)
+        freq = (1.0 - smooth) * freq / factor + smooth * freq
     return freq
 
 
@@ -278,7 +290,8 @@ def _cos_sin(x, positions_T, freq_F):
 
 
 def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0, scaling: str | None = None,
-               factor: float = 1.0, original_max_len: int = 0, yarn_ramp: str = "code"):
+               factor: float = 1.0, original_max_len: int = 0, low_freq_factor: float = 1.0,
+               high_freq_factor: float = 4.0, yarn_ramp: str = "code"):
     """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
 
     `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since
@@ -293,7 +306,8 @@ def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0,
         raise ValueError(f"model.position.rope.fraction={fraction!r} rotates none of the {x.shape[-1]} "
                          "head dims")
     freq_F = rope_frequencies(rot, theta=theta, scaling=scaling, factor=factor,
-                              original_max_len=original_max_len, yarn_ramp_form=yarn_ramp)
+                              original_max_len=original_max_len, low_freq_factor=low_freq_factor,
+                              high_freq_factor=high_freq_factor, yarn_ramp_form=yarn_ramp)
     cos, sin = _cos_sin(x, positions_T, freq_F)
     x32 = x.astype(jnp.float32)
     y = jnp.concatenate([_rotate_pairs(x32[..., :rot], cos, sin), x32[..., rot:]], axis=-1)
@@ -308,7 +322,8 @@ def _per_head(fn, x_BxTxHxd, positions_T):
 
 
 def _rope_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
-    fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "yarn_ramp")
+    fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
+              "yarn_ramp")
     rope = lambda x, positions: apply_rope(x, positions, **{f: cfg[f] for f in fields})
     return _per_head(rope, q_BxTxHxd, q_positions_T), _per_head(rope, k_BxSxKxd, k_positions_S)
 
@@ -319,8 +334,12 @@ def _rope_validate(cfg: Mapping) -> None:
     _require(0.0 < cfg["fraction"] <= 1.0, "rope", "fraction", cfg["fraction"], "must be in (0, 1]")
     _require(cfg["theta"] > 0, "rope", "theta", cfg["theta"], "must be > 0")
     _require(cfg["factor"] >= 1.0, "rope", "factor", cfg["factor"], "must be >= 1 (1 = no context extension)")
-    _require(cfg["scaling"] != "yarn" or cfg["original_max_len"] > 0, "rope", "original_max_len",
-             cfg["original_max_len"], "YaRN needs the original (training) context length, > 0")
+    _require(cfg["scaling"] not in ("yarn", "llama3") or cfg["original_max_len"] > 0, "rope", "original_max_len",
+             cfg["original_max_len"],
+             f"{'YaRN' if cfg['scaling'] == 'yarn' else 'llama3 scaling'} needs the original (training) context "
+             "length, > 0")
+    _require(0 < cfg["low_freq_factor"] < cfg["high_freq_factor"], "rope", "low_freq_factor",
+             cfg["low_freq_factor"], f"must be in (0, high_freq_factor={cfg['high_freq_factor']})")
     _require(cfg["yarn_ramp"] in YARN_RAMPS, "rope", "yarn_ramp", cfg["yarn_ramp"],
              f"choose one of: {', '.join(YARN_RAMPS)}")
 
@@ -328,9 +347,11 @@ def _rope_validate(cfg: Mapping) -> None:
 register(PositionalEncoding(
     "rope",
     defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0,
+              "low_freq_factor": 1.0, "high_freq_factor": 4.0,  # the last two: llama3 scaling only
               "yarn_ramp": "code"},
     init=_no_params, rotate=_rope_rotate, validate=_rope_validate,
-    extension_fields=("theta", "scaling", "factor", "original_max_len", "yarn_ramp")))
+    extension_fields=("theta", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
+                      "yarn_ramp")))
 
 
 # ---------------------------------------------------------------------------------------------- xpos

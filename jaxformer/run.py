@@ -7,7 +7,7 @@
                                metrics.jsonl is bitwise reproducible
               events.*         TensorBoard
               checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss)
-              vocab.json       tokenizer
+              vocab.json       tokenizer (characters), or tokenizer.json (subwords: data.tokenizer=bpe or an import)
               samples.txt      text sampled at the end
               plots/           loss.png
 """

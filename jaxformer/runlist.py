@@ -20,7 +20,7 @@ import time
 # A run that wrote metrics this recently is taken to be still running (a training step logs every few seconds).
 RUNNING_WITHIN_S = 120
 # Files only a run directory has: a folder holding one of them but no config.json is a half-written run.
-RUN_FILES = ("metrics.jsonl", "manifest.json", "timing.jsonl", "vocab.json", "checkpoints")
+RUN_FILES = ("metrics.jsonl", "manifest.json", "timing.jsonl", "vocab.json", "tokenizer.json", "checkpoints")
 
 
 def _jsonl(path: str) -> list[dict]:

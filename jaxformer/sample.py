@@ -92,7 +92,10 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
     """What `train` writes into samples.txt: generated text for text data; answers to eval prompts for tasks."""
     tokenizer = dataset.tokenizer
     if not dataset.has_accuracy:
-        prompt = tokenizer.encode("\n") if "\n" in tokenizer.vocab else np.zeros(1, np.int32)
+        try:  # a newline where the vocabulary has one (characters: maybe not; subwords: always)
+            prompt = tokenizer.encode("\n")
+        except ValueError:
+            prompt = np.zeros(1, np.int32)
         ids = Generator(model)( prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
                        max_context=cfg.data.block_size)
         return tokenizer.decode(ids[len(prompt):])

@@ -385,10 +385,11 @@ def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.C
 def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
     """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); one-line
     errors for another vocabulary or other parameter shapes."""
-    source_vocab = data_lib.load_tokenizer(os.path.join(source, "vocab.json")).vocab
-    if source_vocab != trainer.dataset.tokenizer.vocab:
+    source_tok, new_tok = data_lib.run_tokenizer(source), trainer.dataset.tokenizer
+    if (type(source_tok) is not type(new_tok) or source_tok.vocab_size != new_tok.vocab_size
+            or getattr(source_tok, "vocab", None) != getattr(new_tok, "vocab", None)):
         raise run_lib.RunDirError(f"--init-from: data.name={trainer.cfg.data.name!r} has another vocabulary than "
-                                  f"{source}/vocab.json ({len(trainer.dataset.tokenizer.vocab)} vs {len(source_vocab)} "
+                                  f"{source}/{source_tok.filename} ({new_tok.vocab_size} vs {source_tok.vocab_size} "
                                   "tokens); fine-tune on data with the source run's vocabulary")
     _, _, params, step = restore_params(source, which=which)
     want = jax.tree_util.tree_flatten_with_path(trainer._params0)[0]
@@ -431,6 +432,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             config_lib.resolve(cfg, vocab_size=source_cfg.model.vocab_size or None))
         if changed:
             log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
+        if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
+            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, init_from))
     # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
     created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
@@ -442,6 +445,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
     try:
+        if resuming and dataset is None:  # the run's own subword tokenizer (a trained BPE is not trained again)
+            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir))
         trainer = Trainer(cfg, dataset)  # validates the config and loads the data: the usual place for bad input
         if init_from is not None:
             trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
@@ -461,7 +466,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         if is_main:
             run_lib.save_config(workdir, cfg)
             run_lib.write_json(manifest_path, run_lib.manifest(cfg, data_hash=dataset.data_hash, init_from=init_info))
-            dataset.tokenizer.save(os.path.join(workdir, "vocab.json"))
+            dataset.tokenizer.save(os.path.join(workdir, dataset.tokenizer.filename))
 
     if not resuming:
         write_run_files()

@@ -24,6 +24,18 @@ BAD = [
     (["--config.model.dtype=float8"], "model.dtype='float8'"),
     (["--config.train.nonfinite=ignore"], "train.nonfinite='ignore'"),
     (["--config.model.position.rope.scaling=magic"], "model.position.rope.scaling"),
+    (["--config.model.norm=batchnorm"], "model.norm='batchnorm'; choose one of: layernorm, rmsnorm"),
+    (["--config.model.mlp=relu"], "model.mlp='relu'; choose one of: gelu, gelu_tanh, swiglu"),
+    (["--config.model.norm_eps=0"], "model.norm_eps=0"),
+    (["--config.model.head_dim=-8"], "model.head_dim=-8"),
+    (["--config.model.mlp_hidden=-1"], "model.mlp_hidden=-1"),
+    (["--config.model.n_embd=33", "--config.model.head_dim=0"], "or set model.head_dim"),
+    (["--config.model.position.rope.scaling=llama3", "--config.model.position.rope.low_freq_factor=5.0"],
+     "model.position.rope.low_freq_factor=5.0"),
+    (["--config.data.tokenizer=wordpiece"], "data.tokenizer='wordpiece'; choose one of: char, bpe, pretrained"),
+    (["--config.data.tokenizer=bpe"], "synthetic tasks have their own symbols"),
+    (["--config.data.name=tiny_shakespeare", "--config.data.tokenizer=bpe", "--config.data.vocab_size=100"],
+     "data.vocab_size=100; a byte-level BPE needs at least 257"),
 ]
 
 

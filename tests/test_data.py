@@ -267,3 +267,59 @@ def test_bad_manual_file(content, match, tmp_path, request, no_manual_dir_env):
 def test_bad_val_split():
     with pytest.raises(data_lib.DataError, match="data.val_split='val'; choose one of: validation, "):
         data_lib.load_dataset(config(name="tiny_shakespeare", val_split="val"))
+
+
+# ---------------------------------------------------------------------------------------- subword tokenizers
+
+def _random_text(seed=0, n_words=3000):
+    rng = np.random.default_rng(seed)
+    syllables = ["ro", "me", "o", "ju", "li", "et", "the", "and", " ", "\n", "é", "ß", ",", "!"]
+    return "".join(rng.choice(syllables, n_words))
+
+
+def test_bpe_trains_to_the_vocab_size_round_trips_and_is_deterministic(tmp_path):
+    text = _random_text()
+    tok = data_lib.SubwordTokenizer.train_bpe(text, 300)
+    assert tok.vocab_size == 300
+    ids = tok.encode(text)
+    assert ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < 300
+    assert ids.size < len(text.encode("utf-8")) / 1.5  # merges compress the bytes
+    assert tok.decode(ids) == text
+    unseen = "zebra QUIZ 🦓"  # byte-level: text never seen in training still encodes and decodes exactly
+    assert tok.decode(tok.encode(unseen)) == unseen
+    again = data_lib.SubwordTokenizer.train_bpe(text, 300)
+    np.testing.assert_array_equal(again.encode(text), ids)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    loaded = data_lib.run_tokenizer(str(tmp_path))
+    assert isinstance(loaded, data_lib.SubwordTokenizer)
+    np.testing.assert_array_equal(loaded.encode(text), ids)
+    assert "".join(loaded.token_text(i) for i in ids[:50]) == tok.decode(ids[:50])
+
+
+def test_bpe_bad_input_is_one_line(tmp_path):
+    with pytest.raises(data_lib.DataError, match="data.vocab_size=100; a byte-level BPE needs at least 257"):
+        data_lib.SubwordTokenizer.train_bpe("abc", 100)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(data_lib.DataError, match="tokenizer.json is not a readable tokenizer.json"):
+        data_lib.run_tokenizer(str(tmp_path))
+    with pytest.raises(data_lib.DataError, match="has no vocab.json or tokenizer.json"):
+        data_lib.run_tokenizer(str(tmp_path / "empty"))
+
+
+def test_text_dataset_with_bpe_and_a_given_tokenizer():
+    from jaxformer.data.text import TextDataset
+    from jaxformer.data.tokenizer import text_tokenizer
+
+    train, val = _random_text(1), _random_text(2, 500)
+    cfg = data_lib.default_config()
+    cfg.tokenizer, cfg.vocab_size = "bpe", 280
+    tok = text_tokenizer(cfg, train)
+    ds = TextDataset("t", train, val, data_hash="x", tokenizer=tok)
+    assert ds.vocab_size == 280
+    assert tok.decode(ds.split_tokens("val")) == val
+    cfg.tokenizer = "pretrained"
+    with pytest.raises(data_lib.DataError, match="data.tokenizer='pretrained' reads the run directory"):
+        text_tokenizer(cfg, train)
+    cfg.tokenizer, cfg.name = "bpe", "synthetic/copy"
+    with pytest.raises(data_lib.DataError, match="synthetic tasks have their own symbols"):
+        data_lib.load_dataset(cfg)

@@ -201,3 +201,79 @@ def test_randomized_positions_through_the_chunked_attention_equal_the_reference(
     out = [np.asarray(build(make_cfg(position, impl))(tokens, positions_T=positions))
            for impl in ("reference", "chunked")]
     np.testing.assert_allclose(out[0], out[1], rtol=2e-5, atol=2e-5)
+
+
+def test_default_fields_bit_for_bit():
+    """The model fields added for pretrained models (norm, mlp, tie_embeddings, head_dim, qkv_bias) at their
+    defaults build today's model: the same parameter tree, bitwise-equal parameters and logits as the model made
+    before the fields existed (tests/golden/model_defaults.npz, written by tests/golden/make_model_defaults.py at
+    commit 89ef887), for a RoPE model, a GPT-2-style one (learned, biases, tanh GELU) and ALiBi with GQA."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
+    import make_model_defaults as golden
+
+    want = np.load(os.path.join(os.path.dirname(__file__), "golden", "model_defaults.npz"))
+    for name, overrides in golden.CASES.items():
+        flat, logits = golden.build(overrides)
+        want_params = {k.split(":param:", 1)[1] for k in want.files if k.startswith(f"{name}:param:")}
+        assert set(flat) == want_params, name
+        for key, value in flat.items():
+            np.testing.assert_array_equal(value, want[f"{name}:param:{key}"], err_msg=f"{name} {key}")
+        np.testing.assert_array_equal(logits, want[f"{name}:logits"], err_msg=name)
+
+
+def test_saved_config_without_the_model_fields_loads_as_before():
+    """A config.json written before the fields existed gets today's model from LEGACY_DEFAULTS."""
+    import json
+
+    cfg = make_cfg()
+    saved = cfg.to_dict()
+    for field in ("norm", "norm_eps", "mlp", "mlp_hidden", "tie_embeddings", "head_dim", "qkv_bias"):
+        del saved["model"][field]
+    for field in ("low_freq_factor", "high_freq_factor"):
+        del saved["model"]["position"]["rope"][field]
+    loaded = config_lib.from_json(json.dumps(saved))
+    assert loaded.to_dict() == cfg.to_dict()
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 13, (1, 8)), jnp.int32)
+    np.testing.assert_array_equal(np.asarray(GPT(loaded.model, rngs=nnx.Rngs(0))(tokens)),
+                                  np.asarray(GPT(cfg.model, rngs=nnx.Rngs(0))(tokens)))
+
+
+def test_llama_fields_train():
+    """The Llama family's fields are usable for training: every parameter they add gets a gradient, and a few
+    optimizer steps on a fixed batch lower the loss (through the training step's own loss and optimizer)."""
+    from jaxformer import train as train_lib
+
+    cfg = make_cfg(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", mlp_hidden=48, tie_embeddings=False, head_dim=8,
+                   qkv_bias=True, n_head=4, n_kv_head=2)
+    graphdef, params = train_lib.split_model(train_lib.build_model(cfg))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 13, (4, 9)).astype(np.int32)
+    batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
+             "weights": jnp.ones((4, 8), jnp.float32)}
+    grads = jax.grad(train_lib.loss_fn)(params, graphdef, batch)
+    for path in (("lm_head", "kernel"), ("blocks", 0, "mlp", "gate", "kernel"), ("blocks", 0, "ln1", "scale"),
+                 ("blocks", 0, "attn", "params", "qkv", "bias")):
+        g = grads
+        for key in path:
+            g = g[key]
+        assert float(jnp.abs(g).max()) > 0, path
+    optimizer = train_lib.make_optimizer(cfg.optim)
+    state = optimizer.init(params)
+    step = jax.jit(lambda p, s: _optimizer_step(p, s, optimizer, graphdef, batch))
+    first = float(train_lib.loss_fn(params, graphdef, batch))
+    for _ in range(20):
+        params, state = step(params, state)
+    assert float(train_lib.loss_fn(params, graphdef, batch)) < first - 0.3
+
+
+def _optimizer_step(params, state, optimizer, graphdef, batch):
+    import optax
+
+    from jaxformer import train as train_lib
+
+    grads = jax.grad(train_lib.loss_fn)(params, graphdef, batch)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state

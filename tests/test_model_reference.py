@@ -27,6 +27,8 @@ CASES = [  # (name, non-default fields)
     ("rope", {"fraction": 0.5, "scaling": "yarn", "factor": 4.0, "original_max_len": 16}),
     ("rope", {"scaling": "ntk", "factor": 2.0}),
     ("rope", {"scaling": "linear", "factor": 3.0}),
+    ("rope", {"scaling": "llama3", "factor": 8.0, "original_max_len": 32, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "theta": 50.0}),
     ("xpos", {"theta": 800.0, "scale_base": 16.0, "gamma": 0.3, "center": 4}),
     ("alibi", {}),
     ("t5", {"num_buckets": 6, "max_distance": 10}),
@@ -35,11 +37,13 @@ CASES = [  # (name, non-default fields)
 ]
 
 
-def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None):
+def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None, model_fields=None):
     cfg = config_lib.load("tiny")
     cfg.model.position.name = name
     for key, value in fields.items():
         cfg.model.position[name][key] = value
+    for key, value in (model_fields or {}).items():
+        cfg.model[key] = value
     cfg.model.n_layer, cfg.model.n_head, cfg.model.n_kv_head = n_layer, n_head, n_kv_head
     cfg = config_lib.resolve(cfg, vocab_size=V)
     model = GPT(cfg.model, rngs=nnx.Rngs(params=0))
@@ -58,6 +62,14 @@ def layer_norm(x, scale, eps=1e-5):
     return (x - mean) / np.sqrt(var + eps) * scale
 
 
+def rms_norm(x, scale, eps):
+    return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps) * scale
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
 def gelu(x, approximate):
     if approximate:
         return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
@@ -73,7 +85,17 @@ def reference_forward(cfg, p, tokens, positions):
     m = cfg.model
     name, fields = m.position.name, m.position[m.position.name].to_dict()
     H, K = m.n_head, m.n_kv_head or m.n_head
-    d = m.n_embd // H
+    d = m.head_dim or m.n_embd // H
+
+    def norm(x, params):
+        if m.norm == "rmsnorm":
+            return rms_norm(x, params["scale"], m.norm_eps)
+        return layer_norm(x, params["scale"], m.norm_eps)
+
+    def mlp(h, params):
+        if m.mlp == "swiglu":
+            return (silu(h @ params["gate"]["kernel"]) * (h @ params["fc"]["kernel"])) @ params["proj"]["kernel"]
+        return gelu(h @ params["fc"]["kernel"], m.gelu_approximate or m.mlp == "gelu_tanh") @ params["proj"]["kernel"]
     pp = p.get("position", {}).get("params", {})
     x = p["wte"]["embedding"][tokens]
     if name == "sinusoidal":
@@ -102,8 +124,10 @@ def reference_forward(cfg, p, tokens, positions):
     all_weights = []
     for i in range(m.n_layer):
         block = p["blocks"][i]
-        h = layer_norm(x, block["ln1"]["scale"])
+        h = norm(x, block["ln1"])
         qkv = h @ block["attn"]["params"]["qkv"]["kernel"]
+        if m.qkv_bias:
+            qkv = qkv + block["attn"]["params"]["qkv"]["bias"]
         q = qkv[..., : H * d].reshape(B, T, H, d)
         k = qkv[..., H * d: (H + K) * d].reshape(B, T, K, d)
         v = qkv[..., (H + K) * d:].reshape(B, T, K, d)
@@ -121,11 +145,10 @@ def reference_forward(cfg, p, tokens, positions):
                 out[b, :, head] = w @ v[b, :, kv]
         all_weights.append(weights)
         x = x + out.reshape(B, T, H * d) @ block["attn"]["params"]["out"]["kernel"]
-        h = layer_norm(x, block["ln2"]["scale"])
-        fc = gelu(h @ block["mlp"]["fc"]["kernel"], m.gelu_approximate)
-        x = x + fc @ block["mlp"]["proj"]["kernel"]
-    x = layer_norm(x, p["ln_f"]["scale"])
-    return x @ p["wte"]["embedding"].T, np.stack(all_weights)
+        x = x + mlp(norm(x, block["ln2"]), block["mlp"])
+    x = norm(x, p["ln_f"])
+    head = p["wte"]["embedding"].T if m.tie_embeddings else p["lm_head"]["kernel"]
+    return x @ head, np.stack(all_weights)
 
 
 @pytest.mark.parametrize("name,fields", CASES, ids=[f"{n}-{'-'.join(map(str, f.values())) or 'defaults'}"
@@ -155,5 +178,28 @@ def test_grouped_query_model_equals_the_float64_reference():
     graphdef, state = nnx.split(model)
     logits, weights = jax.jit(lambda s, t: nnx.merge(graphdef, s).attention_weights(t))(state, jnp.asarray(tokens))
     want_logits, want_weights = reference_forward(cfg, p, tokens, positions)
+    np.testing.assert_allclose(np.asarray(weights), want_weights, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
+
+
+LLAMA_FIELDS = [  # the Llama family's model fields, each alone and all together (with GQA)
+    {"norm": "rmsnorm", "norm_eps": 1e-6},
+    {"mlp": "swiglu", "mlp_hidden": 40},
+    {"mlp": "gelu_tanh"},
+    {"tie_embeddings": False},
+    {"head_dim": 24},
+    {"qkv_bias": True},
+    {"norm": "rmsnorm", "norm_eps": 1e-6, "mlp": "swiglu", "mlp_hidden": 40, "tie_embeddings": False,
+     "head_dim": 8, "qkv_bias": True},
+]
+
+
+@pytest.mark.parametrize("model_fields", LLAMA_FIELDS, ids=["-".join(f) for f in LLAMA_FIELDS])
+def test_model_fields_equal_the_float64_reference(model_fields):
+    cfg, model, p = build("rope", {}, n_head=4, n_kv_head=2, model_fields=model_fields)
+    tokens = np.random.default_rng(5).integers(0, V, (B, T))
+    graphdef, state = nnx.split(model)
+    logits, weights = jax.jit(lambda s, t: nnx.merge(graphdef, s).attention_weights(t))(state, jnp.asarray(tokens))
+    want_logits, want_weights = reference_forward(cfg, p, tokens, np.arange(T))
     np.testing.assert_allclose(np.asarray(weights), want_weights, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)

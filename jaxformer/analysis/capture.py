@@ -116,8 +116,8 @@ def parse_indices(spec: str | None, n: int, *, flag: str) -> list[int]:
 
 
 def token_labels(tokenizer, token_ids) -> list[str]:
-    """The text of each token, one decode per id (a character for the char-level tokenizers)."""
-    return [tokenizer.decode(np.asarray([i], np.int32)) for i in np.asarray(token_ids).tolist()]
+    """The text of each token (a character for the char-level tokenizers, a subword for BPE ones)."""
+    return [tokenizer.token_text(i) for i in np.asarray(token_ids).tolist()]
 
 
 def check_length(cfg: ml_collections.ConfigDict, n_tokens: int, *, what: str = "--text") -> None:
@@ -139,11 +139,7 @@ def prepare_text(workdir: str, text: str, *, layers: str | list[int] | None = No
     from jaxformer import run as run_lib
 
     cfg = run_lib.load_config(workdir)  # "not a run directory" as a one-line error
-    vocab = os.path.join(workdir, "vocab.json")
-    if not os.path.exists(vocab):
-        raise FileNotFoundError(f"--workdir={workdir} has no vocab.json; is it a run directory made by "
-                                "`jaxformer train`?")
-    tokenizer = data_lib.load_tokenizer(vocab)
+    tokenizer = data_lib.run_tokenizer(workdir)  # vocab.json or tokenizer.json; neither: a one-line error
     token_ids = np.asarray(tokenizer.encode(text), np.int32)  # unknown characters: a one-line error
     check_length(cfg, int(token_ids.size))
     if not isinstance(layers, list):

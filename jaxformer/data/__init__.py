@@ -4,6 +4,7 @@
     list_datasets()                          the names load_dataset knows (tfds:<name> aside)
     default_config()                         the `data` config section
     load_tokenizer(path)                     a run directory's vocab.json
+    run_tokenizer(workdir)                   a run directory's tokenizer.json (subword) or vocab.json (characters)
 
 A Dataset has `.batch(split, step, ...)`, `.eval_batches(...)`, `.windows(split, length=...)`,
 `.split_tokens(split)`, `.tokenizer`, `.vocab_size`, `.has_accuracy` and `.data_hash` (see dataset.py).
@@ -19,10 +20,19 @@ from jaxformer.data import algorithmic  # noqa: F401 -- registers the literature
 from jaxformer.data.dataset import Dataset
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
 from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
-from jaxformer.data.tokenizer import DataError, Tokenizer, load_tokenizer
+from jaxformer.data.tokenizer import (
+    TOKENIZER_KINDS,
+    DataError,
+    SubwordTokenizer,
+    Tokenizer,
+    cached_tokenizer,
+    load_tokenizer,
+    run_tokenizer,
+)
 
-__all__ = ["DataError", "Dataset", "SyntheticDataset", "TextDataset", "Tokenizer", "default_config",
-           "list_datasets", "load_dataset", "load_tokenizer"]
+__all__ = ["TOKENIZER_KINDS", "DataError", "Dataset", "SubwordTokenizer", "SyntheticDataset", "TextDataset",
+           "Tokenizer", "cached_tokenizer", "default_config", "list_datasets", "load_dataset", "load_tokenizer",
+           "run_tokenizer"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -30,6 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra)
     d.block_size = 32  # tokens per training row T (context length)
     d.batch_size = 32  # rows per batch B (per optimizer micro-step)
+    d.tokenizer = "char"  # char | bpe (byte-level BPE trained on the train split) | pretrained (an imported model's)
+    d.vocab_size = 1024  # ids of the bpe tokenizer (256 bytes + merges); nanoGPT's `shakespeare` uses GPT-2's 50257
     d.val_split = "validation"  # TFDS split(s) read as "val", +-joined; validation+test = nanoGPT's last 10%
     d.manual_dir = ""  # folder holding input.txt for offline use; "" = $JAXFORMER_MANUAL_DIR, else download
     d.data_dir = ""  # TFDS data dir for prepared data; "" = $TFDS_DATA_DIR, else ~/tensorflow_datasets
@@ -45,13 +57,17 @@ def list_datasets() -> list:
     return ["tiny_shakespeare", *(f"synthetic/{task}" for task in TASKS)]
 
 
-def load_dataset(data_cfg) -> Dataset:
-    """The dataset `data_cfg.name` names (TFDS data is prepared on first use)."""
+def load_dataset(data_cfg, tokenizer=None) -> Dataset:
+    """The dataset `data_cfg.name` names (TFDS data is prepared on first use); `tokenizer`: a run directory's saved
+    one (`cached_tokenizer`) instead of building it from `data.tokenizer`."""
     name = data_cfg.name
     if name == "tiny_shakespeare":
-        return load_tiny_shakespeare(data_cfg)
+        return load_tiny_shakespeare(data_cfg, tokenizer)
     if name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
+        if data_cfg.get("tokenizer", "char") != "char":
+            raise DataError(f"data.tokenizer={data_cfg.tokenizer!r}: synthetic tasks have their own symbols; "
+                            "use data.tokenizer=char")
         return load_synthetic(data_cfg)
     if name.startswith("tfds:") and len(name) > len("tfds:"):
-        return load_tfds_text(data_cfg)
+        return load_tfds_text(data_cfg, tokenizer)
     raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")

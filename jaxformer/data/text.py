@@ -35,7 +35,7 @@ from jaxformer.data.dataset import (
     check_windows,
     rng,
 )
-from jaxformer.data.tokenizer import DataError, Tokenizer
+from jaxformer.data.tokenizer import DataError, text_tokenizer
 
 MANUAL_DIR_ENV = "JAXFORMER_MANUAL_DIR"
 PROBE_TIMEOUT_S = 3.0
@@ -44,14 +44,14 @@ VAL_SPLITS = ("validation", "validation+test", "test")  # validation+test = nano
 
 
 class TextDataset(Dataset):
-    """A training and a validation text, tokenized by characters (vocabulary from the training text)."""
+    """A training and a validation text, tokenized by `tokenizer` (default: characters of the training text)."""
 
     has_accuracy = False
 
-    def __init__(self, name: str, train_text: str, val_text: str, *, data_hash: str):
+    def __init__(self, name: str, train_text: str, val_text: str, *, data_hash: str, tokenizer=None):
         self.name = name
         self.data_hash = data_hash
-        self.tokenizer = Tokenizer.from_text(train_text)
+        self.tokenizer = tokenizer if tokenizer is not None else text_tokenizer({}, train_text)
         self._tokens = {}
         for split, text in (("train", train_text), ("val", val_text)):
             try:
@@ -233,7 +233,7 @@ def tiny_shakespeare_splits(data_cfg) -> dict:
             for split, source in zip(TINY_SHAKESPEARE_SPLITS, sources, strict=True)}
 
 
-def load_tiny_shakespeare(data_cfg) -> TextDataset:
+def load_tiny_shakespeare(data_cfg, tokenizer=None) -> TextDataset:
     val_split = data_cfg.get("val_split", "validation")
     if val_split not in VAL_SPLITS:
         raise DataError(f"data.val_split={val_split!r}; choose one of: {', '.join(VAL_SPLITS)}")
@@ -241,13 +241,14 @@ def load_tiny_shakespeare(data_cfg) -> TextDataset:
     source = "".join(splits[s] for s in TINY_SHAKESPEARE_SPLITS)  # the whole input.txt, in order
     val_text = "".join(splits[s] for s in val_split.split("+"))
     return TextDataset("tiny_shakespeare", splits["train"], val_text,
-                       data_hash=hashlib.sha256(source.encode("utf-8")).hexdigest())
+                       data_hash=hashlib.sha256(source.encode("utf-8")).hexdigest(),
+                       tokenizer=text_tokenizer(data_cfg, splits["train"], tokenizer))
 
 
 # ------------------------------------------------------------------------------------------------ tfds:<name>
 
 
-def load_tfds_text(data_cfg) -> TextDataset:
+def load_tfds_text(data_cfg, tokenizer=None) -> TextDataset:
     """data.name = "tfds:<name>": a stock TFDS builder (TensorFlow prepares it), read as array_record.
 
     The text is the dataset's `text` feature (or its only Text feature); a split's examples joined by "\\n".
@@ -285,7 +286,8 @@ def load_tfds_text(data_cfg) -> TextDataset:
 
     train_text, val_text = read(train_parts), read(val_parts)
     digest = hashlib.sha256(train_text.encode("utf-8") + b"\0" + val_text.encode("utf-8")).hexdigest()
-    return TextDataset(data_cfg.name, train_text, val_text, data_hash=digest)
+    return TextDataset(data_cfg.name, train_text, val_text, data_hash=digest,
+                       tokenizer=text_tokenizer(data_cfg, train_text, tokenizer))
 
 
 def _text_feature(builder, name: str) -> str:

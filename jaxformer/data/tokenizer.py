@@ -1,4 +1,13 @@
-"""Character-level tokenizer: one id per character; the vocabulary is saved as the run directory's vocab.json.
+"""Tokenizers behind one interface (`encode`, `decode`, `vocab_size`, `save`, `load`), saved in the run directory.
+
+- `Tokenizer` (`data.tokenizer=char`): one id per character, saved as `vocab.json`;
+- `SubwordTokenizer`: a Hugging Face `tokenizers` tokenizer saved as `tokenizer.json` -- a byte-level BPE trained
+  on the training split (`data.tokenizer=bpe`, `data.vocab_size` ids; GPT-2's scheme, Radford et al. 2019), or an
+  imported model's own (`data.tokenizer=pretrained`, written by `jaxformer import`).
+
+`run_tokenizer(workdir)` loads whichever the run directory holds.
+
+Character-level:
 
 Text datasets build it from the training split (every distinct character, sorted by code point, as
 nanoGPT does); synthetic tasks from their fixed symbol set. A character outside the vocabulary (in a
@@ -15,6 +24,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+TOKENIZER_KINDS = ("char", "bpe", "pretrained")  # data.tokenizer
+SUBWORD_FILE, CHAR_FILE = "tokenizer.json", "vocab.json"
+
 
 class DataError(ValueError):
     """A one-line problem with the data or its configuration (the CLI prints it without a traceback)."""
@@ -22,6 +34,8 @@ class DataError(ValueError):
 
 class Tokenizer:
     """Maps each character of `vocab` to its index; `.encode(str) -> int32 ids`, `.decode(ids) -> str`."""
+
+    filename = CHAR_FILE  # its file in a run directory
 
     def __init__(self, vocab: Sequence[str]):
         vocab = list(vocab)
@@ -80,6 +94,9 @@ class Tokenizer:
             raise DataError(f"{path} is not a jaxformer vocab.json ({type(e).__name__}: {e})") from None
         return cls(vocab)
 
+    def token_text(self, token_id: int) -> str:
+        return self.vocab[int(token_id)]
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size})"
 
@@ -87,3 +104,109 @@ class Tokenizer:
 def load_tokenizer(path: str) -> Tokenizer:
     """The tokenizer saved in a run directory's `vocab.json`."""
     return Tokenizer.load(path)
+
+
+class SubwordTokenizer:
+    """A `tokenizers.Tokenizer` (byte-level BPE, SentencePiece-style BPE, ...) read from or written to tokenizer.json.
+
+    Encoding adds no special tokens (the text is the model's input as is, as in nanoGPT's `prepare.py`).
+    """
+
+    filename = SUBWORD_FILE
+
+    def __init__(self, tokenizer, *, vocab_size: int | None = None):
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size or tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def train_bpe(cls, text: str, vocab_size: int) -> SubwordTokenizer:
+        """A byte-level BPE of `vocab_size` ids (256 bytes + merges) learnt from `text`; deterministic."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 257:
+            raise DataError(f"data.vocab_size={vocab_size}; a byte-level BPE needs at least 257 (256 bytes + merges)")
+        if not text:
+            raise DataError("cannot train a BPE tokenizer on empty text")
+        tokenizer = HFTokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        # One chunk per line keeps the trainer's word counts exact and its memory small.
+        tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        return cls(tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = np.asarray(ids).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise DataError(f"token id(s) {sorted(set(bad.tolist()))[:10]} out of range for a vocabulary of "
+                            f"{self.vocab_size}")
+        return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's label: its text where it decodes alone, else its vocabulary string (a partial UTF-8 byte)."""
+        text = self._tokenizer.decode([int(token_id)], skip_special_tokens=False)
+        return text if "\ufffd" not in text else (self._tokenizer.id_to_token(int(token_id)) or text)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._tokenizer.save(path)
+
+    @classmethod
+    def load(cls, path: str) -> SubwordTokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if not os.path.exists(path):
+            raise DataError(f"{path} does not exist (a subword run keeps its tokenizer.json in the run directory)")
+        try:
+            return cls(HFTokenizer.from_file(path))
+        except Exception as e:  # tokenizers raises its own Exception type for a malformed file
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"{path} is not a readable tokenizer.json ({first})") from None
+
+    def __repr__(self) -> str:
+        return f"SubwordTokenizer(vocab_size={self.vocab_size})"
+
+
+def run_tokenizer(workdir: str) -> Tokenizer | SubwordTokenizer:
+    """The tokenizer a run directory holds: tokenizer.json (subword) or vocab.json (characters)."""
+    subword = os.path.join(workdir, SUBWORD_FILE)
+    if os.path.exists(subword):
+        return SubwordTokenizer.load(subword)
+    char = os.path.join(workdir, CHAR_FILE)
+    if not os.path.exists(char):
+        raise DataError(f"--workdir={workdir} has no vocab.json or tokenizer.json; is it a run directory made by "
+                        "`jaxformer train` or `jaxformer import`?")
+    return Tokenizer.load(char)
+
+
+def text_tokenizer(data_cfg, train_text: str, given=None):
+    """The tokenizer of a text dataset: `given` (a run directory's), else what `data.tokenizer` says."""
+    if given is not None:
+        return given
+    kind = data_cfg.get("tokenizer", "char")
+    if kind == "char":
+        return Tokenizer.from_text(train_text)
+    if kind == "bpe":
+        return SubwordTokenizer.train_bpe(train_text, data_cfg.vocab_size)
+    if kind == "pretrained":
+        raise DataError("data.tokenizer='pretrained' reads the run directory's tokenizer.json (made by "
+                        "`jaxformer import`); use it on an imported run, or choose char or bpe")
+    raise DataError(f"data.tokenizer={kind!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
+
+
+def cached_tokenizer(data_cfg, workdir: str):
+    """A run's saved subword tokenizer (the BPE it trained, or an imported model's), else None (characters are
+    rebuilt from the text, identically)."""
+    if data_cfg.get("tokenizer", "char") == "char":
+        return None
+    return SubwordTokenizer.load(os.path.join(workdir, SUBWORD_FILE))
