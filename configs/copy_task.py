@@ -3,7 +3,8 @@
     jaxformer train --config copy_task --config.model.position.name=alibi
 
 The config of every run in experiments/pe_extrapolation/copy (`sweeps.positional_synthetic` is this config x every
-variant x 2 seeds, with fewer evaluations), so that folder's numbers are what each variant should give:
+variant x 2 seeds, with fewer evaluations; sinusoidal, T5, xPos and FIRE ran with the defaults of before issue 22,
+see the README), so that folder's numbers are what each variant should give:
 `jaxformer runs experiments/pe_extrapolation/copy` lists them. At the training length the variants separate cleanly
 (val loss 0.03 for RoPE to 2.7, chance, for sinusoidal); `jaxformer sweep --config sweeps.positional_synthetic`
 adds the evaluation at 2x-8x the length.

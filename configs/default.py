@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.0  # dropout rate on embeddings, attention output and MLP output
     c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay in param_dtype)
     c.model.param_dtype = "float32"  # master parameter dtype
+    c.model.embed_multiplier = 1.0  # token embeddings x this on input; 0 = sqrt(n_embd) (Vaswani et al. 2017)
     c.model.gelu_approximate = False  # tanh-approximate GELU instead of the exact erf form (nanoGPT: exact)
     c.model.norm = "layernorm"  # layernorm | rmsnorm (Llama family: no centring, no bias)
     c.model.norm_eps = 1e-5  # epsilon added to the variance in every norm (Llama: 1e-5 or 1e-6)
@@ -41,6 +42,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.position = positional.default_config()  # .name picks the variant; .<variant>.<field> its settings
     c.model.position.name = "rope"
     c.model.position.learned.max_len = 0  # 0 = data.block_size (resolved before training)
+    c.model.position.sinusoidal.scheme = "sqrt_d"  # sqrt_d: token embeddings x sqrt(D) | matched: table x 0.0283
+    c.model.position.sinusoidal.scale = 0.0  # table multiplier; 0 = the scheme's (1 | 0.02 sqrt(2))
+    c.model.position.t5.max_distance = 0  # distance sharing the last bucket; 0 = data.block_size // 2
+    c.model.position.xpos.scale_base = 0.0  # decay length scale; 0 = data.block_size / 2 (the paper's 512 at 1024)
+    c.model.position.fire.init_L = 0.0  # initial normalisation threshold; 0 = data.block_size
 
     c.data = default_data_config()  # .name: tiny_shakespeare | synthetic/<task> | tfds:<name>
     c.data.synthetic.min_items = 1  # the demo copies 1..16 symbols (16 = as many as fit data.block_size 32)

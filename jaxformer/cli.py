@@ -454,6 +454,7 @@ def _size_range(text: str) -> tuple[int, int]:
 
 
 def sample_main(argv: list[str]) -> int:
+    import numpy as np
     from flax import nnx
 
     from jaxformer import data as data_lib
@@ -496,9 +497,12 @@ def sample_main(argv: list[str]) -> int:
         temperature = 0.8 if args.temperature is None else args.temperature
     cfg, graphdef, params, _ = train_lib.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)
-    ids = sample_lib.generate(model, prompt_ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_k=args.top_k or None, seed=args.seed,
-                              max_context=args.max_context or cfg.data.block_size)
+    # Trained with data.bos: the model saw every row start with BOS, so the prompt does too (it is not printed).
+    prefix = np.asarray([tokenizer.vocab_size] if cfg.data.get("bos", False) else [], np.int32)
+    ids = sample_lib.generate(model, np.concatenate([prefix, np.asarray(prompt_ids, np.int32)]),
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_k=args.top_k or None,
+                              seed=args.seed, max_context=args.max_context or cfg.data.block_size)
+    ids = np.asarray(ids)[prefix.size:]
     if task is None:
         sys.stdout.write(tokenizer.decode(ids) + "\n")
         return 0

@@ -181,6 +181,9 @@ DERIVED_FROM = {
     "optim.decay_steps": "train.steps",
     "model.position.learned.max_len": "data.block_size",  # model.position.randomize_max_len when that is set
     "model.position.rope.original_max_len": "data.block_size",
+    "model.position.t5.max_distance": "data.block_size",
+    "model.position.xpos.scale_base": "data.block_size",
+    "model.position.fire.init_L": "data.block_size",
 }
 
 
@@ -202,6 +205,17 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         cfg.model.position.learned.max_len = cfg.model.position.get("randomize_max_len", 0) or cfg.data.block_size
     if cfg.model.position.rope.get("original_max_len", None) == 0:  # YaRN's "trained context": the block size
         cfg.model.position.rope.original_max_len = cfg.data.block_size
+    # Each variant's fair default for the training length (positional.py has each rule and its reasoning).
+    pe, block = cfg.model.position, cfg.data.block_size
+    if pe.get("sinusoidal", {}).get("scale", None) == 0:
+        pe.sinusoidal.scale = positional.sinusoidal_scale(pe.sinusoidal.get("scheme", "matched"))
+    if pe.get("t5", {}).get("max_distance", None) == 0:
+        pe.t5.max_distance = positional.t5_max_distance(block, num_buckets=pe.t5.num_buckets,
+                                                        bidirectional=pe.t5.bidirectional)
+    if pe.get("xpos", {}).get("scale_base", None) == 0:
+        pe.xpos.scale_base = positional.xpos_scale_base(block)
+    if pe.get("fire", {}).get("init_L", None) == 0:
+        pe.fire.init_L = positional.fire_init_L(block)
     if vocab_size is not None and cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab_size
     return cfg
@@ -240,6 +254,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay!r}; must be >= 0")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip!r}; must be >= 0 (0 = off)")
     _require(0 <= m.dropout < 1, f"model.dropout={m.dropout!r}; must be in [0, 1)")
+    _require(m.get("embed_multiplier", 1.0) >= 0,
+             f"model.embed_multiplier={m.get('embed_multiplier')!r}; must be >= 0 (0 = sqrt(n_embd), 1 = GPT-2)")
     _require(m.dtype in DTYPES, f"model.dtype={m.dtype!r}; choose one of: {', '.join(DTYPES)}")
     _require(m.param_dtype in DTYPES, f"model.param_dtype={m.param_dtype!r}; choose one of: {', '.join(DTYPES)}")
     _require(t.nonfinite in NONFINITE_POLICIES,
@@ -312,6 +328,19 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
                  "(mesh.data x mesh.fsdp)")
 
 
+def check_vocab(cfg: ml_collections.ConfigDict, needed: int) -> None:
+    """A resolved `model.vocab_size` must hold the dataset's ids (`needed`, BOS included when data.bos)."""
+    size = cfg.model.vocab_size
+    if size >= needed:
+        return
+    if cfg.data.get("bos", False):
+        raise ConfigError(f"model.vocab_size={size} has no room for data.bos=True's token: the data has "
+                          f"{needed - 1} tokens and BOS takes id {needed - 1}; set model.vocab_size >= {needed} "
+                          "or 0 (derived)")
+    raise ConfigError(f"model.vocab_size={size} is smaller than the data's {needed} tokens; set it >= {needed} "
+                      "or 0 (derived)")
+
+
 def config_hash(cfg: ml_collections.ConfigDict) -> str:
     return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:16]
 
@@ -343,6 +372,10 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.randomize_max_len": 0,  # randomized positions (Ruoss et al. 2023) came later: off
     "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
+    "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
+    "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)
+    "data.bos": False,  # no beginning-of-sequence token
+    "model.embed_multiplier": 1.0,  # token embeddings as they are (GPT-2), not x sqrt(D)
     # Pretrained-model fields (issue 27): runs before them were LayerNorm(eps 1e-5), 4x GELU, tied, d = D / H.
     "model.norm": "layernorm",
     "model.norm_eps": 1e-5,

@@ -68,12 +68,57 @@ def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: i
     return np.concatenate(losses)[:N], np.concatenate(correct)[:N]
 
 
+def sliding_plan(length: int, *, window: int, stride: int, prefix: int = 0) -> list[tuple[int, int, int]]:
+    """How a sliding window of `window` tokens covers a row of `length`: [(start, first scored, end), ...].
+
+    Every sub-window holds the row's first `prefix` columns (a BOS token) and then `window - prefix` consecutive
+    columns [start, start + window - prefix); the first sub-window scores all its columns, each later one only the
+    columns no earlier one scored, so every column is predicted once, from at most `window` tokens of context.
+    Starts advance by `stride` (the last one is moved back to end at the row's end). A row no longer than the window
+    is one sub-window: the full-context prediction.
+    """
+    if not 1 <= stride <= window:
+        raise ValueError(f"sliding-window stride={stride}; must be in [1, window={window}]")
+    if length <= window:
+        return [(prefix, 0, length)]
+    body = window - prefix
+    plan, start, scored = [(prefix, 0, window)], prefix, window
+    while scored < length:
+        start = min(start + stride, length - body)
+        plan.append((start, scored, start + body))
+        scored = start + body
+    return plan
+
+
+def sliding_window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, window: int, stride: int, prefix: int = 0,
+                          batch_tokens: int):
+    """Per-token losses and correctness `[N, T]` when each token sees only the last `window` tokens of its row
+    (`sliding_plan`): the sliding-window baseline of a full-context evaluation at length T, on the same tokens."""
+    N, T = inputs_NxT.shape
+    plan = sliding_plan(T, window=window, stride=stride, prefix=prefix)
+    if len(plan) == 1:
+        return window_losses(losses_fn, params, inputs_NxT, targets_NxT, batch_tokens=batch_tokens)
+    body = window - prefix
+    columns_KxW = np.stack([np.concatenate([np.arange(prefix), start + np.arange(body)]) for start, _, _ in plan])
+    K = len(plan)
+    sub_inputs, sub_targets = (x[:, columns_KxW].reshape(N * K, window) for x in (inputs_NxT, targets_NxT))
+    sub_losses, sub_correct = window_losses(losses_fn, params, sub_inputs, sub_targets, batch_tokens=batch_tokens)
+    sub_losses, sub_correct = sub_losses.reshape(N, K, window), sub_correct.reshape(N, K, window)
+    losses_NxT, correct_NxT = np.zeros((N, T)), np.zeros((N, T), bool)
+    for k, (start, first, end) in enumerate(plan):
+        cols = np.arange(first, end)
+        where = np.where(cols < prefix, cols, cols - start + prefix)  # column -> its place in the sub-window
+        losses_NxT[:, cols], correct_NxT[:, cols] = sub_losses[:, k, where], sub_correct[:, k, where]
+    return losses_NxT, correct_NxT
+
+
 def window_counts(dataset, split: str, lengths: list[int], eval_tokens: int) -> dict[int, int]:
     """Windows per length, so that every length predicts the same number of tokens (0 = the length cannot run).
 
     Text: W_T = budget / T non-overlapping windows, budget = min(eval_tokens, what the split holds at the longest
-    length), rounded down to a multiple of the longest length, so every length predicts the same stretch of text.
-    Synthetic tasks (no split text): enough generated examples that their answer tokens add up to about eval_tokens.
+    length), rounded down to a multiple of the longest length, so every length predicts the same stretch of text;
+    eval_tokens = 0 takes the whole split. Synthetic tasks (no split text): enough generated examples that their
+    answer tokens add up to about eval_tokens (0: data.synthetic.eval_examples examples).
     """
     text = dataset.split_tokens(split)
     if text is not None:
@@ -81,8 +126,10 @@ def window_counts(dataset, split: str, lengths: list[int], eval_tokens: int) -> 
         if not usable:
             return {T: 0 for T in lengths}
         longest = max(usable)
-        budget = min(eval_tokens, len(text) - 1) // longest * longest
+        budget = (min(eval_tokens, len(text) - 1) if eval_tokens else len(text) - 1) // longest * longest
         return {T: budget // T if T in usable else 0 for T in lengths}
+    if not eval_tokens:
+        return {T: getattr(dataset, "eval_examples", 256) for T in lengths}
     counts = {}
     for T in lengths:
         try:
@@ -95,38 +142,59 @@ def window_counts(dataset, split: str, lengths: list[int], eval_tokens: int) -> 
     return counts
 
 
+def _scores(losses_NxT, correct_NxT, weights_NxT) -> dict:
+    """Mean loss, token accuracy and exact match over the weighted (predicted) tokens."""
+    total = max(weights_NxT.sum(), 1e-12)
+    has_answer_N = weights_NxT.sum(1) > 0
+    exact_N = np.all(correct_NxT | (weights_NxT == 0), axis=1) & has_answer_N
+    return {"loss": float((losses_NxT * weights_NxT).sum() / total),
+            "token_accuracy": float((correct_NxT * weights_NxT).sum() / total),
+            "exact_match": float(exact_N.sum() / max(has_answer_N.sum(), 1))}
+
+
 def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tokens: int, batch_tokens: int,
-                     split: str = "val") -> list[dict]:
+                     split: str = "val", window: int | None = None, stride: int | None = None,
+                     prefix: int = 0) -> list[dict]:
     """One record per eval length: mean loss, per-position loss, windows, predicted tokens (or the n/a reason).
 
     `lengths` are `{"multiplier", "length", "na"}` records (see sweep.eval_lengths_for); window_counts sizes them.
+    With `window` (the training length), each record also gets `sliding`: the same tokens predicted by a sliding
+    window of `window` tokens advancing by `stride` (default window // 2; `prefix` leading columns, a BOS, stay in
+    every window) -- the baseline a full-context loss must beat to count as extrapolation. It is computed where the
+    full context is n/a only because of a position table (learned), when the window fits that table.
     """
     counts = window_counts(dataset, split, [x["length"] for x in lengths], eval_tokens)
     losses_fn = compile_losses(graphdef)
+    stride = stride or (window // 2 if window else None)
     out = []
     for x in lengths:
         x, T = dict(x), x["length"]
-        if x["na"] is None and counts[T] == 0:
-            x["na"] = f"n/a (no {split} window of {T} tokens)"
+        if counts[T] == 0:
+            x["na"] = x["na"] or f"n/a (no {split} window of {T} tokens)"
+        sliding_only = x["na"] is not None and x.get("sliding_ok", False) and counts[T] > 0 and window is not None
+        x.pop("sliding_ok", None)
         out.append(x)
-        if x["na"] is not None:
+        if x["na"] is not None and not sliding_only:
             continue
         w = dataset.windows(split, length=T, max_windows=counts[T])
+        inputs_NxT, targets_NxT = np.asarray(w["inputs"], np.int32), np.asarray(w["targets"], np.int32)
         weights_NxT = np.asarray(w["weights"], np.float64)
-        losses_NxT, correct_NxT = window_losses(losses_fn, params, np.asarray(w["inputs"], np.int32),
-                                                np.asarray(w["targets"], np.int32), batch_tokens=batch_tokens)
-        per_position_T = (losses_NxT * weights_NxT).sum(0) / np.maximum(weights_NxT.sum(0), 1e-12)
-        has_answer_N = weights_NxT.sum(1) > 0
-        exact_N = np.all(correct_NxT | (weights_NxT == 0), axis=1) & has_answer_N
-        x.update({
-            "loss": float((losses_NxT * weights_NxT).sum() / max(weights_NxT.sum(), 1e-12)),
-            "windows": int(len(losses_NxT)),
-            "predicted_tokens": int(weights_NxT.sum()),
-            "token_accuracy": float((correct_NxT * weights_NxT).sum() / max(weights_NxT.sum(), 1e-12)),
-            "exact_match": float(exact_N.sum() / max(has_answer_N.sum(), 1)),
-            "position_loss": [round(float(v), 5) if s > 0 else None
-                              for v, s in zip(per_position_T, weights_NxT.sum(0), strict=True)],
-        })
+        x.update({"windows": int(len(inputs_NxT)), "predicted_tokens": int(weights_NxT.sum())})
+        if not sliding_only:
+            losses_NxT, correct_NxT = window_losses(losses_fn, params, inputs_NxT, targets_NxT,
+                                                    batch_tokens=batch_tokens)
+            per_position_T = (losses_NxT * weights_NxT).sum(0) / np.maximum(weights_NxT.sum(0), 1e-12)
+            x.update({**_scores(losses_NxT, correct_NxT, weights_NxT),
+                      "position_loss": [round(float(v), 5) if s > 0 else None
+                                        for v, s in zip(per_position_T, weights_NxT.sum(0), strict=True)]})
+        if window is not None:
+            if T <= window and not sliding_only:  # one window holds the whole row: the full-context numbers
+                scores = {k: x[k] for k in ("loss", "token_accuracy", "exact_match")}
+            else:
+                scores = _scores(*sliding_window_losses(losses_fn, params, inputs_NxT, targets_NxT, window=window,
+                                                        stride=stride, prefix=prefix, batch_tokens=batch_tokens),
+                                 weights_NxT)
+            x["sliding"] = {"window": window, "stride": stride, **scores}
     return out
 
 
@@ -137,7 +205,8 @@ def train_max_items(dataset, block_size: int) -> int | None:
         return None
     from jaxformer.data.synthetic import items_that_fit
 
-    return dataset.max_items or items_that_fit(task, block_size)
+    prefix = 1 if getattr(dataset, "bos_id", None) is not None else 0  # data.bos: the row's first token
+    return dataset.max_items or items_that_fit(task, block_size - prefix)
 
 
 def check_sizes(sizes) -> tuple[int, int]:
@@ -161,15 +230,16 @@ def evaluate_sizes(graphdef, params, dataset, sizes: tuple[int, int], *, train_m
     lo, hi = check_sizes(sizes)
     task = dataset.task
     lo = max(lo, task.min_items)
-    longest = max((task.length(n) - 1 for n in range(lo, hi + 1)
-                   if max_length is None or task.length(n) - 1 <= max_length), default=0)
+    prefix = 1 if getattr(dataset, "bos_id", None) is not None else 0  # data.bos: rows start with BOS
+    longest = max((task.length(n) - 1 + prefix for n in range(lo, hi + 1)
+                   if max_length is None or task.length(n) - 1 + prefix <= max_length), default=0)
     losses_fn = losses_fn or compile_losses(graphdef)
     out = []
     for n in range(lo, hi + 1):
-        record = {"items": n, "ood": n > train_max, "length": task.length(n) - 1, "na": None}
+        record = {"items": n, "ood": n > train_max, "length": task.length(n) - 1 + prefix, "na": None}
         out.append(record)
         if record["length"] > longest:
-            record["na"] = f"n/a ({task.length(n) - 1} tokens exceed the {max_length}-position table)"
+            record["na"] = f"n/a ({record['length']} tokens exceed the {max_length}-position table)"
             continue
         rows = dataset.sized(split, items=n, count=examples, length=longest)
         weights_NxT = np.asarray(rows["weights"], np.float64)
@@ -195,9 +265,9 @@ def size_summary(records: list[dict]) -> dict:
 def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, point: str, variant: str, index: int,
                  values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
                  stopped: str | None = None, train_time: tuple[float, float] | None = None,
-                 sizes: tuple = (), size_examples: int = 64, zero_shot: dict | None = None) -> dict:
-    """Evaluates one trained run at every length (and task size, with `sizes` = (min, max)) and writes
-    `<run_dir>/extrapolation.json`.
+                 sizes: tuple = (), size_examples: int = 64, zero_shot: dict | None = None,
+                 stride: int | None = None) -> dict:
+    """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`.
 
     `train_time`: (wall, CPU) seconds of the training call, for the report (None when it was not trained here).
     `zero_shot`: the same lengths evaluated on the parameters the run started from (`train --init-from`).
@@ -210,7 +280,8 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         records = [{**x, "na": x["na"] or f"diverged ({stopped})"} for x in lengths]
     else:
         records = evaluate_lengths(graphdef, params, dataset, lengths, eval_tokens=eval_tokens,
-                                   batch_tokens=batch_tokens, split=split)
+                                   batch_tokens=batch_tokens, split=split, window=cfg.data.block_size,
+                                   stride=stride, prefix=1 if cfg.data.get("bos", False) else 0)
     result = {
         "point": point, "variant": variant, "index": index, "axes": [[f, v] for f, v in values],
         "position": cfg.model.position.name, "seed": cfg.train.seed, "data": cfg.data.name, "split": split,
@@ -305,12 +376,21 @@ def aggregate(results: list[dict]) -> list[dict]:
         for i, x in enumerate(runs[0]["lengths"]):
             per_seed = [r["lengths"][i] for r in runs if i < len(r["lengths"])]
             ok = [y for y in per_seed if y.get("na") is None]
+            sliding = [y["sliding"] for y in per_seed if y.get("sliding")]
             record = {"multiplier": x["multiplier"], "length": x["length"], "seeds": len(ok),
                       "na": None if ok else per_seed[0]["na"],
                       "loss": _mean_std([y["loss"] for y in ok]), "losses": [y["loss"] for y in ok],
+                      "sliding_loss": _mean_std([y["loss"] for y in sliding]),
+                      "sliding_losses": [y["loss"] for y in sliding],
+                      "sliding_seeds": [r["seed"] for r in runs if i < len(r["lengths"]) and
+                                        r["lengths"][i].get("sliding")],
+                      "loss_seeds": [r["seed"] for r in runs if i < len(r["lengths"]) and
+                                     r["lengths"][i].get("na") is None],
+                      "stride": sliding[0]["stride"] if sliding else None,
                       "exact_match": _mean_std([y.get("exact_match") for y in ok]),
                       "token_accuracy": _mean_std([y.get("token_accuracy") for y in ok]),
-                      "predicted_tokens": ok[0]["predicted_tokens"] if ok else None}
+                      "predicted_tokens": (ok or [y for y in per_seed if y.get("sliding")] or [{}])[0].get(
+                          "predicted_tokens")}
             lengths.append(record)
         ms = [r["ms_per_step"] for r in runs if r["ms_per_step"] is not None]
         out.append({
@@ -441,8 +521,8 @@ def _mark_training_length(ax, block: int | None) -> None:
 
 
 def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> None:
-    """Mean eval loss against eval length (log-x), one line per variant, error bars = spread over seeds; a second
-    panel with exact-match accuracy for synthetic tasks."""
+    """Mean eval loss against eval length (log-x), one line per variant, error bars = spread over seeds, dashed: the
+    same variant's sliding-window baseline; a second panel with exact-match accuracy for synthetic tasks."""
     plt = _plt()
     accuracy = bool(variants) and variants[0]["has_accuracy"]
     fig, axes = plt.subplots(1, 2 if accuracy else 1, figsize=(13 if accuracy else 8.5, 5), dpi=120, squeeze=False)
@@ -461,6 +541,11 @@ def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> N
             shown += list(mean)
             ax.errorbar(T, mean, yerr=std, fmt="o-" if len(pts) > 1 else "s", color=cmap(i % 10),
                         label=v["variant"], capsize=3, markersize=5, linewidth=1.6)
+        for i, v in enumerate(variants if key == "loss" else ()):  # the sliding-window baseline, dashed
+            pts = [(x["length"], x["sliding_loss"][0]) for x in v["lengths"] if x.get("sliding_loss")]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts, strict=True), "--", color=cmap(i % 10), linewidth=1.0, alpha=0.7)
+                shown += [y for _, y in pts]
         _mark_training_length(ax, variants[0]["block_size"] if variants else None)
         ax.set_xscale("log", base=2)
         if lengths:

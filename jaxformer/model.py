@@ -228,6 +228,11 @@ class GPT(nnx.Module):
                              dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.position = Position(cfg.position, n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=self.head_dim,
                                  rngs=rngs)
+        # Vaswani et al. 2017 (§3.4) multiply the token embeddings by sqrt(D); GPT-2 does not (1.0). The positional
+        # variant may ask for its own factor (sinusoidal's sqrt_d scheme), on top of the model-wide one.
+        multiplier = cfg.get("embed_multiplier", 1.0)
+        self.embed_multiplier = (math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)) * float(
+            self.position.record.token_scale(dict(self.position.cfg), n_embd=cfg.n_embd))
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layer)])
         self.ln_f = norm(cfg, cfg.n_embd, rngs)
         # An untied output head [D, V] (Llama); tied (GPT-2) reuses the token table: logits = x·Eᵀ.
@@ -264,6 +269,8 @@ class GPT(nnx.Module):
         if positions_T is None:
             positions_T = index + jnp.arange(T, dtype=jnp.int32)
         x_BxTxD = self.wte(tokens_BxT)
+        if self.embed_multiplier != 1.0:  # the input side only: a tied output head reads the table as it is
+            x_BxTxD = x_BxTxD * jnp.asarray(self.embed_multiplier, x_BxTxD.dtype)
         embedding_TxD = self.position.embed(positions_T)
         if embedding_TxD is not None:
             x_BxTxD = x_BxTxD + embedding_TxD.astype(x_BxTxD.dtype)[None]

@@ -57,6 +57,7 @@ class PositionalEncoding:
 
     init(key, cfg, *, n_embd, n_head, head_dim) -> Params
     embed(params, positions_T, cfg, *, n_embd) -> x_TxD                   (added to the token embeddings)
+    token_scale(cfg, *, n_embd) -> float                                  (the token embeddings' factor, with embed)
     rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg) -> (q, k)
     bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
     max_length(cfg) -> int | None                                          (longest sequence; None = any)
@@ -75,6 +76,7 @@ class PositionalEncoding:
     max_length: Callable = lambda cfg: None
     validate: Callable | None = None
     extension_fields: tuple[str, ...] = ()
+    token_scale: Callable = lambda cfg, *, n_embd: 1.0
 
     @property
     def acts_at(self) -> tuple[str, ...]:
@@ -117,6 +119,14 @@ def _require(ok: bool, variant: str, field: str, value, rule: str) -> None:
         raise ValueError(f"model.position.{variant}.{field}={value!r}; {rule}")
 
 
+def _resolved(cfg: Mapping, variant: str, field: str):
+    """A field whose 0 means "derived from data.block_size": the model needs the resolved value."""
+    if cfg[field] == 0:
+        raise ValueError(f"model.position.{variant}.{field}=0 is derived from data.block_size; resolve the config "
+                         "first (jaxformer.config.resolve) or set it")
+    return cfg[field]
+
+
 def _no_params(key, cfg, *, n_embd, n_head, head_dim) -> Params:
     return {}
 
@@ -157,9 +167,47 @@ def sinusoidal(positions_T, dim: int):
     return x_TxFx2.reshape(angle_TxF.shape[0], -1)[:, :dim]
 
 
+# The token embeddings' initial standard deviation (model.py's `wte`, GPT-2's 0.02), which the table is matched to.
+TOKEN_EMBEDDING_STD = 0.02
+# sin^2 + cos^2 = 1 per pair, so the table's root mean square over its elements is 1/sqrt(2).
+SINUSOIDAL_RMS = 1.0 / math.sqrt(2.0)
+SINUSOIDAL_SCHEMES = ("sqrt_d", "matched")
+
+
+def sinusoidal_matched_scale() -> float:
+    """The factor that gives the sinusoidal table the token embeddings' RMS: 0.02 / (1/sqrt 2) = 0.0283."""
+    return TOKEN_EMBEDDING_STD / SINUSOIDAL_RMS
+
+
+def sinusoidal_scale(scheme: str) -> float:
+    """The table's factor under each scheme that keeps position from swamping content at the input.
+
+    - "sqrt_d" (Vaswani et al. 2017, §3.4): the token embeddings are multiplied by sqrt(D) (`_sinusoidal_token_scale`)
+      and the unit-amplitude table is added as it is: 0.02 sqrt(D) per element against 0.71.
+    - "matched": the token embeddings stay as GPT initialises them (std 0.02) and the table is scaled to their RMS.
+    With GPT-style 0.02 embeddings and neither, the table (RMS 0.71) outweighs content ~35:1 and must be unlearned
+    first. At 2L/64D on tiny_shakespeare, sqrt_d measured 1.980 +- 0.015 against matched 2.063 +- 0.034 (2 seeds,
+    experiments/pe_extrapolation/sinusoidal_scheme), so it is the default.
+    """
+    return 1.0 if scheme == "sqrt_d" else sinusoidal_matched_scale()
+
+
+def _sinusoidal_token_scale(cfg: Mapping, *, n_embd: int) -> float:
+    return math.sqrt(n_embd) if cfg.get("scheme", "matched") == "sqrt_d" else 1.0
+
+
+def _sinusoidal_validate(cfg: Mapping) -> None:
+    _require(cfg.get("scheme", "matched") in SINUSOIDAL_SCHEMES, "sinusoidal", "scheme", cfg.get("scheme"),
+             f"choose one of: {', '.join(SINUSOIDAL_SCHEMES)}")
+    _require(cfg["scale"] >= 0, "sinusoidal", "scale", cfg["scale"],
+             "must be >= 0 (0 = the scheme's: 1 for sqrt_d, 0.0283 for matched)")
+
+
 register(PositionalEncoding(
-    "sinusoidal", defaults={}, init=_no_params,
-    embed=lambda params, positions_T, cfg, *, n_embd: sinusoidal(positions_T, n_embd)))
+    "sinusoidal", defaults={"scheme": "sqrt_d", "scale": 0.0}, init=_no_params,
+    embed=lambda params, positions_T, cfg, *, n_embd: (
+        (cfg["scale"] or sinusoidal_scale(cfg.get("scheme", "matched"))) * sinusoidal(positions_T, n_embd)),
+    token_scale=_sinusoidal_token_scale, validate=_sinusoidal_validate))
 
 
 # ---------------------------------------------------------------------------------------------- learned
@@ -380,19 +428,32 @@ def apply_xpos(x, positions_T, *, is_key: bool, theta: float = 10000.0, scale_ba
 
 
 def _xpos_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
-    kw = {f: cfg[f] for f in ("theta", "scale_base", "gamma", "center")}
+    kw = {f: cfg[f] for f in ("theta", "gamma", "center")}
+    kw["scale_base"] = _resolved(cfg, "xpos", "scale_base")
     q = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=False, **kw), q_BxTxHxd, q_positions_T)
     k = _per_head(lambda x, positions: apply_xpos(x, positions, is_key=True, **kw), k_BxSxKxd, k_positions_S)
     return q, k
 
 
+def xpos_scale_base(block_size: int) -> float:
+    """xPos's scale_base for a training length L: L / 2, the paper's ratio (512 at L = 1024, Sun et al. 2022).
+
+    The decay zeta_i^(distance / scale_base) is meant to act within the training length; at 512 a model trained on
+    64 tokens sees at most zeta^(1/8), i.e. almost plain RoPE. float32 holds the key factors zeta_i^(-p/scale_base)
+    up to |p - center| ~ 70 scale_base (35 L).
+    """
+    return block_size / 2.0
+
+
 def _xpos_validate(cfg: Mapping) -> None:
-    for field in ("theta", "scale_base", "gamma"):
+    _require(cfg["scale_base"] >= 0, "xpos", "scale_base", cfg["scale_base"],
+             "must be > 0 (0 = data.block_size / 2)")
+    for field in ("theta", "gamma"):
         _require(cfg[field] > 0, "xpos", field, cfg[field], "must be > 0")
 
 
 register(PositionalEncoding(
-    "xpos", defaults={"theta": 10000.0, "scale_base": 512.0, "gamma": 0.4, "center": 0},
+    "xpos", defaults={"theta": 10000.0, "scale_base": 0.0, "gamma": 0.4, "center": 0},  # 0 = xpos_scale_base(L)
     init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate,
     extension_fields=("theta", "scale_base", "center")))
 
@@ -469,21 +530,35 @@ def t5_bias(table_NxH, q_positions_T, k_positions_S, *, bidirectional: bool, max
     return jnp.transpose(table_NxH.astype(jnp.float32)[bucket_TxS], (2, 0, 1))
 
 
+def t5_max_distance(block_size: int, *, num_buckets: int = 32, bidirectional: bool = False) -> int:
+    """T5's max_distance for a training length L: L // 2, so every bucket sees distances during training.
+
+    Raffel et al. use 128 at L = 512. With max_distance > L, the last buckets (distances that never occur in
+    training) keep their initial values and are met only past the training length; at L // 2 the last bucket already
+    collects every distance from L/2 up, so what is beyond L reads a trained value. Kept above the exact range
+    (buckets per direction / 2), which `_t5_validate` requires.
+    """
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
+    return max(block_size // 2, per_direction // 2 + 1)
+
+
 def _t5_validate(cfg: Mapping) -> None:
     per_direction = cfg["num_buckets"] // 2 if cfg["bidirectional"] else cfg["num_buckets"]
     _require(per_direction >= 2, "t5", "num_buckets", cfg["num_buckets"],
              "must leave >= 2 buckets per direction (>= 4 when bidirectional)")
-    _require(cfg["max_distance"] > per_direction // 2, "t5", "max_distance", cfg["max_distance"],
-             f"must exceed the exact range, buckets per direction / 2 = {per_direction // 2}")
+    # 0 = derived from data.block_size when the config is resolved (t5_max_distance)
+    _require(cfg["max_distance"] == 0 or cfg["max_distance"] > per_direction // 2, "t5", "max_distance",
+             cfg["max_distance"], f"must exceed the exact range, buckets per direction / 2 = {per_direction // 2} "
+             "(0 = data.block_size // 2)")
 
 
 register(PositionalEncoding(
-    "t5", defaults={"num_buckets": 32, "max_distance": 128, "bidirectional": False},
+    "t5", defaults={"num_buckets": 32, "max_distance": 0, "bidirectional": False},  # 0 = t5_max_distance(L)
     init=lambda key, cfg, *, n_embd, n_head, head_dim: {
         "table": 0.02 * jax.random.normal(key, (cfg["num_buckets"], n_head), jnp.float32)},
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: t5_bias(
         params["table"], q_positions_T, k_positions_S, bidirectional=cfg["bidirectional"],
-        max_distance=cfg["max_distance"]),
+        max_distance=_resolved(cfg, "t5", "max_distance")),
     validate=_t5_validate))
 
 
@@ -550,15 +625,25 @@ def _fire_init(key, cfg, *, n_embd, n_head, head_dim) -> Params:
             "w2": u(keys[2], (width, n_head), width), "b2": u(keys[3], (n_head,), width)}
 
 
+def fire_init_L(block_size: int) -> float:
+    """FIRE's initial threshold L for a training length L_train: L_train itself (Li et al. 2023).
+
+    Below the threshold every query is normalised by psi(L), so within the training length FIRE is a learned
+    function of log distance; beyond it, by psi(i): the progressive interpolation that lets it extrapolate. The
+    paper's 512 was sized for its own training lengths; at 64 tokens it would never let the normalisation vary.
+    """
+    return float(block_size)
+
+
 def _fire_validate(cfg: Mapping) -> None:
     _require(cfg["mlp_width"] >= 1, "fire", "mlp_width", cfg["mlp_width"], "must be >= 1")
-    _require(cfg["init_L"] > 0, "fire", "init_L", cfg["init_L"], "must be > 0")
+    _require(cfg["init_L"] >= 0, "fire", "init_L", cfg["init_L"], "must be > 0 (0 = data.block_size)")
     _require(cfg["eps"] > 0, "fire", "eps", cfg["eps"], "must be > 0")
 
 
 register(PositionalEncoding(
-    "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 512.0, "eps": 1e-6},
+    "fire", defaults={"mlp_width": 32, "init_c": 0.1, "init_L": 0.0, "eps": 1e-6},  # init_L 0 = fire_init_L(L)
     init=_fire_init,
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: fire_bias(
-        params, q_positions_T, k_positions_S, init_L=cfg["init_L"], eps=cfg["eps"]),
+        params, q_positions_T, k_positions_S, init_L=_resolved(cfg, "fire", "init_L"), eps=cfg["eps"]),
     validate=_fire_validate))

@@ -91,10 +91,17 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
     change on resume. Both configs resolved (0 = derived fields filled in)."""
     a, b = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
     missing = object()
-    # The synthetic-task settings of a text run train nothing (the default's changed on 2026-12-06).
+    # The settings of positional variants the run does not use build nothing in it (a new default there is no change),
+    # nor do the synthetic-task settings of a text run (the default's changed on 2026-12-06).
+    active = a.get("model.position.name")
     text = not str(b.get("data.name", "")).startswith("synthetic/")
-    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing)
-                                     and not (text and k.startswith("data.synthetic.")))
+
+    def unused(k: str) -> bool:
+        return ((k.startswith("model.position.") and k.split(".")[2] not in ("name", active))
+                or (text and k.startswith("data.synthetic.")))
+
+    changed = config_lib.cause_first(k for k in a.keys() | b.keys()
+                                     if a.get(k, missing) != b.get(k, missing) and not unused(k))
     fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]
     if fixed:
         k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""

@@ -91,11 +91,13 @@ def generate(model, prompt_ids, **kwargs) -> np.ndarray:
 def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> str:
     """What `train` writes into samples.txt: generated text for text data; answers to eval prompts for tasks."""
     tokenizer = dataset.tokenizer
+    bos = getattr(dataset, "bos_id", None)  # data.bos: rows start with BOS, which the tokenizer cannot decode
     if not dataset.has_accuracy:
         try:  # a newline where the vocabulary has one (characters: maybe not; subwords: always)
             prompt = tokenizer.encode("\n")
         except ValueError:
             prompt = np.zeros(1, np.int32)
+        prompt = prompt if bos is None else np.concatenate([np.asarray([bos], np.int32), prompt])
         ids = Generator(model)( prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
                        max_context=cfg.data.block_size)
         return tokenizer.decode(ids[len(prompt):])
@@ -111,6 +113,7 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
         ids = generator(prompt, max_new_tokens=n, temperature=0.0)
         predicted = tokenizer.decode(ids[start + 1:])
         expected = tokenizer.decode(batch["targets"][b, answer])
-        lines.append(f"prompt:   {tokenizer.decode(prompt)}\nexpected: {expected}\ngreedy:   {predicted}"
+        shown = prompt if bos is None else prompt[prompt != bos]
+        lines.append(f"prompt:   {tokenizer.decode(shown)}\nexpected: {expected}\ngreedy:   {predicted}"
                      f"   [{'ok' if predicted == expected else 'WRONG'}]\n")
     return "\n".join(lines)

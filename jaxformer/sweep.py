@@ -27,12 +27,20 @@ A sweep config's `get_config()` returns a ConfigDict with
     eval_sizes     (min, max) task sizes (synthetic tasks): every size in between is evaluated with
                    `eval_size_examples` examples each, exact match and token accuracy per size and averaged over the
                    sizes beyond the training ones (the literature's protocol, extrapolation.evaluate_sizes); () = off
+    eval_stride    stride of the sliding-window baseline (a window of data.block_size tokens, see
+                   extrapolation.sliding_plan); absent = half the window
+    overrides_by_variant  {variant: (`--config.a.b=v`, ...)}: extra overrides for the points of one variant (the
+                   point name without the seed), e.g. each variant's own learning rate; a variant no point
+                   has is skipped, so a sweep narrowed with `--config.axes...` keeps its settings
+    statistics     True: the report gives t intervals over seeds and paired differences (needs >= 2 seeds)
+    reference      the variant the paired differences are taken against (default "rope")
 
 The sweep directory holds `sweep.json` (the sweep config and its points) and `runs/<point>/`, each made by
 `jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`.
-A point, named like `position=alibi,seed=0`, is finished when its run directory has the final checkpoint and
-`extrapolation.json`; a sweep started again skips finished points, evaluates trained ones and resumes partly trained
-ones from their latest checkpoint. Nothing is ever deleted. Every point's config is validated before the first one
+A point, named like `position=alibi,seed=0`, is finished when its `extrapolation.json` is there and either the final
+checkpoint or, in `metrics.jsonl`, the final step (so a sweep committed without its checkpoints is still finished);
+a sweep started again skips finished points, evaluates trained ones and resumes partly trained ones from their
+latest checkpoint. Nothing is ever deleted. Every point's config is validated before the first one
 runs; a learned table shorter than an eval length is not an error: that length is reported
 "n/a (learned table has N positions)". After every point the reports (`results.md`, `results.csv`,
 `extrapolation.png`, `position_loss.png`) are rewritten; `jaxformer report SWEEP_DIR` rewrites them from the run
@@ -51,12 +59,13 @@ import time
 import ml_collections
 
 from jaxformer import config as config_lib
-from jaxformer import extrapolation, positional
+from jaxformer import extrapolation, positional, statistics
 from jaxformer import run as run_lib
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
 VARIANT_FIELD = "variant"  # the axis of the sweep config's named `variants`
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
+                "eval_stride", "overrides_by_variant", "statistics", "reference",
                 "eval_sizes", "eval_size_examples", "eval_at", "init", "variants")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
@@ -90,7 +99,8 @@ def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.C
         if field not in sweep_cfg:
             raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
-    defaults = {"overrides": (), "eval_tokens": 16384, "eval_batch_tokens": 8192, "eval_split": "val",
+    defaults = {"overrides": (), "eval_tokens": 0, "eval_batch_tokens": 8192, "eval_split": "val",
+                "overrides_by_variant": {}, "statistics": False, "reference": "rope",
                 "eval_sizes": (), "eval_size_examples": 64, "eval_at": ()}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
@@ -161,7 +171,8 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
         name = ",".join(f"{names[field]}={_format_value(value)}" for field, value in values) or "base"
         variant = (_format_value(dict(values)[varied[0]]) if len(varied) == 1 else
                    ",".join(f"{names[f]}={_format_value(v)}" for f, v in values if f != SEED_FIELD) or "base")
-        overrides = [*sweep_cfg.overrides, *base_overrides,
+        by_variant = dict(sweep_cfg.overrides_by_variant).get(variant, ())
+        overrides = [*sweep_cfg.overrides, *by_variant, *base_overrides,
                      *[o for field, value in values for o in (
                          variants[value] if field == VARIANT_FIELD else
                          [f"--config.{field}={_override_value(value)}"])]]
@@ -181,8 +192,12 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
             config_lib.validate(cfg, eval_lengths=[x["length"] for x in lengths if x["na"] is None])
         except ValueError as e:
             raise ValueError(f"sweep point {name}: {str(e).splitlines()[0]}") from e
+        window, stride = cfg.data.block_size, sweep_cfg.get("eval_stride", None)
+        if stride is not None and not 1 <= stride <= window:
+            raise ValueError(f"eval_stride={stride}: the sliding window (data.block_size={window}) needs a stride in "
+                             f"[1, {window}]; leave it out for {window // 2}")
         longest = max(x["length"] for x in lengths)
-        if sweep_cfg.eval_tokens < longest:
+        if sweep_cfg.eval_tokens and sweep_cfg.eval_tokens < longest:
             raise ValueError(f"eval_tokens={sweep_cfg.eval_tokens} is less than the longest eval length {longest} "
                              f"(point {name}); give at least one window's worth")
         points.append(Point(index, name, variant, values, cfg, lengths, init_from))
@@ -190,6 +205,15 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
     if duplicates:
         raise ValueError(f"sweep points share a directory name: {', '.join(sorted(duplicates))}; "
                          "make the axis values distinct")
+    variants = list(dict.fromkeys(p.variant for p in points))
+    if sweep_cfg.statistics:
+        seeds = len(dict(flatten_axes(sweep_cfg.axes)).get(SEED_FIELD, (None,)))
+        if seeds < 2:
+            raise ValueError(f"statistics=True needs at least 2 seeds (axes.train.seed has {seeds}); add seeds or "
+                             "set --config.statistics=False")
+        if sweep_cfg.reference not in variants:
+            raise ValueError(f"reference={sweep_cfg.reference!r} is not a variant of this sweep; choose one of: "
+                             f"{', '.join(variants)}")
     return points
 
 
@@ -236,7 +260,10 @@ def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int], *, 
     for m, length in ([(round(T / block, 4), T) for T in absolute] if absolute else
                       [(m, m * block) for m in multipliers]):
         na = f"n/a ({name} table has {limit} positions)" if limit is not None and length > limit else None
-        out.append({"multiplier": int(m) if m == int(m) else m, "length": length, "na": na})
+        record = {"multiplier": int(m) if m == int(m) else m, "length": length, "na": na}
+        if na is not None:  # the sliding window of the training length still fits the table
+            record["sliding_ok"] = True
+        out.append(record)
     return out
 
 
@@ -247,11 +274,23 @@ def final_checkpoint_exists(run_dir: str, steps: int) -> bool:
     return os.path.isdir(os.path.join(run_dir, "checkpoints", "latest", str(steps)))
 
 
+def trained_to(run_dir: str, steps: int) -> bool:
+    """metrics.jsonl has the final step: the run finished, whether or not its checkpoints are still there."""
+    return os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and any(
+        m.get("step") == steps for m in run_lib.read_metrics(run_dir))
+
+
 def point_state(run_dir: str, steps: int) -> str:
-    """"done" (evaluated), "evaluate" (trained, not evaluated), "resume" (partly trained) or "new"."""
+    """"done" (evaluated), "evaluate" (trained, not evaluated), "resume" (partly trained) or "new".
+
+    An evaluated run counts as done from its small files alone (extrapolation.json of the final step and the final
+    step in metrics.jsonl): a sweep committed without checkpoints continues where it stopped, without retraining.
+    """
     result_path = os.path.join(run_dir, extrapolation.RESULT_FILE)
     if os.path.exists(result_path):
-        if final_checkpoint_exists(run_dir, steps) or run_lib.read_json(result_path).get("stopped"):
+        result = run_lib.read_json(result_path)
+        if (final_checkpoint_exists(run_dir, steps) or result.get("stopped")
+                or (result.get("step") == steps and trained_to(run_dir, steps))):
             return "done"
     if final_checkpoint_exists(run_dir, steps):
         return "evaluate"
@@ -389,7 +428,8 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
                                stopped=stopped, train_time=train_time, sizes=tuple(sweep_cfg.get("eval_sizes", ())),
-                               size_examples=sweep_cfg.get("eval_size_examples", 64), zero_shot=zero_shot)
+                               size_examples=sweep_cfg.get("eval_size_examples", 64), zero_shot=zero_shot,
+                               stride=sweep_cfg.get("eval_stride", None))
     return None
 
 
@@ -432,6 +472,10 @@ def summary_lines(variants: list[dict]) -> list[str]:
         if na:
             multipliers = ", ".join(f"{x['multiplier']}×" for x in na)
             text += f"; {multipliers} {na[0]['na']}"
+        sliding = [x for x in v["lengths"] if x.get("sliding_loss")]
+        if sliding and sliding[-1]["multiplier"] > first["multiplier"]:
+            x = sliding[-1]
+            text += f"; sliding window of {v['block_size']}: {x['sliding_loss'][0]:.3f} at {x['multiplier']}×"
         lines.append(f"{text} ({seeds})")
     if variants:
         longest = max(x["multiplier"] for x in variants[0]["lengths"])
@@ -443,19 +487,51 @@ def summary_lines(variants: list[dict]) -> list[str]:
     return lines
 
 
+def sweep_settings(workdir: str) -> dict:
+    """The report settings (statistics, reference) from the sweep's sweep.json; the defaults without one."""
+    path = os.path.join(workdir, "sweep.json")
+    cfg = run_lib.read_json(path).get("config", {}) if os.path.exists(path) else {}
+    return {"statistics": bool(cfg.get("statistics", False)), "reference": cfg.get("reference", "rope")}
+
+
+def add_statistics(variants: list[dict], reference: str, level: float = 0.95) -> None:
+    """Adds to every length record `ci` (t interval of the mean loss over seeds) and `diff` (paired per-seed
+    difference against the `reference` variant at that length, with its t interval and whether it is a tie), and
+    the same for the sliding-window loss (`sliding_ci`, `sliding_diff`, against the reference's sliding loss)."""
+    ref = next((v for v in variants if v["variant"] == reference), None)
+    for v in variants:
+        for i, x in enumerate(v["lengths"]):
+            own = dict(zip(x["loss_seeds"], x["losses"], strict=True))
+            own_sliding = dict(zip(x["sliding_seeds"], x["sliding_losses"], strict=True))
+            x["ci"] = statistics.t_interval(x["losses"], level)
+            x["sliding_ci"] = statistics.t_interval(x["sliding_losses"], level)
+            x["diff"] = x["sliding_diff"] = None
+            if ref is not None and v is not ref and i < len(ref["lengths"]):
+                r = ref["lengths"][i]
+                x["diff"] = statistics.paired_difference(own, dict(zip(r["loss_seeds"], r["losses"], strict=True)),
+                                                         level)
+                x["sliding_diff"] = statistics.paired_difference(
+                    own_sliding, dict(zip(r["sliding_seeds"], r["sliding_losses"], strict=True)), level)
+
+
 def write_reports(workdir: str) -> list[str]:
     """results.md, results.csv, extrapolation.png, position_loss.png from `workdir/runs/*`; the summary lines."""
     results, unfinished = extrapolation.load_results(workdir)
     variants = extrapolation.aggregate(results)
+    settings = sweep_settings(workdir)
+    if settings["statistics"]:
+        add_statistics(variants, settings["reference"])
     lines = summary_lines(variants)
     first = next((r for r in results if not r["variant"].endswith(" zero-shot")), results[0]) if results else None
     title = (f"{first['data']}, trained at T={first['block_size']} for {first['steps']} steps "
              f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)"
              if first else "no finished runs")
     _write_csv(variants, os.path.join(workdir, "results.csv"))
-    _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"))
+    _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"),
+                    settings=settings)
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
-                                     title=f"Loss vs eval length\n{title}")
+                                     title=f"Loss vs eval length (dashed: sliding window of the training "
+                                           f"length)\n{title}")
     if any(v.get("sizes") for v in variants):
         extrapolation.plot_sizes(variants, os.path.join(workdir, "sizes.png"), title=f"Accuracy per task size\n{title}")
         _write_sizes_csv(variants, os.path.join(workdir, "sizes.csv"))
@@ -467,7 +543,39 @@ def write_reports(workdir: str) -> list[str]:
 
 CSV_COLUMNS = ("variant", "multiplier", "length", "status", "seeds", "loss_mean", "loss_std", "losses",
                "exact_match_mean", "exact_match_std", "token_accuracy_mean", "token_accuracy_std",
-               "predicted_tokens", "val_loss_mean", "val_loss_std", "n_params", "ms_per_step")
+               "predicted_tokens", "val_loss_mean", "val_loss_std", "n_params", "ms_per_step",
+               "loss_ci95_low", "loss_ci95_high", "diff_vs_reference_mean", "diff_ci95_low", "diff_ci95_high",
+               "diff_tie", "sliding_window", "sliding_stride", "sliding_loss_mean", "sliding_loss_std",
+               "sliding_losses", "sliding_ci95_low", "sliding_ci95_high", "sliding_diff_mean", "sliding_diff_ci95_low",
+               "sliding_diff_ci95_high", "sliding_diff_tie")
+
+
+def _stat_columns(x: dict, window: int) -> dict:
+    ci, diff, sci, sdiff = (x.get(k) or {} for k in ("ci", "diff", "sliding_ci", "sliding_diff"))
+    sliding = x.get("sliding_loss") or (None, None)
+    return {"loss_ci95_low": ci.get("lo"), "loss_ci95_high": ci.get("hi"), "diff_vs_reference_mean": diff.get("mean"),
+            "diff_ci95_low": diff.get("lo"), "diff_ci95_high": diff.get("hi"), "diff_tie": diff.get("tie"),
+            "sliding_window": window if x.get("sliding_losses") else None, "sliding_stride": x.get("stride"),
+            "sliding_loss_mean": sliding[0], "sliding_loss_std": sliding[1],
+            "sliding_losses": ";".join(f"{y:.6f}" for y in x.get("sliding_losses", [])),
+            "sliding_ci95_low": sci.get("lo"), "sliding_ci95_high": sci.get("hi"),
+            "sliding_diff_mean": sdiff.get("mean"), "sliding_diff_ci95_low": sdiff.get("lo"),
+            "sliding_diff_ci95_high": sdiff.get("hi"), "sliding_diff_tie": sdiff.get("tie")}
+
+
+def _ci_cell(stat: tuple | None, ci: dict | None) -> str:
+    if stat is None:
+        return "-"
+    if ci is None:
+        return _fmt(stat)
+    return f"{ci['mean']:.3f} ± {ci['std']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
+
+
+def _diff_cell(diff: dict | None) -> str:
+    if diff is None:
+        return "-"
+    text = f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
+    return f"{text} tie" if diff["tie"] else f"**{text}**"
 
 
 def _write_csv(variants: list[dict], path: str) -> None:
@@ -485,7 +593,8 @@ def _write_csv(variants: list[dict], path: str) -> None:
                          "exact_match_mean": em[0], "exact_match_std": em[1],
                          "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1],
                          "predicted_tokens": x["predicted_tokens"], "val_loss_mean": val[0],
-                         "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"]})
+                         "val_loss_std": val[1], "n_params": v["n_params"], "ms_per_step": v["ms_per_step"],
+                         **_stat_columns(x, v["block_size"])})
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
@@ -540,7 +649,8 @@ def sizes_markdown(variants: list[dict]) -> list[str]:
     return out
 
 
-def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
+def _write_markdown(variants, results, unfinished, lines, title, path, *, settings=None) -> None:
+    settings = settings or {"statistics": False, "reference": "rope"}
     out = [f"# Sweep results: {title}", ""]
     if variants:
         r = results[0]
@@ -566,6 +676,39 @@ def _write_markdown(variants, results, unfinished, lines, title, path) -> None:
                      f"{v['ms_per_step']:.0f}" if v["ms_per_step"] else "-", _fmt(v["val_loss"])]
             cells += [_fmt(x["loss"]) if x["loss"] is not None else x["na"] for x in v["lengths"]]
             out.append("| " + " | ".join(cells) + " |")
+        if any(x.get("sliding_losses") for v in variants for x in v["lengths"]):
+            stride = next(x["stride"] for v in variants for x in v["lengths"] if x.get("stride"))
+            out += ["", f"Sliding-window baseline: the same tokens, each predicted from at most the training length "
+                    f"({r['block_size']} tokens) of context, the window advancing by {stride} (at 1× it is the "
+                    "full-context loss). A full-context loss above its sliding-window loss means the variant does "
+                    "worse with the longer context than without it.", "",
+                    "| variant (sliding window) | " + " | ".join(f"{x['multiplier']}× ({x['length']})"
+                                                             for x in lengths) + " |",
+                    "|---|" + "---|" * len(lengths)]
+            for v in variants:
+                cells = [_fmt(x["sliding_loss"]) if x.get("sliding_loss") else "-" for x in v["lengths"]]
+                out.append(f"| {v['variant']} (sliding {r['block_size']}) | " + " | ".join(cells) + " |")
+        if settings["statistics"]:
+            ref, level = settings["reference"], 95
+            out += ["", f"Statistics over seeds: mean ± sample std [{level}% Student-t confidence interval of the "
+                    "mean] (scipy.stats.t, n − 1 degrees of freedom).", "",
+                    "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
+                    "|---|" + "---|" * len(lengths)]
+            for v in variants:
+                cells = [_ci_cell(x["loss"], x.get("ci")) if x["loss"] is not None else x["na"]
+                         for x in v["lengths"]]
+                out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+            for key, what in (("diff", "full-context loss"), ("sliding_diff", "sliding-window loss")):
+                out += ["", f"Paired differences of the {what} against `{ref}`, seed by seed (variant − {ref}; "
+                        f"negative = better than {ref}): mean [{level}% paired t interval]. **Bold**: the interval "
+                        "excludes 0 (a significant difference); `tie`: it contains 0.", "",
+                        "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
+                        "|---|" + "---|" * len(lengths)]
+                for v in variants:
+                    if v["variant"] == ref:
+                        continue
+                    out.append(f"| {v['variant']} | " + " | ".join(_diff_cell(x.get(key)) for x in v["lengths"])
+                               + " |")
         accuracy_tables = (("exact_match", "Exact match (every answer token of an example right)"),
                            ("token_accuracy", "Token accuracy (answer tokens predicted right)"))
         for key, caption in accuracy_tables if variants[0]["has_accuracy"] else ():

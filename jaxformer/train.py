@@ -250,6 +250,7 @@ class Trainer:
         self.dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
         self.cfg = cfg = config_lib.resolve(cfg, vocab_size=self.dataset.vocab_size)
         config_lib.validate(cfg, n_devices=jax.device_count())
+        config_lib.check_vocab(cfg, self.dataset.vocab_size)
         self.mesh = sharding_lib.make_mesh(cfg.mesh)
         model = build_model(cfg)
         self.n_params = count_params(model)

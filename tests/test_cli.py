@@ -69,6 +69,8 @@ def test_a_mistyped_option_is_one_line_naming_it():
     (["train", "--config", "tiny", "--config.train.steps=-5"], "train.steps=-5; must be a positive integer"),
     (["train", "--config", "no_such_config"], "--config='no_such_config'"),
     (["sample", "--workdir", "/nonexistent/run"], "has no config.json"),
+    (["train", "--config", "tiny", "--config.data.bos=True", "--config.model.vocab_size=28"],
+     "model.vocab_size=28 has no room for data.bos=True's token: the data has 28 tokens and BOS takes id 28"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     out = jaxformer(*args, "--workdir", str(tmp_path / "w")) if args[0] == "train" else jaxformer(*args)
@@ -329,6 +331,23 @@ def test_train_init_from_with_overrides_only(tiny_runs, tmp_path):
     assert cfg["model"]["position"]["rope"]["scaling"] == "ntk"
     with open(os.path.join(workdir, "manifest.json")) as f:
         assert json.load(f)["init_from"]["run"] == os.path.abspath(rope)
+
+
+@pytest.mark.slow
+def test_train_and_sample_with_a_bos_token(tmp_path):
+    """data.bos through the command line: a task run (samples.txt decodes prompts that start with BOS), then
+    `sample` prepends BOS to the prompt and prints only the task's text."""
+    workdir = str(tmp_path / "bos")
+    out = jaxformer("train", "--config", "tiny", "--config.data.bos=True", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    cfg = json.load(open(os.path.join(workdir, "config.json")))
+    vocab = json.load(open(os.path.join(workdir, "vocab.json")))["vocab"]
+    assert cfg["data"]["bos"] is True and cfg["model"]["vocab_size"] == len(vocab) + 1  # the task's symbols + BOS
+    assert "prompt:" in open(os.path.join(workdir, "samples.txt")).read()
+    out = jaxformer("sample", "--workdir", workdir, "--prompt", "abc|")
+    assert out.returncode == 0, out.stderr
+    prompt, model, expected = out.stdout.splitlines()
+    assert prompt == "prompt:   abc|" and len(model.split()[1]) == 3 and expected.split()[1] == "abc"
 
 
 def test_first_hour_train_names_the_run_summarises_and_sample_answers_a_task(tmp_path):

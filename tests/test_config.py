@@ -3,6 +3,7 @@
 import pytest
 
 from jaxformer import config as config_lib
+from jaxformer import positional
 
 BAD = [
     # (overrides, text the one-line error must contain)
@@ -162,8 +163,45 @@ def test_a_derived_field_is_reported_after_the_field_it_follows():
                 node = node[part]
             node[leaf] = 0
     resolved = config_lib.flat_fields(config_lib.resolve(cfg))
+    block = resolved["data.block_size"]
+    rules = {"model.position.t5.max_distance": positional.t5_max_distance(block),  # each a function of the source
+             "model.position.xpos.scale_base": block / 2, "model.position.fire.init_L": float(block)}
     for derived, source in config_lib.DERIVED_FROM.items():
-        assert resolved[derived] == resolved[source], derived
+        assert resolved[derived] == rules.get(derived, resolved[source]), derived
+
+
+def test_fair_positional_defaults_follow_the_block_size():
+    for block in (32, 64, 512):
+        r = config_lib.resolve(config_lib.load("tiny", [f"--config.data.block_size={block}"]), vocab_size=11)
+        pe = r.model.position
+        assert pe.t5.max_distance == max(block // 2, 17) and pe.xpos.scale_base == block / 2
+        assert pe.fire.init_L == block and pe.sinusoidal.scheme == "sqrt_d" and pe.sinusoidal.scale == 1.0
+    matched = config_lib.resolve(config_lib.load("tiny", ["--config.model.position.sinusoidal.scheme=matched"]))
+    assert matched.model.position.sinusoidal.scale == pytest.approx(0.02 * 2 ** 0.5, rel=1e-12)
+    kept = config_lib.resolve(config_lib.load("tiny", [
+        "--config.model.position.t5.max_distance=128", "--config.model.position.xpos.scale_base=512.0",
+        "--config.model.position.fire.init_L=512.0", "--config.model.position.sinusoidal.scale=1.0"]))
+    pe = kept.model.position
+    assert (pe.t5.max_distance, pe.xpos.scale_base, pe.fire.init_L, pe.sinusoidal.scale) == (128, 512, 512, 1.0)
+
+
+def test_runs_written_before_the_fair_defaults_load_with_their_old_values():
+    saved = config_lib.load("tiny").to_dict()
+    saved["model"]["position"]["sinusoidal"] = {}  # config.json of a run before sinusoidal.scale existed
+    saved["model"]["position"]["t5"]["max_distance"] = 128  # the old defaults were written out in full
+    saved["data"].pop("bos")
+    cfg = config_lib.resolve(config_lib.from_json(config_lib.json.dumps(saved)))
+    assert cfg.model.position.sinusoidal.scale == 1.0 and cfg.model.position.t5.max_distance == 128
+    assert cfg.model.position.sinusoidal.scheme == "matched"  # no sqrt(D) on the embeddings, as they were trained
+    assert cfg.data.bos is False
+
+
+def test_bos_without_room_in_the_vocabulary_is_a_one_line_error():
+    cfg = config_lib.resolve(config_lib.load("tiny", ["--config.data.bos=True", "--config.model.vocab_size=20"]))
+    config_lib.check_vocab(cfg, 20)  # 19 tokens + BOS fit
+    with pytest.raises(config_lib.ConfigError, match=r"model.vocab_size=20 has no room for data.bos=True's token: "
+                       r"the data has 20 tokens and BOS takes id 20; set model.vocab_size >= 21 or 0"):
+        config_lib.check_vocab(cfg, 21)
 
 
 def test_a_saved_config_gets_the_legacy_value_of_a_field_it_lacks_and_keeps_the_fields_it_has(monkeypatch):

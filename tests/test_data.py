@@ -126,6 +126,47 @@ def test_text_errors(small_text):
         small_text.batch("val", 0, batch_size=2, block_size=1000, seed=0)
 
 
+# ------------------------------------------------------------------------------------------------------ BOS
+
+
+def test_bos_rows_start_with_bos_keep_every_target_and_leave_bos_unscored(small_text):
+    bos = data_lib.BOSDataset(small_text)
+    V = small_text.vocab_size
+    assert bos.vocab_size == V + 1 and bos.bos_id == V and bos.tokenizer is small_text.tokenizer
+    kw = dict(batch_size=8, block_size=16, seed=0)
+    a, inner = bos.batch("train", 5, **kw), small_text.batch("train", 5, **{**kw, "block_size": 15})
+    assert a["inputs"].shape == a["targets"].shape == a["weights"].shape == (8, 16)
+    assert np.all(a["inputs"][:, 0] == V) and not np.any(a["inputs"][:, 1:] == V) and not np.any(a["targets"] == V)
+    np.testing.assert_array_equal(a["inputs"][:, 1:], inner["inputs"])  # the rest is the 15-token row
+    np.testing.assert_array_equal(a["targets"][:, 1:], inner["targets"])
+    np.testing.assert_array_equal(a["targets"][:, 0], inner["inputs"][:, 0])  # still a shifted window
+    np.testing.assert_array_equal(a["inputs"][:, 2:], a["targets"][:, 1:-1])
+    assert np.all(a["weights"][:, 0] == 0) and np.all(a["weights"][:, 1:] == 1)
+    assert a["inputs"].dtype == np.int32 and a["weights"].dtype == np.float32
+    w = bos.windows("val", length=10, max_windows=3)
+    np.testing.assert_array_equal(w["inputs"][:, 1:].reshape(-1), small_text.split_tokens("val")[:27])
+    assert bos.eval_batches("val", num_batches=2, **kw)[1]["inputs"][0, 0] == V
+
+
+@pytest.mark.parametrize("task", ["copy", "associative_recall", "count"])
+def test_bos_on_a_synthetic_task_keeps_every_answer(task):
+    inner = data_lib.load_dataset(config(name=f"synthetic/{task}"))
+    bos = data_lib.load_dataset(config(name=f"synthetic/{task}", bos=True))
+    assert isinstance(bos, data_lib.BOSDataset) and bos.vocab_size == inner.vocab_size + 1
+    for rows, plain in ((bos.batch("train", 3, batch_size=16, block_size=32, seed=1),
+                         inner.batch("train", 3, batch_size=16, block_size=31, seed=1)),
+                        (bos.windows("val", length=64, max_windows=8), inner.windows("val", length=63, max_windows=8))):
+        assert np.all(rows["inputs"][:, 0] == bos.bos_id) and rows["weights"][:, 0].sum() == 0
+        np.testing.assert_array_equal(rows["weights"][:, 1:], plain["weights"])  # same answers, one column later
+        np.testing.assert_array_equal(rows["targets"][:, 1:], plain["targets"])
+        assert rows["weights"].sum() == plain["weights"].sum() > 0
+
+
+def test_bos_needs_rows_of_two_tokens(small_text):
+    with pytest.raises(data_lib.DataError, match="data.bos=True needs rows of at least 2 tokens"):
+        data_lib.BOSDataset(small_text).windows("val", length=1)
+
+
 # ------------------------------------------------------------------------------------------ dispatch/config
 
 

@@ -197,3 +197,94 @@ def test_aggregate_sizes_over_seeds():
     mean, std = agg["ood"]["exact_match"]
     assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
     assert agg["per_size"][1]["exact_match"][0] == pytest.approx(0.5)
+
+
+def context_sum(params, inputs_BxT, targets_BxT):
+    """A stub 'model' whose loss at position t is the sum of the tokens it can see (0..t): reveals each context."""
+    inputs_BxT = np.asarray(inputs_BxT, np.float64)
+    return np.cumsum(inputs_BxT, axis=1), np.asarray(targets_BxT) % 2 == 0
+
+
+@pytest.mark.parametrize("T,window,stride,prefix", [(64, 16, 8, 0), (50, 16, 5, 0), (64, 16, 16, 0), (40, 16, 8, 1),
+                                                    (16, 16, 8, 0), (10, 16, 3, 1)])
+def test_sliding_plan_scores_every_column_once(T, window, stride, prefix):
+    plan = X.sliding_plan(T, window=window, stride=stride, prefix=prefix)
+    scored = np.concatenate([np.arange(first, end) for _, first, end in plan])
+    assert np.array_equal(scored, np.arange(T))  # each column once, in order
+    assert plan[0][1] == 0
+    for start, first, end in plan[1:]:  # later windows score only columns inside their own body
+        assert start <= first < end == start + window - prefix <= T
+
+
+def test_sliding_window_with_stride_one_sees_exactly_the_last_window_tokens():
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(1, 9, (3, 40))
+    losses, correct = X.sliding_window_losses(context_sum, {}, inputs, inputs, window=8, stride=1, batch_tokens=64)
+    expected = np.array([[inputs[n, max(0, t - 7):t + 1].sum() for t in range(40)] for n in range(3)], np.float64)
+    np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-9)
+    assert np.array_equal(correct, inputs % 2 == 0)
+    # with a BOS-like first column kept in every window: column 0 + the last 7 tokens
+    losses, _ = X.sliding_window_losses(context_sum, {}, inputs, inputs, window=8, stride=1, prefix=1, batch_tokens=64)
+    expected = np.array([[inputs[n, :t + 1].sum() if t < 8 else inputs[n, 0] + inputs[n, t - 6:t + 1].sum()
+                          for t in range(40)] for n in range(3)], np.float64)
+    np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-9)
+
+
+def test_sliding_window_context_lengths_with_half_window_stride():
+    inputs = np.ones((2, 64), np.int64)  # the loss is then the context length itself
+    losses, _ = X.sliding_window_losses(context_sum, {}, inputs, inputs, window=16, stride=8, batch_tokens=32)
+    assert np.array_equal(losses[:, :16], np.tile(np.arange(1, 17), (2, 1)))  # the first window: full context
+    assert losses[:, 16:].min() == 9 and losses[:, 16:].max() == 16  # later: window - stride + 1 .. window
+    full, _ = X.window_losses(context_sum, {}, inputs[:, :16], inputs[:, :16], batch_tokens=32)
+    same, _ = X.sliding_window_losses(context_sum, {}, inputs[:, :16], inputs[:, :16], window=16, stride=8,
+                                      batch_tokens=32)
+    assert np.array_equal(full, same)  # a row of the window's length: the full-context numbers
+
+
+@pytest.mark.parametrize("stride", [0, 17, -1])
+def test_sliding_stride_out_of_range_is_an_error(stride):
+    with pytest.raises(ValueError, match=r"stride=.*must be in \[1, window=16\]"):
+        X.sliding_plan(64, window=16, stride=stride)
+
+
+def test_evaluate_lengths_sliding_rows(monkeypatch):
+    monkeypatch.setattr(X, "compile_losses", lambda graphdef: context_sum)
+
+    class Text:
+        tokens = np.random.default_rng(1).integers(1, 9, 1025)
+
+        def split_tokens(self, split):
+            return self.tokens
+
+        def windows(self, split, *, length, max_windows):
+            x = self.tokens[:max_windows * length].reshape(max_windows, length)
+            return {"inputs": x, "targets": x, "weights": np.ones(x.shape)}
+
+    lengths = [{"multiplier": 1, "length": 16, "na": None}, {"multiplier": 4, "length": 64, "na": None},
+               {"multiplier": 8, "length": 128, "na": "n/a (learned table has 16 positions)", "sliding_ok": True}]
+    out = X.evaluate_lengths(None, {}, Text(), lengths, eval_tokens=0, batch_tokens=256, window=16)
+    assert [x["windows"] for x in out] == [64, 16, 8]  # eval_tokens=0: the whole split (1024 predictable tokens)
+    assert out[0]["sliding"]["loss"] == out[0]["loss"] and out[0]["sliding"]["stride"] == 8
+    x = Text.tokens[:1024].reshape(16, 64)
+    full = np.cumsum(x, axis=1).mean()
+    assert out[1]["loss"] == pytest.approx(full, rel=1e-12)
+    assert out[1]["sliding"]["loss"] < out[1]["loss"]  # less context, smaller sums
+    assert out[2]["na"] and "loss" not in out[2] and out[2]["sliding"]["loss"] > 0  # learned past its table
+    assert "sliding_ok" not in out[2]
+
+
+def test_per_size_protocol_with_a_bos_token():
+    """data.bos: every row starts with BOS, so each answer sits one position later; the numbers follow it."""
+    from jaxformer.data import synthetic
+    from jaxformer.data.dataset import BOSDataset
+
+    dataset = BOSDataset(synthetic.SyntheticDataset("parity_check", min_items=1, max_items=6))
+    assert X.train_max_items(dataset, 8) == 6 and dataset.task.name == "parity_check"
+    rows = dataset.sized("val", items=3, count=2, length=6)
+    assert (rows["inputs"][:, 0] == dataset.bos_id).all() and rows["weights"][:, 0].sum() == 0
+    cutoff = 7
+    records = X.evaluate_sizes(None, {}, dataset, (1, 9), train_max=6, examples=3, batch_tokens=64,
+                               losses_fn=cutoff_losses(cutoff))
+    for r in records:
+        answer_at = r["items"] + 1  # BOS, n bits, '|': the input at n + 1 predicts the answer
+        assert r["length"] == r["items"] + 2 and r["exact_match"] == float(answer_at < cutoff), r

@@ -21,7 +21,8 @@ V, T, B = 13, 8, 2
 
 CASES = [  # (name, non-default fields)
     ("none", {}),
-    ("sinusoidal", {}),
+    ("sinusoidal", {"scale": 0.5}),  # the default sqrt_d scheme: token embeddings x sqrt(D)
+    ("sinusoidal", {"scheme": "matched"}),  # the table at the embeddings' RMS
     ("learned", {"max_len": 24}),
     ("rope", {"theta": 500.0}),
     ("rope", {"fraction": 0.5, "scaling": "yarn", "factor": 4.0, "original_max_len": 16}),
@@ -37,8 +38,9 @@ CASES = [  # (name, non-default fields)
 ]
 
 
-def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None, model_fields=None):
+def build(name, fields, *, n_layer=2, n_head=2, n_kv_head=None, model_fields=None, embed_multiplier=1.0):
     cfg = config_lib.load("tiny")
+    cfg.model.embed_multiplier = embed_multiplier
     cfg.model.position.name = name
     for key, value in fields.items():
         cfg.model.position[name][key] = value
@@ -97,9 +99,12 @@ def reference_forward(cfg, p, tokens, positions):
             return (silu(h @ params["gate"]["kernel"]) * (h @ params["fc"]["kernel"])) @ params["proj"]["kernel"]
         return gelu(h @ params["fc"]["kernel"], m.gelu_approximate or m.mlp == "gelu_tanh") @ params["proj"]["kernel"]
     pp = p.get("position", {}).get("params", {})
-    x = p["wte"]["embedding"][tokens]
+    multiplier = m.embed_multiplier or math.sqrt(m.n_embd)  # 0 = sqrt(D), Vaswani et al. 2017
+    if name == "sinusoidal" and fields["scheme"] == "sqrt_d":  # the variant's own factor, on top
+        multiplier *= math.sqrt(m.n_embd)
+    x = multiplier * p["wte"]["embedding"][tokens]  # the input side only: the output head uses the table as it is
     if name == "sinusoidal":
-        x = x + ref.sinusoidal(positions, m.n_embd)[None]
+        x = x + fields["scale"] * ref.sinusoidal(positions, m.n_embd)[None]  # resolved: 1, or 0.02 sqrt(2) matched
     elif name == "learned":
         x = x + pp["table"][positions][None]
 
@@ -180,6 +185,22 @@ def test_grouped_query_model_equals_the_float64_reference():
     want_logits, want_weights = reference_forward(cfg, p, tokens, positions)
     np.testing.assert_allclose(np.asarray(weights), want_weights, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(np.asarray(logits), want_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 2.5])
+def test_token_embedding_multiplier_equals_the_float64_reference(multiplier):
+    """Vaswani et al.'s sqrt(D) scheme (embed_multiplier 0) with the unit sinusoidal table, and any multiplier."""
+    cfg, model, p = build("sinusoidal", {"scheme": "matched", "scale": 1.0}, embed_multiplier=multiplier)
+    tokens = np.random.default_rng(5).integers(0, V, (B, T))
+    graphdef, state = nnx.split(model)
+    logits = jax.jit(lambda s, t: nnx.merge(graphdef, s)(t))(state, jnp.asarray(tokens))
+    want, _ = reference_forward(cfg, p, tokens, np.arange(T))
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+    plain, _ = reference_forward(config_lib.resolve(config_lib.load("tiny", [
+        "--config.model.position.name=sinusoidal", "--config.model.n_layer=2", "--config.model.n_head=2",
+        "--config.model.position.sinusoidal.scale=1.0", "--config.model.position.sinusoidal.scheme=matched"]),
+        vocab_size=V), p, tokens, np.arange(T))
+    assert np.abs(plain - want).max() > 1e-2  # the multiplier changes the function
 
 
 LLAMA_FIELDS = [  # the Llama family's model fields, each alone and all together (with GQA)

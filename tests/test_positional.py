@@ -19,6 +19,11 @@ ROTATE_NAMES = [n for n in NAMES if "rotation" in P.get_positional_encoding(n).a
 D, H, HEAD = 32, 4, 8  # n_embd, n_head, head_dim of the small records below
 
 
+# The fields resolve() derives from data.block_size, at the values these tests were written for (block 1024).
+RESOLVED = {"t5": {"max_distance": 128}, "xpos": {"scale_base": 512.0}, "fire": {"init_L": 512.0},
+            "sinusoidal": {"scale": 1.0}}
+
+
 def make(name, **fields):
     """(record, cfg, params), params random and non-zero (zero-initialised ones would hide position bugs)."""
     return _make(name, tuple(sorted(fields.items())))
@@ -27,7 +32,7 @@ def make(name, **fields):
 @functools.cache
 def _make(name, fields):
     pe = P.get_positional_encoding(name)
-    cfg = {**pe.defaults, **dict(fields)}
+    cfg = {**pe.defaults, **RESOLVED.get(name, {}), **dict(fields)}
     if pe.validate is not None:
         pe.validate(cfg)
     params = jax.jit(lambda key: pe.init(key, cfg, n_embd=D, n_head=H, head_dim=HEAD))(jax.random.key(0))
@@ -96,14 +101,16 @@ BAD_FIELDS = [
     ("rope", {"theta": -1.0}, "model.position.rope.theta=-1.0"),
     ("rope", {"scaling": "yarn", "factor": 4.0}, "model.position.rope.original_max_len=0; YaRN needs"),
     ("learned", {"max_len": 0}, "model.position.learned.max_len=0"),
-    ("xpos", {"scale_base": 0.0}, "model.position.xpos.scale_base=0.0"),
+    ("xpos", {"scale_base": -1.0}, "model.position.xpos.scale_base=-1.0; must be > 0 (0 = data.block_size / 2)"),
     ("xpos", {"theta": 0.0}, "model.position.xpos.theta=0.0; must be > 0"),
     ("xpos", {"gamma": -0.1}, "model.position.xpos.gamma=-0.1; must be > 0"),
     ("t5", {"num_buckets": 1}, "model.position.t5.num_buckets=1"),
     ("t5", {"max_distance": 8}, "model.position.t5.max_distance=8"),
     ("t5", {"num_buckets": 3, "bidirectional": True}, "model.position.t5.num_buckets=3; must leave >= 2"),
     ("fire", {"mlp_width": 0}, "model.position.fire.mlp_width=0"),
-    ("fire", {"init_L": 0.0}, "model.position.fire.init_L=0.0; must be > 0"),
+    ("fire", {"init_L": -2.0}, "model.position.fire.init_L=-2.0; must be > 0 (0 = data.block_size)"),
+    ("sinusoidal", {"scale": -0.1}, "model.position.sinusoidal.scale=-0.1; must be >= 0 (0 = the scheme's"),
+    ("sinusoidal", {"scheme": "vaswani"}, "model.position.sinusoidal.scheme='vaswani'; choose one of: sqrt_d, matched"),
     ("fire", {"eps": 0.0}, "model.position.fire.eps=0.0; must be > 0"),
 ]
 
@@ -631,3 +638,65 @@ def test_every_bias_variant_with_every_attention_implementation(name, implementa
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-4, atol=1e-4)
     if implementation == "chunked":
         assert seen and max(s for _, s in seen) <= BLOCK, f"bias_fn was called for (T, S) = {seen}"
+
+
+# ---------------------------------------------------------------------------------------------- fair defaults
+
+
+def test_matched_sinusoidal_table_has_the_token_embeddings_rms():
+    # Over whole periods of the fastest pairs and many positions the table's RMS is 1/sqrt(2); matched, it is 0.02,
+    # the std of the token embeddings at initialisation.
+    pe = P.get_positional_encoding("sinusoidal")
+    positions = jnp.arange(4096, dtype=jnp.int32)
+    for scale, rms in ((1.0, 2 ** -0.5), (0.0, 0.02)):
+        x = np.asarray(pe.embed({}, positions, {"scale": scale}, n_embd=16), np.float64)
+        # the slowest frequencies have not turned once in 4096 positions: take the pairs that have
+        assert np.sqrt(np.mean(x[:, :8] ** 2)) == pytest.approx(rms, rel=0.02)
+    assert pe.token_scale({"scheme": "sqrt_d", "scale": 0.0}, n_embd=16) == 4.0  # Vaswani et al.: x sqrt(D)
+    assert pe.token_scale({"scheme": "matched", "scale": 0.0}, n_embd=16) == 1.0
+    x = np.asarray(pe.embed({}, positions, {"scheme": "sqrt_d", "scale": 0.0}, n_embd=16), np.float64)
+    assert np.sqrt(np.mean(x[:, :8] ** 2)) == pytest.approx(2 ** -0.5, rel=0.02)  # sqrt_d: the unit table
+    assert all(P.get_positional_encoding(n).token_scale(P.get_positional_encoding(n).defaults, n_embd=16) == 1.0
+               for n in P.list_positional_encodings() if n != "sinusoidal")
+    x1 = np.asarray(pe.embed({}, positions[:50], {"scale": 1.0}, n_embd=16))
+    x3 = np.asarray(pe.embed({}, positions[:50], {"scale": 3.0}, n_embd=16))
+    np.testing.assert_allclose(x3, 3.0 * x1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("block", [32, 64, 256])
+def test_t5_derived_max_distance_trains_every_bucket_within_the_block(block):
+    # Every bucket is reached by some distance the model sees in training (0 .. block - 1), so past the training
+    # length the farthest keys read a trained bias; the paper's 128 at block 64 leaves the last buckets untrained.
+    def buckets(n, max_distance):
+        return set(np.asarray(P.t5_relative_bucket(-np.arange(n), bidirectional=False,
+                                                   max_distance=max_distance)).tolist())
+
+    derived = P.t5_max_distance(block)
+    assert buckets(block, derived) == buckets(16 * block, derived)  # nothing new past the training length
+    assert max(buckets(block, derived)) == 31
+    if block <= 64:  # the paper's 128, sized for 512 tokens: buckets first met past the training length
+        assert buckets(16 * block, 128) - buckets(block, 128)
+
+
+def test_xpos_and_fire_derived_defaults_act_within_the_training_length():
+    # xPos: across the block the decay of the slowest-decaying pair is the paper's zeta^(2) at L = 2 * scale_base.
+    assert P.xpos_scale_base(64) == 32.0 and P.fire_init_L(64) == 64.0
+    x = np.ones((1, 64, 4), np.float32)
+    q = np.asarray(P.apply_xpos(jnp.asarray(x), jnp.arange(64), is_key=False, scale_base=P.xpos_scale_base(64)))
+    zeta0 = 0.4 / 1.4  # the first pair's zeta
+    assert np.linalg.norm(q[0, 63, :2]) / np.linalg.norm(q[0, 0, :2]) == pytest.approx(
+        zeta0 ** (63 / 32), rel=1e-4)
+
+
+@pytest.mark.parametrize("name,field", [("t5", "max_distance"), ("xpos", "scale_base"), ("fire", "init_L")])
+def test_an_unresolved_derived_field_is_a_clear_error_not_a_silent_zero(name, field):
+    pe = P.get_positional_encoding(name)
+    cfg = {**pe.defaults, **RESOLVED[name], field: 0}
+    params = pe.init(jax.random.key(0), cfg, n_embd=8, n_head=2, head_dim=4)
+    positions = jnp.arange(4)
+    with pytest.raises(ValueError, match=f"model.position.{name}.{field}=0 is derived from data.block_size"):
+        if pe.bias is not None:
+            pe.bias(params, positions, positions, cfg, n_head=2)
+        else:
+            q = jnp.ones((1, 4, 2, 4))
+            pe.rotate(params, q, q, positions, positions, cfg)

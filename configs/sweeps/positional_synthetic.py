@@ -35,4 +35,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_tokens = 8192  # answer tokens per eval length (512 copies of 16 at 1x, 64 copies of 128 at 8x)
     c.eval_batch_tokens = 8192  # tokens per forward batch
     c.eval_split = "val"
+    c.eval_stride = 16  # the sliding-window baseline advances by half its window (data.block_size)
     return c

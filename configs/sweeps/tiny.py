@@ -17,4 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_tokens = 256  # predicted tokens per eval length
     c.eval_batch_tokens = 256  # tokens per forward batch
     c.eval_split = "val"
+    c.eval_stride = 16  # sliding-window baseline: half the window (data.block_size 32)
+    c.statistics = False  # one seed
+    c.reference = "alibi"  # the variant paired differences are taken against (with statistics)
     return c

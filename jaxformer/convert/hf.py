@@ -8,9 +8,10 @@ checkpoint of the parameters at step 0 (`checkpoints/latest/0`), so `eval`, `sam
 eval and config overrides work on it as on a trained run.
 
 Memory: the parameters are allocated once in the target layout (`param_dtype`), and each checkpoint tensor is read
-alone (safetensors, no torch), transformed and copied into its place, so the peak is about one copy of the model plus
-its largest tensor. Everything is written into a hidden temporary folder beside the workdir and renamed into place
-at the end; on any error that folder is removed and the workdir is untouched.
+alone (safetensors, no torch), transformed and copied into its place, so the peak is about one copy of the model
+plus its largest tensor; the save then frees each array as soon as orbax has written it (`save_checkpoint`).
+Everything is written into a hidden temporary folder beside the workdir and renamed into place at the end; on any
+error that folder is removed and the workdir is untouched.
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def _read(fh, info: dict, base: int, out: np.ndarray | None = None) -> np.ndarra
     return buf
 
 
+def _unpooled_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """np.empty in pages of its own (an anonymous memory map), unmapped when the array dies: malloc would put
+    arrays of a few MB in its heap, which it does not give back to the system while later blocks live, so the
+    process's resident size would not fall as the save frees them."""
+    import mmap
+
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.ConfigDict) -> dict:
     """The parameters as a nested dict of arrays (cfg.model.param_dtype), filled tensor by tensor.
 
@@ -155,7 +166,7 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
     planned = {e.target for e in entries.values()}
     if planned != set(targets):  # a bug in a family's tables, not bad input
         raise AssertionError(f"parameter map and model differ: {sorted(planned ^ set(targets))[:5]}")
-    arrays = {path: np.empty(shape, dtype) for path, (shape, dtype) in targets.items()}
+    arrays = {path: _unpooled_empty(shape, dtype) for path, (shape, dtype) in targets.items()}
     seen: set[str] = set()
     for file in weight_files(folder):
         try:
@@ -291,21 +302,49 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
     return record
 
 
+BATCH_BYTES = 2**24  # the save's batches: small, so that little beyond the arrays not yet written is alive
+
+
 def save_checkpoint(workdir: str, params: dict) -> None:
     """{"params": params} as step 0 of `workdir/checkpoints/latest`, the layout `checkpoint.Checkpoints` restores.
 
-    orbax copies each array out before writing it; bounding the bytes in flight (device-to-host and to disk) to
-    about the largest array keeps the save from holding a second copy of the whole model (benchmarks/README.md).
+    Consumes `params`: each array is deleted as soon as orbax has written it, so the model is never held twice.
+    Every array's transfer is "deprioritized", which makes orbax write them in batches of at most 16 MiB (an array
+    larger than that alone), and its serialization callback reports each written array, which frees it; the bytes
+    being written are bounded by about the largest array (benchmarks/README.md, "Import of a pretrained checkpoint").
     """
+    import jax
     import orbax.checkpoint as ocp
 
+    # orbax's documented home of the serialization callback, and the metadata store its default ArrayHandler has
+    # (without it the checkpoint would lack array_metadatas/ and the write shapes in _METADATA).
+    from orbax.checkpoint._src.metadata import array_metadata_store
+    from orbax.checkpoint._src.serialization import types as serialization_types
+
+    tree = {"params": params}
+    pending = {jax.tree_util.keystr(path): x for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+    class FreeWhenWritten(serialization_types.DefaultSerializationStatusCallback):
+        def key_priority(self, keypath):
+            return serialization_types.TransferPriority.ASYNCHRONOUS_DEPRIORITIZED  # batched by the bound below
+
+        def on_write_end(self, keypath):
+            array = pending.pop(jax.tree_util.keystr(keypath), None)
+            if array is not None:
+                array.delete()
+
     # orbax refuses an array larger than the bound (it is in GB, a float here): room for the largest, with a margin.
-    in_flight_gb = 1.1 * max(max(x.nbytes for x in _leaves(params)), 2**26) / 1e9
-    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb, save_device_host_concurrent_gb=in_flight_gb)
+    in_flight_gb = 1.1 * max(max(x.nbytes for x in pending.values()), 2**26) / 1e9
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                                   callback=FreeWhenWritten())))
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=in_flight_gb,
+                                          save_device_host_concurrent_gb=BATCH_BYTES / 1e9,
+                                          type_handler_registry=registry)
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"), item_handlers=handler,
                                     options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
     try:
-        manager.save(0, args=ocp.args.PyTreeSave({"params": params}), force=True)
+        manager.save(0, args=ocp.args.PyTreeSave(tree), force=True)
         manager.wait_until_finished()
     finally:
         manager.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxformer.data import algorithmic  # noqa: F401 -- registers the literature's tasks in synthetic.TASKS
-from jaxformer.data.dataset import Dataset
+from jaxformer.data.dataset import BOSDataset, Dataset, prepend_bos
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
 from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
 from jaxformer.data.tokenizer import (
@@ -30,9 +30,9 @@ from jaxformer.data.tokenizer import (
     run_tokenizer,
 )
 
-__all__ = ["TOKENIZER_KINDS", "DataError", "Dataset", "SubwordTokenizer", "SyntheticDataset", "TextDataset",
-           "Tokenizer", "cached_tokenizer", "default_config", "list_datasets", "load_dataset", "load_tokenizer",
-           "run_tokenizer"]
+__all__ = ["TOKENIZER_KINDS", "BOSDataset", "DataError", "Dataset", "SubwordTokenizer", "SyntheticDataset",
+           "TextDataset", "Tokenizer", "cached_tokenizer", "default_config", "list_datasets", "load_dataset",
+           "load_tokenizer", "prepend_bos", "run_tokenizer"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra)
     d.block_size = 32  # tokens per training row T (context length)
     d.batch_size = 32  # rows per batch B (per optimizer micro-step)
+    d.bos = False  # prepend a beginning-of-sequence token (id = tokenizer vocab size) to every row; not scored
     d.tokenizer = "char"  # char | bpe (byte-level BPE trained on the train split) | pretrained (an imported model's)
     d.vocab_size = 1024  # ids of the bpe tokenizer (256 bytes + merges); nanoGPT's `shakespeare` uses GPT-2's 50257
     d.val_split = "validation"  # TFDS split(s) read as "val", +-joined; validation+test = nanoGPT's last 10%
@@ -62,12 +63,14 @@ def load_dataset(data_cfg, tokenizer=None) -> Dataset:
     one (`cached_tokenizer`) instead of building it from `data.tokenizer`."""
     name = data_cfg.name
     if name == "tiny_shakespeare":
-        return load_tiny_shakespeare(data_cfg, tokenizer)
-    if name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
+        dataset = load_tiny_shakespeare(data_cfg, tokenizer)
+    elif name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
         if data_cfg.get("tokenizer", "char") != "char":
             raise DataError(f"data.tokenizer={data_cfg.tokenizer!r}: synthetic tasks have their own symbols; "
                             "use data.tokenizer=char")
-        return load_synthetic(data_cfg)
-    if name.startswith("tfds:") and len(name) > len("tfds:"):
-        return load_tfds_text(data_cfg, tokenizer)
-    raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")
+        dataset = load_synthetic(data_cfg)
+    elif name.startswith("tfds:") and len(name) > len("tfds:"):
+        dataset = load_tfds_text(data_cfg, tokenizer)
+    else:
+        raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")
+    return BOSDataset(dataset) if data_cfg.get("bos", False) else dataset
