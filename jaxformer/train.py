@@ -373,10 +373,12 @@ def check_init_source(source: str, which: str, workdir: str) -> ml_collections.C
 
 def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`cfg` with the derived position fields left at 0 taken from the source run, not from the new block size: a
-    learned table keeps its rows, and YaRN's `original_max_len` stays the context the source was trained at."""
+    learned table keeps its rows, YaRN's `original_max_len` stays the context the source was trained at, and T5's
+    max_distance, xPos's scale_base and FIRE's init_L stay what the source was trained with."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     source = config_lib.resolve(source_cfg)
-    for field in ("learned.max_len", "rope.original_max_len"):
+    fields = [f[len("model.position."):] for f in config_lib.DERIVED_FROM if f.startswith("model.position.")]
+    for field in fields:  # learned.max_len, rope.original_max_len, and the others derived from the block size
         variant, name = field.split(".")
         if cfg.model.position[variant].get(name) == 0 and variant in source.model.position:
             cfg.model.position[variant][name] = source.model.position[variant][name]
