@@ -385,15 +385,19 @@ def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.C
     return cfg
 
 
-def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
-    """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); one-line
-    errors for another vocabulary or other parameter shapes."""
-    source_tok, new_tok = data_lib.run_tokenizer(source), trainer.dataset.tokenizer
+def check_init_vocabulary(source: str, dataset, cfg: ml_collections.ConfigDict) -> None:
+    """A one-line error when the new run's data has another vocabulary than the source run's tokenizer."""
+    source_tok, new_tok = data_lib.run_tokenizer(source), dataset.tokenizer
     if (type(source_tok) is not type(new_tok) or source_tok.vocab_size != new_tok.vocab_size
             or getattr(source_tok, "vocab", None) != getattr(new_tok, "vocab", None)):
-        raise run_lib.RunDirError(f"--init-from: data.name={trainer.cfg.data.name!r} has another vocabulary than "
+        raise run_lib.RunDirError(f"--init-from: data.name={cfg.data.name!r} has another vocabulary than "
                                   f"{source}/{source_tok.filename} ({new_tok.vocab_size} vs {source_tok.vocab_size} "
                                   "tokens); fine-tune on data with the source run's vocabulary")
+
+
+def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
+    """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); a
+    one-line error for other parameter shapes."""
     _, _, params, step = restore_params(source, which=which)
     want = jax.tree_util.tree_flatten_with_path(trainer._params0)[0]
     got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
@@ -437,6 +441,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
         if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
             dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, init_from))
+        check_init_vocabulary(init_from, dataset, cfg)
     # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
     created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
