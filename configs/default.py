@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500  # steps between checkpoints (and the final step); 0 = only the final step
     c.train.keep_checkpoints = 2  # keep-last-k for periodic checkpoints (the best-by-val one is kept apart)
     c.train.nonfinite = "stop"  # on a NaN/Inf loss or gradient: stop (keep last good checkpoint) | skip the update
+    c.train.max_skipped_steps = 10  # nonfinite=skip: end the run (exit 1) after this many non-finite steps in a row; 0 = never
     c.train.attention_diagnostics_every = 0  # log per-head attention diagnostics every N steps; 0 = off
     c.train.sample_chars = 200  # characters sampled into samples.txt at the end; 0 = none
     c.train.progress = True  # tqdm progress bar (off automatically when not a TTY)

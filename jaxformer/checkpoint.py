@@ -1,64 +1,246 @@
 """Checkpoints with orbax: `checkpoints/latest/` (every N steps, keep-last-k) and `checkpoints/best/` (lowest val loss).
 
 orbax writes each step into a temporary directory and renames it when complete, so a process killed at any moment
-leaves the previous complete checkpoint loadable. A checkpoint holds the whole train state pytree (params, optimizer
-state, step, RNG key data, non-finite counters); the data sampler needs only the step, since batch s is a pure
-function of (seed, s). Restoring takes an abstract target with shardings, so a state saved on one mesh restores onto
-another.
+leaves the previous complete checkpoint loadable; a temporary directory left by a killed save is removed when the
+run next opens its checkpoints. A checkpoint holds the whole train state pytree (params, optimizer state, step, RNG
+key data, non-finite counters); the data sampler needs only the step, since batch s is a pure function of (seed, s).
+Restoring takes an abstract target with shardings, so a state saved on one mesh restores onto another.
+
+Each step records a digest (BLAKE2b) of every array it holds in its orbax metadata (`custom_metadata["digests"]`),
+computed from the arrays in memory before they are written; a restore recomputes them from what it read. orbax has
+no check of its own that the values read are the values written (a flipped bit in a chunk decodes to other numbers),
+so a checkpoint that fails the comparison, or cannot be read at all, is reported in one line naming its directory
+and the next older complete step is tried, then `best/`. Checkpoints written before the digests existed restore
+unverified.
+
+Keep-last-k never leaves only an unproven checkpoint: a checkpoint at step s is known good once the loss of step
+s + 1 (computed on its parameters) was finite, so the older checkpoints are pruned just before the next save (when
+the loop has seen every step since them finite), keeping k - 1 of them, and at least one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("jaxformer")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written (one line naming the directory); the run ends with exit status 1."""
+
+    exit_code = 1
+    exit_now = True  # orbax's threads of a failed asynchronous write may never finish: the CLI does not wait
+
+
+class NoUsableCheckpoint(FileNotFoundError):
+    """No checkpoint of a run could be read and verified (one line naming the directory)."""
 
 
 class Checkpoints:
     def __init__(self, workdir: str, *, keep: int):
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.keep = keep
         # With several processes, each manager synchronises them through barriers named after the step; two
         # managers saving the same step at once must name theirs apart, or the processes cross barriers.
         apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+        # max_to_keep=None: keep-last-k is ours (`_prune`), so that it never deletes the newest proven checkpoint.
+        # The handler named up front: item metadata (the saved tree's layout) then reads without orbax warnings.
         self.latest = ocp.CheckpointManager(
-            os.path.join(root, "latest"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+            os.path.join(root, "latest"), item_handlers=ocp.StandardCheckpointHandler(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
                                                  multiprocessing_options=apart("latest")))
         self.best = ocp.CheckpointManager(
-            os.path.join(root, "best"),
+            os.path.join(root, "best"), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
-                                                 create=True, multiprocessing_options=apart("best")))
+                                                 create=True, cleanup_tmp_directories=True,
+                                                 multiprocessing_options=apart("best")))
 
-    def save(self, step: int, state, *, val_loss: float | None = None) -> None:
-        """Every process must call this (with the same arguments): each writes its devices' shards."""
-        if step in self.latest.all_steps():
-            return
-        self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
-        if val_loss is not None and step not in self.best.all_steps():
-            self.best.save(step, args=ocp.args.StandardSave(state), metrics={"val_loss": float(val_loss)}, force=True)
+    # ------------------------------------------------------------------------------------------------------ saving
+
+    def save(self, step: int, state) -> None:
+        """Saves `state` as latest/<step>. Every process must call this (with the same arguments): each writes its
+        devices' shards. The caller has checked that the parameters are finite (`all_finite`)."""
+        self._write(self.latest, step, state, prune=max(self.keep - 1, 1))
+
+    def save_best(self, step: int, state, *, val_loss: float) -> None:
+        """Saves `state` as best/<step>, labelled with `val_loss`: the loss of an evaluation of this very state."""
+        if math.isfinite(val_loss):
+            self._write(self.best, step, state, metrics={"val_loss": float(val_loss)})
+
+    def best_loss(self) -> float:
+        """The label of the best checkpoint (inf when there is none)."""
+        step = self.best.best_step()
+        if step is None:
+            return math.inf
+        try:
+            return float(self.best.metadata(step).metrics["val_loss"])
+        except Exception:  # noqa: BLE001 -- an unreadable best/ is reported when restored; any new eval replaces it
+            return math.inf
+
+    def _write(self, manager, step: int, state, *, metrics=None, prune: int | None = None) -> None:
+        try:
+            if step in manager.all_steps():
+                return
+            # The previous save must be on disk before its elders are pruned (it is the checkpoint kept).
+            manager.wait_until_finished()
+            if prune is not None:
+                self._prune(prune)
+            manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
+                         custom_metadata={"digests": digests(state)}, force=True)
+        except Exception as e:  # noqa: BLE001 -- any I/O failure is one line naming the directory
+            raise CheckpointError(f"could not write checkpoint step {step} in {manager.directory}: "
+                                  f"{_first_line(e)}") from e
+
+    def _prune(self, keep: int) -> None:
+        for step in sorted(self.latest.all_steps())[:-keep]:
+            self.latest.delete(step)
+
+    def finish(self) -> None:
+        """At the end of a run: every save on disk, latest/ pruned to keep-last-k."""
+        self.wait()
+        try:
+            self._prune(self.keep)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"could not prune {self.latest.directory}: {_first_line(e)}") from e
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, abstract_state, *, which: str = "latest", step: int | None = None):
+    def has_any(self) -> bool:
+        """Whether any step directory exists in latest/ or best/, usable or not."""
+        return bool(self.latest.all_steps() or self.best.all_steps())
+
+    # --------------------------------------------------------------------------------------------------- restoring
+
+    def restore(self, abstract_state, *, which: str = "latest", step: int | None = None, convert=None,
+                set_aside: bool = False):
         """Restores onto `abstract_state` (ShapeDtypeStructs with shardings; None = as saved, on the default
-        device); returns (step, state)."""
-        manager = self.latest if which == "latest" else self.best
-        if step is None:
-            step = manager.latest_step() if which == "latest" else manager.best_step()
-        if step is None:
-            raise FileNotFoundError(f"no {which} checkpoint under {manager.directory}")
+        device); returns (step, state).
+
+        Without `step`: the newest step of `which` that reads and verifies, then (for latest) the best checkpoint;
+        each one passed over is reported in one line. `convert(saved_metadata_tree, abstract_state)` may return
+        (target, finish) to restore a state saved with another layout (see train.py); None = restore as is.
+        `set_aside` (a resumed run, which will save those steps again) moves each unusable step to
+        `checkpoints/unusable/<latest|best>-<step>`: kept for a look, out of orbax's way.
+        """
+        if step is not None:
+            candidates = [(which, step)]
+        elif which == "latest":
+            candidates = ([("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
+                          + [("best", s) for s in sorted(self.best.all_steps(), reverse=True)])
+        else:
+            candidates = [("best", s) for s in sorted(self.best.all_steps(), reverse=True)]
+        failed = []
+        for kind, s in candidates:
+            manager = self.latest if kind == "latest" else self.best
+            path = os.path.join(str(manager.directory), str(s))
+            try:
+                state = self._restore_verified(manager, s, abstract_state, convert)
+            except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: said in one line, the next tried
+                failed.append(path)
+                aside = self._set_aside(manager, kind, s) if set_aside and jax.process_index() == 0 else None
+                log.warning("checkpoint %s is unusable: %s%s", path, _first_line(e),
+                            f" (moved to {aside})" if aside else "")
+                continue
+            if failed:
+                log.warning("using checkpoint %s instead (%d newer unusable)", path, len(failed))
+            return s, state
+        directory = self.latest.directory if which == "latest" else self.best.directory
+        if failed:
+            raise NoUsableCheckpoint(f"no usable {which} checkpoint under {os.path.dirname(str(directory))}: "
+                                     f"{len(failed)} failed to read or verify (newest: {failed[0]})")
+        raise NoUsableCheckpoint(f"no {which} checkpoint under {directory}")
+
+    def _set_aside(self, manager, kind: str, step: int) -> str:
+        aside = os.path.join(os.path.dirname(str(manager.directory)), "unusable", f"{kind}-{step}")
+        if os.path.exists(aside):
+            aside += f".{os.getpid()}"
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        os.replace(os.path.join(str(manager.directory), str(step)), aside)
+        manager.reload()
+        return aside
+
+    def _restore_verified(self, manager, step: int, abstract_state, convert):
+        for name in ("_CHECKPOINT_METADATA", "default/_METADATA"):
+            if not os.path.exists(os.path.join(str(manager.directory), str(step), name)):
+                raise ValueError(f"{name} is missing (a checkpoint cut short or damaged)")
+        expected = (manager.metadata(step).custom_metadata or {}).get("digests")
+        finish = None
+        if abstract_state is not None and convert is not None:
+            saved_tree = manager.item_metadata(step).tree
+            abstract_state, finish = convert(saved_tree, abstract_state)
         args = ocp.args.StandardRestore() if abstract_state is None else ocp.args.StandardRestore(abstract_state)
-        return step, manager.restore(step, args=args)
+        state = manager.restore(step, args=args)
+        if expected is not None:
+            verify(state, expected)
+        return finish(state) if finish is not None else state
 
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        for manager in (self.latest, self.best):
+            try:
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointError(f"could not write a checkpoint in {manager.directory}: {_first_line(e)}") from e
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        """Closes both managers (joins orbax's threads); safe to call after a failure and more than once."""
+        for manager in (self.latest, self.best):
+            try:
+                manager.close()
+            except Exception as e:  # noqa: BLE001 -- closing after an I/O error must not hide that error
+                log.debug("closing %s: %s", manager.directory, e)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip()
+    line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _path_name(path) -> str:
+    """A key path as a/b/0, the same for a state in memory and the nested dicts/lists orbax restores it as."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def digests(state) -> dict[str, str] | None:
+    """{array path: BLAKE2b of dtype, shape and bytes} of a state's arrays; None when this process does not hold
+    every array whole (several processes: orbax's own commit markers are the check there)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for _, x in leaves):
+        return None
+    out = {}
+    for path, x in leaves:
+        a = np.ascontiguousarray(jax.device_get(x))
+        h = hashlib.blake2b(f"{a.dtype.str}{a.shape}".encode(), digest_size=16)
+        h.update(a.tobytes())
+        out[_path_name(path)] = h.hexdigest()
+    return out
+
+
+def verify(state, expected: dict[str, str]) -> None:
+    """Raises ValueError naming the first array whose digest differs from the one recorded at save time."""
+    got = digests(state)
+    if got is None:
+        return
+    for name in sorted(expected.keys() | got.keys()):
+        if got.get(name) != expected.get(name):
+            what = "missing" if name not in got else "checksum mismatch"
+            raise ValueError(f"{what} in array {name} (the checkpoint's data is not what was saved)")
+
+
+def all_finite(tree) -> bool:
+    """Whether every floating-point array of `tree` is finite (one device reduction, one host transfer)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, jax.numpy.inexact)]
+    if not leaves:
+        return True
+    return bool(jax.device_get(jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))))
 
 
 def abstract_like(state, shardings=None):

@@ -609,9 +609,26 @@ def main(argv: list[str] | None = None) -> int:
     # Arguments first (--help and a mistyped option answer here, in a fraction of a second): nothing below this
     # line has imported JAX yet.
     debug = parse(name, rest).debug
+    interrupt = _Interrupt.install()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[TqdmLogHandler(sys.stderr)])
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not debug:
+        # orbax logs through absl, from its own threads, a traceback per failed write (dozens of lines for one
+        # full disk) and warnings on every damaged checkpoint; checkpoint.py says each of those in one line.
+        # (absl names its own module as the caller of some of them, hence both paths.)
+        quiet = (f"{os.sep}orbax{os.sep}", f"{os.sep}absl{os.sep}logging{os.sep}")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: record.name != "absl" or not any(q in record.pathname for q in quiet))
+        # After a failed read, tensorstore's callbacks into the asyncio loop orbax has already closed report this
+        # error as "unraisable", a traceback per array; the failed read itself is said in one line.
+        default_hook = sys.unraisablehook
+
+        def unraisable(info):
+            if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+                default_hook(info)
+
+        sys.unraisablehook = unraisable
     module_name, function_name = SUBCOMMANDS[name][0].split(":")
     try:
         if name not in WITHOUT_JAX:
@@ -621,13 +638,95 @@ def main(argv: list[str] | None = None) -> int:
             # environment value is a one-line error like any other bad input.
             platform.configure()
         function = getattr(importlib.import_module(module_name), function_name)
-        return function(rest)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if debug:
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"jaxformer {name}: error: {message}", file=sys.stderr)
+        status = function(rest)
+    except BaseException as e:
+        if interrupt.received is None or isinstance(e, SystemExit):
+            return _error_status(name, e, debug)
+        # Interrupted itself, or what it became on its way out (inside a C extension's import: an ImportError).
+        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
+        return 128 + signal.Signals[interrupt.received].value
+    if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
+        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
+        return 128 + signal.Signals[interrupt.received].value
+    return status
+
+
+def _error_status(name: str, e: BaseException, debug: bool) -> int:
+    """One line and the exit status for an error that says itself; anything else (a bug) goes on, traceback and
+    all, as does everything under --debug."""
+    if debug:
+        raise e
+    if isinstance(e, (ValueError, FileNotFoundError, KeyError)):  # bad input
+        print(f"jaxformer {name}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
+    if not isinstance(e, Exception) or not hasattr(type(e), "exit_code"):
+        raise e
+    # Errors that say themselves in one line and set their own status (e.g. a checkpoint that could not be
+    # written: checkpoint.CheckpointError, status 1).
+    print(f"jaxformer {name}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+    if getattr(type(e), "exit_now", False):
+        # A failed asynchronous checkpoint write leaves orbax threads waiting (minutes) for a signal that the
+        # failed write never sends; the run's own state is already closed and unlocked (train.py's finally), so
+        # the process ends here rather than waiting for them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(type(e).exit_code)
+    return type(e).exit_code
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM outside the training loop (which handles them itself: checkpoint, then exit 130/143).
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way (a checkpoint fallback, a
+    data loader) takes it for an error and carries on."""
+
+    def __init__(self, signal: signal.Signals):
+        super().__init__(signal.name)
+        self.signal = signal
+
+
+class _Interrupt:
+    """The entry point's handler: raises Interrupted, and remembers the signal, because Python only prints an
+    exception raised while it runs a garbage-collection callback ("Exception ignored in ...") and goes on.
+    train.py's loop reads `received` when it takes the signals over."""
+
+    def __init__(self):
+        self.received = None
+
+    @classmethod
+    def install(cls) -> _Interrupt:
+        handler = cls()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+        default_hook = sys.unraisablehook
+
+        def unraisable(info):  # the swallowed Interrupted is recorded in `received`: no traceback for it
+            if not isinstance(info.exc_value, Interrupted):
+                default_hook(info)
+
+        sys.unraisablehook = unraisable
+        return handler
+
+    def __call__(self, signum, frame):
+        self.received = signal.Signals(signum).name
+        self._raise(frame)
+
+    def _raise(self, frame, *_):
+        if _importing(frame):
+            # Raised inside a module being imported, the exception can be printed by a C extension's init (numpy,
+            # jaxlib: a traceback) and come out as an ImportError: raise it when the import is done.
+            signal.signal(signal.SIGALRM, lambda signum, frame: self._raise(frame))
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
+            return
+        raise Interrupted(signal.Signals[self.received])
+
+
+def _importing(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 if __name__ == "__main__":

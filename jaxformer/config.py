@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ from jaxformer import sharding as sharding_lib
 
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("stop", "skip")
+INT32_MAX = 2**31 - 1  # the train state's step counter and the data sampler's seeds are int32
 
 
 class ConfigError(ValueError):
@@ -243,6 +245,17 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             _require(isinstance(value, int) and value > 0, f"{section}.{name}={value!r}; must be a positive integer")
     for name in ("n_kv_head", "vocab_size"):
         _require(m[name] >= 0, f"model.{name}={m[name]!r}; must be >= 0 (0 = derive it)")
+    for field in ("optim.lr", "optim.min_lr", "optim.weight_decay", "optim.grad_clip", "optim.beta1", "optim.beta2",
+                  "model.dropout"):
+        value = _get(cfg, field)
+        _require(isinstance(value, (int, float)) and math.isfinite(value),
+                 f"{field}={value!r}; must be a finite number")
+    _require(t.steps <= INT32_MAX,
+             f"train.steps={t.steps}; the step counter is int32: at most {INT32_MAX}")
+    _require(isinstance(t.seed, int) and 0 <= t.seed <= INT32_MAX,
+             f"train.seed={t.seed!r}; must be an integer in [0, {INT32_MAX}]")
+    _require(t.get("max_skipped_steps", 0) >= 0,
+             f"train.max_skipped_steps={t.get('max_skipped_steps')!r}; must be >= 0 (0 = never stop)")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every!r}; must be >= 0 (0 = final only)")
     _require(t.keep_checkpoints >= 1, f"train.keep_checkpoints={t.keep_checkpoints!r}; must be >= 1")
     _require(o.lr > 0, f"optim.lr={o.lr!r}; must be > 0")
@@ -388,6 +401,7 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.rope.high_freq_factor": 4.0,
     "data.tokenizer": "char",
     "data.vocab_size": 1024,
+    "train.max_skipped_steps": 0,  # before it, nonfinite=skip runs never stopped on their own
 }
 
 

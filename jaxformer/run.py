@@ -6,7 +6,8 @@
               timing.jsonl     wall-clock figures per logged step (tokens/s, ms/step), kept apart so that
                                metrics.jsonl is bitwise reproducible
               events.*         TensorBoard
-              checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss)
+              checkpoints/     orbax (latest/ keep-last-k, best/ by validation loss, unusable/ set aside)
+              .lock            {pid, host} of the process writing the run (one writer at a time)
               vocab.json       tokenizer (characters), or tokenizer.json (subwords: data.tokenizer=bpe or an import)
               samples.txt      text sampled at the end
               plots/           loss.png
@@ -17,16 +18,20 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import time
 
 import ml_collections
 
 from jaxformer import config as config_lib
 from jaxformer import matmul
+
+log = logging.getLogger("jaxformer")
 
 
 class RunDirError(ValueError):
@@ -55,9 +60,21 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
     directory, the current directory or one of its parents).
     """
     workdir = os.path.abspath(workdir)
-    exists = os.path.isdir(workdir) and bool(os.listdir(workdir))
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise RunDirError(f"--workdir={workdir} is a file, not a directory")
+    # The lock first: a second train, --resume or --overwrite of a run being trained is refused untouched. (A
+    # directory that is not a run is refused below without a lock file ever written into it.)
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        acquire(workdir)
+    try:
+        return _prepare(workdir, resume=resume, overwrite=overwrite)
+    except BaseException:
+        release(workdir)
+        raise
+
+
+def _prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
+    exists = os.path.isdir(workdir) and bool(set(os.listdir(workdir)) - {LOCK})
     if resume and not os.path.exists(os.path.join(workdir, "config.json")):
         raise RunDirError(f"--resume: --workdir={workdir} holds no run to continue (no config.json); drop --resume "
                           "to start a new run there")
@@ -75,8 +92,93 @@ def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
             raise RunDirError(f"--overwrite refuses to delete {workdir}: it has no config.json, so it is not a run "
                               "directory")
         shutil.rmtree(workdir)
+        _held.discard(workdir)
     os.makedirs(workdir, exist_ok=True)
+    acquire(workdir)
     return False
+
+
+# ------------------------------------------------------------------------------------------------------- the lock
+
+LOCK = ".lock"
+_held: set[str] = set()  # the run directories this process has locked
+
+
+def acquire(workdir: str) -> None:
+    """Locks `workdir` for this process: `<workdir>/.lock` made exclusively (O_EXCL), holding {pid, host}.
+
+    A lock whose process is gone (same host, PID not running) is stale: it is replaced, with a warning. A lock of a
+    live process, or of another host (whose processes cannot be checked from here), is a one-line RunDirError.
+    Released by `release` (train() calls it on every exit path); a kill -9 leaves a stale lock, replaced next time.
+    """
+    workdir = os.path.abspath(workdir)
+    if workdir in _held:
+        return
+    path = os.path.join(workdir, LOCK)
+    me = {"pid": os.getpid(), "host": platform.node(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(path)
+            if holder is None:  # being written by its maker this instant, or torn by a kill: look again
+                time.sleep(0.2)
+                holder = _read_lock(path)
+            if holder is not None and not _stale(holder):
+                raise RunDirError(f"--workdir={workdir} is in use by process {holder.get('pid')} on "
+                                  f"{holder.get('host')} (since {holder.get('started')}); wait for it to end or stop "
+                                  f"it (if that process is gone, delete {path})") from None
+            log.warning("replacing the stale lock %s of process %s on %s (no longer running)", path,
+                        (holder or {}).get("pid"), (holder or {}).get("host"))
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _held.add(workdir)
+        return
+    raise RunDirError(f"--workdir={workdir}: could not take the lock {path}; another process keeps making it")
+
+
+def _read_lock(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(holder: dict) -> bool:
+    if holder.get("host") != platform.node():
+        return False
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def release(workdir: str) -> None:
+    """Removes this process's lock of `workdir` (nothing if it holds none)."""
+    workdir = os.path.abspath(workdir)
+    if workdir not in _held:
+        return
+    _held.discard(workdir)
+    path = os.path.join(workdir, LOCK)
+    holder = _read_lock(path)
+    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == platform.node():
+        os.unlink(path)
 
 
 # What a resumed run may change: how it is run, not what is trained (the model, its data, the seed of its data
@@ -261,18 +363,44 @@ def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    return [record for _, record in _read_lines(path)]
+
+
+def _read_lines(path: str) -> list[tuple[str, dict]]:
+    """(line, record) of a JSON-lines file. A torn last line (a process killed mid-write) is left out with a
+    warning; a bad line before the end is a one-line error naming the file and the line."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s: dropped its torn last line %d (a write cut short)", path, i + 1)
+                break
+            raise RunDirError(f"{path}: line {i + 1} is not JSON ({line.strip()[:40]!r}); the file is damaged, "
+                              "remove that line to continue") from None
+        out.append((line if line.endswith("\n") else line + "\n", record))
+    return out
+
+
+def recorded_steps(workdir: str) -> int:
+    """The last step metrics.jsonl records (0 when none)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    return max((record.get("step", 0) for _, record in _read_lines(path)), default=0)
 
 
 def truncate_metrics(workdir: str, step: int) -> None:
-    """On resume from `step`: drop log lines past it (they will be logged again, identically)."""
+    """On resume from `step`: drop log lines past it (they will be logged again, identically), and a torn last
+    line (with a warning)."""
     for name in ("metrics.jsonl", "timing.jsonl"):
         path = os.path.join(workdir, name)
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line, record in _read_lines(path) if record.get("step", 0) <= step]
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)

@@ -7,15 +7,16 @@ uninterrupted run exactly on CPU.
 
 A non-finite loss or gradient norm never reaches the parameters: the update is skipped inside the compiled step and
 counted. With `train.nonfinite="stop"` every later update is skipped too, and the host stops the run at its next
-check (log or checkpoint step) with the first bad step reported and the last good checkpoint kept; with `"skip"`
-training goes on and the count is logged. Checking on the device keeps the step free of per-step host syncs.
+check (log or checkpoint step) with the first bad step reported and the last good checkpoint kept (nothing is saved
+once a step was non-finite, nor any non-finite parameters); with `"skip"` training goes on and the count is logged,
+until `train.max_skipped_steps` steps in a row were skipped. Checking on the device keeps the step free of per-step
+host syncs.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import signal
 import sys
@@ -227,6 +228,9 @@ class _StopSignal:
         if threading_is_main():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
+                # The entry point's start-up handler (cli.py) records a signal whose exception Python may have
+                # swallowed (one raised inside a garbage-collection callback is only printed): stop at once.
+                self.received = self.received or getattr(self._old[sig], "received", None)
         return self
 
     def _handle(self, signum, frame):
@@ -415,6 +419,130 @@ def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, d
     return params, info
 
 
+def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.ConfigDict:
+    """The resolved config, validated against the data and this machine: everything refused here is refused before
+    the run directory is made or touched (one-line ConfigError)."""
+    resolved = config_lib.resolve(cfg, vocab_size=dataset.vocab_size)
+    config_lib.validate(resolved, n_devices=jax.device_count())
+    m, d, o, t = resolved.model, resolved.data, resolved.optim, resolved.train
+    # A training check, not validate()'s: an imported model's run (train.steps=1) is evaluated and sampled as is.
+    if o.warmup_steps > t.steps:
+        raise config_lib.ConfigError(f"optim.warmup_steps={o.warmup_steps} is longer than the run (train.steps="
+                                     f"{t.steps}); choose optim.warmup_steps <= {t.steps}")
+    if m.vocab_size < dataset.vocab_size:
+        raise config_lib.ConfigError(
+            f"model.vocab_size={m.vocab_size} is smaller than the {dataset.vocab_size} tokens of data.name="
+            f"{d.name!r}; set it >= {dataset.vocab_size} (0 = the data's)")
+    for split in ("train", "val"):
+        tokens = dataset.split_tokens(split)
+        if tokens is not None and d.block_size + 1 > len(tokens):
+            raise config_lib.ConfigError(
+                f"data.block_size={d.block_size} needs {d.block_size + 1} tokens per row; the {split} split of "
+                f"{d.name!r} has {len(tokens)}: choose data.block_size <= {len(tokens) - 1}")
+    need, n_params = memory_estimate(resolved)
+    have = device_memory()
+    if need > have:
+        raise config_lib.ConfigError(
+            f"the model ({n_params:,} parameters, model.n_layer={m.n_layer}, model.n_embd={m.n_embd}) needs about "
+            f"{need / 2**30:,.1f} GiB for parameters, optimizer state and activations at data.batch_size="
+            f"{d.batch_size}, data.block_size={d.block_size}; this machine's {jax.devices()[0].platform} memory is "
+            f"{have / 2**30:,.1f} GiB: shrink the model or the batch, or add devices (mesh.fsdp)")
+    return resolved
+
+
+def memory_estimate(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(bytes, parameter count) a training step needs at least, per device: parameters, gradients and AdamW's two
+    moments (4 copies, split by mesh.fsdp/tensor), plus the activations kept for the backward pass, from the
+    per-layer count of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+    s*b*h*(34 + 5*a*s/h) bytes at 16 bits, doubled for float32) and the float32 logits and their gradient.
+
+    The parameter count comes from the model's abstract shapes (`nnx.eval_shape`: nothing is allocated)."""
+    model = nnx.eval_shape(lambda: build_model(cfg))
+    n_params = count_params(model)
+    m, d = cfg.model, cfg.data
+    width = np.dtype(jnp.dtype(m.param_dtype)).itemsize
+    act = np.dtype(jnp.dtype(m.dtype)).itemsize
+    n_devices = jax.device_count()
+    shards = max(1, cfg.mesh.fsdp if cfg.mesh.fsdp > 0 else 1) * max(1, cfg.mesh.tensor if cfg.mesh.tensor > 0 else 1)
+    B = d.batch_size / max(1, n_devices // shards)  # rows per device
+    T, D, H = d.block_size, m.n_embd, m.n_head
+    per_layer = T * B * D * (34 + 5 * H * T / D) * act / 2
+    layers = per_layer * (1 if m.remat else m.n_layer) + (m.n_layer * T * B * D * act if m.remat else 0)
+    logits = 2 * B * T * m.vocab_size * 4
+    return int(4 * n_params * width / shards + layers + logits), n_params
+
+
+def device_memory() -> int:
+    """Bytes of memory of one device: the accelerator's allocator limit, or the host's RAM for the CPU."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(stats["bytes_limit"])
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def restore_layout(saved_tree, abstract: dict):
+    """(target, finish) for restoring a train state saved under another `train.log_every` or `optim.grad_clip`
+    (both allowed to change on resume): the arrays are matched by path, with optax's clip-chain prefix
+    (`opt_state/1/...` with clipping, `opt_state/...` without; the clip holds no arrays) added or dropped, and the
+    `recent` window re-laid for the new log_every. None, None when the layouts are the same."""
+    def names(tree):
+        return {checkpoint_lib._path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    saved, current = names(saved_tree), names(abstract)
+    if saved.keys() == current.keys() and all(tuple(saved[k].shape) == tuple(v.shape) for k, v in current.items()):
+        return abstract, None
+
+    def saved_name(name: str) -> str:
+        if name in saved:
+            return name
+        head, _, rest = name.partition("/")
+        for alternative in (f"{head}/1/{rest}", f"{head}/{rest[2:]}" if rest.startswith("1/") else None):
+            if head == "opt_state" and alternative in saved:
+                return alternative
+        raise ValueError(f"the checkpoint holds no array {name} (it was saved by another model or optimizer)")
+
+    mapping = {saved_name(name): name for name in current}
+    unused = sorted(set(saved) - set(mapping))
+    if unused:
+        raise ValueError(f"the checkpoint holds array {unused[0]} that this run's train state has no place for")
+
+    def target_leaf(path, meta):
+        x = current[mapping[checkpoint_lib._path_name(path)]]
+        shape = tuple(meta.shape) if checkpoint_lib._path_name(path).startswith("recent/") else x.shape
+        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=x.sharding)
+
+    target = jax.tree_util.tree_map_with_path(target_leaf, saved_tree)
+
+    def finish(restored):
+        arrays = {mapping[k]: v for k, v in names(restored).items()}
+        state = jax.tree_util.tree_map_with_path(lambda p, _: arrays[checkpoint_lib._path_name(p)], abstract)
+        state["recent"] = _rewindow(state["recent"], abstract["recent"])
+        return state
+
+    return target, finish
+
+
+def _rewindow(recent: dict, abstract: dict) -> dict:
+    """The recent-steps window in a new length (log_every changed on resume): each kept step in its slot."""
+    n = abstract["step"].shape[0]
+    old = jax.device_get(recent)
+    if old["step"].shape[0] == n:
+        return recent
+    new = {"step": np.full((n,), -1, np.int32), "loss": np.zeros((n,), np.float32),
+           "grad_norm": np.zeros((n,), np.float32)}
+    newest = int(old["step"].max())
+    for i in np.argsort(old["step"]):
+        s = int(old["step"][i])
+        if s > 0 and s > newest - n:
+            for key in new:
+                new[key][(s - 1) % n] = old[key][i]
+    return {k: jax.device_put(v, abstract[k].sharding) for k, v in new.items()}
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
           dataset=None, stop_after: int | None = None, init_from: str | None = None,
           init_checkpoint: str = "latest") -> dict:
@@ -424,11 +552,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     `init_from=RUN` starts from the parameters of RUN's `init_checkpoint` (latest | best) with a fresh optimizer: a
     fine-tune, e.g. at a longer `data.block_size` with a RoPE scaling; a change that gives another model is refused
     before anything is written, and RUN is only read. The manifest records where the parameters came from.
+
+
+    The run directory is locked (run.py) from before it is touched until this returns or raises.
     """
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
-    init_info = None
     if init_from is not None:
         if resume:
             raise run_lib.RunDirError("--init-from starts a new run and --resume continues one; give only one")
@@ -442,26 +572,46 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
             dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, init_from))
         check_init_vocabulary(init_from, dataset, cfg)
-    # Process 0 alone readies the directory (--overwrite deletes it); the others wait for it, and for its answer.
+    # Bad input (config, data, a model that cannot fit) is refused before the run directory is made or touched.
+    if dataset is None:
+        # A resumed run's own subword tokenizer (a trained BPE is not trained again).
+        saved_run = resume and os.path.exists(os.path.join(workdir, "config.json"))
+        dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir)
+                                        if saved_run else None)
+    if not resume:
+        check_config(cfg, dataset)
+    # Process 0 alone readies (and locks) the directory (--overwrite deletes it); the others wait for its answer.
     created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
+    try:
+        return _train(cfg, workdir, resuming=resuming, dataset=dataset, stop_after=stop_after, is_main=is_main,
+                      init_from=init_from, init_checkpoint=init_checkpoint)
+    except BaseException:
+        if created and os.path.isdir(workdir):
+            run_lib.release(workdir)
+            if not os.listdir(workdir):
+                os.rmdir(workdir)  # made by this call and still empty: leave no trace of a refused run
+        raise
+    finally:
+        if is_main:
+            run_lib.release(workdir)
+
+
+def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, init_from=None, init_checkpoint="latest") -> dict:
+    first_checkpoint = 0
     if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
         saved = run_lib.load_config(workdir)
+        first_checkpoint = saved.train.checkpoint_every or saved.train.steps
         changed = run_lib.check_resume_config(
             workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
-    try:
-        if resuming and dataset is None:  # the run's own subword tokenizer (a trained BPE is not trained again)
-            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir))
-        trainer = Trainer(cfg, dataset)  # validates the config and loads the data: the usual place for bad input
-        if init_from is not None:
-            trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
-    except Exception:
-        if created and os.path.isdir(workdir) and not os.listdir(workdir):
-            os.rmdir(workdir)  # made by this call and still empty: leave no trace of a refused run
-        raise
+        check_config(cfg, dataset)
+    trainer = Trainer(cfg, dataset)
+    init_info = None
+    if init_from is not None:  # the source's parameters, their shapes checked (a refusal leaves no run directory)
+        trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
     cfg = trainer.cfg
     dataset = trainer.dataset
     t = cfg.train
@@ -503,12 +653,61 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     if resuming:  # the checkpoint restored: now the run's files may say how it goes on
         write_run_files()
 
-    writer = run_lib.MetricsWriter(workdir, enabled=is_main)
+
+    writer = progress = None
+    try:
+        start = 0
+        if resuming:
+            recorded = run_lib.recorded_steps(workdir)  # repairs a torn last line of metrics.jsonl
+            if checkpoints.has_any():
+                start, state = checkpoints.restore(trainer.abstract_state(), convert=restore_layout, set_aside=True)
+                log.info("resumed from step %d", start)
+            elif recorded >= first_checkpoint:
+                raise checkpoint_lib.NoUsableCheckpoint(
+                    f"--resume: {workdir}/checkpoints holds no checkpoint, yet metrics.jsonl records steps up to "
+                    f"{recorded} (past the first checkpoint, step {first_checkpoint}); --overwrite starts the run "
+                    "again from step 0")
+            else:  # stopped before its first checkpoint: nothing was saved that restarting could lose
+                log.warning("--resume: %s stopped before its first checkpoint (step %d); starting from step 0",
+                            workdir, first_checkpoint)
+                state = trainer.initial_state()
+            if is_main:
+                run_lib.truncate_metrics(workdir, start)
+            write_run_files()  # the checkpoint restored: now the run's files may say how it goes on
+        else:
+            state = trainer.initial_state()
+
+        writer = run_lib.MetricsWriter(workdir, enabled=is_main)
+        progress = _progress(start, t.steps, enabled=is_main and t.progress)
+        result = _loop(trainer, state, checkpoints, writer, progress, start=start, stop_after=stop_after)
+        state = result.pop("state")
+        checkpoints.finish()
+    finally:
+        checkpoints.close()  # joins orbax's threads, also after an error: a failed save never leaves a hung process
+        if writer is not None:
+            writer.close()
+        if progress is not None:
+            progress.close()
+    if result["stopped"]:
+        log.warning("stopped: %s", result["stopped"])
+    if not result["stopped"] and result["step"] == t.steps:
+        # Sampling runs on process 0 alone, so it gets whole parameters (gathering them takes every process).
+        params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
+        if is_main:
+            finish(trainer, params, workdir)
+    result["params"] = state["params"]
+    result["trainer"] = trainer
+    return result
+
+
+def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int, stop_after: int | None) -> dict:
+    cfg, t = trainer.cfg, trainer.cfg.train
+    is_main = sharding_lib.is_main_process()
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size * cfg.optim.accum_steps
-    progress = _progress(start, t.steps, enabled=is_main and t.progress)
     last_time, last_step = time.perf_counter(), start
     result: dict = {"step": start, "stopped": None, "signal": None}
-    best_val = math.inf
+    best_val = checkpoints.best_loss()  # a resumed run's best stays best until an evaluation beats it
+    skipped_in_a_row = 0
     with _StopSignal() as stop:
         for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
             state = trainer.train_step(state, trainer.batch(step))
@@ -532,7 +731,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                 last_time, last_step = now, done
                 result.update(record)
                 if nonfinite and t.nonfinite == "stop":
-                    result["stopped"] = f"non-finite loss or gradient at step {first_bad}"
+                    result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
+                    break
+                bad = ~(np.isfinite(recent["loss"][window]) & np.isfinite(recent["grad_norm"][window]))
+                trailing = len(bad) - (int(np.nonzero(~bad)[0][-1]) + 1 if (~bad).any() else 0)
+                skipped_in_a_row = skipped_in_a_row + trailing if bad.all() else trailing
+                if t.max_skipped_steps and skipped_in_a_row >= t.max_skipped_steps:
+                    result["stopped"] = (f"{skipped_in_a_row} non-finite steps in a row up to step {done} "
+                                         f"(train.max_skipped_steps={t.max_skipped_steps}): the run diverged; the "
+                                         "checkpoints hold the last finite parameters")
                     break
             if _should(done, t.eval_every, t.steps):
                 val = trainer.evaluate(state["params"], "val")
@@ -542,9 +749,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                     record["val_accuracy"] = val["accuracy"]
                 writer.write(record)
                 result.update(record)
-                best_val = min(best_val, val["loss"])
                 log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
                          f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
+                # `best` is only ever a state evaluated here, labelled with this loss (and with finite parameters).
+                if val["loss"] < best_val and checkpoint_lib.all_finite(state["params"]):
+                    checkpoints.save_best(done, state, val_loss=val["loss"])
+                    best_val = val["loss"]
             if t.attention_diagnostics_every and _should(done, t.attention_diagnostics_every, t.steps):
                 # Computed apart from the mesh, so with several processes on whole (gathered) parameters.
                 params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
@@ -556,29 +766,32 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                 # (and checkpoint) together there.
                 stopping = _should(done, t.log_every, t.steps) and sharding_lib.any_process(stopping)
             if _should(done, t.checkpoint_every, t.steps) or stopping:
-                val_loss = result.get("val_loss") if result.get("step") == done and "val_loss" in result else None
-                checkpoints.save(done, state, val_loss=val_loss)
+                # A state is saved only when every step so far was finite (under "stop") and its parameters are:
+                # keep-last-k then never prunes the last good checkpoint in favour of a diverged one.
+                nonfinite, first_bad = (int(x) for x in jax.device_get((state["nonfinite"],
+                                                                        state["first_nonfinite"])))
+                if nonfinite and t.nonfinite == "stop":
+                    result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
+                    break
+                if not checkpoint_lib.all_finite(state["params"]):
+                    result["stopped"] = (f"non-finite parameters at step {done}; not saved, the checkpoints hold "
+                                         "the last finite ones")
+                    break
+                checkpoints.save(done, state)
             if stopping:
                 signal_name = stop.received or "a signal to another process"
                 result["stopped"] = f"{signal_name} at step {done}; checkpoint saved"
                 result["signal"] = stop.received or "SIGTERM"  # what the job got (another process's, as a TERM)
                 break
             result["step"] = done
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
-    progress.close()
-    if result["stopped"]:
-        log.warning("stopped: %s", result["stopped"])
-    if not result["stopped"] and result["step"] == t.steps:
-        # Sampling runs on process 0 alone, so it gets whole parameters (gathering them takes every process).
-        params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
-        if is_main:
-            finish(trainer, params, workdir)
-    result["params"] = state["params"]
-    result["trainer"] = trainer
+    result["state"] = state
     return result
 
+
+def _nonfinite_stop(first_bad: int, checkpoints) -> str:
+    kept = checkpoints.latest_step()
+    return (f"non-finite loss or gradient at step {first_bad} (its update not applied); "
+            + (f"last checkpoint kept: step {kept}" if kept is not None else "no checkpoint was saved before it"))
 
 def attention_diagnostics(trainer: Trainer, params) -> dict:
     from jaxformer.analysis import diagnostics

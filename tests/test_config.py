@@ -37,6 +37,14 @@ BAD = [
     (["--config.data.tokenizer=bpe"], "synthetic tasks have their own symbols"),
     (["--config.data.name=tiny_shakespeare", "--config.data.tokenizer=bpe", "--config.data.vocab_size=100"],
      "data.vocab_size=100; a byte-level BPE needs at least 257"),
+    # Fuzz cases that used to pass validation and fail late (issue 25).
+    (["--config.optim.lr=inf"], "optim.lr=inf; must be a finite number"),
+    (["--config.optim.lr=1e400"], "optim.lr=inf; must be a finite number"),
+    (["--config.optim.weight_decay=inf"], "optim.weight_decay=inf; must be a finite number"),
+    (["--config.optim.grad_clip=nan"], "optim.grad_clip=nan; must be a finite number"),
+    (["--config.train.seed=-1"], "train.seed=-1; must be an integer in [0, 2147483647]"),
+    (["--config.train.steps=2147483648"], "train.steps=2147483648; the step counter is int32"),
+    (["--config.train.max_skipped_steps=-1"], "train.max_skipped_steps=-1"),
 ]
 
 

@@ -223,6 +223,19 @@ def test_first_prepare_logs_no_tfds_warning_or_progress_bars(tmp_path, shakespea
     assert "it/s" not in err and "\r" not in err  # no tqdm redraws
 
 
+def test_a_corrupted_prepared_cache_names_the_folder_to_delete(tmp_path, shakespeare_dir):
+    cfg = config(data_dir=str(tmp_path), manual_dir=shakespeare_dir)
+    text_lib.tiny_shakespeare_splits(cfg)
+    version = next(p for p in tmp_path.rglob("*-train.array_record-*")).parent
+    train_file = next(version.glob("*-train.array_record-*"))
+    data = bytearray(train_file.read_bytes())
+    data[len(data) // 3:len(data) // 3 + 64] = bytes(64)  # a damaged stretch of the records
+    train_file.write_bytes(bytes(data))
+    with pytest.raises(data_lib.DataError, match=f"the prepared TFDS data in {version} cannot be read .*delete that "
+                                                 "folder"):
+        text_lib.tiny_shakespeare_splits(cfg)
+
+
 def test_validation_plus_test_is_nanogpts_last_ten_percent(shakespeare):
     ds, raw = shakespeare
     n = len(raw)

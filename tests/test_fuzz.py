@@ -37,8 +37,9 @@ def valid_overrides(draw):
         f"--config.data.batch_size={draw(st.sampled_from([2, 4]))}",
         f"--config.optim.accum_steps={draw(st.sampled_from([1, 2]))}",
         f"--config.train.seed={draw(st.integers(0, 2**16))}",
-        "--config.train.steps=2", "--config.train.log_every=1", "--config.train.eval_every=2",
-        "--config.train.eval_iters=1", "--config.train.sample_chars=0", "--config.train.progress=false",
+        "--config.train.steps=2", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
+        "--config.train.eval_every=2", "--config.train.eval_iters=1", "--config.train.sample_chars=0",
+        "--config.train.progress=false",
     ]
 
 

@@ -179,6 +179,7 @@ def test_nonfinite_skip_policy_counts_and_continues(tiny_cfg, tmp_path):
 
 def test_workdir_safety(tiny_cfg, tmp_path):
     tiny_cfg.train.steps = 2
+    tiny_cfg.optim.warmup_steps = 1
     tiny_cfg.train.sample_chars = 0
     workdir = tmp_path / "run"
     train_lib.train(tiny_cfg, str(workdir))
@@ -331,13 +332,128 @@ def test_init_from_bad_sources_are_one_line_errors(source_run, tmp_path, tiny_cf
         train_lib.train(tiny_cfg, str(tmp_path / "new"), init_from=str(no_best), init_checkpoint="best")
     tiny_cfg.model.position.name = "learned"  # a table of 32 rows cannot take a block of 64
     learned_dir = str(tmp_path / "learned")
-    tiny_cfg.train.steps, tiny_cfg.train.sample_chars = 2, 0
+    tiny_cfg.train.steps, tiny_cfg.train.sample_chars = 5, 0
     train_lib.train(tiny_cfg, learned_dir)
     cfg = run_lib.load_config(learned_dir)
     cfg.data.block_size = 64
     with pytest.raises(ValueError, match="data.block_size=64 is beyond the learned table"):
         train_lib.train(cfg, str(tmp_path / "longer"), init_from=learned_dir)
     assert not (tmp_path / "new").exists() and not (tmp_path / "longer").exists()
+
+
+def test_best_is_an_evaluated_model_labelled_with_its_own_loss(tiny_cfg, tmp_path):
+    """The issue's repro, shortened: checkpoints every 5 steps, evaluations every 20, a learning rate high enough
+    that the loss rises again. `best` must be a state evaluated at an eval step, its label that evaluation's loss,
+    which re-evaluating the restored parameters gives again."""
+    from jaxformer import checkpoint as checkpoint_lib
+
+    tiny_cfg.optim.lr, tiny_cfg.optim.min_lr = 0.1, 0.001
+    tiny_cfg.train.steps, tiny_cfg.train.eval_every = 60, 20
+    tiny_cfg.train.checkpoint_every, tiny_cfg.train.log_every = 5, 5
+    tiny_cfg.train.nonfinite, tiny_cfg.train.sample_chars = "skip", 0
+    workdir = str(tmp_path / "run")
+    result = train_lib.train(tiny_cfg, workdir, stop_after=55)  # stopped between evaluations, as by a SIGTERM
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=2)
+    try:
+        step, label = checkpoints.best.best_step(), checkpoints.best_loss()
+    finally:
+        checkpoints.close()
+    evals = {m["step"]: m["val_loss"] for m in run_lib.read_metrics(workdir) if "val_loss" in m}
+    assert step in evals and label == evals[step] == min(evals.values())
+    _, _, params, restored_step = train_lib.restore_params(workdir, which="best")
+    assert restored_step == step
+    again = result["trainer"].evaluate(jax.device_put(params, result["trainer"].state_sharding["params"]), "val")
+    assert again["loss"] == pytest.approx(label, rel=1e-6)
+
+
+def test_resume_accepts_new_log_every_and_grad_clip(tiny_cfg, tmp_path):
+    """The README lets a resumed run change train.* and optim.*: a new log window length re-lays the stored
+    window, and clipping switched off (or on) maps the optimizer state across optax's chain."""
+    workdir = str(tmp_path / "run")
+    tiny_cfg.train.sample_chars = 0
+    tiny_cfg.train.checkpoint_every = 12
+    train_lib.train(tiny_cfg, workdir, stop_after=12)
+    tiny_cfg.train.log_every = 4
+    tiny_cfg.optim.grad_clip = 0.0
+    result = train_lib.train(tiny_cfg, workdir, resume=True)
+    assert result["step"] == 30 and result["stopped"] is None and np.isfinite(result["loss"])
+    logged = [m["step"] for m in run_lib.read_metrics(workdir) if "loss" in m]
+    assert logged == [5, 10, 16, 20, 24, 28, 30]
+    # Back on: the state saved without the clip restores into the clipped chain.
+    tiny_cfg.optim.grad_clip = 1.0
+    tiny_cfg.train.steps = 36
+    tiny_cfg.optim.decay_steps = 30
+    assert train_lib.train(tiny_cfg, workdir, resume=True)["step"] == 36
+
+
+def test_resume_repairs_a_torn_last_metrics_line(tiny_cfg, tmp_path):
+    workdir = str(tmp_path / "run")
+    tiny_cfg.train.sample_chars = 0
+    tiny_cfg.train.checkpoint_every = 10
+    train_lib.train(tiny_cfg, workdir, stop_after=12)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"grad_norm": 0.5, "lo')  # a kill in the middle of a write
+    result = train_lib.train(tiny_cfg, workdir, resume=True)
+    assert result["step"] == 30
+    assert [m["step"] for m in run_lib.read_metrics(workdir) if "loss" in m] == [5, 10, 15, 20, 25, 30]
+
+
+def test_nonfinite_skip_ends_the_run_after_max_skipped_steps_in_a_row(tiny_cfg, tmp_path):
+    from jaxformer import cli
+
+    tiny_cfg.optim.lr, tiny_cfg.optim.min_lr, tiny_cfg.optim.warmup_steps = 1e30, 0.0, 0
+    tiny_cfg.train.nonfinite, tiny_cfg.train.max_skipped_steps = "skip", 3
+    tiny_cfg.train.log_every, tiny_cfg.train.sample_chars = 1, 0
+    result = train_lib.train(tiny_cfg, str(tmp_path / "run"))
+    assert "3 non-finite steps in a row" in result["stopped"] and "train.max_skipped_steps=3" in result["stopped"]
+    assert result["step"] < 10 and cli.exit_status(result) == 1
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.vocab_size", 5, "model.vocab_size=5 is smaller than the"),
+    ("model.n_embd", 10**6, "GiB for parameters, optimizer state and activations"),
+    ("optim.warmup_steps", 31, r"optim.warmup_steps=31 is longer than the run \(train.steps=30\)"),
+])
+def test_config_refused_against_the_data_and_the_machine_before_the_run_directory(tiny_cfg, tmp_path, field,
+                                                                                  value, message):
+    section, name = field.split(".")
+    tiny_cfg[section][name] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(config_lib.ConfigError, match=message):
+        train_lib.train(tiny_cfg, str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_block_longer_than_the_text_is_refused(shakespeare_dir, tfds_data_dir, tiny_cfg, tmp_path):
+    from jaxformer import data as data_lib
+
+    tiny_cfg.data.name, tiny_cfg.data.manual_dir, tiny_cfg.data.data_dir = "tiny_shakespeare", shakespeare_dir, \
+        tfds_data_dir
+    dataset = data_lib.load_dataset(tiny_cfg.data)
+    tiny_cfg.data.block_size = 10**9
+    with pytest.raises(config_lib.ConfigError, match="data.block_size=1000000000 needs 1000000001 tokens per row"):
+        train_lib.check_config(tiny_cfg, dataset)
+
+
+def test_resume_before_the_first_checkpoint_restarts_and_after_it_refuses(tiny_cfg, tmp_path, caplog):
+    """Stopped before its first checkpoint, a run has nothing to lose: --resume starts it again (saying so). With
+    metrics past the first checkpoint but no checkpoint left, restarting would wipe its history: an error."""
+    import shutil
+
+    from jaxformer import checkpoint as checkpoint_lib
+
+    workdir = str(tmp_path / "run")
+    tiny_cfg.train.sample_chars = 0
+    train_lib.train(tiny_cfg, workdir, stop_after=7)  # logs step 5; first checkpoint at 15
+    result = train_lib.train(tiny_cfg, workdir, resume=True)
+    assert "stopped before its first checkpoint (step 15); starting from step 0" in caplog.text
+    assert result["step"] == 30
+    assert [m["step"] for m in run_lib.read_metrics(workdir) if "loss" in m] == [5, 10, 15, 20, 25, 30]
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    before = run_lib.read_metrics(workdir)
+    with pytest.raises(checkpoint_lib.NoUsableCheckpoint, match="records steps up to 30"):
+        train_lib.train(tiny_cfg, workdir, resume=True)
+    assert run_lib.read_metrics(workdir) == before
 
 
 def test_resume_ignores_the_task_settings_of_a_text_run_only():

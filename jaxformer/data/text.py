@@ -227,10 +227,19 @@ def tiny_shakespeare_splits(data_cfg) -> dict:
         prepared = builder.is_prepared()
     if not prepared:
         _prepare_tiny_shakespeare(builder, data_cfg)
-    sources = tfds.data_source(NAME, split=list(TINY_SHAKESPEARE_SPLITS), data_dir=data_dir,
-                               download=False, builder_kwargs={"file_format": "array_record"})
-    return {split: source[0]["text"].decode("utf-8")
-            for split, source in zip(TINY_SHAKESPEARE_SPLITS, sources, strict=True)}
+    try:
+        sources = tfds.data_source(NAME, split=list(TINY_SHAKESPEARE_SPLITS), data_dir=data_dir,
+                                   download=False, builder_kwargs={"file_format": "array_record"})
+        return {split: source[0]["text"].decode("utf-8")
+                for split, source in zip(TINY_SHAKESPEARE_SPLITS, sources, strict=True)}
+    except Exception as e:  # noqa: BLE001 -- array_record/TFDS raise RuntimeError, OSError, ValueError, ...
+        raise DataError(_unreadable_cache(builder.data_path, e)) from None
+
+
+def _unreadable_cache(path, e: Exception) -> str:
+    reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+    return (f"the prepared TFDS data in {path} cannot be read ({reason}); delete that folder and run again to "
+            "prepare it anew")
 
 
 def load_tiny_shakespeare(data_cfg, tokenizer=None) -> TextDataset:

@@ -1,0 +1,262 @@
+"""Fault injection, in subprocesses as a user meets the faults: kill -9 (mid-save included), damaged checkpoints,
+two writers on one run, an unwritable checkpoint folder, divergence, signals during start-up.
+
+Every run is `configs/tiny.py` shrunk to 40 steps with a checkpoint every 4, so a fault lands near a save.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+RUN = ["--config", "tiny", "--config.train.steps=40", "--config.train.log_every=2", "--config.train.eval_every=10",
+       "--config.train.checkpoint_every=4", "--config.train.sample_chars=0", "--config.train.progress=false"]
+
+
+def jaxformer(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jaxformer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "jaxformer.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def recorded(workdir) -> int:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    steps = []
+    with open(path) as f:
+        for line in f:
+            try:
+                steps.append(json.loads(line)["step"])
+            except ValueError:
+                pass  # a line being written
+    return max(steps, default=0)
+
+
+def wait_for(condition, proc, timeout=240, poll=0.005):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        if condition():
+            return True
+        time.sleep(poll)
+    raise TimeoutError("condition not met")
+
+
+def checkpointed(workdir) -> bool:
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    return os.path.isdir(latest) and any(name.isdigit() for name in os.listdir(latest))
+
+
+def saving(workdir) -> bool:
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    return os.path.isdir(latest) and any("tmp" in name for name in os.listdir(latest))
+
+
+def errors(stderr: str) -> list[str]:
+    """stderr lines other than the run's own progress log (model summary, evaluations)."""
+    return [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith(("model: ", "step ", "resumed from step", "resuming with"))]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run: its directory (copied by the tests that damage it) and its metrics bytes."""
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    out = jaxformer("train", *RUN, "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["36", "40"]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return workdir, f.read()
+
+
+def copy_of(reference, tmp_path) -> str:
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference[0], workdir)
+    return workdir
+
+
+def largest_file(directory) -> str:
+    files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+    return max(files, key=os.path.getsize)
+
+
+def metrics_of(workdir) -> str:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return f.read()
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_incl_mid_save_resumes_bit_identical(reference, tmp_path):
+    """Five kill -9s, three of them while a checkpoint is being written, each followed by --resume: the finished
+    run's metrics are the uninterrupted run's, byte for byte, and no temporary checkpoint folder is left."""
+    workdir = str(tmp_path / "run")
+    rng = random.Random(0)
+    mid_save = 0
+    for kill in range(5):
+        resume = ["--resume"] if kill else []
+        proc = start("train", *RUN, "--workdir", workdir, *resume)
+        try:
+            # Each kill once a checkpoint exists (before the first, --resume has nothing to continue from).
+            wait_for(lambda: checkpointed(workdir), proc)
+            if kill % 2 == 0 and wait_for(lambda: saving(workdir), proc, timeout=60, poll=0.001):
+                mid_save += 1
+            else:
+                time.sleep(rng.uniform(0.0, 0.4))
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert mid_save >= 1, "no kill landed while a checkpoint was being written"
+    out = jaxformer("train", *RUN, "--workdir", workdir, "--resume")
+    assert out.returncode == 0, out.stderr
+    assert metrics_of(workdir) == reference[1]
+    assert not saving(workdir)
+
+
+def test_flipped_bit_falls_back_with_one_line_and_resumes_identically(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    damaged = os.path.join(workdir, "checkpoints", "latest", "40")
+    path = largest_file(damaged)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    with open(path, "wb") as f:
+        f.write(data)
+    leftover = os.path.join(workdir, "checkpoints", "latest", "44.orbax-checkpoint-tmp")
+    os.makedirs(leftover)  # what a save killed mid-write leaves
+    out = jaxformer("eval", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["step"] == 36
+    assert any(f"checkpoint {damaged} is unusable" in line for line in out.stderr.splitlines()), out.stderr
+
+    out = jaxformer("train", *RUN, "--workdir", workdir, "--resume")
+    assert out.returncode == 0, out.stderr
+    lines = errors(out.stderr)
+    assert len(lines) == 2 and f"checkpoint {damaged} is unusable" in lines[0], out.stderr
+    assert "latest/36 instead" in lines[1], out.stderr
+    assert metrics_of(workdir) == reference[1]  # steps 37-40 trained again from step 36: the same numbers
+    assert not os.path.exists(leftover)
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "unusable", "latest-40"))  # set aside, not deleted
+
+
+def test_truncated_and_missing_files_fall_back_to_best(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    latest = os.path.join(workdir, "checkpoints", "latest")
+    with open(largest_file(os.path.join(latest, "40")), "r+b") as f:
+        f.truncate(100)
+    os.remove(os.path.join(latest, "36", "default", "_METADATA"))
+    out = jaxformer("train", *RUN, "--workdir", workdir, "--resume")
+    assert out.returncode == 0, out.stderr
+    lines = errors(out.stderr)
+    assert len(lines) == 3, out.stderr
+    assert f"{latest}/40 is unusable" in lines[0] and f"{latest}/36 is unusable: ValueError: default/_METADATA is " \
+        "missing" in lines[1], out.stderr
+    assert "best/40 instead" in lines[2], out.stderr
+    assert "Traceback" not in out.stderr
+    assert metrics_of(workdir) == reference[1]
+
+
+def test_no_usable_checkpoint_is_a_one_line_error_and_loses_nothing(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    for kind in ("latest", "best"):
+        directory = os.path.join(workdir, "checkpoints", kind)
+        for name in os.listdir(directory):
+            shutil.rmtree(os.path.join(directory, name))
+    out = jaxformer("train", *RUN, "--workdir", workdir, "--resume")
+    assert out.returncode == 2, out.stderr
+    lines = errors(out.stderr)
+    assert len(lines) == 1 and "no checkpoint" in lines[0] and "--overwrite" in lines[0], out.stderr
+    assert metrics_of(workdir) == reference[1]  # not restarted from step 0, not wiped
+
+
+def test_two_writers_the_second_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    workdir = str(tmp_path / "run")
+    long_run = ["--config", "tiny", "--config.train.steps=100000", "--config.train.checkpoint_every=50",
+                "--config.train.eval_every=100000", "--config.train.sample_chars=0"]
+    first = start("train", *long_run, "--workdir", workdir)
+    try:
+        assert wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "50")), first)
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            out = jaxformer("train", *long_run, "--workdir", workdir, *extra)
+            assert out.returncode == 2, (extra, out.stderr)
+            lines = errors(out.stderr)
+            assert len(lines) == 1 and f"is in use by process {first.pid}" in lines[0], (extra, out.stderr)
+        assert first.poll() is None and os.path.exists(os.path.join(workdir, "config.json"))
+    finally:
+        first.kill()
+        first.communicate()
+    # kill -9 leaves the lock behind: its process is gone, so the next --resume takes it over.
+    out = jaxformer("train", *long_run, "--workdir", workdir, "--resume", "--config.train.steps=60")
+    assert out.returncode == 0, out.stderr
+    assert "stale lock" in out.stderr
+    assert not os.path.exists(os.path.join(workdir, ".lock"))
+
+
+def test_unwritable_checkpoint_folder_ends_the_run_within_30s(tmp_path):
+    workdir = str(tmp_path / "run")
+    proc = start("train", "--config", "tiny", "--config.train.steps=1000000", "--config.train.checkpoint_every=50",
+                 "--config.train.eval_every=1000000", "--config.train.sample_chars=0", "--workdir", workdir)
+    try:
+        latest = os.path.join(workdir, "checkpoints", "latest")
+        assert wait_for(lambda: os.path.isdir(os.path.join(latest, "50")), proc)
+        # Running as root, permissions would not stop a write: a file where the folder was does.
+        os.rename(latest, latest + ".moved")
+        with open(latest, "w") as f:
+            f.write("not a directory\n")
+        began = time.time()
+        stdout, stderr = proc.communicate(timeout=30)
+        assert time.time() - began < 30
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    lines = errors(stderr)
+    assert len(lines) == 1 and "could not write checkpoint" in lines[0] and latest in lines[0], stderr
+    assert not os.path.exists(os.path.join(workdir, ".lock"))
+
+
+def test_divergence_keeps_the_last_finite_checkpoint(tmp_path):
+    """lr=1e4 (the issue's case): the run stops (exit 1) naming the first bad step; no checkpoint was written
+    after it, so the newest one kept is a state whose every step was finite, with finite parameters."""
+    from jaxformer import checkpoint as checkpoint_lib
+
+    workdir = str(tmp_path / "run")
+    out = jaxformer("train", "--config", "tiny", "--config.optim.lr=1e4", "--config.optim.min_lr=0",
+                    "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=1",
+                    "--config.train.keep_checkpoints=1", "--config.train.log_every=10", "--config.train.steps=30",
+                    "--config.train.sample_chars=0", "--workdir", workdir)
+    assert out.returncode == 1, out.stderr
+    assert "non-finite loss or gradient at step" in out.stderr
+    first_bad = int(out.stderr.split("non-finite loss or gradient at step ")[1].split()[0])
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=1)
+    try:
+        step, state = checkpoints.restore(None)
+    finally:
+        checkpoints.close()
+    assert step < first_bad
+    assert int(state["nonfinite"]) == 0
+    assert all(np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state["params"]))
+
+
+@pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.3), (signal.SIGINT, 2.0), (signal.SIGTERM, 1.0),
+                                       (signal.SIGINT, 4.0)])
+def test_signal_during_startup_exits_with_the_shells_status_and_one_line(sig, delay, tmp_path):
+    proc = start("train", *RUN, "--workdir", str(tmp_path / "run"))
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig.value, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert len(errors(stderr)) <= 1, stderr
