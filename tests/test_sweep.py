@@ -346,8 +346,8 @@ def test_init_sweep_trains_the_base_first_then_fine_tunes_and_reports_zero_shot(
         "    c.eval_batch_tokens = 256\n"
         "    return c\n")
     sweep_cfg, base = _tiny("--config.data.block_size=64", "--config.model.position.rope.factor=2.0",
-                            "--config.train.steps=4", "--config.train.eval_every=4",
-                            "--config.train.checkpoint_every=4")
+                            "--config.train.steps=6", "--config.train.eval_every=6",
+                            "--config.train.checkpoint_every=6")
     with sweep_cfg.unlocked():
         sweep_cfg.overrides = tuple(o for o in sweep_cfg.overrides if "data.name" not in o)  # tiny's copy task
         sweep_cfg.axes.model = {"position": {"rope": {"scaling": ("none", "yarn")}}}
