@@ -113,6 +113,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--multihost", action="store_true",
                    help="one of several processes: jax.distributed.initialize() (= --config.mesh.multihost=true; "
                         "Slurm, Open MPI and TPU pod launches are detected without it); needs --workdir")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from RUN's parameters with a fresh optimizer (fine-tune); without --config, RUN's "
+                        "config with the --config.a.b=v overrides, e.g. a longer data.block_size and a RoPE scaling")
+    p.add_argument("--init-checkpoint", choices=("latest", "best"), default="latest",
+                   help="which checkpoint of --init-from RUN")
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,6 +129,17 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluation batches (default: 0 = the run's train.eval_iters)")
     p.add_argument("--full", action="store_true",
                    help="every non-overlapping block of the split instead of train.eval_iters random batches")
+    p.add_argument("--lengths", metavar="T,T,...",
+                   help="evaluate at these sequence lengths (length extrapolation; positions 0..T-1): loss, token "
+                        "accuracy and exact match per length")
+    p.add_argument("--sizes", metavar="MIN:MAX",
+                   help="synthetic tasks: evaluate every task size MIN..MAX (exact match and token accuracy per size, "
+                        "means over the sizes beyond the training ones)")
+    p.add_argument("--eval-tokens", type=int, default=16384, help="predicted tokens per --lengths length")
+    p.add_argument("--size-examples", type=int, default=128, help="examples per --sizes size")
+    p.epilog = ("Context extension, zero-shot: override the position-scaling fields of the run's variant, e.g. "
+                "--config.model.position.rope.scaling=yarn --config.model.position.rope.factor=4 (anything that "
+                "would change the parameters is refused).")
 
 
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -224,7 +240,7 @@ ARGUMENTS = {
     "compare": (_compare_arguments, "Plot the loss curves of several runs in one PNG (and their exact-match "
                 "accuracy, for tasks), and print their table."),
 }
-TAKES_CONFIG = ("train", "config", "sweep", "import")
+TAKES_CONFIG = ("train", "config", "sweep", "import", "eval")
 WITHOUT_JAX = ("runs", "compare")  # read JSON files only: no JAX import, no machine settings
 
 
@@ -263,6 +279,8 @@ def train_main(argv: list[str]) -> int:
         cfg = run_lib.load_config(workdir)
         if overrides:
             cfg = _apply_overrides_to_saved(workdir, overrides)
+    elif args.init_from and not args.config_given:
+        cfg = init_config(args.init_from, overrides, args.init_checkpoint, workdir)
     else:
         cfg = config_lib.load(args.config, overrides)
     workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name)
@@ -271,7 +289,8 @@ def train_main(argv: list[str]) -> int:
     from jaxformer.analysis import diagnostics
 
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite,
-                             hooks=diagnostics.training_hooks(cfg))
+                             hooks=diagnostics.training_hooks(cfg), init_from=args.init_from,
+                             init_checkpoint=args.init_checkpoint)
     if sharding_is_main():
         print(run_summary(result, workdir, result["trainer"].cfg), flush=True)
     return exit_status(result)
@@ -328,6 +347,18 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     return "\n".join(lines)
 
 
+def init_config(source: str, overrides: list[str], which: str, workdir: str):
+    """The config of a run initialised from `source` without --config: the source's own, with the overrides; the
+    schedule's length follows the new train.steps unless optim.decay_steps is set too."""
+    from jaxformer import train as train_lib
+
+    train_lib.check_init_source(source, which, workdir)  # a run directory with that checkpoint, before anything
+    cfg = _apply_overrides_to_saved(source, overrides)
+    if not any(o.startswith("--config.optim.decay_steps") for o in overrides):
+        cfg.optim.decay_steps = 0
+    return cfg
+
+
 def exit_status(result: dict) -> int:
     """0 for a run that ran its steps; 128 + the signal's number for one a signal stopped (a shell's convention: a
     script sees the interrupt, and `--resume` continues from the checkpoint saved); 1 for a non-finite stop."""
@@ -356,21 +387,74 @@ def eval_main(argv: list[str]) -> int:
 
     from jaxformer import config as config_lib
     from jaxformer import data as data_lib
-    from jaxformer import loader
+    from jaxformer import extrapolation, loader
+    from jaxformer import run as run_lib
     from jaxformer import train as train_lib
 
     args = parse("eval", argv)
-    cfg, graphdef, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
+    if args.config_given:
+        raise ValueError("eval takes the run's own config (--workdir); override fields with --config.a.b=v")
+    lengths = _int_list("--lengths", args.lengths) if args.lengths else []
+    sizes = _size_range(args.sizes) if args.sizes else None
+    for flag, value in (("--eval-tokens", args.eval_tokens), ("--size-examples", args.size_examples)):
+        if value < 1:
+            raise ValueError(f"{flag}={value}; must be >= 1")
+    saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
+    cfg = _apply_overrides_to_saved(args.workdir, args.overrides) if args.overrides else saved
+    changed = run_lib.check_init_config(args.workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
+                                        what="eval override")
+    config_lib.validate(config_lib.resolve(cfg), eval_lengths=lengths)  # e.g. a length beyond a learned table
+    _, _, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
     dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, args.workdir))
-    trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)
+    if sizes and getattr(dataset, "task", None) is None:
+        raise ValueError(f"--sizes: data.name={cfg.data.name!r} is not a synthetic task; use --lengths")
+    trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)  # the model of the overridden config
     params = jax.device_put(params, trainer.state_sharding["params"])
-    del graphdef
-    evaluate = trainer.evaluate_full if args.full else trainer.evaluate
-    result = {"step": step, "split": args.split, "full": args.full, **evaluate(params, args.split)}
+    result = {"step": step, "split": args.split, "overrides": {k: config_lib.flat_fields(trainer.cfg)[k]
+                                                                for k in changed if k != "model.vocab_size"}}
+    if not lengths and not sizes:
+        evaluate = trainer.evaluate_full if args.full else trainer.evaluate
+        result.update({"full": args.full, **evaluate(params, args.split)})
+    params = jax.device_get(params)
+    if lengths:
+        block = trainer.cfg.data.block_size
+        records = extrapolation.evaluate_lengths(
+            trainer.graphdef, params, dataset, [{"multiplier": T / block, "length": T, "na": None} for T in lengths],
+            eval_tokens=args.eval_tokens, batch_tokens=8192, split=args.split)
+        result["lengths"] = [{k: v for k, v in x.items() if k not in ("position_loss", "multiplier")}
+                             for x in records]
+    if sizes:
+        train_max = extrapolation.train_max_items(dataset, trainer.cfg.data.block_size)
+        records = extrapolation.evaluate_sizes(trainer.graphdef, params, dataset, sizes, train_max=train_max,
+                                               examples=args.size_examples, batch_tokens=8192, split=args.split)
+        result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records)}
     print(json.dumps(result, sort_keys=True))
     return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise ValueError(f"{flag}={text!r}; give positive integers separated by commas, e.g. 128,256,512")
+    return values
+
+
+def _size_range(text: str) -> tuple[int, int]:
+    from jaxformer import extrapolation
+
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--sizes={text!r}; give MIN:MAX task sizes, e.g. 1:60") from None
+    try:
+        return extrapolation.check_sizes((lo, hi))
+    except ValueError:
+        raise ValueError(f"--sizes={text!r}; give MIN:MAX task sizes with 1 <= MIN <= MAX") from None
 
 
 def sample_main(argv: list[str]) -> int:

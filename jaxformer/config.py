@@ -181,7 +181,7 @@ def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
 DERIVED_FROM = {
     "model.n_kv_head": "model.n_head",
     "optim.decay_steps": "train.steps",
-    "model.position.learned.max_len": "data.block_size",
+    "model.position.learned.max_len": "data.block_size",  # model.position.randomize_max_len when that is set
     "model.position.rope.original_max_len": "data.block_size",
     "model.position.t5.max_distance": "data.block_size",
     "model.position.xpos.scale_base": "data.block_size",
@@ -203,8 +203,8 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         cfg.model.n_kv_head = cfg.model.n_head
     if cfg.optim.decay_steps == 0:
         cfg.optim.decay_steps = cfg.train.steps
-    if cfg.model.position.learned.max_len == 0:
-        cfg.model.position.learned.max_len = cfg.data.block_size
+    if cfg.model.position.learned.max_len == 0:  # with randomized positions, a row for every position drawn
+        cfg.model.position.learned.max_len = cfg.model.position.get("randomize_max_len", 0) or cfg.data.block_size
     if cfg.model.position.rope.get("original_max_len", None) == 0:  # YaRN's "trained context": the block size
         cfg.model.position.rope.original_max_len = cfg.data.block_size
     # Each variant's fair default for the training length (positional.py has each rule and its reasoning).
@@ -300,9 +300,15 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             pe.validate(pe_cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+    randomize = m.position.get("randomize_max_len", 0)
+    _require(isinstance(randomize, int) and (randomize == 0 or randomize >= d.block_size),
+             f"model.position.randomize_max_len={randomize!r} is smaller than data.block_size={d.block_size}; "
+             "give 0 (off) or a range of at least the block size (Ruoss et al. 2023 use several times it)")
     limit = positional.max_length(m.position)
     if limit is not None:
         field = f"model.position.{m.position.name}"
+        _require(randomize <= limit, f"model.position.randomize_max_len={randomize} is beyond the "
+                 f"{m.position.name} table ({field}.max_len={limit}); give max_len >= it (0 = the range)")
         _require(d.block_size <= limit,
                  f"data.block_size={d.block_size} is beyond the {m.position.name} table ({field}.max_len={limit})")
         for length in eval_lengths:
@@ -376,6 +382,8 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 # written before the field existed still loads, resumes, samples and evaluates as it was trained. A change that
 # adds a config field whose default alters behaviour adds a line here: "section.field": old_behaviour_value.
 LEGACY_DEFAULTS: dict[str, object] = {
+    "model.position.randomize_max_len": 0,  # randomized positions (Ruoss et al. 2023) came later: off
+    "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
     "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
     "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)
     "data.bos": False,  # no beginning-of-sequence token

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxformer import positional
 from jaxformer import run as run_lib
 
 RESULT_FILE = "extrapolation.json"
@@ -190,13 +191,79 @@ def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tok
     return out
 
 
+def train_max_items(dataset, block_size: int) -> int | None:
+    """The largest task size n a synthetic task's training rows hold (data.synthetic.max_items, else what fits)."""
+    task = getattr(dataset, "task", None)
+    if task is None:
+        return None
+    from jaxformer.data.synthetic import items_that_fit
+
+    prefix = 1 if getattr(dataset, "bos_id", None) is not None else 0  # data.bos: the row's first token
+    return dataset.max_items or items_that_fit(task, block_size - prefix)
+
+
+def check_sizes(sizes) -> tuple[int, int]:
+    """(min, max) of an eval size range given as (min, max); a one-line error when it is not one."""
+    sizes = tuple(int(n) for n in sizes)
+    if len(sizes) != 2 or sizes[0] < 1 or sizes[0] > sizes[1]:
+        raise ValueError(f"eval sizes {sizes}; give (min, max) task sizes with 1 <= min <= max")
+    return sizes
+
+
+def evaluate_sizes(graphdef, params, dataset, sizes: tuple[int, int], *, train_max: int, examples: int,
+                   batch_tokens: int, split: str = "val", losses_fn=None, max_length: int | None = None) -> list[dict]:
+    """The literature's protocol (Delétang et al. 2023; Ruoss et al. 2023; Kazemnejad et al. 2023): at every task size
+    n in [min, max], `examples` fresh examples of exactly n items; exact match (every answer token right) and
+    per-token accuracy over their answers, and the loss. `ood` marks n > train_max (the longest size trained on).
+
+    Every size is evaluated in rows of one length (the longest size's), padded after the answer where a causal model
+    cannot see it, so the model compiles once; positions run 0..T-1. Sizes whose examples exceed `max_length`
+    (a learned table) are n/a.
+    """
+    lo, hi = check_sizes(sizes)
+    task = dataset.task
+    lo = max(lo, task.min_items)
+    prefix = 1 if getattr(dataset, "bos_id", None) is not None else 0  # data.bos: rows start with BOS
+    longest = max((task.length(n) - 1 + prefix for n in range(lo, hi + 1)
+                   if max_length is None or task.length(n) - 1 + prefix <= max_length), default=0)
+    losses_fn = losses_fn or compile_losses(graphdef)
+    out = []
+    for n in range(lo, hi + 1):
+        record = {"items": n, "ood": n > train_max, "length": task.length(n) - 1 + prefix, "na": None}
+        out.append(record)
+        if record["length"] > longest:
+            record["na"] = f"n/a ({record['length']} tokens exceed the {max_length}-position table)"
+            continue
+        rows = dataset.sized(split, items=n, count=examples, length=longest)
+        weights_NxT = np.asarray(rows["weights"], np.float64)
+        losses_NxT, correct_NxT = window_losses(losses_fn, params, np.asarray(rows["inputs"], np.int32),
+                                                np.asarray(rows["targets"], np.int32), batch_tokens=batch_tokens)
+        exact_N = np.all(correct_NxT | (weights_NxT == 0), axis=1)
+        record.update({"examples": examples, "exact_match": float(exact_N.mean()),
+                       "token_accuracy": float((correct_NxT * weights_NxT).sum() / weights_NxT.sum()),
+                       "loss": float((losses_NxT * weights_NxT).sum() / weights_NxT.sum())})
+    return out
+
+
+def size_summary(records: list[dict]) -> dict:
+    """Means over the in-distribution sizes and over the out-of-distribution ones (those that ran)."""
+    out = {}
+    for part, ood in (("in_distribution", False), ("ood", True)):
+        ran = [r for r in records if r["ood"] == ood and r["na"] is None]
+        out[part] = ({key: float(np.mean([r[key] for r in ran])) for key in ("exact_match", "token_accuracy")}
+                     | {"sizes": [ran[0]["items"], ran[-1]["items"]]} if ran else None)
+    return out
+
+
 def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, point: str, variant: str, index: int,
                  values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
                  stopped: str | None = None, train_time: tuple[float, float] | None = None,
+                 sizes: tuple = (), size_examples: int = 64, zero_shot: dict | None = None,
                  stride: int | None = None) -> dict:
     """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`.
 
     `train_time`: (wall, CPU) seconds of the training call, for the report (None when it was not trained here).
+    `zero_shot`: the same lengths evaluated on the parameters the run started from (`train --init-from`).
     """
     from jaxformer.model import count_params
 
@@ -216,9 +283,21 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         "batch_size": cfg.data.batch_size, "has_accuracy": bool(getattr(dataset, "has_accuracy", False)),
         "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
         "stopped": stopped, "lengths": records,
+        "randomize_max_len": cfg.model.position.get("randomize_max_len", 0),
+        **({"zero_shot": zero_shot} if zero_shot else {}),
         "seconds": {"train": train_time and train_time[0], "eval": time.perf_counter() - start},
         "cpu_seconds": {"train": train_time and train_time[1], "eval": time.process_time() - cpu_start},
     }
+    if sizes and getattr(dataset, "task", None) is not None:
+        train_max = train_max_items(dataset, cfg.data.block_size)
+        table = positional.max_length(cfg.model.position)
+        size_records = [] if stopped else evaluate_sizes(
+            graphdef, params, dataset, sizes, train_max=train_max, examples=size_examples,
+            batch_tokens=batch_tokens, split=split, max_length=table)
+        result["sizes"] = {"train_max_items": train_max, "examples": size_examples, "records": size_records,
+                           **size_summary(size_records)}
+    result["seconds"]["eval"] = time.perf_counter() - start
+    result["cpu_seconds"]["eval"] = time.process_time() - cpu_start
     write_result(os.path.join(run_dir, RESULT_FILE), result)
     return result
 
@@ -260,7 +339,11 @@ def load_results(sweep_dir: str) -> tuple[list[dict], list[str]]:
         r["val_loss"] = final_val_loss(run_dir)
         r["ms_per_step"] = median_ms_per_step(run_dir)
         results.append(r)
-    results.sort(key=lambda r: (r["index"], r["point"]))
+        if r.get("zero_shot"):  # the starting parameters under the run's config: a variant of its own in the report
+            results.append({**r, "variant": f"{r['variant']} zero-shot", "point": f"{r['point']} zero-shot",
+                            "lengths": r["zero_shot"]["lengths"], "val_loss": None, "ms_per_step": None,
+                            "sizes": None, "steps": 0})
+    results.sort(key=lambda r: ("zero-shot" not in r["variant"], r["index"], r["point"]))
     return results, unfinished
 
 
@@ -306,8 +389,68 @@ def aggregate(results: list[dict]) -> list[dict]:
             "block_size": runs[0]["block_size"], "has_accuracy": runs[0].get("has_accuracy", False),
             "stopped": [r["stopped"] for r in runs if r.get("stopped")],
             "position_loss": position_curve(runs, pool=not runs[0].get("has_accuracy", False)),
+            "sizes": aggregate_sizes(runs),
         })
     return out
+
+
+REACHED = 0.99  # in-distribution exact match a model must reach before its OOD numbers mean something
+
+
+def aggregate_sizes(runs: list[dict]) -> dict | None:
+    """Per task size and over the in-distribution / OOD sizes, mean and spread over seeds; None without sizes."""
+    with_sizes = [r["sizes"] for r in runs if r.get("sizes") and r["sizes"]["records"]]
+    if not with_sizes:
+        return None
+    per_size = []
+    for i, x in enumerate(with_sizes[0]["records"]):
+        ok = [s["records"][i] for s in with_sizes if i < len(s["records"]) and s["records"][i]["na"] is None]
+        per_size.append({"items": x["items"], "ood": x["ood"], "na": None if ok else x["na"], "seeds": len(ok),
+                         "exact_match": _mean_std([y["exact_match"] for y in ok]),
+                         "token_accuracy": _mean_std([y["token_accuracy"] for y in ok])})
+    summary = {}
+    for part in ("in_distribution", "ood"):
+        parts = [s[part] for s in with_sizes if s.get(part)]
+        summary[part] = ({key: _mean_std([p[key] for p in parts]) for key in ("exact_match", "token_accuracy")}
+                         | {"sizes": parts[0]["sizes"], "values": [p["exact_match"] for p in parts]}
+                         if parts else None)
+    reached = sum(1 for s in with_sizes if s.get("in_distribution") and
+                  s["in_distribution"]["exact_match"] >= REACHED)
+    return {"per_size": per_size, "train_max_items": with_sizes[0]["train_max_items"], "reached": reached,
+            "seeds": len(with_sizes), **summary}
+
+
+def plot_sizes(variants: list[dict], path: str, *, title: str = "") -> None:
+    """Exact match and token accuracy at every task size, one line per variant (mean over seeds, bars = spread),
+    the longest training size marked: the per-length curve of the length-generalization papers."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=120)
+    cmap = plt.get_cmap("tab10")
+    for ax, (key, label) in zip(axes, (("exact_match", "exact match (%)"), ("token_accuracy", "token accuracy (%)")),
+                                strict=True):
+        for i, v in enumerate(variants):
+            sizes = v.get("sizes")
+            pts = [(x["items"], 100 * x[key][0], 100 * x[key][1]) for x in (sizes or {}).get("per_size", [])
+                   if x[key] is not None]
+            if not pts:
+                continue
+            n, mean, std = zip(*pts, strict=True)
+            ax.errorbar(n, mean, yerr=std, fmt="-", color=cmap(i % 10), label=v["variant"], capsize=2, linewidth=1.4)
+        train_max = next((v["sizes"]["train_max_items"] for v in variants if v.get("sizes")), None)
+        if train_max:
+            ax.axvline(train_max + 0.5, color="grey", linestyle=":", linewidth=1)
+            ax.text(train_max + 0.5, 0.02, " longest training size", transform=ax.get_xaxis_transform(),
+                    fontsize=8, color="grey")
+        ax.set_xlabel("task size n (items in the prompt)")
+        ax.set_ylabel(label)
+        ax.set_ylim(-2, 102)
+        ax.grid(True, alpha=0.3)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def position_curve(runs: list[dict], *, pool: bool) -> np.ndarray | None:

@@ -62,6 +62,8 @@ class PositionalEncoding:
     bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
     max_length(cfg) -> int | None                                          (longest sequence; None = any)
     validate(cfg) -> None                                                  (raises a one-line ValueError)
+    extension_fields                     the fields that rescale positions without touching parameters (context
+                                         extension): a trained model may take new values zero-shot or to fine-tune
     `cfg` is the variant's own sub-config (`model.position.<name>`) as a plain Mapping.
     """
 
@@ -73,6 +75,7 @@ class PositionalEncoding:
     bias: Callable | None = None
     max_length: Callable = lambda cfg: None
     validate: Callable | None = None
+    extension_fields: tuple[str, ...] = ()
     token_scale: Callable = lambda cfg, *, n_embd: 1.0
 
     @property
@@ -110,7 +113,8 @@ def max_length(position_cfg) -> int | None:
 
 def default_config() -> ml_collections.ConfigDict:
     """`model.position`: `{"name": "rope", "<variant>": {its defaults}}` for every registered variant."""
-    cfg = ml_collections.ConfigDict({"name": "rope"})
+    # randomize_max_len: Ruoss et al. 2023's randomized positions in training (see `random_positions`); 0 = off.
+    cfg = ml_collections.ConfigDict({"name": "rope", "randomize_max_len": 0})
     for name in list_positional_encodings():
         cfg[name] = ml_collections.ConfigDict(dict(_REGISTRY[name].defaults))
     return cfg
@@ -135,6 +139,18 @@ def _no_params(key, cfg, *, n_embd, n_head, head_dim) -> Params:
 
 def _f32(positions):
     return jnp.asarray(positions).astype(jnp.float32)
+
+
+def random_positions(key, length: int, max_len: int):
+    """Randomized positions (Ruoss et al. 2023): a sorted sample of `length` distinct positions from [0, max_len).
+
+    Trained on such positions, a model sees the position values (and distances) of sequences up to max_len long
+    while training on `length`-token ones, and at evaluation gets 0..T-1 for any T <= max_len. As in the authors'
+    code (one `jax.random.choice(..., replace=False)` per forward pass), one sample serves a whole batch. int32 `[T]`.
+    """
+    if not 1 <= length <= max_len:
+        raise ValueError(f"model.position.randomize_max_len={max_len} must be >= the sequence length {length}")
+    return jnp.sort(jax.random.choice(key, max_len, (length,), replace=False)).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------- none (NoPE)
@@ -230,6 +246,7 @@ register(PositionalEncoding(
 # ---------------------------------------------------------------------------------------------- rope
 
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
+YARN_RAMPS = ("code", "paper")  # YaRN's ramp: linear in the dimension index (authors' code) or in rotations (paper)
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # Peng et al. 2023: ramp bounds, in rotations per original context
 
 
@@ -238,9 +255,33 @@ def rotary_dim(head_dim: int, fraction: float) -> int:
     return 2 * int(fraction * head_dim // 2)
 
 
+def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = "code") -> np.ndarray:
+    """YaRN's gamma_i in [0, 1] per frequency (1 = keep theta_i, 0 = interpolate it by the factor); `[d/2]`.
+
+    With r_i = L theta_i / (2 pi) rotations of frequency i in the original context L (Peng et al. 2023, eq. 17):
+    - "paper" (eq. 18): gamma = clip((r_i - alpha) / (beta - alpha), 0, 1), alpha = 1, beta = 32 -- linear in r;
+    - "code" (the authors' released code, as transformers and the released YaRN models compute it): the dimension
+      index where r = n is i(n) = d ln(L / (2 pi n)) / (2 ln theta); lo = floor(i(beta)), hi = ceil(i(alpha)),
+      clipped to [0, d - 1]; gamma_i = 1 - clip((i - lo) / (hi - lo), 0, 1) -- linear in the index i.
+    Both keep the frequencies with more than beta rotations and interpolate those with fewer than alpha; they differ
+    in between (r falls geometrically in i), and the "code" form is what a checkpoint trained with YaRN expects.
+    """
+    if form not in YARN_RAMPS:
+        raise ValueError(f"model.position.rope.yarn_ramp={form!r}; choose one of: {', '.join(YARN_RAMPS)}")
+    i = np.arange(rot_dim // 2, dtype=np.float64)
+    if form == "paper":
+        rotations = original_max_len * theta ** (-2.0 * i / rot_dim) / (2.0 * np.pi)
+        return np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+    index_of = lambda n: rot_dim * math.log(original_max_len / (2.0 * math.pi * n)) / (2.0 * math.log(theta))
+    lo = max(math.floor(index_of(YARN_BETA)), 0)
+    hi = min(math.ceil(index_of(YARN_ALPHA)), rot_dim - 1)
+    hi = hi + 0.001 if hi == lo else hi  # the authors' guard against a zero-width ramp
+    return 1.0 - np.clip((i - lo) / (hi - lo), 0.0, 1.0)
+
+
 def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | None = None, factor: float = 1.0,
                      original_max_len: int = 0, low_freq_factor: float = 1.0,
-                     high_freq_factor: float = 4.0) -> np.ndarray:
+                     high_freq_factor: float = 4.0, yarn_ramp_form: str = "code") -> np.ndarray:
     """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
 
     - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
@@ -248,9 +289,8 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
       is divided by exactly s;
     - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
-      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i. This is the
-      paper's ramp in r; the authors' code instead ramps linearly in the dimension index between rounded end
-      points.
+      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
+      `yarn_ramp` in the paper's form (linear in r) or the authors' code's (linear in the dimension index).
     - llama3 (Meta's Llama 3.1 release, `apply_scaling`): wavelengths lambda_i shorter than L / high_freq_factor
       keep theta_i, longer than L / low_freq_factor become theta_i / s, and between them
       (1 - g) theta_i / s + g theta_i with g = (L / lambda_i - low_freq_factor) / (high - low): a ramp in
@@ -273,8 +313,7 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
         if original_max_len <= 0:
             raise ValueError(f"model.position.rope.original_max_len={original_max_len!r}; YaRN needs the "
                              "original (training) context length, > 0")
-        rotations = original_max_len * freq / (2.0 * np.pi)
-        ramp = np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+        ramp = yarn_ramp(rot_dim, theta=theta, original_max_len=original_max_len, form=yarn_ramp_form)
         freq = (1.0 - ramp) * freq / factor + ramp * freq
     elif scaling == "llama3":
         if original_max_len <= 0 or not 0 < low_freq_factor < high_freq_factor:
@@ -306,7 +345,7 @@ def _cos_sin(x, positions_T, freq_F):
 
 def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0, scaling: str | None = None,
                factor: float = 1.0, original_max_len: int = 0, low_freq_factor: float = 1.0,
-               high_freq_factor: float = 4.0):
+               high_freq_factor: float = 4.0, yarn_ramp: str = "code"):
     """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
 
     `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since
@@ -322,7 +361,7 @@ def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0,
                          "head dims")
     freq_F = rope_frequencies(rot, theta=theta, scaling=scaling, factor=factor,
                               original_max_len=original_max_len, low_freq_factor=low_freq_factor,
-                              high_freq_factor=high_freq_factor)
+                              high_freq_factor=high_freq_factor, yarn_ramp_form=yarn_ramp)
     cos, sin = _cos_sin(x, positions_T, freq_F)
     x32 = x.astype(jnp.float32)
     y = jnp.concatenate([_rotate_pairs(x32[..., :rot], cos, sin), x32[..., rot:]], axis=-1)
@@ -337,7 +376,8 @@ def _per_head(fn, x_BxTxHxd, positions_T):
 
 
 def _rope_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
-    fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor")
+    fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
+              "yarn_ramp")
     rope = lambda x, positions: apply_rope(x, positions, **{f: cfg[f] for f in fields})
     return _per_head(rope, q_BxTxHxd, q_positions_T), _per_head(rope, k_BxSxKxd, k_positions_S)
 
@@ -354,13 +394,18 @@ def _rope_validate(cfg: Mapping) -> None:
              "length, > 0")
     _require(0 < cfg["low_freq_factor"] < cfg["high_freq_factor"], "rope", "low_freq_factor",
              cfg["low_freq_factor"], f"must be in (0, high_freq_factor={cfg['high_freq_factor']})")
+    _require(cfg["yarn_ramp"] in YARN_RAMPS, "rope", "yarn_ramp", cfg["yarn_ramp"],
+             f"choose one of: {', '.join(YARN_RAMPS)}")
 
 
 register(PositionalEncoding(
     "rope",
     defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0,
-              "low_freq_factor": 1.0, "high_freq_factor": 4.0},  # the last two: llama3 scaling only
-    init=_no_params, rotate=_rope_rotate, validate=_rope_validate))
+              "low_freq_factor": 1.0, "high_freq_factor": 4.0,  # the last two: llama3 scaling only
+              "yarn_ramp": "code"},
+    init=_no_params, rotate=_rope_rotate, validate=_rope_validate,
+    extension_fields=("theta", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
+                      "yarn_ramp")))
 
 
 # ---------------------------------------------------------------------------------------------- xpos
@@ -415,7 +460,8 @@ def _xpos_validate(cfg: Mapping) -> None:
 
 register(PositionalEncoding(
     "xpos", defaults={"theta": 10000.0, "scale_base": 0.0, "gamma": 0.4, "center": 0},  # 0 = xpos_scale_base(L)
-    init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate))
+    init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate,
+    extension_fields=("theta", "scale_base", "center")))
 
 
 # ---------------------------------------------------------------------------------------------- alibi

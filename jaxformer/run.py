@@ -214,6 +214,45 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
     return changed
 
 
+# What a run started from another run's parameters (`train --init-from`) may change in the model section: how
+# positions are scaled (the variant's extension fields, e.g. RoPE's scaling/factor/original_max_len; randomized
+# positions) and how it is computed. Anything else there is a different model; data.*, optim.* and train.* are free.
+INIT_MAY_CHANGE = ("model.position.randomize_max_len", "model.attention.", "model.dropout", "model.remat",
+                   "model.dtype")
+
+
+def init_may_change(field: str, cfg: ml_collections.ConfigDict) -> bool:
+    """Whether `field` may differ from the source run's config in a run initialised from it."""
+    from jaxformer import positional
+
+    if not field.startswith("model.") or field.startswith(INIT_MAY_CHANGE):
+        return True
+    parts = field.split(".")
+    if field.startswith("model.position.") and len(parts) == 4:
+        name = cfg.model.position.name
+        if parts[2] != name:
+            return True  # another variant's settings: unused by this model
+        return parts[3] in positional.get_positional_encoding(name).extension_fields
+    return False
+
+
+def check_init_config(source: str, source_cfg: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict, *,
+                      what: str = "--init-from") -> list[str]:
+    """The dotted fields in which `cfg` differs from the source run's saved config; a one-line error naming the first
+    that would give another model (other parameter shapes or another function of them). Both resolved."""
+    a, b = config_lib.flat_fields(source_cfg), config_lib.flat_fields(cfg)
+    missing = object()
+    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    fixed = [k for k in changed if not init_may_change(k, cfg)]
+    if fixed:
+        k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
+        raise RunDirError(f"{what}: {k}={b.get(k, '<absent>')!r} differs from {a.get(k, '<absent>')!r} in "
+                          f"{source}/config.json{more}; it would change the trained model: only data.*, optim.*, "
+                          "train.*, the attention implementation and the position variant's extension fields "
+                          "(e.g. rope.scaling/factor/original_max_len, randomize_max_len) may change")
+    return changed
+
+
 def atomic_write(path: str, text: str) -> None:
     """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old file or the new one,
     never half of one (the one place the project writes a file this way)."""
@@ -270,7 +309,7 @@ def _read_git_revision() -> str | None:
 _GIT_REVISION = _read_git_revision()
 
 
-def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
+def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str, init_from: dict | None = None) -> dict:
     import flax
     import jax
     import jaxlib
@@ -295,6 +334,7 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str) -> dict:
         "git_revision": git_revision(),
         "config_hash": config_lib.config_hash(cfg),
         "argv": sys.argv,
+        **({"init_from": init_from} if init_from else {}),  # where the parameters came from (train --init-from)
     }
 
 

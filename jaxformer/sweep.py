@@ -11,6 +11,22 @@ A sweep config's `get_config()` returns a ConfigDict with
     eval_tokens    predicted tokens per eval length, the same at every length (see extrapolation.py)
     eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
     eval_split     the split the windows come from ("val")
+    variants       optional named sets of overrides, an axis of their own (outermost after the seeds), for variants
+                   that differ in several fields: `variants.rope_randomized = ("--config.model.position.name=rope",
+                   "--config.model.position.randomize_max_len=256")`; the points are named `variant=<name>,...`
+    eval_at        instead of eval_lengths: absolute eval lengths in tokens, e.g. (64, 128, 256, 512), for sweeps
+                   whose points differ in data.block_size (a fine-tune at a longer context)
+    init           optional: every point starts from another sweep's trained run (`train --init-from`):
+                   init.sweep  the sweep config of the runs to start from, run first into <workdir>/base (so the
+                               whole experiment is one command; finished base runs are reused);
+                   init.match  the fields whose values pick a point's base run (default ("train.seed",));
+                   init.checkpoint  latest | best;
+                   init.overrides   --config.a.b=v applied to every run of init.sweep (e.g. a shorter smoke run).
+                   Each such point is also evaluated zero-shot (the base run's parameters under the point's config,
+                   e.g. a RoPE scaling, before the fine-tune): reported as the variant "<variant> zero-shot".
+    eval_sizes     (min, max) task sizes (synthetic tasks): every size in between is evaluated with
+                   `eval_size_examples` examples each, exact match and token accuracy per size and averaged over the
+                   sizes beyond the training ones (the literature's protocol, extrapolation.evaluate_sizes); () = off
     eval_stride    stride of the sliding-window baseline (a window of data.block_size tokens, see
                    extrapolation.sliding_plan); absent = half the window
     overrides_by_variant  {variant: (`--config.a.b=v`, ...)}: extra overrides for the points of one variant (the
@@ -47,8 +63,10 @@ from jaxformer import extrapolation, positional, statistics
 from jaxformer import run as run_lib
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
+VARIANT_FIELD = "variant"  # the axis of the sweep config's named `variants`
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
-                "eval_stride", "overrides_by_variant", "statistics", "reference")
+                "eval_stride", "overrides_by_variant", "statistics", "reference",
+                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
 _RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
@@ -64,6 +82,7 @@ class Point:
     values: list  # [(field, value), ...] in axis order
     cfg: ml_collections.ConfigDict  # resolved (the vocabulary size is filled in by the run)
     lengths: list  # [{"multiplier": m, "length": T, "na": reason | None}, ...]
+    init_from: str | None = None  # the base run it starts from (a sweep with `init`), relative to the sweep dir
 
 
 # ---------------------------------------------------------------------------------------------- sweep configs
@@ -81,7 +100,8 @@ def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.C
             raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
     defaults = {"overrides": (), "eval_tokens": 0, "eval_batch_tokens": 8192, "eval_split": "val",
-                "overrides_by_variant": {}, "statistics": False, "reference": "rope"}
+                "overrides_by_variant": {}, "statistics": False, "reference": "rope",
+                "eval_sizes": (), "eval_size_examples": 64, "eval_at": ()}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
             if key not in sweep_cfg:
@@ -124,7 +144,21 @@ def _override_value(value) -> str:
 def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] = ()) -> list[Point]:
     """Every point of the sweep, its config loaded, resolved and validated (raises before anything runs)."""
     axes = flatten_axes(sweep_cfg.axes)
+    variants = sweep_cfg.get("variants") or {}
+    if variants:
+        for key, value in variants.items():
+            if not isinstance(value, (tuple, list)) or not all(str(o).startswith("--config.") for o in value):
+                raise ValueError(f"variants.{key}={value!r}; give a tuple of --config.<field>=<value> overrides")
+        axes = [(VARIANT_FIELD, tuple(variants.keys())), *axes]
     multipliers = [int(m) for m in sweep_cfg.eval_lengths]
+    absolute = [int(T) for T in sweep_cfg.get("eval_at", ())]
+    if any(T < 1 for T in absolute):
+        raise ValueError(f"eval_at={tuple(absolute)}; give positive lengths in tokens")
+    base_points = _init_points(sweep_cfg, base_overrides)
+    if sweep_cfg.get("eval_sizes"):
+        extrapolation.check_sizes(sweep_cfg.eval_sizes)
+        if sweep_cfg.get("eval_size_examples", 64) < 1:
+            raise ValueError(f"eval_size_examples={sweep_cfg.eval_size_examples}; must be >= 1")
     if not multipliers or any(m < 1 for m in multipliers):
         raise ValueError(f"eval_lengths={tuple(sweep_cfg.eval_lengths)}; give positive multipliers of data.block_size")
     names = _short_names([field for field, _ in axes])
@@ -139,11 +173,22 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
                    ",".join(f"{names[f]}={_format_value(v)}" for f, v in values if f != SEED_FIELD) or "base")
         by_variant = dict(sweep_cfg.overrides_by_variant).get(variant, ())
         overrides = [*sweep_cfg.overrides, *by_variant, *base_overrides,
-                     *[f"--config.{field}={_override_value(value)}" for field, value in values]]
+                     *[o for field, value in values for o in (
+                         variants[value] if field == VARIANT_FIELD else
+                         [f"--config.{field}={_override_value(value)}"])]]
+        init_from = None
         try:
-            cfg = config_lib.resolve(config_lib.load(sweep_cfg.base, overrides))
+            cfg = config_lib.load(sweep_cfg.base, overrides)
+            if base_points is not None:
+                base = _match_base(base_points, cfg, tuple(sweep_cfg.init.get("match", ("train.seed",))), name)
+                from jaxformer import train as train_lib
+
+                cfg = train_lib.inherit_derived(cfg, base.cfg)
+                run_lib.check_init_config(f"base/runs/{base.name}", base.cfg, config_lib.resolve(cfg))
+                init_from = os.path.join("base", "runs", base.name)
+            cfg = config_lib.resolve(cfg)
             config_lib.validate(cfg)
-            lengths = eval_lengths_for(cfg, multipliers)
+            lengths = eval_lengths_for(cfg, multipliers, absolute=absolute)
             config_lib.validate(cfg, eval_lengths=[x["length"] for x in lengths if x["na"] is None])
         except ValueError as e:
             raise ValueError(f"sweep point {name}: {str(e).splitlines()[0]}") from e
@@ -155,7 +200,7 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
         if sweep_cfg.eval_tokens and sweep_cfg.eval_tokens < longest:
             raise ValueError(f"eval_tokens={sweep_cfg.eval_tokens} is less than the longest eval length {longest} "
                              f"(point {name}); give at least one window's worth")
-        points.append(Point(index, name, variant, values, cfg, lengths))
+        points.append(Point(index, name, variant, values, cfg, lengths, init_from))
     duplicates = {p.name for p in points if [q.name for q in points].count(p.name) > 1}
     if duplicates:
         raise ValueError(f"sweep points share a directory name: {', '.join(sorted(duplicates))}; "
@@ -172,15 +217,50 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
     return points
 
 
-def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int]) -> list[dict]:
-    """The eval lengths of one point; those beyond a position table are n/a with the reason, not an error."""
+# Overrides of a sweep with `init` that also reach the runs it starts from: where the data is on this machine.
+_INIT_SHARED = ("--config.data.manual_dir", "--config.data.data_dir")
+
+
+def init_overrides(sweep_cfg: ml_collections.ConfigDict, base_overrides=()) -> list[str]:
+    return [*[o for o in base_overrides if o.startswith(_INIT_SHARED)], *sweep_cfg.init.get("overrides", ())]
+
+
+def _init_points(sweep_cfg: ml_collections.ConfigDict, base_overrides=()) -> list[Point] | None:
+    """The points of the sweep a sweep with `init` starts from (None without `init`)."""
+    init = sweep_cfg.get("init")
+    if not init:
+        return None
+    if "sweep" not in init:
+        raise ValueError("init.sweep is missing: name the sweep config whose runs the points start from")
+    if init.get("checkpoint", "latest") not in ("latest", "best"):
+        raise ValueError(f"init.checkpoint={init.checkpoint!r}; choose one of: latest, best")
+    base_cfg, base_overrides = load_sweep(init.sweep, init_overrides(sweep_cfg, base_overrides))
+    if base_cfg.get("init"):
+        raise ValueError(f"init.sweep={init.sweep!r} has an init of its own; start from a sweep that trains from "
+                         "scratch")
+    return make_points(base_cfg, base_overrides)
+
+
+def _match_base(base_points: list[Point], cfg: ml_collections.ConfigDict, match: tuple, name: str) -> Point:
+    flat = config_lib.flat_fields(cfg)
+    found = [b for b in base_points if all(config_lib.flat_fields(b.cfg).get(f) == flat.get(f) for f in match)]
+    if len(found) != 1:
+        raise ValueError(f"sweep point {name}: {len(found)} runs of init.sweep have its {', '.join(match)}; "
+                         "init.match must pick exactly one")
+    return found[0]
+
+
+def eval_lengths_for(cfg: ml_collections.ConfigDict, multipliers: list[int], *, absolute=()) -> list[dict]:
+    """The eval lengths of one point (multipliers of its block size, or `absolute` lengths in tokens); those beyond
+    a position table are n/a with the reason, not an error."""
     name = cfg.model.position.name
     limit = positional.max_length(cfg.model.position)
     out = []
-    for m in multipliers:
-        length = m * cfg.data.block_size
+    block = cfg.data.block_size
+    for m, length in ([(round(T / block, 4), T) for T in absolute] if absolute else
+                      [(m, m * block) for m in multipliers]):
         na = f"n/a ({name} table has {limit} positions)" if limit is not None and length > limit else None
-        record = {"multiplier": m, "length": length, "na": na}
+        record = {"multiplier": int(m) if m == int(m) else m, "length": length, "na": na}
         if na is not None:  # the sliding window of the training length still fits the table
             record["sliding_ok"] = True
         out.append(record)
@@ -234,7 +314,8 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
 
     def compared(field: str) -> bool:
         parts = field.split(".")
-        other_variant = field.startswith("model.position.") and parts[2] not in ("name", cfg.model.position.name)
+        other_variant = field.startswith("model.position.") and parts[2] not in ("name", "randomize_max_len",
+                                                                                      cfg.model.position.name)
         unused_task = field.startswith("data.synthetic.") and not cfg.data.name.startswith("synthetic/")
         return field not in _RESUME_IGNORED and not other_variant and not unused_task
 
@@ -268,7 +349,12 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
     print_fn(f"sweep: {len(points)} point{'s' * (len(points) != 1)} ({axes or 'no axes'}), {done} finished, "
              f"into {workdir}")
     for p in points:
-        print_fn(describe(p, states[p.name]))
+        print_fn(describe(p, states[p.name]) + (f" (from {p.init_from})" if p.init_from else ""))
+    if sweep_cfg.get("init"):  # the runs the points start from: trained first (finished ones are reused)
+        base_cfg, base_base_overrides = load_sweep(sweep_cfg.init.sweep, init_overrides(sweep_cfg, base_overrides))
+        print_fn(f"sweep: the points start from the runs of {sweep_cfg.init.sweep} in {workdir}/base")
+        run_sweep(base_cfg, os.path.join(workdir, "base"), base_overrides=base_base_overrides, dry_run=dry_run,
+                  report=report, print_fn=print_fn)
     if dry_run:
         return points
 
@@ -316,10 +402,13 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         datasets[data_key] = data_lib.load_dataset(point.cfg.data)
     dataset = datasets[data_key]
     stopped, train_time = None, None
+    source = os.path.join(os.path.dirname(os.path.dirname(run_dir)), point.init_from) if point.init_from else None
+    which = sweep_cfg.init.get("checkpoint", "latest") if source else "latest"
     if state in ("new", "resume"):
         start, cpu_start = time.perf_counter(), time.process_time()
         result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset,
-                                 hooks=diagnostics.training_hooks(point.cfg))
+                                 hooks=diagnostics.training_hooks(point.cfg),
+                                 init_from=source if state == "new" else None, init_checkpoint=which)
         train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
         if result["signal"]:
             return result["stopped"], result["signal"]
@@ -328,11 +417,19 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         graphdef, params, cfg, step = trainer.graphdef, result["params"], trainer.cfg, result["step"]
     else:
         cfg, graphdef, params, step = loader.restore_params(run_dir)
+    zero_shot = None
+    if source:  # the base run's parameters under this point's config (e.g. a RoPE scaling), before its fine-tune
+        _, _, base_params, base_step = loader.restore_params(source, which=which)
+        zero_graphdef, _ = loader.abstract_model(cfg.model)
+        zero_shot = {"from": point.init_from, "step": base_step, "lengths": extrapolation.evaluate_lengths(
+            zero_graphdef, base_params, dataset, point.lengths, eval_tokens=sweep_cfg.eval_tokens,
+            batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split)}
     extrapolation.evaluate_run(run_dir, graphdef, params, dataset, cfg, step=step, point=point.name,
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
-                               stopped=stopped, train_time=train_time,
+                               stopped=stopped, train_time=train_time, sizes=tuple(sweep_cfg.get("eval_sizes", ())),
+                               size_examples=sweep_cfg.get("eval_size_examples", 64), zero_shot=zero_shot,
                                stride=sweep_cfg.get("eval_stride", None))
     return None
 
@@ -426,7 +523,7 @@ def write_reports(workdir: str) -> list[str]:
     if settings["statistics"]:
         add_statistics(variants, settings["reference"])
     lines = summary_lines(variants)
-    first = results[0] if results else None
+    first = next((r for r in results if not r["variant"].endswith(" zero-shot")), results[0]) if results else None
     title = (f"{first['data']}, trained at T={first['block_size']} for {first['steps']} steps "
              f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)"
              if first else "no finished runs")
@@ -436,6 +533,9 @@ def write_reports(workdir: str) -> list[str]:
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
                                      title=f"Loss vs eval length (dashed: sliding window of the training "
                                            f"length)\n{title}")
+    if any(v.get("sizes") for v in variants):
+        extrapolation.plot_sizes(variants, os.path.join(workdir, "sizes.png"), title=f"Accuracy per task size\n{title}")
+        _write_sizes_csv(variants, os.path.join(workdir, "sizes.csv"))
     which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
                                      title=f"Loss at each token position ({which})\n{title}")
@@ -502,6 +602,52 @@ def _write_csv(variants: list[dict], path: str) -> None:
     writer.writeheader()
     writer.writerows(rows)
     run_lib.atomic_write(path, text.getvalue())
+
+
+def _write_sizes_csv(variants: list[dict], path: str) -> None:
+    import csv
+
+    rows = []
+    for v in variants:
+        for x in (v.get("sizes") or {}).get("per_size", []):
+            em, acc = x["exact_match"] or (None, None), x["token_accuracy"] or (None, None)
+            rows.append({"variant": v["variant"], "items": x["items"], "ood": x["ood"], "status": x["na"] or "ok",
+                         "seeds": x["seeds"], "exact_match_mean": em[0], "exact_match_std": em[1],
+                         "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1]})
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=("variant", "items", "ood", "status", "seeds", "exact_match_mean",
+                                               "exact_match_std", "token_accuracy_mean", "token_accuracy_std"))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def sizes_markdown(variants: list[dict]) -> list[str]:
+    """The protocol's table: exact match at the training sizes, the mean over the OOD sizes, and whether each model
+    reached REACHED exact match in distribution first (the papers' precondition)."""
+    with_sizes = [v for v in variants if v.get("sizes")]
+    if not with_sizes:
+        return []
+    s0 = with_sizes[0]["sizes"]
+    ood = s0.get("ood") or {}
+    in_dist = s0.get("in_distribution") or {}
+    out = ["", f"## Per task size (the literature's protocol: train on sizes 1..{s0['train_max_items']}, evaluate "
+           "every size)", "",
+           f"Exact match and token accuracy (mean ± spread over seeds) over the training sizes "
+           f"{in_dist.get('sizes', ['-', '-'])[0]}..{in_dist.get('sizes', ['-', '-'])[1]} and averaged over the OOD "
+           f"sizes {ood.get('sizes', ['-', '-'])[0]}..{ood.get('sizes', ['-', '-'])[1]} (every size, not only "
+           f"multiples); `reached` = seeds at ≥ {100 * extrapolation.REACHED:.0f}% exact match in distribution "
+           "(OOD numbers of a model that did not reach it say little).", "",
+           "| variant | reached | exact match (train sizes) | exact match (OOD mean) | token accuracy (OOD mean) |",
+           "|---|---|---|---|---|"]
+    for v in with_sizes:
+        s = v["sizes"]
+        parts = (("in_distribution", "exact_match"), ("ood", "exact_match"), ("ood", "token_accuracy"))
+        cells = [_fmt(s[part][key], percent=True) if s.get(part) else "-" for part, key in parts]
+        out.append(f"| {v['variant']} | {s['reached']}/{s['seeds']} | " + " | ".join(cells) + " |")
+    out += ["", "Per size: `sizes.csv`.", "", "![accuracy per task size](sizes.png)"]
+    return out
 
 
 def _write_markdown(variants, results, unfinished, lines, title, path, *, settings=None) -> None:
@@ -573,6 +719,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path, *, settin
             for v in variants:
                 cells = [_fmt(x[key], percent=True) if x["loss"] is not None else x["na"] for x in v["lengths"]]
                 out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+        out += sizes_markdown(variants)
         out += ["", "## Summary", "", *[f"- {line}" for line in lines], "",
                 "![loss vs eval length](extrapolation.png)", "", "![loss vs position](position_loss.png)"]
     else:

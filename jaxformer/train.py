@@ -34,6 +34,7 @@ from flax import nnx
 from jaxformer import checkpoint as checkpoint_lib
 from jaxformer import config as config_lib
 from jaxformer import data as data_lib
+from jaxformer import positional
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
 from jaxformer.loader import build_model, restore_params, split_model  # noqa: F401 -- train.* names kept
@@ -103,46 +104,63 @@ def init_state(params, optimizer: optax.GradientTransformation, seed: int, log_e
 
 # ----------------------------------------------------------------------------------------------------- pure steps
 
-def token_losses(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None):
+def token_losses(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, positions_T=None):
     """The forward pass and its per-token next-token cross-entropy, with whether each argmax prediction is right:
     (losses_BxT, correct_BxT). The one forward+loss of training (`loss_fn`), evaluation (`eval_step`) and the
-    length-extrapolation evaluation (`extrapolation.compile_losses`); unused outputs cost nothing under jit."""
+    length-extrapolation evaluation (`extrapolation.compile_losses`); unused outputs cost nothing under jit.
+    `positions_T`: the tokens' positions (None = 0..T-1), e.g. randomized ones in training (`training_positions`)."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(inputs_BxT, dropout_key=dropout_key)
+    logits_BxTxV = model(inputs_BxT, positions_T=positions_T, dropout_key=dropout_key)
     losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
     return losses_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
 
 
-def loss_fn(params, graphdef, batch, dropout_key=None):
+def loss_fn(params, graphdef, batch, dropout_key=None, positions_T=None):
     """Weighted mean next-token cross-entropy (weights select the predicted tokens; all ones for plain text)."""
-    losses_BxT, _ = token_losses(params, graphdef, batch["inputs"], batch["targets"], dropout_key)
+    losses_BxT, _ = token_losses(params, graphdef, batch["inputs"], batch["targets"], dropout_key, positions_T)
     weights_BxT = batch["weights"]
     return jnp.sum(losses_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
 
 
-def _gathered_loss(params, graphdef, batch, dropout_key=None, *, compute_sharding=None):
+def _gathered_loss(params, graphdef, batch, dropout_key=None, positions_T=None, *, compute_sharding=None):
     if compute_sharding is not None:
         params = jax.lax.with_sharding_constraint(params, compute_sharding)
-    return loss_fn(params, graphdef, batch, dropout_key)
+    return loss_fn(params, graphdef, batch, dropout_key, positions_T)
+
+
+_POSITIONS_STREAM = 0x504F53  # folded into the step key: the positions' draws are apart from dropout's
+
+
+def training_positions(rng_data, step, micro: int, length: int, randomize_max_len: int):
+    """The positions of a training (micro-)batch: 0..T-1, or with `model.position.randomize_max_len` = R > 0 a
+    sorted sample of T distinct positions from [0, R) (Ruoss et al. 2023), a function of (train.seed, step, micro)."""
+    if not randomize_max_len:
+        return None
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng_data), step), _POSITIONS_STREAM)
+    return positional.random_positions(jax.random.fold_in(key, micro), length, randomize_max_len)
 
 
 def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool,
-               compute_sharding=None):
+               compute_sharding=None, randomize_max_len: int = 0):
     """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients.
 
     `compute_sharding` (sharding.compute_shardings): where the forward and backward use the parameters, e.g.
     gathered over the fsdp axis; the gradients come back in the parameters' own (stored) sharding.
+    `randomize_max_len` > 0: randomized positions (`training_positions`), one draw per micro-batch.
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     grad_fn = jax.value_and_grad(functools.partial(_gathered_loss, compute_sharding=compute_sharding))
     params = state["params"]
+    length = batch["inputs"].shape[-1]
+    positions = functools.partial(training_positions, state["rng"], state["step"], length=length,
+                                  randomize_max_len=randomize_max_len)
     if batch["inputs"].ndim == 2:
-        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None)
+        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None, positions(0))
     else:
         def micro(carry, xs):
             i, micro_batch = xs
             key = jax.random.fold_in(step_key, i) if use_dropout else None
-            loss, grads = grad_fn(params, graphdef, micro_batch, key)
+            loss, grads = grad_fn(params, graphdef, micro_batch, key, positions(i))
             return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
         n = batch["inputs"].shape[0]
@@ -259,7 +277,8 @@ class Trainer:
         self.eval_sharding = sharding_lib.batch_sharding(self.mesh)
         step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
                                  use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
-                                 compute_sharding=compute_sharding)
+                                 compute_sharding=compute_sharding,
+                                 randomize_max_len=cfg.model.position.randomize_max_len)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(
@@ -344,6 +363,67 @@ class Hook:
 
     every: int
     fn: Callable[..., dict | None]
+
+
+def check_init_source(source: str, which: str, workdir: str) -> ml_collections.ConfigDict:
+    """The saved config of the run `--init-from` names, after checking it is a run with that checkpoint (read only:
+    nothing is created or written there)."""
+    if which not in ("latest", "best"):
+        raise run_lib.RunDirError(f"--init-checkpoint={which!r}; choose one of: latest, best")
+    if os.path.abspath(source) == os.path.abspath(workdir):
+        raise run_lib.RunDirError(f"--init-from={source} is the new run's --workdir; give the new run another one")
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise run_lib.RunDirError(f"--init-from={source} holds no run (no config.json); give a run directory made "
+                                  "by `jaxformer train`")
+    directory = os.path.join(source, "checkpoints", which)
+    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
+        raise run_lib.RunDirError(f"--init-from={source} has no {which} checkpoint ({directory} holds none); "
+                                  f"train it first{' or use --init-checkpoint=latest' if which == 'best' else ''}")
+    return run_lib.load_config(source)
+
+
+def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`cfg` with the derived position fields left at 0 taken from the source run, not from the new block size: a
+    learned table keeps its rows, YaRN's `original_max_len` stays the context the source was trained at, and T5's
+    max_distance, xPos's scale_base and FIRE's init_L stay what the source was trained with."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    source = config_lib.resolve(source_cfg)
+    fields = [f[len("model.position."):] for f in config_lib.DERIVED_FROM if f.startswith("model.position.")]
+    for field in fields:  # learned.max_len, rope.original_max_len, and the others derived from the block size
+        variant, name = field.split(".")
+        if cfg.model.position[variant].get(name) == 0 and variant in source.model.position:
+            cfg.model.position[variant][name] = source.model.position[variant][name]
+    return cfg
+
+
+def check_init_vocabulary(source: str, dataset, cfg: ml_collections.ConfigDict) -> None:
+    """A one-line error when the new run's data has another vocabulary than the source run's tokenizer."""
+    source_tok, new_tok = data_lib.run_tokenizer(source), dataset.tokenizer
+    if (type(source_tok) is not type(new_tok) or source_tok.vocab_size != new_tok.vocab_size
+            or getattr(source_tok, "vocab", None) != getattr(new_tok, "vocab", None)):
+        raise run_lib.RunDirError(f"--init-from: data.name={cfg.data.name!r} has another vocabulary than "
+                                  f"{source}/{source_tok.filename} ({new_tok.vocab_size} vs {source_tok.vocab_size} "
+                                  "tokens); fine-tune on data with the source run's vocabulary")
+
+
+def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
+    """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); a
+    one-line error for other parameter shapes."""
+    _, _, params, step = restore_params(source, which=which)
+    want = jax.tree_util.tree_flatten_with_path(trainer._params0)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for path, x in want:
+        y = got.get(path)
+        if y is None or y.shape != x.shape:
+            name = jax.tree_util.keystr(path)
+            raise run_lib.RunDirError(f"--init-from: parameter {name} has shape {None if y is None else y.shape} in "
+                                      f"{source}, the new model's is {x.shape}; keep the model fields of the source")
+    params = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), trainer._params0, params)
+    manifest = run_lib.read_json(os.path.join(source, "manifest.json")) if os.path.isfile(
+        os.path.join(source, "manifest.json")) else {}
+    info = {"run": os.path.abspath(source), "checkpoint": which, "step": int(step),
+            "config_hash": manifest.get("config_hash"), "git_revision": manifest.get("git_revision")}
+    return params, info
 
 
 def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.ConfigDict:
@@ -471,16 +551,33 @@ def _rewindow(recent: dict, abstract: dict) -> dict:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
-          dataset=None, stop_after: int | None = None, hooks: Sequence[Hook] = ()) -> dict:
+          dataset=None, stop_after: int | None = None, hooks: Sequence[Hook] = (), init_from: str | None = None,
+          init_checkpoint: str = "latest") -> dict:
     """Trains `cfg` into `workdir` (see run.py for what it holds); returns the final metrics.
 
     `stop_after=N` runs only the first N steps of the same schedule (for `repro-check`), with no final-step extras.
     `hooks`: actions at their steps (`Hook`), after the step's log and evaluation, before its checkpoint.
+    `init_from=RUN` starts from the parameters of RUN's `init_checkpoint` (latest | best) with a fresh optimizer: a
+    fine-tune, e.g. at a longer `data.block_size` with a RoPE scaling; a change that gives another model is refused
+    before anything is written, and RUN is only read. The manifest records where the parameters came from.
     The run directory is locked (run.py) from before it is touched until this returns or raises.
     """
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
+    if init_from is not None:
+        if resume:
+            raise run_lib.RunDirError("--init-from starts a new run and --resume continues one; give only one")
+        source_cfg = check_init_source(init_from, init_checkpoint, workdir)
+        cfg = inherit_derived(cfg, source_cfg)
+        changed = run_lib.check_init_config(
+            init_from, config_lib.resolve(source_cfg),
+            config_lib.resolve(cfg, vocab_size=source_cfg.model.vocab_size or None))
+        if changed:
+            log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
+        if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
+            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, init_from))
+        check_init_vocabulary(init_from, dataset, cfg)
     # Bad input (config, data, a model that cannot fit) is refused before the run directory is made or touched.
     if dataset is None:
         # A resumed run's own subword tokenizer (a trained BPE is not trained again).
@@ -495,7 +592,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
     try:
         return _train(cfg, workdir, resuming=resuming, dataset=dataset, stop_after=stop_after, is_main=is_main,
-                      hooks=hooks)
+                      hooks=hooks, init_from=init_from, init_checkpoint=init_checkpoint)
     except BaseException:
         if created and os.path.isdir(workdir):
             run_lib.release(workdir)
@@ -507,7 +604,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
             run_lib.release(workdir)
 
 
-def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=()) -> dict:
+def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), init_from=None,
+           init_checkpoint="latest") -> dict:
     first_checkpoint = 0
     if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
         saved = run_lib.load_config(workdir)
@@ -518,15 +616,21 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=()) ->
             log.info("resuming with changed fields: %s", ", ".join(changed))
         check_config(cfg, dataset)
     trainer = Trainer(cfg, dataset)
+    init_info = None
+    if init_from is not None:  # the source's parameters, their shapes checked (a refusal leaves no run directory)
+        trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
     cfg = trainer.cfg
     dataset = trainer.dataset
     t = cfg.train
 
+    manifest_path = os.path.join(workdir, "manifest.json")
+    if resuming and init_info is None and os.path.isfile(manifest_path):  # a resumed fine-tune keeps its origin
+        init_info = run_lib.read_json(manifest_path).get("init_from")
+
     def write_run_files():
         if is_main:
             run_lib.save_config(workdir, cfg)
-            run_lib.write_json(os.path.join(workdir, "manifest.json"),
-                               run_lib.manifest(cfg, data_hash=dataset.data_hash))
+            run_lib.write_json(manifest_path, run_lib.manifest(cfg, data_hash=dataset.data_hash, init_from=init_info))
             dataset.tokenizer.save(os.path.join(workdir, dataset.tokenizer.filename))
 
     if not resuming:
@@ -540,6 +644,23 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=()) ->
 
     # Every process takes part in a checkpoint: each writes the shards its devices hold, process 0 the metadata.
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
+    start = 0
+    if resuming and checkpoints.latest_step() is not None:
+        start, state = checkpoints.restore(trainer.abstract_state())
+        if is_main:
+            run_lib.truncate_metrics(workdir, start)
+        log.info("resumed from step %d", start)
+    else:
+        state = trainer.initial_state()
+        if init_info is not None:
+            log.info("initialised from %s (%s checkpoint, step %d); fresh optimizer", init_info["run"],
+                     init_info["checkpoint"], init_info["step"])
+        if resuming and is_main:
+            run_lib.truncate_metrics(workdir, 0)
+    if resuming:  # the checkpoint restored: now the run's files may say how it goes on
+        write_run_files()
+
+
     writer = progress = None
     try:
         start = 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -231,6 +232,105 @@ def test_exit_status_says_how_the_run_ended():
     assert cli.exit_status({"stopped": "SIGINT at step 7; checkpoint saved", "signal": "SIGINT"}) == 130
     assert cli.exit_status({"stopped": "SIGTERM at step 7; checkpoint saved", "signal": "SIGTERM"}) == 143
     assert cli.exit_status({"stopped": "non-finite loss or gradient at step 3", "signal": None}) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Two tiny runs: RoPE on copy (block 32), and a learned table on parity_check (sizes 1..8)."""
+    root = tmp_path_factory.mktemp("length")
+    rope, learned = str(root / "rope"), str(root / "learned")
+    out = jaxformer("train", "--config", "tiny", "--config.train.sample_chars=0", "--workdir", rope)
+    assert out.returncode == 0, out.stderr
+    out = jaxformer("train", "--config", "tiny", "--config.train.sample_chars=0", "--workdir", learned,
+                    "--config.model.position.name=learned", "--config.data.name=synthetic/parity_check",
+                    "--config.data.synthetic.min_items=1", "--config.data.synthetic.max_items=8")
+    assert out.returncode == 0, out.stderr
+    return rope, learned
+
+
+def _json(out):
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # subprocesses: ~20 s each
+def test_eval_context_extension_zero_shot_and_per_size(tiny_runs):
+    """`eval --lengths` with and without a scaling override (zero-shot context extension): other numbers with it,
+    the overrides reported; `--sizes` gives every size, which are OOD, and their mean."""
+    rope, learned = tiny_runs
+    plain = _json(jaxformer("eval", "--workdir", rope, "--lengths", "32,64"))
+    assert [x["length"] for x in plain["lengths"]] == [32, 64] and plain["overrides"] == {}
+    pi = _json(jaxformer("eval", "--workdir", rope, "--lengths", "32,64", "--config.model.position.rope.scaling=linear",
+                         "--config.model.position.rope.factor=2"))
+    assert pi["overrides"] == {"model.position.rope.factor": 2.0, "model.position.rope.scaling": "linear"}
+    assert pi["lengths"][1]["loss"] != plain["lengths"][1]["loss"]
+    for x in pi["lengths"]:
+        assert 0 <= x["exact_match"] <= 1 and 0 <= x["token_accuracy"] <= 1 and x["loss"] > 0
+    sized = _json(jaxformer("eval", "--workdir", learned, "--sizes", "1:12", "--size-examples", "16"))
+    records = sized["sizes"]["records"]
+    assert [r["items"] for r in records] == list(range(1, 13)) and sized["sizes"]["train_max_items"] == 8
+    assert [r["ood"] for r in records] == [n > 8 for n in range(1, 13)]
+    assert sized["sizes"]["ood"]["exact_match"] == pytest.approx(np.mean([r["exact_match"] for r in records[8:]]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.n_embd=64"], "eval override: model.n_embd=64 differs from 32 in"),
+    (["--config.model.position.rope.fraction=0.5"], "eval override: model.position.rope.fraction=0.5 differs"),
+    (["--lengths", "32,x"], "--lengths='32,x'; give positive integers"),
+    (["--sizes", "9:3"], "--sizes='9:3'; give MIN:MAX task sizes with 1 <= MIN <= MAX"),
+])
+def test_eval_refuses_what_would_change_the_model(tiny_runs, args, message):
+    rope, _ = tiny_runs
+    out = jaxformer("eval", "--workdir", rope, *args)
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], out.stderr
+
+
+@pytest.mark.slow  # subprocesses: ~20 s each
+def test_eval_length_beyond_a_learned_table_and_train_init_from_errors(tiny_runs, tmp_path):
+    rope, learned = tiny_runs
+    before = {name: os.path.getmtime(os.path.join(rope, name)) for name in ("config.json", "manifest.json")}
+    cases = [
+        (["eval", "--workdir", learned, "--lengths", "32,64"], "eval length 64 is beyond the learned table"),
+        (["train", "--init-from", str(tmp_path), "--workdir", str(tmp_path / "a")], "holds no run (no config.json)"),
+        (["train", "--init-from", rope, "--workdir", str(tmp_path / "b"), "--config.model.n_layer=2"],
+         "--init-from: model.n_layer=2 differs from 1"),
+        (["train", "--config", "tiny", "--config.model.position.randomize_max_len=8", "--workdir",
+          str(tmp_path / "c")], "model.position.randomize_max_len=8 is smaller than data.block_size=32"),
+        (["train", "--config", "tiny", "--config.data.name=synthetic/parity", "--workdir", str(tmp_path / "d")],
+         "data.name='synthetic/parity'; choose one of:"),
+        (["train", "--config", "tiny", "--config.data.name=synthetic/sorting", "--config.data.synthetic.min_items=9",
+          "--config.data.synthetic.max_items=3", "--workdir", str(tmp_path / "e")],
+         "data.synthetic.max_items=3 is below data.synthetic.min_items=9"),
+    ]
+    for args, message in cases:
+        out = jaxformer(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], out.stderr
+    for name in "abcde":
+        assert not os.path.exists(tmp_path / name)
+    assert before == {name: os.path.getmtime(os.path.join(rope, name)) for name in before}
+
+
+@pytest.mark.slow  # subprocesses: ~20 s each
+def test_train_init_from_with_overrides_only(tiny_runs, tmp_path):
+    """`train --init-from RUN --config.x=v` (no --config): RUN's config with the overrides, a schedule of the new
+    length, and the manifest's origin."""
+    rope, _ = tiny_runs
+    workdir = str(tmp_path / "tuned")
+    out = jaxformer("train", "--init-from", rope, "--init-checkpoint", "best", "--workdir", workdir,
+                    "--config.data.block_size=64", "--config.model.position.rope.scaling=ntk",
+                    "--config.model.position.rope.factor=2", "--config.train.steps=6", "--config.train.eval_every=6")
+    assert out.returncode == 0, out.stderr
+    with open(os.path.join(workdir, "config.json")) as f:
+        cfg = json.load(f)
+    assert cfg["data"]["block_size"] == 64 and cfg["optim"]["decay_steps"] == 6
+    assert cfg["model"]["position"]["rope"]["scaling"] == "ntk"
+    with open(os.path.join(workdir, "manifest.json")) as f:
+        assert json.load(f)["init_from"]["run"] == os.path.abspath(rope)
 
 
 @pytest.mark.slow

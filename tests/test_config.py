@@ -12,7 +12,7 @@ BAD = [
     (["--config.model.position.name=ropez"], "model.position.name='ropez'; choose one of"),
     (["--config.model.attention.implementation=flash"], "model.attention.implementation='flash'; choose one of"),
     (["--config.data.name=wikitext"], "data.name='wikitext'; choose one of"),
-    (["--config.data.name=synthetic/sorting"], "data.name='synthetic/sorting'"),
+    (["--config.data.name=synthetic/sortin"], "data.name='synthetic/sortin'"),  # (sorting is a task now)
     (["--config.model.n_embd=33"], "model.n_embd=33 is not divisible by model.n_head=2"),
     (["--config.model.n_head=4", "--config.model.n_kv_head=3"], "not divisible by model.n_kv_head=3"),
     (["--config.model.position.name=learned", "--config.model.position.learned.max_len=16"],
@@ -223,3 +223,18 @@ def test_a_saved_config_gets_the_legacy_value_of_a_field_it_lacks_and_keeps_the_
     set_cfg = config_lib.load("tiny", ["--config.model.position.t5.max_distance=7"])
     kept = config_lib.from_json(config_lib.to_json(set_cfg))
     assert kept.model.position.t5.max_distance == 7
+
+
+def test_runs_written_before_randomized_positions_and_the_yarn_ramp_field_load_as_they_were_trained():
+    """A config.json without `randomize_max_len` trains on 0..T-1; one without `yarn_ramp` keeps the paper's ramp
+    (the only one before the field), while new configs get the authors' code ramp."""
+    saved = config_lib.load("tiny").to_dict()
+    saved["model"]["position"].pop("randomize_max_len")
+    saved["model"]["position"]["rope"].pop("yarn_ramp")
+    cfg = config_lib.from_json(config_lib.json.dumps(saved))
+    assert cfg.model.position.randomize_max_len == 0 and cfg.model.position.rope.yarn_ramp == "paper"
+    config_lib.validate(config_lib.resolve(cfg, vocab_size=30))
+    assert config_lib.load("tiny").model.position.rope.yarn_ramp == "code"
+    bad = config_lib.load("tiny", ["--config.model.position.rope.yarn_ramp=turns"])
+    with pytest.raises(config_lib.ConfigError, match="rope.yarn_ramp='turns'; choose one of: code, paper"):
+        config_lib.validate(config_lib.resolve(bad, vocab_size=30))

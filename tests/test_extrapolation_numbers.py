@@ -133,6 +133,72 @@ def test_aggregate_means_spreads_and_the_pooled_position_curve():
     np.testing.assert_allclose(unpooled, np.mean([[1.5, 2.5, 3.5, 4.5], [0.5, 1.5, 2.5, 6.5], [1, 1, 1, 1]], 0))
 
 
+def cutoff_losses(cutoff):
+    """A stub model right exactly at the positions before `cutoff` (loss 0.1 there, 2.0 after)."""
+
+    def fn(params, inputs_BxT, targets_BxT):
+        T = np.asarray(inputs_BxT).shape[1]
+        correct = np.broadcast_to(np.arange(T)[None] < cutoff, np.shape(inputs_BxT))
+        return np.where(correct, 0.1, 2.0).astype(np.float32), correct
+
+    return fn
+
+
+@pytest.mark.parametrize("task", ["parity_check", "reverse_string", "addition"])
+def test_per_size_protocol_numbers(task):
+    """Every size n in [1, 14], answers at known positions: exact match, token accuracy and loss per size equal the
+    values written from the task's layout; the OOD means average exactly the sizes past the training ones."""
+    from jaxformer.data import synthetic
+
+    dataset = synthetic.SyntheticDataset(task)
+    prompt_len = {"parity_check": lambda n: n + 1, "reverse_string": lambda n: n + 1,
+                  "addition": lambda n: 2 * n + 2}[task]
+    answer_len = {"parity_check": lambda n: 1, "reverse_string": lambda n: n, "addition": lambda n: n + 1}[task]
+    cutoff = 12
+    records = X.evaluate_sizes(None, {}, dataset, (1, 14), train_max=6, examples=5, batch_tokens=64,
+                               losses_fn=cutoff_losses(cutoff))
+    assert [r["items"] for r in records] == list(range(1, 15))
+    for r in records:
+        n = r["items"]
+        answer_at = np.arange(prompt_len(n) - 1, prompt_len(n) - 1 + answer_len(n))  # inputs index t predicts t+1
+        right = answer_at < cutoff
+        assert r["ood"] == (n > 6) and r["examples"] == 5
+        assert r["exact_match"] == float(right.all())
+        assert r["token_accuracy"] == pytest.approx(right.mean(), abs=1e-12)
+        assert r["loss"] == pytest.approx(np.where(right, 0.1, 2.0).mean(), rel=1e-6)
+    summary = X.size_summary(records)
+    assert summary["ood"]["sizes"] == [7, 14] and summary["in_distribution"]["sizes"] == [1, 6]
+    assert summary["ood"]["exact_match"] == pytest.approx(np.mean([r["exact_match"] for r in records[6:]]))
+    assert summary["in_distribution"]["token_accuracy"] == pytest.approx(
+        np.mean([r["token_accuracy"] for r in records[:6]]))
+
+
+def test_per_size_sizes_past_a_table_are_na_and_bad_ranges_are_errors():
+    from jaxformer.data import synthetic
+
+    dataset = synthetic.SyntheticDataset("sorting")
+    records = X.evaluate_sizes(None, {}, dataset, (1, 10), train_max=4, examples=2, batch_tokens=64,
+                               losses_fn=cutoff_losses(100), max_length=12)
+    assert [r["na"] is None for r in records] == [2 * n <= 12 for n in range(1, 11)]  # 2n+1 tokens: 2n inputs
+    assert records[-1]["na"] == "n/a (20 tokens exceed the 12-position table)"
+    for bad in ((5, 3), (0, 4), (3,)):
+        with pytest.raises(ValueError, match="give \\(min, max\\) task sizes with 1 <= min <= max"):
+            X.check_sizes(bad)
+
+
+def test_aggregate_sizes_over_seeds():
+    def run(seed, id_exact, ood_exact):
+        recs = [{"items": 1, "ood": False, "na": None, "exact_match": id_exact, "token_accuracy": id_exact},
+                {"items": 2, "ood": True, "na": None, "exact_match": ood_exact, "token_accuracy": ood_exact}]
+        return {"seed": seed, "sizes": {"train_max_items": 1, "records": recs, **X.size_summary(recs)}}
+
+    agg = X.aggregate_sizes([run(0, 1.0, 0.2), run(1, 0.98, 0.4), run(2, 1.0, 0.9)])
+    assert agg["reached"] == 2 and agg["seeds"] == 3  # 98% is short of the 99% precondition
+    mean, std = agg["ood"]["exact_match"]
+    assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    assert agg["per_size"][1]["exact_match"][0] == pytest.approx(0.5)
+
+
 def context_sum(params, inputs_BxT, targets_BxT):
     """A stub 'model' whose loss at position t is the sum of the tokens it can see (0..t): reveals each context."""
     inputs_BxT = np.asarray(inputs_BxT, np.float64)
@@ -205,3 +271,20 @@ def test_evaluate_lengths_sliding_rows(monkeypatch):
     assert out[1]["sliding"]["loss"] < out[1]["loss"]  # less context, smaller sums
     assert out[2]["na"] and "loss" not in out[2] and out[2]["sliding"]["loss"] > 0  # learned past its table
     assert "sliding_ok" not in out[2]
+
+
+def test_per_size_protocol_with_a_bos_token():
+    """data.bos: every row starts with BOS, so each answer sits one position later; the numbers follow it."""
+    from jaxformer.data import synthetic
+    from jaxformer.data.dataset import BOSDataset
+
+    dataset = BOSDataset(synthetic.SyntheticDataset("parity_check", min_items=1, max_items=6))
+    assert X.train_max_items(dataset, 8) == 6 and dataset.task.name == "parity_check"
+    rows = dataset.sized("val", items=3, count=2, length=6)
+    assert (rows["inputs"][:, 0] == dataset.bos_id).all() and rows["weights"][:, 0].sum() == 0
+    cutoff = 7
+    records = X.evaluate_sizes(None, {}, dataset, (1, 9), train_max=6, examples=3, batch_tokens=64,
+                               losses_fn=cutoff_losses(cutoff))
+    for r in records:
+        answer_at = r["items"] + 1  # BOS, n bits, '|': the input at n + 1 predicts the answer
+        assert r["length"] == r["items"] + 2 and r["exact_match"] == float(answer_at < cutoff), r

@@ -168,6 +168,41 @@ def test_attention_weights_capture_shape():
     np.testing.assert_allclose(np.asarray(logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["rope", "xpos", "alibi", "t5", "kerple"])
+def test_relative_variants_see_only_position_differences(position):
+    """Randomized positions are sorted random integers: a relative variant's logits depend only on their
+    differences (shifting them all changes nothing), an absolute one's on the values themselves."""
+    model = build(make_cfg(position))
+    forward = jax.jit(lambda tokens, positions: model(tokens, positions_T=positions))
+    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 13)
+    positions = positional.random_positions(jax.random.key(5), 8, 200)
+    shifted = positions - positions[0] + 37
+    np.testing.assert_allclose(np.asarray(forward(tokens, positions)), np.asarray(forward(tokens, shifted)),
+                               rtol=2e-5, atol=2e-5)
+    assert not np.allclose(forward(tokens, positions), forward(tokens, jnp.arange(8, dtype=jnp.int32)), atol=1e-4)
+
+
+@pytest.mark.parametrize("position", ["sinusoidal", "learned"])
+def test_absolute_variants_see_the_randomized_positions_themselves(position):
+    cfg = make_cfg(position)
+    if position == "learned":
+        cfg.model.position.learned.max_len = 256
+    model = build(cfg)
+    tokens = jax.random.randint(jax.random.key(4), (2, 8), 0, 13)
+    positions = positional.random_positions(jax.random.key(5), 8, 200)
+    a, b = model(tokens, positions_T=positions), model(tokens, positions_T=positions - positions[0] + 37)
+    assert np.isfinite(np.asarray(a)).all() and not np.allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi", "fire"])
+def test_randomized_positions_through_the_chunked_attention_equal_the_reference(position):
+    tokens = jax.random.randint(jax.random.key(6), (2, 12), 0, 13)
+    positions = positional.random_positions(jax.random.key(7), 12, 100)
+    out = [np.asarray(build(make_cfg(position, impl))(tokens, positions_T=positions))
+           for impl in ("reference", "chunked")]
+    np.testing.assert_allclose(out[0], out[1], rtol=2e-5, atol=2e-5)
+
+
 def test_default_fields_bit_for_bit():
     """The model fields added for pretrained models (norm, mlp, tie_embeddings, head_dim, qkv_bias) at their
     defaults build today's model: the same parameter tree, bitwise-equal parameters and logits as the model made

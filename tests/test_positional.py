@@ -259,7 +259,7 @@ def test_ntk_and_yarn_frequencies():
     base = P.rope_frequencies(16)
     ntk = P.rope_frequencies(16, scaling="ntk", factor=8.0)  # base theta * s^(d/(d-2))
     np.testing.assert_allclose([ntk[0], ntk[-1]], [base[0], base[-1] / 8.0], rtol=1e-12)
-    yarn = P.rope_frequencies(16, scaling="yarn", factor=8.0, original_max_len=256)
+    yarn = P.rope_frequencies(16, scaling="yarn", factor=8.0, original_max_len=256, yarn_ramp_form="paper")
     turns = 256 * base / (2 * np.pi)  # full turns within the original context
     fast, slow = turns > 32, turns < 1
     between = ~fast & ~slow
@@ -267,8 +267,59 @@ def test_ntk_and_yarn_frequencies():
     np.testing.assert_array_equal(yarn[fast], base[fast])  # high frequencies extrapolate (unchanged)
     np.testing.assert_allclose(yarn[slow], base[slow] / 8.0, rtol=1e-12)  # low frequencies interpolate
     assert ((yarn[between] < base[between]) & (yarn[between] > base[between] / 8.0)).all()
-    expected = ref.rope_frequencies(16, scaling="yarn", factor=8.0, original_max_len=256)
+    expected = ref.rope_frequencies(16, scaling="yarn", factor=8.0, original_max_len=256, yarn_ramp="paper")
     np.testing.assert_allclose(yarn, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("d,theta,original", [(16, 10000.0, 256), (64, 10000.0, 4096), (32, 500.0, 64),
+                                              (128, 1e6, 8192)])
+def test_yarn_code_ramp_equals_the_authors_code_and_brackets_like_the_paper(d, theta, original):
+    """The code form against transformers' formula (written out in float64), and both forms agree at the ends."""
+    code = P.rope_frequencies(d, theta=theta, scaling="yarn", factor=4.0, original_max_len=original)
+    np.testing.assert_allclose(code, ref.rope_frequencies(d, theta, "yarn", 4.0, original, "code"), rtol=1e-12)
+    paper = P.yarn_ramp(d, theta=theta, original_max_len=original, form="paper")
+    ramp = P.yarn_ramp(d, theta=theta, original_max_len=original, form="code")
+    np.testing.assert_array_equal(ramp[paper == 1.0], 1.0)  # > 32 rotations: kept by both
+    np.testing.assert_array_equal(ramp[paper == 0.0], 0.0)  # < 1 rotation: interpolated by both
+    steps = np.diff(ramp[(ramp > 0) & (ramp < 1)])
+    np.testing.assert_allclose(steps, steps[0] if steps.size else steps, rtol=1e-9)  # linear in the index
+    assert (np.diff(ramp) <= 0).all() and (np.diff(paper) <= 0).all()
+
+
+def test_yarn_ramp_field_reaches_the_rotation():
+    x, positions = normal(np.random.default_rng(7), 12, 16), jnp.arange(12) * 9
+    kw = dict(scaling="yarn", factor=4.0, original_max_len=64)
+    for form in P.YARN_RAMPS:
+        np.testing.assert_allclose(np.asarray(P.apply_rope(x, positions, yarn_ramp=form, **kw)),
+                                   ref.rope(x, np.asarray(positions), yarn_ramp=form, **kw), atol=2e-5)
+    assert not np.allclose(P.apply_rope(x, positions, yarn_ramp="code", **kw),
+                           P.apply_rope(x, positions, yarn_ramp="paper", **kw), atol=1e-3)
+
+
+@pytest.mark.parametrize("length,max_len", [(1, 1), (8, 8), (16, 64), (40, 2048)])
+def test_random_positions_are_sorted_distinct_in_range_and_a_function_of_the_key(length, max_len):
+    draw = jax.jit(P.random_positions, static_argnums=(1, 2))
+    a = np.asarray(draw(jax.random.key(3), length, max_len))
+    assert a.shape == (length,) and a.dtype == np.int32
+    assert (np.diff(a) > 0).all() and a.min() >= 0 and a.max() < max_len  # sorted, distinct, in [0, R)
+    np.testing.assert_array_equal(a, np.asarray(draw(jax.random.key(3), length, max_len)))
+    if length < max_len:
+        draws = {tuple(np.asarray(draw(jax.random.key(s), length, max_len))) for s in range(6)}
+        assert len(draws) > 1
+    if length == max_len:
+        np.testing.assert_array_equal(a, np.arange(length))
+    with pytest.raises(ValueError, match="randomize_max_len=4 must be >= the sequence length 5"):
+        P.random_positions(jax.random.key(0), 5, 4)
+
+
+def test_random_positions_cover_the_range_uniformly():
+    """Every position of [0, R) is drawn with probability T / R: a chi-square test over many draws."""
+    from scipy import stats
+
+    T, R, n = 8, 32, 4000
+    draws = jax.vmap(lambda k: P.random_positions(k, T, R))(jax.random.split(jax.random.key(0), n))
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=R)
+    assert stats.chisquare(counts).pvalue > 1e-4
 
 
 def test_yarn_temperature_scales_logits_by_one_over_t():

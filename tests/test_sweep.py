@@ -272,6 +272,103 @@ def test_a_signal_stops_the_sweep_with_its_exit_status(tmp_path, monkeypatch, ca
     assert "position=alibi" not in out.split("sweep stopped")[1]  # nothing after the stopped point ran
 
 
+@pytest.mark.slow  # ~1 minute
+def test_sweep_with_the_per_size_protocol_and_randomized_positions(tmp_path):
+    """eval_sizes: every size evaluated, OOD means and the reached column in results.md, sizes.csv and sizes.png;
+    the randomized-positions axis gives a point of its own."""
+    sweep_cfg, base = _tiny("--config.data.name=synthetic/parity_check", "--config.data.block_size=16",
+                            "--config.data.synthetic.min_items=1", "--config.data.synthetic.max_items=6",
+                            "--config.train.steps=10", "--config.train.eval_every=10")
+    with sweep_cfg.unlocked():
+        sweep_cfg.eval_sizes, sweep_cfg.eval_size_examples = (1, 9), 8
+        sweep_cfg.axes.model = {"position": {"name": ("rope",), "randomize_max_len": (0, 64)}}
+    workdir = str(tmp_path / "sizes")
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lambda *a: None)
+    result = _results(workdir, "position=rope,randomize_max_len=64,seed=0")
+    assert result["randomize_max_len"] == 64
+    sizes = result["sizes"]
+    assert sizes["train_max_items"] == 6 and [r["items"] for r in sizes["records"]] == list(range(1, 10))
+    assert sizes["ood"]["sizes"] == [7, 9]
+    assert sizes["ood"]["exact_match"] == pytest.approx(np.mean([r["exact_match"] for r in sizes["records"][6:]]))
+    with open(os.path.join(workdir, "sizes.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 9 and {r["variant"] for r in rows} == {"position=rope,randomize_max_len=0",
+                                                                 "position=rope,randomize_max_len=64"}
+    with open(os.path.join(workdir, "results.md")) as f:
+        md = f.read()
+    assert "## Per task size" in md and "| position=rope,randomize_max_len=64 | " in md
+    assert matplotlib.image.imread(os.path.join(workdir, "sizes.png")).ndim == 3
+    with sweep_cfg.unlocked():
+        sweep_cfg.eval_sizes = (5, 2)
+    with pytest.raises(ValueError, match="eval sizes \\(5, 2\\)"):
+        sweep.make_points(sweep_cfg, base)
+
+
+def test_packaged_length_generalization_sweeps_validate():
+    """sweeps.algorithmic: 12 named variants (3 randomized) x 4 tasks x 3 seeds; sweeps.context_extension: every point
+    starts from the base run of its seed, with YaRN's original length the base's block, evaluated at 64..512."""
+    sweep_cfg, base = sweep.load_sweep("sweeps.algorithmic")
+    points = sweep.make_points(sweep_cfg, base)
+    assert len(points) == 144 and len({p.cfg.train.seed for p in points}) == 3
+    by_variant = {dict(p.values)["variant"]: p.cfg for p in points}
+    assert len(by_variant) == 12
+    assert by_variant["rope_randomized"].model.position.randomize_max_len == 256
+    assert by_variant["rope"].model.position.randomize_max_len == 0
+    assert by_variant["learned"].model.position.learned.max_len == 64
+    assert {p.cfg.data.name for p in points} >= {"synthetic/addition", "synthetic/reverse_string"}
+
+    sweep_cfg, base = sweep.load_sweep("sweeps.context_extension")
+    points = sweep.make_points(sweep_cfg, base)
+    assert len(points) == 12
+    for p in points:
+        assert p.init_from == f"base/runs/seed={p.cfg.train.seed}"
+        assert p.cfg.data.block_size == 256 and p.cfg.model.position.rope.original_max_len == 64
+        assert [x["length"] for x in p.lengths] == [64, 128, 256, 512]
+        assert [x["multiplier"] for x in p.lengths] == [0.25, 0.5, 1, 2]
+
+
+@pytest.mark.slow  # ~3 minutes on a loaded 2-core machine
+def test_init_sweep_trains_the_base_first_then_fine_tunes_and_reports_zero_shot(tmp_path):
+    """A sweep with `init`: the base sweep runs into <workdir>/base, each point starts from the base run of its seed
+    (its manifest says so), and the `none` zero-shot row is the base model's own loss at the same windows."""
+    base_file = tmp_path / "base_sweep.py"
+    base_file.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.base = 'tiny'\n"
+        "    c.overrides = ('--config.train.steps=10', '--config.train.eval_every=10', "
+        "'--config.train.checkpoint_every=10', '--config.train.sample_chars=0', '--config.train.progress=False')\n"
+        "    c.axes = ml_collections.ConfigDict()\n"
+        "    c.axes.train = {'seed': (0,)}\n"
+        "    c.eval_lengths = (1, 2)\n"
+        "    c.eval_tokens = 256\n"
+        "    c.eval_batch_tokens = 256\n"
+        "    return c\n")
+    sweep_cfg, base = _tiny("--config.data.block_size=64", "--config.model.position.rope.factor=2.0",
+                            "--config.train.steps=6", "--config.train.eval_every=6",
+                            "--config.train.checkpoint_every=6")
+    with sweep_cfg.unlocked():
+        sweep_cfg.overrides = tuple(o for o in sweep_cfg.overrides if "data.name" not in o)  # tiny's copy task
+        sweep_cfg.axes.model = {"position": {"rope": {"scaling": ("none", "yarn")}}}
+        sweep_cfg.init = {"sweep": str(base_file), "match": ("train.seed",), "checkpoint": "latest", "overrides": ()}
+        sweep_cfg.eval_at = (32, 64)
+    workdir = str(tmp_path / "ext")
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lambda *a: None)
+    base_result = _results(os.path.join(workdir, "base"), "seed=0")
+    for name in ("scaling=none,seed=0", "scaling=yarn,seed=0"):
+        with open(os.path.join(workdir, "runs", name, "manifest.json")) as f:
+            assert json.load(f)["init_from"]["run"] == os.path.abspath(os.path.join(workdir, "base", "runs", "seed=0"))
+    none = _results(workdir, "scaling=none,seed=0")
+    assert none["zero_shot"]["lengths"][0]["loss"] == pytest.approx(base_result["lengths"][0]["loss"], rel=1e-6)
+    yarn = _results(workdir, "scaling=yarn,seed=0")
+    # The same parameters and windows: with the override ignored the two would be equal bit for bit.
+    assert yarn["zero_shot"]["lengths"][1]["loss"] != none["zero_shot"]["lengths"][1]["loss"]
+    with open(os.path.join(workdir, "results.csv")) as f:
+        variants = [r["variant"] for r in csv.DictReader(f)]
+    assert variants[:4] == ["none zero-shot"] * 2 + ["yarn zero-shot"] * 2 and "yarn" in variants
+
+
 def test_a_point_committed_without_checkpoints_is_finished_and_reruns_reproduce_it(swept, tmp_path, capsys):
     """Issue 22 (6): the small files alone mark a point finished; re-running it from scratch with `jaxformer sweep`
     reproduces its recorded losses."""
@@ -392,7 +489,8 @@ def test_copy_task_config_is_the_committed_copy_sweeps_runs(position):
     users there for the numbers each variant gives); only how often it evaluates and samples differs."""
 
     observed = ("train.eval_every", "train.checkpoint_every", "train.sample_chars", "train.progress",
-                "model.vocab_size", "data.manual_dir", "data.data_dir")
+                "model.vocab_size", "data.manual_dir", "data.data_dir",
+                "model.position.rope.yarn_ramp")  # read only with rope.scaling=yarn; the runs predate the field
     cfg = config_lib.load("copy_task", [f"--config.model.position.name={position}"])
     run = os.path.join(EXPERIMENTS, "pe_extrapolation", "copy", "runs", f"position={position},seed=0")
     with open(os.path.join(run, "config.json")) as f:

@@ -215,6 +215,152 @@ def test_hooks_log_at_their_steps_and_the_loop_runs_none_by_itself(tiny_cfg, tmp
     assert not any(k.startswith(("attn/", "hook/")) for r in run_lib.read_metrics(str(tmp_path / "b")) for k in r)
 
 
+def test_training_positions_are_a_function_of_seed_and_step():
+    rng_a = jax.random.key_data(jax.random.key(1))
+    rng_b = jax.random.key_data(jax.random.key(2))
+    draw = jax.jit(train_lib.training_positions, static_argnums=(2, 3, 4))
+    assert train_lib.training_positions(rng_a, 0, 0, 8, 0) is None  # off: 0..T-1
+    p = np.asarray(draw(rng_a, 3, 0, 16, 64))
+    assert (np.diff(p) > 0).all() and p.min() >= 0 and p.max() < 64
+    np.testing.assert_array_equal(p, np.asarray(draw(rng_a, 3, 0, 16, 64)))  # same (seed, step): same positions
+    for other in (draw(rng_a, 4, 0, 16, 64), draw(rng_b, 3, 0, 16, 64), draw(rng_a, 3, 1, 16, 64)):
+        assert not np.array_equal(p, np.asarray(other))  # another step, seed or micro-batch: another draw
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_randomized_training_step_uses_the_drawn_positions(tiny_cfg, position):
+    """The step's loss is the loss at the positions `training_positions` draws for (seed, step), not at 0..T-1;
+    a learned table is sized to the randomized range."""
+    tiny_cfg.model.position.name = position
+    tiny_cfg.model.position.randomize_max_len = 96
+    trainer = train_lib.Trainer(tiny_cfg)
+    cfg = trainer.cfg
+    assert position != "learned" or cfg.model.position.learned.max_len == 96
+    state = trainer.initial_state()
+    # Random, non-zero parameters: at initialisation the logits barely depend on positions.
+    leaves, treedef = jax.tree.flatten(jax.device_get(state["params"]))
+    rng_np = np.random.default_rng(0)
+    params = jax.tree.unflatten(treedef, [x + 0.3 * rng_np.standard_normal(x.shape).astype(x.dtype) for x in leaves])
+    state = {**state, "params": params, "opt_state": trainer.optimizer.init(params)}
+    rng = state["rng"]
+    batch = trainer.dataset.batch("train", 0, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
+                                  seed=cfg.train.seed)
+    positions = train_lib.training_positions(rng, 0, 0, cfg.data.block_size, 96)
+    assert int(positions[-1]) >= cfg.data.block_size  # (with this seed) positions past the block are trained
+    new = trainer.train_step(state, batch)
+    at_drawn = float(train_lib.loss_fn(params, trainer.graphdef, batch, None, positions))
+    at_plain = float(train_lib.loss_fn(params, trainer.graphdef, batch))
+    assert float(new["recent"]["loss"][0]) == pytest.approx(at_drawn, rel=1e-5)
+    assert at_drawn != pytest.approx(at_plain, rel=1e-3)
+
+
+def test_randomized_range_smaller_than_the_block_is_a_config_error(tiny_cfg):
+    tiny_cfg.model.position.randomize_max_len = 16
+    with pytest.raises(config_lib.ConfigError, match="randomize_max_len=16 is smaller than data.block_size=32"):
+        config_lib.validate(config_lib.resolve(tiny_cfg))
+    tiny_cfg.model.position.randomize_max_len = 128
+    tiny_cfg.model.position.name = "learned"
+    tiny_cfg.model.position.learned.max_len = 64
+    with pytest.raises(config_lib.ConfigError, match="randomize_max_len=128 is beyond the learned table"):
+        config_lib.validate(config_lib.resolve(tiny_cfg))
+
+
+def _snapshot(directory):
+    """Every file under `directory` with its size and modification time (to show nothing was written there)."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            out[path] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    from jaxformer import config as config_lib
+
+    cfg = config_lib.load("tiny")
+    cfg.train.progress, cfg.train.sample_chars = False, 0
+    workdir = str(tmp_path_factory.mktemp("source") / "run")
+    train_lib.train(cfg, workdir)
+    return workdir
+
+
+def test_init_from_starts_at_the_source_parameters_with_a_longer_block_and_a_scaling(source_run, tmp_path):
+    """The new run's first parameters are the source's checkpoint exactly; the block size and the RoPE scaling
+    change, YaRN's original_max_len stays the source's training length, the manifest says where it came from,
+    a resume keeps that, and the source is not written to."""
+    before = _snapshot(source_run)
+    cfg = run_lib.load_config(source_run)
+    cfg.data.block_size = 64
+    cfg.model.position.rope.scaling, cfg.model.position.rope.factor = "yarn", 2.0
+    cfg.model.position.rope.original_max_len = 0  # 0 = the context the source was trained at, not the new block
+    cfg.optim.decay_steps, cfg.train.steps = 0, 10
+    start = train_lib.train(cfg, str(tmp_path / "zero"), init_from=source_run, stop_after=0)
+    _, _, source_params, step = train_lib.restore_params(source_run)
+    for x, y in zip(jax.tree.leaves(start["params"]), jax.tree.leaves(source_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(start["trainer"].initial_state()["opt_state"][1][0].count) == 0  # a fresh optimizer
+
+    workdir = str(tmp_path / "tuned")
+    train_lib.train(cfg, workdir, init_from=source_run, init_checkpoint="best", stop_after=5)
+    saved = run_lib.load_config(workdir)
+    assert saved.data.block_size == 64 and saved.model.position.rope.original_max_len == 32
+    manifest = run_lib.read_json(os.path.join(workdir, "manifest.json"))
+    assert manifest["init_from"]["run"] == os.path.abspath(source_run)
+    assert manifest["init_from"]["checkpoint"] == "best" and manifest["init_from"]["step"] == step == 30
+    train_lib.train(run_lib.load_config(workdir), workdir, resume=True)  # as `train --resume` does: its own config
+    assert run_lib.read_json(os.path.join(workdir, "manifest.json"))["init_from"] == manifest["init_from"]
+    assert [m["step"] for m in run_lib.read_metrics(workdir) if "val_loss" in m] == [10]
+    assert _snapshot(source_run) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.n_embd": 64}, "--init-from: model.n_embd=64 differs from 32 in .*/config.json; it would change the"),
+    ({"model.position.name": "alibi"}, "--init-from: model.position.name='alibi' differs from 'rope'"),
+    ({"model.position.rope.fraction": 0.5}, "model.position.rope.fraction=0.5 differs from 1.0"),
+    ({"data.name": "synthetic/addition"}, "data.name='synthetic/addition' has another vocabulary than"),
+])
+def test_init_from_refuses_another_model_and_writes_nothing(source_run, tmp_path, change, message):
+    before = _snapshot(source_run)
+    cfg = run_lib.load_config(source_run)
+    for field, value in change.items():
+        section, *rest = field.split(".")
+        node = cfg[section]
+        for part in rest[:-1]:
+            node = node[part]
+        node[rest[-1]] = value
+    workdir = tmp_path / "new"
+    with pytest.raises(ValueError, match=message):
+        train_lib.train(cfg, str(workdir), init_from=source_run)
+    assert not workdir.exists() and _snapshot(source_run) == before
+
+
+def test_init_from_bad_sources_are_one_line_errors(source_run, tmp_path, tiny_cfg):
+    (tmp_path / "empty").mkdir()
+    cases = [(str(tmp_path / "empty"), "latest", "holds no run \\(no config.json\\)"),
+             (source_run, "oldest", "--init-checkpoint='oldest'; choose one of: latest, best"),
+             (source_run, "latest", "is the new run's --workdir")]
+    for source, which, message in cases:
+        workdir = source_run if "workdir" in message else str(tmp_path / "new")
+        with pytest.raises(ValueError, match=message):
+            train_lib.train(tiny_cfg, workdir, init_from=source, init_checkpoint=which)
+    no_best = tmp_path / "no_best"
+    (no_best / "checkpoints" / "latest" / "30").mkdir(parents=True)
+    (no_best / "config.json").write_text(open(os.path.join(source_run, "config.json")).read())
+    with pytest.raises(ValueError, match="has no best checkpoint .* or use --init-checkpoint=latest"):
+        train_lib.train(tiny_cfg, str(tmp_path / "new"), init_from=str(no_best), init_checkpoint="best")
+    tiny_cfg.model.position.name = "learned"  # a table of 32 rows cannot take a block of 64
+    learned_dir = str(tmp_path / "learned")
+    tiny_cfg.train.steps, tiny_cfg.train.sample_chars = 5, 0
+    train_lib.train(tiny_cfg, learned_dir)
+    cfg = run_lib.load_config(learned_dir)
+    cfg.data.block_size = 64
+    with pytest.raises(ValueError, match="data.block_size=64 is beyond the learned table"):
+        train_lib.train(cfg, str(tmp_path / "longer"), init_from=learned_dir)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "longer").exists()
+
+
 def test_best_is_an_evaluated_model_labelled_with_its_own_loss(tiny_cfg, tmp_path):
     """The issue's repro, shortened: checkpoints every 5 steps, evaluations every 20, a learning rate high enough
     that the loss rises again. `best` must be a state evaluated at an eval step, its label that evaluation's loss,

@@ -140,6 +140,19 @@ class BOSDataset(Dataset):
     def split_tokens(self, split: str):
         return self.inner.split_tokens(split)
 
+    # The per-size protocol of the synthetic tasks (extrapolation.evaluate_sizes): the wrapped task's, BOS first.
+    @property
+    def task(self):
+        return getattr(self.inner, "task", None)
+
+    @property
+    def max_items(self) -> int:
+        return getattr(self.inner, "max_items", 0)
+
+    def sized(self, split: str, *, items: int, count: int, length: int) -> dict:
+        return prepend_bos(self.inner.sized(split, items=items, count=count, length=self._shorter(length)),
+                           self.bos_id)
+
     def __getattr__(self, name: str):  # the wrapped dataset's own API (a task's answer(), random_example(), ...)
         if name == "inner":
             raise AttributeError(name)

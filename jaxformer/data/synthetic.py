@@ -140,6 +140,7 @@ class Task:
     min_items: int
     solve: Callable | None = None  # prompt ids -> answer ids (ValueError if not of the task's form)
     form: str = ""  # a prompt of the task's form, for error messages
+    vocabulary: Callable | None = None  # num_symbols -> its tokens, when not the shared `vocabulary` (extends it)
 
 
 TASKS = {t.name: t for t in (
@@ -190,7 +191,7 @@ class SyntheticDataset(Dataset):
         self.min_items = min_items
         self.max_items = max_items
         self.eval_examples = eval_examples
-        self.tokenizer = Tokenizer(vocabulary(num_symbols))
+        self.tokenizer = Tokenizer((self.task.vocabulary or vocabulary)(num_symbols))
         spec = {"task": task, "num_symbols": num_symbols, "min_items": self.min_items, "max_items": max_items,
                 "vocab": self.tokenizer.vocab, "generator": GENERATOR_VERSION}
         self.data_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -265,6 +266,15 @@ class SyntheticDataset(Dataset):
             raise DataError(f"length={length} is too short for a {self.name} example "
                             f"(at least {self.task.length(self.task.min_items) - 1})")
         return self._rows(g, [n] * count, length)
+
+    def sized(self, split: str, *, items: int, count: int, length: int) -> dict:
+        """`count` examples of exactly `items` items in rows of `length` tokens (the same at every call): the
+        literature's per-length evaluation. Rows are padded after the answer, which a causal model cannot see."""
+        check_windows(length=length, max_windows=count)
+        if items < self.task.min_items or self.task.length(items) > length + 1:
+            raise DataError(f"{self.name} examples of {items} items need {self.task.length(items) - 1} tokens "
+                            f"and at least {self.task.min_items} items; got a row of {length}")
+        return self._rows(rng(WINDOW_SEED, split, WINDOW_STREAM, 1_000_000 + items), [items] * count, length)
 
 
 def load_synthetic(data_cfg) -> SyntheticDataset:
