@@ -349,8 +349,8 @@ def check_vocab(cfg: ml_collections.ConfigDict, needed: int) -> None:
         raise ConfigError(f"model.vocab_size={size} has no room for data.bos=True's token: the data has "
                           f"{needed - 1} tokens and BOS takes id {needed - 1}; set model.vocab_size >= {needed} "
                           "or 0 (derived)")
-    raise ConfigError(f"model.vocab_size={size} is smaller than the data's {needed} tokens; set it >= {needed} "
-                      "or 0 (derived)")
+    raise ConfigError(f"model.vocab_size={size} is smaller than the {needed} tokens of data.name={cfg.data.name!r}; "
+                      f"set it >= {needed} or 0 (the data's)")
 
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:

@@ -436,10 +436,7 @@ def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.Conf
     if o.warmup_steps > t.steps:
         raise config_lib.ConfigError(f"optim.warmup_steps={o.warmup_steps} is longer than the run (train.steps="
                                      f"{t.steps}); choose optim.warmup_steps <= {t.steps}")
-    if m.vocab_size < dataset.vocab_size:
-        raise config_lib.ConfigError(
-            f"model.vocab_size={m.vocab_size} is smaller than the {dataset.vocab_size} tokens of data.name="
-            f"{d.name!r}; set it >= {dataset.vocab_size} (0 = the data's)")
+    config_lib.check_vocab(resolved, dataset.vocab_size)
     for split in ("train", "val"):
         tokens = dataset.split_tokens(split)
         if tokens is not None and d.block_size + 1 > len(tokens):
@@ -644,23 +641,6 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
 
     # Every process takes part in a checkpoint: each writes the shards its devices hold, process 0 the metadata.
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
-    start = 0
-    if resuming and checkpoints.latest_step() is not None:
-        start, state = checkpoints.restore(trainer.abstract_state())
-        if is_main:
-            run_lib.truncate_metrics(workdir, start)
-        log.info("resumed from step %d", start)
-    else:
-        state = trainer.initial_state()
-        if init_info is not None:
-            log.info("initialised from %s (%s checkpoint, step %d); fresh optimizer", init_info["run"],
-                     init_info["checkpoint"], init_info["step"])
-        if resuming and is_main:
-            run_lib.truncate_metrics(workdir, 0)
-    if resuming:  # the checkpoint restored: now the run's files may say how it goes on
-        write_run_files()
-
-
     writer = progress = None
     try:
         start = 0
@@ -683,6 +663,9 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
             write_run_files()  # the checkpoint restored: now the run's files may say how it goes on
         else:
             state = trainer.initial_state()
+            if init_info is not None:
+                log.info("initialised from %s (%s checkpoint, step %d); fresh optimizer", init_info["run"],
+                         init_info["checkpoint"], init_info["step"])
 
         writer = run_lib.MetricsWriter(workdir, enabled=is_main)
         progress = _progress(start, t.steps, enabled=is_main and t.progress)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxformer.data import synthetic
+import jaxformer.data.synthetic as synthetic
 from jaxformer.data.synthetic import DIGIT0, SEP, SYMBOL0, Task
 
 OPERATORS = "+-*=?"
