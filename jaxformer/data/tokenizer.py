@@ -32,6 +32,15 @@ class DataError(ValueError):
     """A one-line problem with the data or its configuration (the CLI prints it without a traceback)."""
 
 
+def checked_ids(ids: Iterable[int], vocab_size: int) -> np.ndarray:
+    """`ids` as a flat array, or a DataError naming the ids outside [0, vocab_size)."""
+    ids = np.asarray(ids).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise DataError(f"token id(s) {sorted(set(bad.tolist()))[:10]} out of range for a vocabulary of {vocab_size}")
+    return ids
+
+
 class Tokenizer:
     """Maps each character of `vocab` to its index; `.encode(str) -> int32 ids`, `.decode(ids) -> str`."""
 
@@ -69,11 +78,7 @@ class Tokenizer:
         return ids.astype(np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = np.asarray(ids).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise DataError(f"token id(s) {sorted(set(bad.tolist()))[:10]} out of range for a vocabulary of "
-                            f"{self.vocab_size}")
+        ids = checked_ids(ids, self.vocab_size)
         return "".join(self.vocab[i] for i in ids.tolist())
 
     def save(self, path: str) -> None:
@@ -145,11 +150,7 @@ class SubwordTokenizer:
         return np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = np.asarray(ids).reshape(-1)
-        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
-        if bad.size:
-            raise DataError(f"token id(s) {sorted(set(bad.tolist()))[:10]} out of range for a vocabulary of "
-                            f"{self.vocab_size}")
+        ids = checked_ids(ids, self.vocab_size)
         return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)
 
     def token_text(self, token_id: int) -> str:
