@@ -626,11 +626,26 @@ def main(argv: list[str] | None = None) -> int:
         for handler in logging.getLogger().handlers:
             handler.addFilter(lambda record: record.name != "absl" or not any(q in record.pathname for q in quiet))
         # After a failed read, tensorstore's callbacks into the asyncio loop orbax has already closed report this
-        # error as "unraisable", a traceback per array; the failed read itself is said in one line.
+        # error as "unraisable", a traceback per array, and orbax's other per-array read coroutines, abandoned once
+        # the restore gave up, report their own read errors the same way ("Exception ignored in: <coroutine ...>");
+        # the failed read itself is said in one line (checkpoint.py), so neither is printed.
         default_hook = sys.unraisablehook
+        orbax_dir = f"{os.sep}orbax{os.sep}"
+
+        def from_orbax(info) -> bool:
+            code = getattr(info.object, "cr_code", None)
+            if code is not None and orbax_dir in code.co_filename:
+                return True
+            tb = info.exc_traceback
+            while tb is not None:
+                if orbax_dir in tb.tb_frame.f_code.co_filename:
+                    return True
+                tb = tb.tb_next
+            return False
 
         def unraisable(info):
-            if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+            closed = isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"
+            if not (closed or from_orbax(info)):
                 default_hook(info)
 
         sys.unraisablehook = unraisable

@@ -125,9 +125,10 @@ def test_chunked_attention_takes_reverse_mode_and_vmap_but_not_forward_mode():
 def test_every_transformation_through_each_positional_encoding(name):
     """Each variant's hooks, with its parameters as the differentiated input (or q/k where it has none)."""
     pe = positional.get_positional_encoding(name)
-    cfg = positional.default_config()[name].to_dict()
-    if name == "learned":
-        cfg["max_len"] = 8
+    # Fields derived from the block size (learned.max_len, T5's max_distance, xPos's scale_base, FIRE's init_L) as a
+    # run of block 8 resolves them.
+    block8 = config_lib.resolve(config_lib.load("tiny", ["--config.data.block_size=8"]))
+    cfg = block8.model.position[name].to_dict()
     n_embd, n_head, head_dim, T = 8, 2, 4, 6
     params = pe.init(jax.random.key(0), cfg, n_embd=n_embd, n_head=n_head, head_dim=head_dim)
     params = jax.tree.map(lambda a: a + 0.1 * _normal(a.size, a.shape), params)
