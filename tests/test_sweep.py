@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 import matplotlib.image
+import ml_collections
 import numpy as np
 import pytest
 
@@ -503,3 +504,29 @@ def test_copy_task_config_is_the_committed_copy_sweeps_runs(position):
     differ = sorted(k for k in ours.keys() | theirs.keys()
                     if k not in observed and not other(k) and ours.get(k) != theirs.get(k))
     assert not differ, [(k, ours.get(k), theirs.get(k)) for k in differ]
+
+
+def test_a_point_saved_before_a_field_existed_matches_when_the_field_is_unread(tmp_path):
+    """A finished point's config.json from before train.max_skipped_steps and rope.yarn_ramp existed gets their
+    legacy values (0, "paper"); the sweep's current defaults (10, "code") are no difference while the point's
+    settings never read them (nonfinite=stop, no YaRN scaling), and are one once they would be read."""
+    cfg = config_lib.resolve(config_lib.load("tiny", ["--config.model.position.name=rope"]), vocab_size=20)
+    saved = cfg.to_dict()
+    del saved["train"]["max_skipped_steps"], saved["model"]["position"]["rope"]["yarn_ramp"]
+    run_dir = tmp_path / "point"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    sweep.check_same_config(str(run_dir), cfg, "position=rope,seed=0")  # unread: the same point
+    skip = ml_collections.ConfigDict(cfg.to_dict())
+    skip.train.nonfinite = "skip"
+    saved["train"]["nonfinite"] = "skip"
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="train.max_skipped_steps=0, the sweep now gives 10"):
+        sweep.check_same_config(str(run_dir), skip, "position=rope,seed=0")
+    yarn = ml_collections.ConfigDict(cfg.to_dict())
+    yarn.model.position.rope.scaling = "yarn"
+    saved["train"]["nonfinite"] = "stop"
+    saved["model"]["position"]["rope"]["scaling"] = "yarn"
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="rope.yarn_ramp='paper', the sweep now gives 'code'"):
+        sweep.check_same_config(str(run_dir), yarn, "position=rope,seed=0")
