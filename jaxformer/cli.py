@@ -596,6 +596,7 @@ def print_help() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the `jaxformer` command itself, not a caller in Python (tests)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
         print_help()
@@ -663,11 +664,23 @@ def main(argv: list[str] | None = None) -> int:
         if interrupt.received is None or isinstance(e, SystemExit):
             return _error_status(name, e, debug)
         # Interrupted itself, or what it became on its way out (inside a C extension's import: an ImportError).
-        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
-        return 128 + signal.Signals[interrupt.received].value
+        return _interrupted(name, interrupt.received, own_process)
     if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
-        print(f"jaxformer {name}: interrupted by {interrupt.received}", file=sys.stderr)
-        return 128 + signal.Signals[interrupt.received].value
+        return _interrupted(name, interrupt.received, own_process)
+    return status
+
+
+def _interrupted(name: str, received: str, own_process: bool) -> int:
+    """One line and the shell's status, 128 + the signal's number. The command, run as its own process, ends here at
+    once: a signal during start-up can land while JAX initialises its backend, and finalising the interpreter then
+    crashed (SIGSEGV) or printed the backend's slow-start warning on a loaded machine (the training loop handles its
+    own signals before this: checkpoint, lock released). A caller in Python gets the status back."""
+    print(f"jaxformer {name}: interrupted by {received}", file=sys.stderr)
+    status = 128 + signal.Signals[received].value
+    if own_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     return status
 
 
