@@ -20,8 +20,8 @@ from flax import nnx
 
 from jaxformer import config as config_lib
 from jaxformer import sample as sample_lib
-from jaxformer.cli import split_config_args
 from jaxformer.model import GPT
+from jaxformer.options import split_config_args
 
 
 def main(argv=None) -> None:

@@ -43,7 +43,7 @@ STANDIN_VOCAB = 65  # tiny_shakespeare's character vocabulary
 
 
 def parse_args(argv):
-    from jaxformer.cli import split_config_args
+    from jaxformer.options import split_config_args
 
     config, overrides, rest = split_config_args(list(argv))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

@@ -25,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
@@ -191,27 +193,21 @@ RESUME_FIXED = ("train.seed",)
 def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:
     """The dotted fields in which `cfg` differs from the run's saved config; a one-line error if one of them may not
     change on resume. Both configs resolved (0 = derived fields filled in)."""
-    a, b = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
-    missing = object()
     # The settings of positional variants the run does not use build nothing in it (a new default there is no change),
     # nor do the synthetic-task settings of a text run (the default's changed on 2026-12-06).
-    active = a.get("model.position.name")
-    text = not str(b.get("data.name", "")).startswith("synthetic/")
+    active = saved.model.position.get("name")
+    text = not str(cfg.data.get("name", "")).startswith("synthetic/")
 
     def unused(k: str) -> bool:
         return ((k.startswith("model.position.") and k.split(".")[2] not in ("name", active))
                 or (text and k.startswith("data.synthetic.")))
 
-    changed = config_lib.cause_first(k for k in a.keys() | b.keys()
-                                     if a.get(k, missing) != b.get(k, missing) and not unused(k))
-    fixed = [k for k in changed if k in RESUME_FIXED or not k.startswith(RESUME_MAY_CHANGE)]
-    if fixed:
-        k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
-        raise RunDirError(f"--resume: {k}={b.get(k, '<absent>')!r} differs from the run's {a.get(k, '<absent>')!r} "
-                          f"in {workdir}/config.json{more}; a resumed run may change only train.* (not train.seed), "
-                          "optim.*, mesh.*, the attention implementation and data paths -- start a new run in "
-                          "another --workdir")
-    return changed
+    return checked_changes(
+        saved, cfg, ignore=unused, may_change=lambda k: k not in RESUME_FIXED and k.startswith(RESUME_MAY_CHANGE),
+        error=lambda k, new, old, more: (
+            f"--resume: {k}={new!r} differs from the run's {old!r} in {workdir}/config.json{more}; a resumed run may "
+            "change only train.* (not train.seed), optim.*, mesh.*, the attention implementation and data paths -- "
+            "start a new run in another --workdir"))
 
 
 # What a run started from another run's parameters (`train --init-from`) may change in the model section: how
@@ -240,16 +236,29 @@ def check_init_config(source: str, source_cfg: ml_collections.ConfigDict, cfg: m
                       what: str = "--init-from") -> list[str]:
     """The dotted fields in which `cfg` differs from the source run's saved config; a one-line error naming the first
     that would give another model (other parameter shapes or another function of them). Both resolved."""
-    a, b = config_lib.flat_fields(source_cfg), config_lib.flat_fields(cfg)
+    return checked_changes(
+        source_cfg, cfg, may_change=lambda k: init_may_change(k, cfg),
+        error=lambda k, new, old, more: (
+            f"{what}: {k}={new!r} differs from {old!r} in {source}/config.json{more}; it would change the trained "
+            "model: only data.*, optim.*, train.*, the attention implementation and the position variant's extension "
+            "fields (e.g. rope.scaling/factor/original_max_len, randomize_max_len) may change"))
+
+
+def checked_changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, *,
+                    may_change: Callable[[str], bool], error: Callable[[str, Any, Any, str], str],
+                    ignore: Callable[[str], bool] = lambda field: False) -> list[str]:
+    """The dotted fields in which config `new` differs from `old` (both resolved; a change's cause first, fields
+    `ignore` names left out), after refusing the change: a `RunDirError` with the one line `error(field, new value,
+    old value, " (and N more)" or "")` for the first field that `may_change` says may not. The one compare-and-refuse
+    of resume (`check_resume_config`), `--init-from` and eval-time overrides (`check_init_config`)."""
+    a, b = config_lib.flat_fields(old), config_lib.flat_fields(new)
     missing = object()
-    changed = config_lib.cause_first(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
-    fixed = [k for k in changed if not init_may_change(k, cfg)]
+    changed = config_lib.cause_first(k for k in a.keys() | b.keys()
+                                     if a.get(k, missing) != b.get(k, missing) and not ignore(k))
+    fixed = [k for k in changed if not may_change(k)]
     if fixed:
         k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
-        raise RunDirError(f"{what}: {k}={b.get(k, '<absent>')!r} differs from {a.get(k, '<absent>')!r} in "
-                          f"{source}/config.json{more}; it would change the trained model: only data.*, optim.*, "
-                          "train.*, the attention implementation and the position variant's extension fields "
-                          "(e.g. rope.scaling/factor/original_max_len, randomize_max_len) may change")
+        raise RunDirError(error(k, b.get(k, "<absent>"), a.get(k, "<absent>"), more))
     return changed
 
 

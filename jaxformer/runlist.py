@@ -146,7 +146,7 @@ def table(rows: list[dict], root: str) -> str:
 
 
 def runs_main(argv: list[str]) -> int:
-    from jaxformer.cli import parse
+    from jaxformer.options import parse
 
     args = parse("runs", argv)
     if args.dir == "runs" and not os.path.exists(args.dir):  # the default, before the first `jaxformer train`
@@ -165,7 +165,7 @@ def runs_main(argv: list[str]) -> int:
 
 def compare_main(argv: list[str]) -> int:
     from jaxformer import plots
-    from jaxformer.cli import parse
+    from jaxformer.options import parse
 
     args = parse("compare", argv)
     for path in args.runs:

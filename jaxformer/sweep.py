@@ -736,9 +736,9 @@ def _write_markdown(variants, results, unfinished, lines, title, path, *, settin
 # ------------------------------------------------------------------------------------------------------------ CLI
 
 def sweep_main(argv: list[str]) -> int:
-    from jaxformer.cli import parse
+    from jaxformer.options import parse
 
-    args = parse("sweep", argv)  # the options live in cli.py, parsed there before JAX is imported
+    args = parse("sweep", argv)  # the options live in options.py, parsed there before JAX is imported
     config, overrides = args.config, args.overrides
     if config is None:
         raise ValueError("--config is required: a sweep config, e.g. sweeps.positional or configs/sweeps/positional.py")
@@ -755,7 +755,7 @@ def sweep_main(argv: list[str]) -> int:
 
 
 def report_main(argv: list[str]) -> int:
-    from jaxformer.cli import parse
+    from jaxformer.options import parse
 
     args = parse("report", argv)
     if not os.path.isdir(os.path.join(args.sweep_dir, "runs")):

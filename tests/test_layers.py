@@ -1,6 +1,7 @@
 """The package's import layering (docs/CONVENTIONS.md), checked on the source: every `import` of a jaxformer module,
 function-level ones included, goes to a lower layer (or within one package of the same layer), and the import
-graph has no cycle."""
+graph has no cycle. No exceptions: the entry functions below the CLI parse their options with `jaxformer.options`
+(layer 0), never with `cli`."""
 
 import ast
 import os
@@ -15,7 +16,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.data", "jaxformer.kernels", "jaxformer.sharding",
-     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs"],
+     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs",
+     "jaxformer.options"],  # options: every subcommand's argument table (argparse only)
     ["jaxformer.model", "jaxformer.matmul"],  # NNX modules; the matmul edge
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
@@ -26,15 +28,6 @@ LAYERS = [
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
-# Upward imports still in the code, each with what removes it. The subcommands `sweep`, `report`, `attention`,
-# `import`, `runs` and `compare` have their entry functions below the CLI (cli.SUBCOMMANDS dispatches to them), and
-# those parse their options with `cli.parse`/`cli.parser` (the option tables live in cli.py so that --help imports
-# no JAX): cycles such as cli -> sweep -> cli. To go: the option tables in a bottom-layer module, or the entry
-# functions in cli.py.
-KNOWN_UPWARD = {("jaxformer.sweep", "jaxformer.cli"), ("jaxformer.analysis.report", "jaxformer.cli"),
-                ("jaxformer.runlist", "jaxformer.cli"), ("jaxformer.convert.hf", "jaxformer.cli")}
-
-
 def _module_files():
     for dirpath, _, files in os.walk(ROOT):
         for name in files:
@@ -104,8 +97,6 @@ def test_no_module_imports_a_higher_layer():
         (mine, my_group) = _layer(module)
         for target in targets:
             theirs, their_group = _layer(target)
-            if (module, target) in KNOWN_UPWARD:
-                continue
             if theirs > mine or (theirs == mine and their_group != my_group):
                 wrong.append(f"{module} (layer {mine}) imports {target} (layer {theirs})")
     assert not wrong, "\n".join(sorted(wrong))
@@ -116,14 +107,8 @@ def test_the_maths_imports_nothing_from_jaxformer(module):
     assert import_graph()[module] == set()
 
 
-def test_known_upward_imports_are_still_there():
-    """An entry of KNOWN_UPWARD that the code no longer has must leave the list (it would hide a regression)."""
-    graph = import_graph()
-    assert [edge for edge in KNOWN_UPWARD if edge[1] not in graph.get(edge[0], ())] == []
-
-
 def test_no_import_cycles():
-    graph = {m: {t for t in ts if (m, t) not in KNOWN_UPWARD} for m, ts in import_graph().items()}
+    graph = import_graph()
     state, stack, cycles = {}, [], []
 
     def visit(m):

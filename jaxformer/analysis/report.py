@@ -84,7 +84,7 @@ def write_report(cap: capture.Capture, out_dir: str, *, table: dict | None = Non
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jaxformer.cli import parser  # the options live in cli.py, parsed there before JAX is imported
+    from jaxformer.options import parser  # the options live in options.py, parsed there before JAX is imported
 
     return parser("attention")
 

@@ -356,7 +356,7 @@ def _leaves(tree):
 
 
 def import_main(argv: list[str]) -> int:
-    from jaxformer.cli import parse  # the options live in cli.py, parsed there before JAX is imported
+    from jaxformer.options import parse  # the options live in options.py, parsed there before JAX is imported
 
     args = parse("import", argv)
     record = import_checkpoint(args.hf, args.workdir, param_dtype=args.param_dtype, overrides=args.overrides)
