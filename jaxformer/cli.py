@@ -67,11 +67,11 @@ def train_main(argv: list[str]) -> int:
     workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name)
     if args.multihost:
         cfg.mesh.multihost = True
-    from jaxformer.analysis import diagnostics
+    from jaxformer.analysis import diagnostics, end_of_run
 
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite,
-                             hooks=diagnostics.training_hooks(cfg), init_from=args.init_from,
-                             init_checkpoint=args.init_checkpoint)
+                             hooks=diagnostics.training_hooks(cfg) + end_of_run.hooks(workdir),
+                             init_from=args.init_from, init_checkpoint=args.init_checkpoint)
     if sharding_is_main():
         print(run_summary(result, workdir, result["trainer"].cfg), flush=True)
     return exit_status(result)

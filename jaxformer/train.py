@@ -359,10 +359,13 @@ def _should(step: int, every: int, last: int) -> bool:
 class Hook:
     """An action the training loop runs every `every` steps (and at the last step; 0 = never): `fn(trainer, params,
     step)` returns a record of metrics for metrics.jsonl, or None. It runs on process 0 with whole parameters.
+    `at_end`: also once after the run, when it reached `train.steps` (not stopped or cut short by `stop_after`)
+    and its final checkpoint is saved; what `fn` returns then is not logged (samples, plots: `analysis.end_of_run`).
     The loop knows no research tool: the CLI registers them (e.g. `analysis.diagnostics.training_hooks`)."""
 
     every: int
     fn: Callable[..., dict | None]
+    at_end: bool = False
 
 
 def check_init_source(source: str, which: str, workdir: str) -> ml_collections.ConfigDict:
@@ -681,11 +684,13 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
             progress.close()
     if result["stopped"]:
         log.warning("stopped: %s", result["stopped"])
-    if not result["stopped"] and result["step"] == t.steps:
-        # Sampling runs on process 0 alone, so it gets whole parameters (gathering them takes every process).
+    end_hooks = [hook for hook in hooks if hook.at_end]
+    if end_hooks and not result["stopped"] and result["step"] == t.steps:
+        # The hooks run on process 0 alone, so they get whole parameters (gathering them takes every process).
         params = sharding_lib.to_host(state["params"]) if jax.process_count() > 1 else state["params"]
         if is_main:
-            finish(trainer, params, workdir)
+            for hook in end_hooks:
+                hook.fn(trainer, params, result["step"])
     result["params"] = state["params"]
     result["trainer"] = trainer
     return result
@@ -787,20 +792,6 @@ def _nonfinite_stop(first_bad: int, checkpoints) -> str:
     kept = checkpoints.latest_step()
     return (f"non-finite loss or gradient at step {first_bad} (its update not applied); "
             + (f"last checkpoint kept: step {kept}" if kept is not None else "no checkpoint was saved before it"))
-
-
-def finish(trainer: Trainer, params, workdir: str) -> None:
-    """End-of-run artefacts: samples.txt and plots/loss.png."""
-    from jaxformer import plots, sample
-
-    cfg = trainer.cfg
-    if cfg.train.sample_chars > 0:
-        model = nnx.merge(trainer.graphdef, params)
-        text = sample.sample_for_run(model, trainer.dataset, cfg, num_tokens=cfg.train.sample_chars)
-        with open(os.path.join(workdir, "samples.txt"), "w") as f:
-            f.write(text)
-    plots.loss_curve(run_lib.read_metrics(workdir), os.path.join(workdir, "plots", "loss.png"),
-                     title=f"{cfg.data.name} / {cfg.model.position.name}")
 
 
 def _progress(start: int, total: int, *, enabled: bool):

@@ -14,6 +14,7 @@ from jaxformer import config as config_lib
 from jaxformer import matmul
 from jaxformer import run as run_lib
 from jaxformer import train as train_lib
+from jaxformer.analysis import end_of_run
 
 
 def nanogpt_lr(it, *, lr, min_lr, warmup, decay):
@@ -115,7 +116,7 @@ def test_gradient_accumulation_equals_big_batch(tiny_cfg):
 def test_end_to_end_synthetic_train_resume_sample(tiny_cfg, tmp_path):
     """30 steps on a synthetic task: loss decreases, checkpoints written, resume reproduces the run exactly."""
     full_dir, part_dir = str(tmp_path / "full"), str(tmp_path / "part")
-    full = train_lib.train(tiny_cfg, full_dir)
+    full = train_lib.train(tiny_cfg, full_dir, hooks=end_of_run.hooks(full_dir))  # samples, plot: the CLI's hooks
     metrics = run_lib.read_metrics(full_dir)
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses[-1] < losses[0]
@@ -198,21 +199,36 @@ def test_workdir_safety(tiny_cfg, tmp_path):
 def test_hooks_log_at_their_steps_and_the_loop_runs_none_by_itself(tiny_cfg, tmp_path):
     from jaxformer import run as run_lib
 
-    tiny_cfg.train.update(steps=6, log_every=3, eval_every=6, checkpoint_every=6, sample_chars=0,
+    tiny_cfg.train.update(steps=6, log_every=3, eval_every=6, checkpoint_every=6, sample_chars=16,
                           attention_diagnostics_every=2)
-    seen = []
+    seen, ended = [], []
 
     def hook(trainer, params, step):
         seen.append(step)
         return {"hook/param_sum": float(sum(np.sum(x) for x in jax.tree.leaves(params)))}
 
-    train_lib.train(tiny_cfg, str(tmp_path / "a"), hooks=[train_lib.Hook(4, hook), train_lib.Hook(0, hook)])
+    def at_end(trainer, params, step):
+        ended.append((step, sorted(os.listdir(os.path.join(a, "checkpoints", "latest")))))
+        return {"hook/at_end": 1.0}  # not logged: metrics.jsonl is closed by then
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    train_lib.train(tiny_cfg, a, hooks=[train_lib.Hook(4, hook), train_lib.Hook(0, hook),
+                                        train_lib.Hook(0, at_end, at_end=True), *end_of_run.hooks(a)])
     assert seen == [4, 6]  # every 4 steps and the last; every=0 never
-    logged = [r for r in run_lib.read_metrics(str(tmp_path / "a")) if "hook/param_sum" in r]
+    assert ended == [(6, ["6"])]  # once, after the final checkpoint
+    logged = [r for r in run_lib.read_metrics(a) if "hook/param_sum" in r]
     assert [r["step"] for r in logged] == [4, 6] and logged[0]["hook/param_sum"] != logged[1]["hook/param_sum"]
-    # Without hooks the loop logs no research-tool metrics, whatever the config asks (the CLI registers them).
-    train_lib.train(tiny_cfg, str(tmp_path / "b"))
-    assert not any(k.startswith(("attn/", "hook/")) for r in run_lib.read_metrics(str(tmp_path / "b")) for k in r)
+    assert not any("hook/at_end" in r for r in run_lib.read_metrics(a))
+    # The CLI's end-of-run hooks: the samples and the loss plot.
+    assert os.path.getsize(os.path.join(a, "samples.txt")) > 0
+    assert open(os.path.join(a, "plots", "loss.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # Without hooks the loop logs no research-tool metrics and writes no samples or plots, whatever the config asks
+    # (the CLI registers them); an end-of-run hook does not run for a run cut short (`stop_after`, repro-check).
+    train_lib.train(tiny_cfg, b, stop_after=3, hooks=[train_lib.Hook(0, at_end, at_end=True)])
+    train_lib.train(tiny_cfg, b, resume=True)
+    assert len(ended) == 1
+    assert not any(k.startswith(("attn/", "hook/")) for r in run_lib.read_metrics(b) for k in r)
+    assert not os.path.exists(os.path.join(b, "samples.txt")) and not os.path.exists(os.path.join(b, "plots"))
 
 
 def test_training_positions_are_a_function_of_seed_and_step():
