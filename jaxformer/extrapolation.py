@@ -284,6 +284,7 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
         "stopped": stopped, "lengths": records,
         "randomize_max_len": cfg.model.position.get("randomize_max_len", 0),
+        "randomize_per": cfg.model.position.get("randomize_per", "sequence"),
         **({"zero_shot": zero_shot} if zero_shot else {}),
         "seconds": {"train": train_time and train_time[0], "eval": time.perf_counter() - start},
         "cpu_seconds": {"train": train_time and train_time[1], "eval": time.process_time() - cpu_start},

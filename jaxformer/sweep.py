@@ -315,12 +315,14 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
     def compared(field: str) -> bool:
         parts = field.split(".")
         other_variant = field.startswith("model.position.") and parts[2] not in ("name", "randomize_max_len",
+                                                                                      "randomize_per",
                                                                                       cfg.model.position.name)
         unused_task = field.startswith("data.synthetic.") and not cfg.data.name.startswith("synthetic/")
         # Fields added since some points ran, read only in a setting these points do not use (their saved configs
         # hold the legacy value): the skip limit acts only under nonfinite=skip, YaRN's ramp only with its scaling.
         unread = ((field == "train.max_skipped_steps" and cfg.train.nonfinite != "skip")
-                  or (field == "model.position.rope.yarn_ramp" and cfg.model.position.rope.scaling != "yarn"))
+                  or (field == "model.position.rope.yarn_ramp" and cfg.model.position.rope.scaling != "yarn")
+                  or (field == "model.position.randomize_per" and not cfg.model.position.randomize_max_len))
         return field not in _RESUME_IGNORED and not other_variant and not unused_task and not unread
 
     differ = config_lib.cause_first(f for f in set(saved) & set(wanted) if compared(f) and saved[f] != wanted[f])
