@@ -108,6 +108,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                         "means over the sizes beyond the training ones)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="predicted tokens per --lengths length")
     p.add_argument("--size-examples", type=int, default=128, help="examples per --sizes size")
+    p.add_argument("--random-positions", metavar="R", type=int, nargs="?", const=0, default=None,
+                   help="with --sizes: each example at its own sorted random positions from [0, R) instead of 0..T-1, "
+                        "as Ruoss et al. 2023's code evaluates (no R: the run's model.position.randomize_max_len)")
     p.epilog = ("Context extension, zero-shot: override the position-scaling fields of the run's variant, e.g. "
                 "--config.model.position.rope.scaling=yarn --config.model.position.rope.factor=4 (anything that "
                 "would change the parameters is refused).")
