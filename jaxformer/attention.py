@@ -159,33 +159,18 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
     bias, (bb, bk, bg) = batch_dims_first(_group_heads(bias, K, G))
     head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights,
                              dot_general=dot_general)
-    # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
     out_axes = lambda axis: (axis, 0) if return_weights else axis
     one_head = lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b)
-    over_g = _map_axis(one_head, G, (1, None, None, mg, bg), out_axes(1))
-    over_k = _map_axis(over_g, K, (1, 1, 1, mk, bk), out_axes(1))
-    over_b = _map_axis(over_k, B, (0, 0, 0, mb, bb), out_axes(0))
-    out = over_b(q_BxTxHxd.reshape(B, T, K, G, d), k_BxSxKxd, v_BxSxKxdv, mask, bias)
+    if G == 1:  # multi-head: the head function under vmap over the heads, then the batch
+        over_heads, q = jax.vmap(one_head, (1, 1, 1, mk, bk), out_axes(1)), q_BxTxHxd
+    else:  # grouped [K, G]: the G query heads of a group share their k/v (in_axes None); GQA copies nothing
+        over_g = jax.vmap(one_head, (1, None, None, mg, bg), out_axes(1))
+        over_heads, q = jax.vmap(over_g, (1, 1, 1, mk, bk), out_axes(1)), q_BxTxHxd.reshape(B, T, K, G, d)
+    out = jax.vmap(over_heads, (0, 0, 0, mb, bb), out_axes(0))(q, k_BxSxKxd, v_BxSxKxdv, mask, bias)
     if not return_weights:
         return out.reshape(B, T, H, dv)
     out_BxTxKxGxdv, weights_BxKxGxTxS = out
     return out_BxTxKxGxdv.reshape(B, T, H, dv), weights_BxKxGxTxS.reshape(B, H, T, S)
-
-
-def _map_axis(f, size, in_axes, out_axes):
-    """`jax.vmap(f, in_axes, out_axes)`; over an axis of size 1, f itself on the inputs with that axis dropped, and
-    the axis put back on the outputs. So no array the attention computes has a size-1 batch, kv-head or group
-    axis (G = 1 without grouped-query attention): XLA:CPU runs the softmax-backward reduction over such a
-    [B, K, 1, T, S] array ~6x slower than over [B, K, T, S] (benchmarks/NOTES.md, 2026-12-02)."""
-    if size != 1:
-        return jax.vmap(f, in_axes, out_axes)
-
-    def single(*args):
-        args = [x if axis is None or x is None else jnp.squeeze(x, axis) for x, axis in zip(args, in_axes,
-                                                                                            strict=True)]
-        return jax.tree.map(jnp.expand_dims, f(*args), out_axes)
-
-    return single
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
@@ -430,11 +415,9 @@ def init_attention_params(key, *, n_embd, n_head, n_kv_head=None, head_dim=None,
     return params
 
 
-def _dense(params, x, dot_general):
-    # On rows [B*T, D]: the weight gradient then contracts one axis (no transposed copy on XLA:CPU).
-    y = dot_general(x.reshape(-1, x.shape[-1]), params["kernel"], (((1,), (0,)), ((), ())))
-    y = y.reshape(*x.shape[:-1], -1)
-    return y + params["bias"] if "bias" in params else y
+def _dense(params, x_BxTxD, dot_general):
+    y_BxTxF = dot_general(x_BxTxD, params["kernel"], (((x_BxTxD.ndim - 1,), (0,)), ((), ())))
+    return y_BxTxF + params["bias"] if "bias" in params else y_BxTxF
 
 
 def qkv_projection(params, x_BxTxD, *, n_head, n_kv_head=None, dot_general=lax.dot_general):

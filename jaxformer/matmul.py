@@ -172,8 +172,28 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
                            preferred_element_type=preferred_element_type, **kw)
 
 
+def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+    """`lax.dot_general`, with rows times one matrix (a dense layer: `[..., D]·[D, F]` or `·[F, D]ᵀ`) taken on the
+    rows flattened to `[N, D]`. Same function, same bits; on XLA:CPU the weight gradient then contracts one axis
+    of a 2-D array instead of two, which XLA canonicalises with transposed copies of the `[B, T, F]` cotangents
+    (36 more copies/transposes in the baby step; benchmarks/NOTES.md, 2026-12-06, issue 23). The reshapes are
+    free. What `default_dot_general()` gives on a CPU with XLA's dot: the maths writes the plain product."""
+    (lc, rc), (lb, rb) = dimension_numbers
+    if (lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and not lb and not rb
+            and out_sharding is None):
+        y = lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), tuple(rc)), ((), ())),
+                            precision=precision, preferred_element_type=preferred_element_type)
+        return y.reshape(*lhs.shape[:-1], y.shape[-1])
+    kw = {} if out_sharding is None else {"out_sharding": out_sharding}
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type, **kw)
+
+
 def default_dot_general():
     """The `dot_general` to build a model with: `dot_general` above when the CPU backend chosen is "blas" (by
-    `platform.configure()` or `set_cpu_backend`) and the kernel loads, else `lax.dot_general`. Loading is tried
-    here, outside any trace: where it fails, one warning says why and that XLA's dot is used instead."""
-    return dot_general if _kernel_target() is not None else lax.dot_general
+    `platform.configure()` or `set_cpu_backend`) and the kernel loads; `rows_dot_general` on a CPU otherwise;
+    `lax.dot_general` on a GPU or TPU. Loading is tried here, outside any trace: where it fails, one warning says
+    why and that XLA's dot is used instead."""
+    if _kernel_target() is not None:
+        return dot_general
+    return rows_dot_general if jax.devices()[0].platform == "cpu" else lax.dot_general

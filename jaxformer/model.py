@@ -14,6 +14,7 @@ positions `arange(C)`, so the causal rule `key position <= query position` also 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -113,17 +114,6 @@ class Attention(nnx.Module):
         return y_BxTxD, layer_cache, weights_BxHxTxS
 
 
-def gelu(x, approximate: bool = False):
-    """x·Φ(x) (Hendrycks & Gimpel, 2016): exact as 0.5·x·(1 + erf(x/√2)), or the tanh approximation.
-
-    The same function as jax.nn.gelu, which writes the exact form with erfc: XLA expands erfc into two polynomial
-    branches, an exp and selects (forward and backward), erf into one polynomial -- a fifth of the step on a CPU.
-    """
-    if approximate:
-        return jax.nn.gelu(x, approximate=True)
-    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
-
-
 def head_dim(cfg: ml_collections.ConfigDict) -> int:
     """Head width d: `model.head_dim`, or n_embd // n_head when 0 (Llama-family models may set d·H != D)."""
     return cfg.head_dim or cfg.n_embd // cfg.n_head
@@ -139,14 +129,18 @@ def swiglu(gate, up):
     return jax.nn.silu(gate) * up
 
 
-# model.mlp -> the activation of the hidden layer; "swiglu" also has a gate projection.
-MLPS = {"gelu": lambda h: gelu(h), "gelu_tanh": lambda h: gelu(h, approximate=True), "swiglu": None}
+# model.mlp -> the activation of the hidden layer; "swiglu" also has a gate projection. GELU (Hendrycks & Gimpel,
+# 2016): x·Φ(x), exact or its tanh approximation. A machine's tuned form of one is injected at construction
+# (`activations=`, from `platform.model_activations()`), never chosen here.
+MLPS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
+        "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True), "swiglu": None}
 
 
 class MLP(nnx.Module):
     """x·W_fc -> activation -> ·W_proj; for `swiglu`, swiglu(x·W_gate, x·W_fc)·W_proj (Llama's gate/up/down)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
+                 activations=None):
         if cfg.mlp not in MLPS:
             raise ValueError(f"model.mlp={cfg.mlp!r}; choose one of: {', '.join(MLPS)}")
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -161,17 +155,14 @@ class MLP(nnx.Module):
         self.gate = nnx.Linear(cfg.n_embd, hidden, kernel_init=init, **linear) if cfg.mlp == "swiglu" else None
         # model.gelu_approximate predates model.mlp: with mlp=gelu it still selects the tanh form.
         self.activation = "gelu_tanh" if cfg.mlp == "gelu" and cfg.gelu_approximate else cfg.mlp
+        self.activation_fn = {**MLPS, **(activations or {})}[self.activation]
 
     def __call__(self, x_BxTxD):
-        # On rows [B*T, D] the weight gradients contract one axis, not (B, T), which XLA:CPU would canonicalise with a
-        # transposed copy of the [B*T, 4D] cotangent (benchmarks/NOTES.md). The reshapes are free.
-        x_NxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])
         if self.gate is not None:
-            h_NxF = swiglu(self.gate(x_NxD), self.fc(x_NxD))
+            h_BxTxF = swiglu(self.gate(x_BxTxD), self.fc(x_BxTxD))
         else:
-            h_NxF = MLPS[self.activation](self.fc(x_NxD))
-        y_NxD = self.proj(h_NxF)
-        return y_NxD.reshape(x_BxTxD.shape)
+            h_BxTxF = self.activation_fn(self.fc(x_BxTxD))
+        return self.proj(h_BxTxF)
 
 
 def _layernorm(cfg, dim, rngs):
@@ -195,11 +186,12 @@ def norm(cfg: ml_collections.ConfigDict, dim: int, rngs: nnx.Rngs) -> nnx.Module
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
+                 activations=None):
         self.ln1 = norm(cfg, cfg.n_embd, rngs)
         self.attn = Attention(cfg, rngs=rngs, dot_general=dot_general)
         self.ln2 = norm(cfg, cfg.n_embd, rngs)
-        self.mlp = MLP(cfg, rngs=rngs, dot_general=dot_general)
+        self.mlp = MLP(cfg, rngs=rngs, dot_general=dot_general, activations=activations)
         self.dropout = cfg.dropout
 
     def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
@@ -216,12 +208,14 @@ class Block(nnx.Module):
 class GPT(nnx.Module):
     """Decoder-only transformer; `model_cfg` is the `model` section of a resolved config.
 
-    `dot_general` (`lax.dot_general`'s signature) computes the dense layers' and attention's matrix products: the
-    machine's choice is injected here (`loader.build_model` passes `matmul.default_dot_general()`), never read
-    inside the forward pass. Same function, same parameters, whichever is given.
+    `dot_general` (`lax.dot_general`'s signature) computes the dense layers' and attention's matrix products, and
+    `activations` ({model.mlp name: function}) replaces entries of `MLPS`: the machine's tuned forms are injected
+    here (`loader.build_model` passes `matmul.default_dot_general()` and `platform.model_activations()`), never
+    read inside the forward pass. Same function, same parameters, whichever is given.
     """
 
-    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
+    def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
+                 activations=None):
         cfg = model_cfg
         if cfg.vocab_size <= 0:
             raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary "
@@ -239,7 +233,8 @@ class GPT(nnx.Module):
         multiplier = cfg.get("embed_multiplier", 1.0)
         self.embed_multiplier = (math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)) * float(
             self.position.record.token_scale(dict(self.position.cfg), n_embd=cfg.n_embd))
-        self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general) for _ in range(cfg.n_layer)])
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general, activations=activations)
+                                for _ in range(cfg.n_layer)])
         self.ln_f = norm(cfg, cfg.n_embd, rngs)
         # An untied output head [D, V] (Llama); tied (GPT-2) reuses the token table: logits = x·Eᵀ.
         self.lm_head = (None if cfg.tie_embeddings else

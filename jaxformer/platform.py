@@ -68,6 +68,7 @@ import ctypes.util
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 
 from jaxformer import matmul
@@ -86,6 +87,25 @@ _MALLOC_USER_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_T
 CPU_XLA_FLAGS: tuple[str, ...] = ()
 _ACCELERATORS = ("cuda", "gpu", "rocm", "tpu", "metal")
 _ACCELERATOR_DISTRIBUTIONS = ("jax-cuda", "jax_cuda", "jax-rocm", "jax_rocm", "libtpu")
+
+
+def erf_gelu(x):
+    """Exact GELU, x·Φ(x) = 0.5·x·(1 + erf(x/√2)) (Hendrycks & Gimpel, 2016): `jax.nn.gelu(x, approximate=False)`
+    written with erf instead of erfc. XLA:CPU expands erfc into two polynomial branches, an exp and selects
+    (forward and backward), erf into one polynomial: the baby step with jax.nn.gelu ran x1.15 slower in 9 of 12
+    interleaved rounds (p10 x1.24) on Zen 5, and it was a fifth of the step before (benchmarks/NOTES.md). The two
+    agree to float32 rounding, not bit for bit: runs written on a CPU before issue 23 used this form."""
+    import jax
+
+    return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def model_activations() -> dict:
+    """The tuned activations a model is built with on this machine (`model.GPT(activations=...)`, from
+    `loader.build_model`): exact GELU through erf on a CPU; none elsewhere (jax.nn.gelu, unmeasured there)."""
+    import jax
+
+    return {"gelu": erf_gelu} if jax.devices()[0].platform == "cpu" else {}
 
 
 def usable_cores() -> int:

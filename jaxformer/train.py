@@ -54,36 +54,16 @@ def make_schedule(o: ml_collections.ConfigDict) -> optax.Schedule:
         decay_steps=max(o.decay_steps, o.warmup_steps + 1), end_value=o.min_lr)
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-    """`optax.clip_by_global_norm` that reuses a norm the caller already has: `update(..., grad_norm=norm)`.
-
-    The step computes the gradients' global norm anyway (for the non-finite guard and the log); optax's own clip,
-    inside the update's cond, computed it a second time (0.36 ms in the Zen 3 profile, ~1% of the step;
-    benchmarks/NOTES.md). The state is optax's EmptyState, so optimizer-state trees, and the checkpoints that hold
-    them, are unchanged.
-    """
-
-    def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
-        del params, extra_args
-        g_norm = optax.tree.norm(updates) if grad_norm is None else grad_norm
-        trigger = g_norm < max_norm
-        updates = jax.tree.map(lambda t: jax.lax.select(trigger, t, (t / g_norm.astype(t.dtype)) * max_norm),
-                               updates)
-        return updates, state
-
-    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
-
-
-def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-    """AdamW with decoupled weight decay on matrices only (ndim >= 2), after global-norm clipping.
-
-    `update` takes the gradients' global norm as `grad_norm=` where the caller has it (train_step does).
-    """
+def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW with decoupled weight decay on matrices only (ndim >= 2), after global-norm clipping (Pascanu et al.,
+    2013: g·min(1, grad_clip / ||g||)). optax's clip computes the norm the step also computes for its guard and
+    log, inside the update's cond where XLA cannot share it: a hand-written clip reusing it bought nothing
+    measurable (benchmarks/NOTES.md, 2026-12-06) and was removed; the state trees are the same."""
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
     tx = optax.adamw(make_schedule(o), b1=o.beta1, b2=o.beta2, eps=1e-8, weight_decay=o.weight_decay,
                      mask=decay_mask)
     if o.grad_clip > 0:
-        tx = optax.chain(clip_by_global_norm(o.grad_clip), tx)
+        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
     return tx
 
 
@@ -187,7 +167,7 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
     apply = finite & (state["nonfinite"] == 0) if stop_on_nonfinite else finite
 
     def update(params, opt_state, grads):
-        updates, new_opt_state = optimizer.update(grads, opt_state, params, grad_norm=grad_norm)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_opt_state
 
     # A skipped update is the other branch of a cond, not a select over every parameter and moment: the select

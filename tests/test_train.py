@@ -52,32 +52,24 @@ def test_weight_decay_on_matrices_only():
     np.testing.assert_array_equal(np.asarray(updates["b"]), 0.0)  # vectors (biases, norms) are not
 
 
-@pytest.mark.parametrize("max_norm", [0.5, 50.0])  # clipped, and not
-def test_clip_reusing_the_step_norm_matches_optax_and_keeps_its_state_tree(max_norm):
+@pytest.mark.parametrize("max_norm", [0.05, 50.0])  # clipped, and not
+def test_optimizer_is_optax_clip_then_adamw_with_the_state_tree_checkpoints_hold(max_norm):
     rng = np.random.default_rng(0)
-    grads = {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
-             "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
-    # float64 reference from the formula: g * min(1, max_norm / ||g||).
-    g64 = {k: np.asarray(v, np.float64) for k, v in grads.items()}
-    norm = np.sqrt(sum(np.sum(v ** 2) for v in g64.values()))
-    ours = train_lib.clip_by_global_norm(max_norm)
-    theirs = optax.clip_by_global_norm(max_norm)
-    for kwargs in [{}, {"grad_norm": optax.tree.norm(grads)}]:
-        clipped, state = ours.update(grads, ours.init(grads), None, **kwargs)
-        expected, _ = theirs.update(grads, theirs.init(grads), None)
-        for k in grads:
-            np.testing.assert_allclose(np.asarray(clipped[k]), g64[k] * min(1.0, max_norm / norm), rtol=1e-5)
-            np.testing.assert_allclose(np.asarray(clipped[k]), np.asarray(expected[k]), rtol=1e-6)
-    # The norm handed in is the one used (a wrong one shows), and checkpoints' optimizer-state trees are unchanged.
-    scaled, _ = ours.update(grads, ours.init(grads), None, grad_norm=jnp.float32(norm * 4))
-    np.testing.assert_allclose(np.asarray(scaled["w"]), g64["w"] * min(1.0, max_norm / (norm * 4)), rtol=1e-5)
+    params = {"w": jnp.asarray(rng.normal(size=(5, 7)), jnp.float32),
+              "b": jnp.asarray(rng.normal(size=(7,)), jnp.float32)}
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params)
     o = config_lib.load("tiny").optim
-    assert o.grad_clip > 0
-    reference = optax.chain(optax.clip_by_global_norm(o.grad_clip), optax.adamw(
+    o.grad_clip = max_norm
+    reference = optax.chain(optax.clip_by_global_norm(max_norm), optax.adamw(
         train_lib.make_schedule(o), b1=o.beta1, b2=o.beta2, weight_decay=o.weight_decay,
         mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)))
-    assert (jax.tree.structure(train_lib.make_optimizer(o).init(grads))
-            == jax.tree.structure(reference.init(grads)))
+    ours = train_lib.make_optimizer(o)
+    # Checkpoints written before the clip became optax's hold this optimizer-state tree (an EmptyState for the clip).
+    assert jax.tree.structure(ours.init(params)) == jax.tree.structure(reference.init(params))
+    updates, _ = ours.update(grads, ours.init(params), params)
+    expected, _ = reference.update(grads, reference.init(params), params)
+    for k in params:
+        np.testing.assert_array_equal(np.asarray(updates[k]), np.asarray(expected[k]))
 
 
 def test_environment_differences_name_what_can_change_the_numbers():
