@@ -142,7 +142,7 @@ def _no_weights(name):
 
 
 def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-               scale, block_size, return_weights, dot_general):
+               scale, block_size, return_weights, dot_general, vmap):
     del block_size
     (B, T, H, d), (S, K), dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1:3], v_BxSxKxdv.shape[-1]
     G = H // K
@@ -159,14 +159,13 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
     bias, (bb, bk, bg) = batch_dims_first(_group_heads(bias, K, G))
     head = functools.partial(scaled_dot_product_attention, scale=scale, return_weights=return_weights,
                              dot_general=dot_general)
+    # Query heads grouped [K, G]: the G queries of a group share their k/v (in_axes None); GQA copies nothing.
     out_axes = lambda axis: (axis, 0) if return_weights else axis
     one_head = lambda q, k, v, m, b: head(q, k, v, mask=m, bias=b)
-    if G == 1:  # multi-head: the head function under vmap over the heads, then the batch
-        over_heads, q = jax.vmap(one_head, (1, 1, 1, mk, bk), out_axes(1)), q_BxTxHxd
-    else:  # grouped [K, G]: the G query heads of a group share their k/v (in_axes None); GQA copies nothing
-        over_g = jax.vmap(one_head, (1, None, None, mg, bg), out_axes(1))
-        over_heads, q = jax.vmap(over_g, (1, 1, 1, mk, bk), out_axes(1)), q_BxTxHxd.reshape(B, T, K, G, d)
-    out = jax.vmap(over_heads, (0, 0, 0, mb, bb), out_axes(0))(q, k_BxSxKxd, v_BxSxKxdv, mask, bias)
+    over_g = vmap(one_head, (1, None, None, mg, bg), out_axes(1))
+    over_k = vmap(over_g, (1, 1, 1, mk, bk), out_axes(1))
+    over_b = vmap(over_k, (0, 0, 0, mb, bb), out_axes(0))
+    out = over_b(q_BxTxHxd.reshape(B, T, K, G, d), k_BxSxKxd, v_BxSxKxdv, mask, bias)
     if not return_weights:
         return out.reshape(B, T, H, dv)
     out_BxTxKxGxdv, weights_BxKxGxTxS = out
@@ -174,12 +173,12 @@ def _reference(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal,
 
 
 def _chunked(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-             scale, block_size, return_weights, dot_general):
+             scale, block_size, return_weights, dot_general, vmap):
     """Key blocks of `block_size`, all queries at once: each step holds [B, H, T, block] (queries are not
     blocked, as a scan over them would serialise work that XLA runs as one matmul)."""
     if return_weights:
         raise _no_weights("chunked")
-    del dot_general  # its block products are einsums inside the custom VJP: XLA's dot
+    del dot_general, vmap  # its block products are einsums inside the custom VJP: XLA's dot; no vmap of heads
     (B, T, H, d), (S, K), dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1:3], v_BxSxKxdv.shape[-1]
     G = H // K
     q_pos, k_pos = _positions(q_positions, k_positions, T, S)
@@ -334,10 +333,10 @@ def _fused_backend(dtype, width, *, has_arrays):
 
 
 def _fused(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask, bias, bias_fn, causal, q_positions, k_positions,
-           scale, block_size, return_weights, dot_general):
+           scale, block_size, return_weights, dot_general, vmap):
     if return_weights:
         raise _no_weights("fused")
-    del block_size, dot_general  # jax.nn.dot_product_attention chooses its own kernels
+    del block_size, dot_general, vmap  # jax.nn.dot_product_attention chooses its own kernels
     (_, T, H, d), S, dv = q_BxTxHxd.shape, k_BxSxKxd.shape[1], v_BxSxKxdv.shape[-1]
     # jax's is_causal is aligned top-left (query i sees keys <= i): ours only if T == S at default positions.
     is_causal = causal and q_positions is None and k_positions is None and T == S
@@ -363,14 +362,16 @@ IMPLEMENTATIONS = {"reference": _reference, "chunked": _chunked, "fused": _fused
 def multi_head_attention(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask=None, bias=None, bias_fn=None,
                          causal=False, q_positions=None, k_positions=None, scale=None,
                          implementation="reference", return_weights=False, block_size=512,
-                         dot_general=lax.dot_general):
+                         dot_general=lax.dot_general, vmap=jax.vmap):
     """Multi-head (K = H) or grouped-query (K divides H) attention: the single-head function per head.
 
     mask: bool [T,S], [H,T,S] or [B,H,T,S] (size-1 dims broadcast), True = may attend. bias: float, same
     ranks, added to the scaled logits. bias_fn(q_positions [t], k_positions [s]) -> [H, t, s]: a positional
     bias that `chunked` evaluates block by block. causal: keys at k_positions <= the query's q_positions
     (defaults: keys at 0..S-1, queries the last T). Returns out [B,T,H,dv], and weights [B,H,T,S] (reference
-    only) when `return_weights`. dot_general: the products of `reference` (see scaled_dot_product_attention).
+    only) when `return_weights`. dot_general: the products of `reference` (see scaled_dot_product_attention);
+    vmap (`jax.vmap(f, in_axes, out_axes)`'s signature): how `reference` maps the head function over the groups,
+    kv heads and batch. A machine's own of either can be passed in (the model's construction does); same function.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
@@ -386,7 +387,7 @@ def multi_head_attention(q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, *, mask=None, bias=No
         q_BxTxHxd, k_BxSxKxd, v_BxSxKxdv, mask=_as_rank4(mask, "mask", B, H, T, S),
         bias=_as_rank4(bias, "bias", B, H, T, S), bias_fn=bias_fn, causal=causal, q_positions=q_positions,
         k_positions=k_positions, scale=_scale(d, scale), block_size=block_size, return_weights=return_weights,
-        dot_general=dot_general)
+        dot_general=dot_general, vmap=vmap)
 
 
 # ------------------------------------------------------------------------------------------------ projections

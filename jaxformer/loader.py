@@ -3,8 +3,8 @@
 The one place a model is built (`build_model`, `abstract_model`) and a checkpoint turned back into parameters
 (`restore_params`), below training (`train.py`) and the research tools (`analysis/`, `sweep.py`,
 `extrapolation.py`), which all load runs through it. Machine tuning enters here: the model is constructed with the
-matrix product `platform.configure()` chose (`matmul.default_dot_general()`) and the machine's tuned activations
-(`platform.model_activations()`), so nothing inside the forward pass reads them.
+matrix product `platform.configure()` chose (`matmul.default_dot_general()`) and the machine's tuned activations and
+head mapping (`platform.model_ops()`), so nothing inside the forward pass reads them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jaxformer.model import GPT
 def build_model(cfg: ml_collections.ConfigDict) -> GPT:
     """The model for a resolved config, initialised from `train.seed`, its products on this machine's matmul."""
     return GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed), dot_general=matmul.default_dot_general(),
-               activations=platform.model_activations())
+               **platform.model_ops())
 
 
 def split_model(model: GPT):
@@ -38,7 +38,7 @@ def abstract_model(model_cfg: ml_collections.ConfigDict):
     """(graphdef, abstract params) of the `model` section's GPT, built with `nnx.eval_shape`: nothing is initialised."""
     return split_model(nnx.eval_shape(
         lambda: GPT(model_cfg, rngs=nnx.Rngs(params=0), dot_general=matmul.default_dot_general(),
-                    activations=platform.model_activations())))
+                    **platform.model_ops())))
 
 
 def restore_params(workdir: str, *, which: str = "latest", step: int | None = None):

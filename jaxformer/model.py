@@ -75,8 +75,9 @@ class Position(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general):
-        self.dot_general = dot_general
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
+                 vmap=jax.vmap):
+        self.dot_general, self.vmap = dot_general, vmap
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.implementation, self.block_size = cfg.attention.implementation, cfg.attention.block_size
         self.dtype = jnp.dtype(cfg.dtype)
@@ -107,6 +108,7 @@ class Attention(nnx.Module):
         out = attention.multi_head_attention(
             q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=True, q_positions=positions_T, k_positions=k_positions,
             bias_fn=bias_fn, block_size=self.block_size, return_weights=return_weights, dot_general=self.dot_general,
+            vmap=self.vmap,
             # Only the reference path forms the weights; the same parameters give the same function.
             implementation="reference" if return_weights else self.implementation)
         out_BxTxHxd, weights_BxHxTxS = out if return_weights else (out, None)
@@ -131,7 +133,7 @@ def swiglu(gate, up):
 
 # model.mlp -> the activation of the hidden layer; "swiglu" also has a gate projection. GELU (Hendrycks & Gimpel,
 # 2016): x·Φ(x), exact or its tanh approximation. A machine's tuned form of one is injected at construction
-# (`activations=`, from `platform.model_activations()`), never chosen here.
+# (`activations=`, from `platform.model_ops()`), never chosen here.
 MLPS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
         "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True), "swiglu": None}
 
@@ -187,9 +189,9 @@ def norm(cfg: ml_collections.ConfigDict, dim: int, rngs: nnx.Rngs) -> nnx.Module
 
 class Block(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
-                 activations=None):
+                 activations=None, vmap=jax.vmap):
         self.ln1 = norm(cfg, cfg.n_embd, rngs)
-        self.attn = Attention(cfg, rngs=rngs, dot_general=dot_general)
+        self.attn = Attention(cfg, rngs=rngs, dot_general=dot_general, vmap=vmap)
         self.ln2 = norm(cfg, cfg.n_embd, rngs)
         self.mlp = MLP(cfg, rngs=rngs, dot_general=dot_general, activations=activations)
         self.dropout = cfg.dropout
@@ -208,14 +210,15 @@ class Block(nnx.Module):
 class GPT(nnx.Module):
     """Decoder-only transformer; `model_cfg` is the `model` section of a resolved config.
 
-    `dot_general` (`lax.dot_general`'s signature) computes the dense layers' and attention's matrix products, and
-    `activations` ({model.mlp name: function}) replaces entries of `MLPS`: the machine's tuned forms are injected
-    here (`loader.build_model` passes `matmul.default_dot_general()` and `platform.model_activations()`), never
-    read inside the forward pass. Same function, same parameters, whichever is given.
+    `dot_general` (`lax.dot_general`'s signature) computes the dense layers' and attention's matrix products,
+    `activations` ({model.mlp name: function}) replaces entries of `MLPS`, and `vmap` (`jax.vmap`'s) maps the
+    attention head function over heads and batch: the machine's tuned forms are injected here
+    (`loader.build_model` passes `matmul.default_dot_general()` and `platform.model_ops()`), never read inside the
+    forward pass. Same function, same parameters, whichever is given.
     """
 
     def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dot_general=jax.lax.dot_general,
-                 activations=None):
+                 activations=None, vmap=jax.vmap):
         cfg = model_cfg
         if cfg.vocab_size <= 0:
             raise ValueError(f"model.vocab_size={cfg.vocab_size}; resolve the config with the dataset's vocabulary "
@@ -233,7 +236,7 @@ class GPT(nnx.Module):
         multiplier = cfg.get("embed_multiplier", 1.0)
         self.embed_multiplier = (math.sqrt(cfg.n_embd) if multiplier == 0 else float(multiplier)) * float(
             self.position.record.token_scale(dict(self.position.cfg), n_embd=cfg.n_embd))
-        self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general, activations=activations)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general, activations=activations, vmap=vmap)
                                 for _ in range(cfg.n_layer)])
         self.ln_f = norm(cfg, cfg.n_embd, rngs)
         # An untied output head [D, V] (Llama); tied (GPT-2) reuses the token table: logits = x·Eᵀ.

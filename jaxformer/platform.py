@@ -94,18 +94,44 @@ def erf_gelu(x):
     written with erf instead of erfc. XLA:CPU expands erfc into two polynomial branches, an exp and selects
     (forward and backward), erf into one polynomial: the baby step with jax.nn.gelu ran x1.15 slower in 9 of 12
     interleaved rounds (p10 x1.24) on Zen 5, and it was a fifth of the step before (benchmarks/NOTES.md). The two
-    agree to float32 rounding, not bit for bit: runs written on a CPU before issue 23 used this form."""
+    agree to ~1e-6 absolute (1 + erf cancels for x << 0, where erfc keeps relative accuracy), not bit for bit:
+    runs written on a CPU before issue 23 used this form; `model_ops` injects it."""
     import jax
 
     return 0.5 * x * (1.0 + jax.lax.erf(x * (1.0 / math.sqrt(2.0))))
 
 
-def model_activations() -> dict:
-    """The tuned activations a model is built with on this machine (`model.GPT(activations=...)`, from
-    `loader.build_model`): exact GELU through erf on a CPU; none elsewhere (jax.nn.gelu, unmeasured there)."""
+def unit_axis_vmap(f, in_axes=0, out_axes=0):
+    """`jax.vmap(f, in_axes, out_axes)`, except over an axis of size 1: then f itself on the inputs with that axis
+    dropped, and the axis put back on the outputs. Injected as the attention's head mapping on a CPU
+    (`multi_head_attention(vmap=)`), so no array it computes has a size-1 batch, kv-head or group axis (G = 1
+    without grouped-query attention, K = 1 with multi-query, B = 1): XLA:CPU ran the softmax-backward reduction
+    over a [B, K, 1, T, S] array ~6x slower than over [B, K, T, S] (2026-12-02), and the baby step with
+    n_kv_head=1 (multi-query) under the plain vmap x1.43 slower in 7 of 10 interleaved rounds (2026-12-06,
+    benchmarks/NOTES.md). `in_axes` is a tuple with one entry per argument, as the attention passes it."""
+    import jax
+    import jax.numpy as jnp
+
+    def mapped(*args):
+        sizes = {x.shape[axis] for x, axis in zip(args, in_axes, strict=True) if axis is not None and x is not None}
+        if sizes != {1}:
+            return jax.vmap(f, in_axes, out_axes)(*args)
+        args = [x if axis is None or x is None else jnp.squeeze(x, axis)
+                for x, axis in zip(args, in_axes, strict=True)]
+        return jax.tree.map(jnp.expand_dims, f(*args), out_axes)
+
+    return mapped
+
+
+def model_ops() -> dict:
+    """The tuned forms a model is built with on this machine (`model.GPT(**model_ops())`, from
+    `loader.build_model`): on a CPU, exact GELU through erf (`erf_gelu`) and the head mapping without size-1 axes
+    (`unit_axis_vmap`); none elsewhere (`jax.nn.gelu` and `jax.vmap`, unmeasured there)."""
     import jax
 
-    return {"gelu": erf_gelu} if jax.devices()[0].platform == "cpu" else {}
+    if jax.devices()[0].platform != "cpu":
+        return {}
+    return {"activations": {"gelu": erf_gelu}, "vmap": unit_axis_vmap}
 
 
 def usable_cores() -> int:

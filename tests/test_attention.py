@@ -209,18 +209,29 @@ def _float_intermediate_shapes(jaxpr):
 
 
 @pytest.mark.parametrize("B, H, K", [(2, 3, 3), (2, 4, 2), (2, 4, 1), (1, 3, 3)], ids=["mha", "gqa", "mqa", "b1"])
-def test_reference_maps_no_size_one_axis(B, H, K):
-    """Forward and backward hold the [T, S] logits of all heads as [B, K, G, T, S] without its size-1 axes: XLA:CPU
-    ran the softmax-backward reduction over a [B, K, 1, T, S] array ~6x slower than over [B, K, T, S]
-    (benchmarks/NOTES.md). The size-1 axes are mapped by calling the head function itself."""
+def test_reference_maps_no_size_one_axis_with_the_cpu_vmap(B, H, K):
+    """With the head mapping a CPU model is built with (`platform.unit_axis_vmap`, injected as `vmap=`), forward and
+    backward hold the [T, S] logits of all heads as [B, K, G, T, S] without its size-1 axes: XLA:CPU ran the
+    softmax-backward reduction over a [B, K, 1, T, S] array ~6x slower than over [B, K, T, S] (benchmarks/NOTES.md).
+    The plain `jax.vmap` (the maths' default) keeps them; both give the same outputs and gradients."""
+    from jaxformer import platform
+
     T, G = 5, H // K
     rng = np.random.default_rng(4)
     q, k, v = normal(rng, (B, T, H, 4)), normal(rng, (B, T, K, 4)), normal(rng, (B, T, K, 4))
-    loss = lambda q, k, v: attention.multi_head_attention(q, k, v, causal=True, implementation="reference").sum()
-    shapes = set(_float_intermediate_shapes(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v).jaxpr))
-    logits = {s for s in shapes if s[-2:] == (T, T)}
+    results = {}
+    for name, vmap in (("cpu", platform.unit_axis_vmap), ("plain", jax.vmap)):
+        loss = lambda q, k, v, vmap=vmap: attention.multi_head_attention(
+            q, k, v, causal=True, implementation="reference", vmap=vmap).sum()
+        grad = jax.grad(loss, argnums=(0, 1, 2))
+        shapes = set(_float_intermediate_shapes(jax.make_jaxpr(grad)(q, k, v).jaxpr))
+        results[name] = ({s for s in shapes if s[-2:] == (T, T)}, grad(q, k, v))
+    logits = results["cpu"][0]
     assert tuple(n for n in (B, K, G) if n > 1) + (T, T) in logits, logits
     assert not any(1 in s[:-2] for s in logits), logits
+    assert (B, K, G, T, T) in results["plain"][0], results["plain"][0]
+    for cpu, plain in zip(results["cpu"][1], results["plain"][1], strict=True):
+        np.testing.assert_allclose(np.asarray(cpu), np.asarray(plain), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------- properties

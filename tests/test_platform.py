@@ -101,3 +101,35 @@ def test_configure_asks_openblas_for_the_measured_kernels_unless_the_user_chose(
     assert got["applied"]["cpu_matmul"] == "blas"
     assert got["applied"].get("OPENBLAS_CORETYPE") == (None if user else "Haswell")
     assert got["env"] == got["core"] == (user or "Haswell")
+
+
+def test_the_cpu_model_ops_are_the_plain_functions():
+    """What `platform.model_ops()` injects into a CPU model computes the plain forms' functions: erf GELU against
+    float64 x·Φ(x), and `unit_axis_vmap` against `jax.vmap` over size-1 and larger axes (tuple outputs too)."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxformer import platform
+
+    x = np.random.default_rng(0).normal(scale=3.0, size=(4096,)).astype(np.float32)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    # 1 + erf(x/√2) cancels for x << 0: there the erf form is good to ~1e-6 absolute, not relative (erfc's is).
+    ours, plain = platform.erf_gelu(jnp.asarray(x)), jax.nn.gelu(jnp.asarray(x), approximate=False)
+    np.testing.assert_allclose(np.asarray(ours), exact, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(plain), exact, rtol=2e-6, atol=1e-7)
+    assert np.abs(np.asarray(ours) - exact).max() > 0  # a different rounding: injected only where measured faster
+
+    f = lambda a, b, c: (a @ b + (0.0 if c is None else c.sum()), jnp.tanh(a).sum(-1))
+    rng = np.random.default_rng(1)
+    for n in (1, 3):
+        a, b, c = rng.normal(size=(n, 2, 5)), rng.normal(size=(5, n, 4)), rng.normal(size=(7,))
+        for args, axes in [((a, b, c), (0, 1, None)), ((a, b, None), (0, 1, None))]:
+            ours = platform.unit_axis_vmap(f, axes, (1, 0))(*args)
+            theirs = jax.vmap(f, axes, (1, 0))(*args)
+            for o, t in zip(ours, theirs, strict=True):
+                assert o.shape == t.shape
+                np.testing.assert_allclose(np.asarray(o), np.asarray(t), rtol=1e-6)
+    assert platform.model_ops()["vmap"] is platform.unit_axis_vmap  # these tests run on a CPU
