@@ -170,7 +170,7 @@ def test_a_kernel_that_cannot_load_is_one_warning_at_construction_never_an_error
             "applied = platform.configure('cpu'); from jaxformer import loader;"
             "cfg = config.load('tiny'); cfg.model.vocab_size = 7; "
             "model = loader.build_model(cfg); x = jnp.zeros((1, 4), jnp.int32);"
-            "print(applied['cpu_matmul'], matmul.default_dot_general() is jax.lax.dot_general, "
+            "print(applied['cpu_matmul'], matmul.default_dot_general() is matmul.rows_dot_general, "
             "float(jax.jit(lambda: model(x).sum())()), matmul.cpu_backend_in_use())")
     env = {**os.environ, "JAXFORMER_CPU_MATMUL": "blas", "CXX": str(tmp_path / "no-such-compiler"),
            "JAXFORMER_CACHE_DIR": str(tmp_path)}
@@ -239,13 +239,35 @@ def test_a_process_without_the_kernel_falls_back_to_xla_and_says_why(tmp_path):
 
 def test_off_cpu_the_kernel_is_never_built_or_loaded(tmp_path):
     """A GPU/TPU machine (here: the platform hint) needs no C++ compiler and no OpenBLAS: configure() chooses
-    nothing, the model is built on lax.dot_general, and the kernel's build is never attempted."""
+    nothing, the model is built on XLA's dot (lax.dot_general; on rows where the devices are CPUs, as here), and the
+    kernel's build is never attempted."""
     code = ("import jax; from jaxformer import platform, matmul; from jaxformer.kernels import cpu_gemm;"
             "applied = platform.configure('gpu'); chosen = matmul.default_dot_general();"
-            "print(applied == {}, chosen is jax.lax.dot_general, cpu_gemm._state == {})")
+            "print(applied == {}, chosen in (jax.lax.dot_general, matmul.rows_dot_general), cpu_gemm._state == {})")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXFORMER_CPU_MATMUL": "blas",
            "CXX": str(tmp_path / "no-such-compiler"), "JAXFORMER_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "True"]
     assert list(tmp_path.iterdir()) == []  # nothing built
+
+
+def test_rows_dot_general_is_lax_dot_general_on_flattened_rows():
+    """What a CPU model is built with on XLA's dot: the same products (forward and gradients, to float32 rounding) as
+    lax.dot_general and as float64, a rows-times-matrix product taken on [N, D] rows, anything else passed through."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+    cases = [(x, jnp.asarray(rng.normal(size=(8, 6)), jnp.float32), (((2,), (0,)), ((), ()))),   # x·W
+             (x, jnp.asarray(rng.normal(size=(6, 8)), jnp.float32), (((2,), (1,)), ((), ()))),   # x·Wᵀ
+             (x, jnp.asarray(rng.normal(size=(3, 8, 4)), jnp.float32), (((2,), (1,)), ((0,), (0,))))]  # batched
+    for lhs, rhs, dims in cases:
+        f = lambda a, b, dot, dims=dims: (dot(a, b, dims) ** 2).sum()
+        ours = jax.value_and_grad(f, argnums=(0, 1))(lhs, rhs, matmul.rows_dot_general)
+        theirs = jax.value_and_grad(f, argnums=(0, 1))(lhs, rhs, jax.lax.dot_general)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        expected = np.einsum("btd,fd->btf" if dims[0][1] == (1,) and rhs.ndim == 2 else
+                             "btd,df->btf" if rhs.ndim == 2 else "btd,bdf->btf",
+                             np.asarray(lhs, np.float64), np.asarray(rhs, np.float64))
+        np.testing.assert_allclose(np.asarray(matmul.rows_dot_general(lhs, rhs, dims)), expected, rtol=1e-5,
+                                   atol=1e-5)
