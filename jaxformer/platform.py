@@ -44,6 +44,10 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       its SkylakeX (AVX-512) kernels; with its Haswell (AVX2) ones the step ran 27.20-28.84 vs 28.27-31.15 ms,
       faster in 6 of 6 alternated rounds (x0.96 on the medians, p10 26.9-27.3 vs 27.8-28.2; 2026-12-04; Zen 4
       runs AVX-512 on 256-bit units). Cooperlake's and Zen's kernels were in between (two rounds each).
+  Model ops (`model_ops`, injected by `loader.build_model`; CPU only): the tuned forms of what the maths writes
+      plainly -- exact GELU through erf (`erf_gelu`; jax.nn.gelu's erfc form x1.15 slower on Zen 5) and the
+      attention's head mapping without size-1 axes (`unit_axis_vmap`; the plain vmap x1.43 slower with
+      multi-query attention). Products on flattened rows come with the matmul (`matmul.default_dot_general`).
   XLA flags: none by default -- no candidate measured better than XLA's defaults (Zen 5; on Zen 3 oneDNN dots
       and YNNPACK dot-only fusion were also within the noise once the allocator was set):
       --xla_cpu_use_xnnpack=false          x1.04 CPU, x1.20 median (Eigen matmuls instead of XNNPACK/YNNPACK)
