@@ -16,11 +16,10 @@ import sys
 import time
 
 import numpy as np
-from flax import nnx
 
 from jaxformer import config as config_lib
+from jaxformer import loader
 from jaxformer import sample as sample_lib
-from jaxformer.model import GPT
 from jaxformer.options import split_config_args
 
 
@@ -33,7 +32,7 @@ def main(argv=None) -> None:
     cfg = config_lib.load(config or "shakespeare_char_cpu",
                           ["--config.model.position.name=rope", *overrides])
     cfg = config_lib.resolve(cfg, vocab_size=65)
-    model = GPT(cfg.model, rngs=nnx.Rngs(params=0))
+    model = loader.build_model(cfg)  # as a run's model is built: the machine's tuned forms injected
     prompt = np.arange(1, 9, dtype=np.int32)
     context = prompt.size + args.new_tokens
     print(f"config: {config or 'shakespeare_char_cpu'} ({cfg.model.n_layer} layers, {cfg.model.n_embd} wide), "
