@@ -137,6 +137,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                         "means over the sizes beyond the training ones)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="predicted tokens per --lengths length")
     p.add_argument("--size-examples", type=int, default=128, help="examples per --sizes size")
+    p.add_argument("--random-positions", metavar="R", type=int, nargs="?", const=0, default=None,
+                   help="with --sizes: each example at its own sorted random positions from [0, R) instead of 0..T-1, "
+                        "as Ruoss et al. 2023's code evaluates (no R: the run's model.position.randomize_max_len)")
     p.epilog = ("Context extension, zero-shot: override the position-scaling fields of the run's variant, e.g. "
                 "--config.model.position.rope.scaling=yarn --config.model.position.rope.factor=4 (anything that "
                 "would change the parameters is refused).")
@@ -387,7 +390,7 @@ def eval_main(argv: list[str]) -> int:
 
     from jaxformer import config as config_lib
     from jaxformer import data as data_lib
-    from jaxformer import extrapolation, loader
+    from jaxformer import extrapolation, loader, positional
     from jaxformer import run as run_lib
     from jaxformer import train as train_lib
 
@@ -399,7 +402,14 @@ def eval_main(argv: list[str]) -> int:
     for flag, value in (("--eval-tokens", args.eval_tokens), ("--size-examples", args.size_examples)):
         if value < 1:
             raise ValueError(f"{flag}={value}; must be >= 1")
+    if args.random_positions is not None and not sizes:
+        raise ValueError("--random-positions applies to the per-size evaluation; give --sizes MIN:MAX too")
     saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
+    random_positions = args.random_positions or (saved.model.position.get("randomize_max_len", 0)
+                                                 if args.random_positions is not None else 0)
+    if args.random_positions is not None and random_positions < 1:
+        raise ValueError(f"--random-positions: {args.workdir} was trained on positions 0..T-1 "
+                         "(model.position.randomize_max_len=0); give the range, e.g. --random-positions 256")
     cfg = _apply_overrides_to_saved(args.workdir, args.overrides) if args.overrides else saved
     changed = run_lib.check_init_config(args.workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
                                         what="eval override")
@@ -428,8 +438,11 @@ def eval_main(argv: list[str]) -> int:
     if sizes:
         train_max = extrapolation.train_max_items(dataset, trainer.cfg.data.block_size)
         records = extrapolation.evaluate_sizes(trainer.graphdef, params, dataset, sizes, train_max=train_max,
-                                               examples=args.size_examples, batch_tokens=8192, split=args.split)
-        result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records)}
+                                               examples=args.size_examples, batch_tokens=8192, split=args.split,
+                                               max_length=positional.max_length(trainer.cfg.model.position),
+                                               random_positions=random_positions, seed=trainer.cfg.train.seed)
+        result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records),
+                           **({"random_positions": random_positions} if random_positions else {})}
     print(json.dumps(result, sort_keys=True))
     return 0
 

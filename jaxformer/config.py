@@ -304,6 +304,9 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(isinstance(randomize, int) and (randomize == 0 or randomize >= d.block_size),
              f"model.position.randomize_max_len={randomize!r} is smaller than data.block_size={d.block_size}; "
              "give 0 (off) or a range of at least the block size (Ruoss et al. 2023 use several times it)")
+    per = m.position.get("randomize_per", "sequence")
+    _require(per in ("sequence", "batch"), f"model.position.randomize_per={per!r}; choose sequence (a draw per "
+             "training sequence, Ruoss et al. 2023) or batch (one draw per micro-batch, as the authors' code)")
     limit = positional.max_length(m.position)
     if limit is not None:
         field = f"model.position.{m.position.name}"
@@ -383,6 +386,7 @@ def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
 # adds a config field whose default alters behaviour adds a line here: "section.field": old_behaviour_value.
 LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.randomize_max_len": 0,  # randomized positions (Ruoss et al. 2023) came later: off
+    "model.position.randomize_per": "batch",  # randomized runs before it drew one set of positions per micro-batch
     "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
     "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
     "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)

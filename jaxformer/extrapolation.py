@@ -34,16 +34,28 @@ RESULT_FILE = "extrapolation.json"
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 def compile_losses(graphdef):
-    """`fn(params, inputs_BxT, targets_BxT) -> (losses_BxT, correct_BxT)`, jit-compiled (once per input shape):
-    `train.token_losses`, the forward+loss that training and evaluation use."""
+    """`fn(params, inputs_BxT, targets_BxT, positions_BxT=None) -> (losses_BxT, correct_BxT)`, jit-compiled (once
+    per input shape): `train.token_losses`, the forward+loss that training and evaluation use; `positions_BxT`
+    gives each row its own positions (None = 0..T-1)."""
     from jaxformer import train as train_lib
 
-    return jax.jit(lambda params, inputs_BxT, targets_BxT: train_lib.token_losses(params, graphdef, inputs_BxT,
-                                                                                   targets_BxT))
+    return jax.jit(lambda params, inputs_BxT, targets_BxT, positions_BxT=None: train_lib.token_losses(
+        params, graphdef, inputs_BxT, targets_BxT, positions_T=positions_BxT))
 
 
-def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: int):
-    """Per-token losses and correctness `[N, T]` (NumPy), in batches of at most `batch_tokens` tokens.
+def random_eval_positions(rows: int, length: int, max_len: int, seed) -> np.ndarray:
+    """A sorted sample of `length` distinct positions from [0, max_len) for each of `rows` rows (int32 `[rows,
+    length]`), a function of `seed` (an int or a tuple of ints): the randomized positions of Ruoss et al. 2023 at
+    evaluation, where the authors' code draws them as in training."""
+    if not 1 <= length <= max_len:
+        raise ValueError(f"model.position.randomize_max_len={max_len} must be >= the evaluated length {length}")
+    rng = np.random.default_rng(seed)
+    return np.stack([np.sort(rng.choice(max_len, length, replace=False)) for _ in range(rows)]).astype(np.int32)
+
+
+def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: int, positions_NxT=None):
+    """Per-token losses and correctness `[N, T]` (NumPy), in batches of at most `batch_tokens` tokens; with
+    `positions_NxT`, each row at its own positions.
 
     The last batch is padded to the batch size with repeats (dropped afterwards) so each length compiles once.
     """
@@ -53,9 +65,13 @@ def window_losses(losses_fn, params, inputs_NxT, targets_NxT, *, batch_tokens: i
     if pad:
         inputs_NxT = np.concatenate([inputs_NxT, np.repeat(inputs_NxT[:1], pad, axis=0)])
         targets_NxT = np.concatenate([targets_NxT, np.repeat(targets_NxT[:1], pad, axis=0)])
+        if positions_NxT is not None:
+            positions_NxT = np.concatenate([positions_NxT, np.repeat(positions_NxT[:1], pad, axis=0)])
     losses, correct = [], []
     for i in range(0, N + pad, B):
-        l_BxT, c_BxT = losses_fn(params, inputs_NxT[i:i + B], targets_NxT[i:i + B])
+        rows = slice(i, i + B)
+        l_BxT, c_BxT = (losses_fn(params, inputs_NxT[rows], targets_NxT[rows]) if positions_NxT is None else
+                        losses_fn(params, inputs_NxT[rows], targets_NxT[rows], positions_NxT[rows]))
         losses.append(np.asarray(l_BxT, np.float64))
         correct.append(np.asarray(c_BxT))
     return np.concatenate(losses)[:N], np.concatenate(correct)[:N]
@@ -211,14 +227,16 @@ def check_sizes(sizes) -> tuple[int, int]:
 
 
 def evaluate_sizes(graphdef, params, dataset, sizes: tuple[int, int], *, train_max: int, examples: int,
-                   batch_tokens: int, split: str = "val", losses_fn=None, max_length: int | None = None) -> list[dict]:
+                   batch_tokens: int, split: str = "val", losses_fn=None, max_length: int | None = None,
+                   random_positions: int = 0, seed: int = 0) -> list[dict]:
     """The literature's protocol (Delétang et al. 2023; Ruoss et al. 2023; Kazemnejad et al. 2023): at every task size
     n in [min, max], `examples` fresh examples of exactly n items; exact match (every answer token right) and
     per-token accuracy over their answers, and the loss. `ood` marks n > train_max (the longest size trained on).
 
     Every size is evaluated in rows of one length (the longest size's), padded after the answer where a causal model
-    cannot see it, so the model compiles once; positions run 0..T-1. Sizes whose examples exceed `max_length`
-    (a learned table) are n/a.
+    cannot see it, so the model compiles once; positions run 0..T-1, or with `random_positions` = R > 0 each row
+    gets its own sorted sample from [0, R) (`random_eval_positions`, seeded by (`seed`, n)), as Ruoss et al.'s code
+    evaluates its randomized models. Sizes whose examples exceed `max_length` (a learned table) are n/a.
     """
     lo, hi = check_sizes(sizes)
     task = dataset.task
@@ -236,8 +254,11 @@ def evaluate_sizes(graphdef, params, dataset, sizes: tuple[int, int], *, train_m
             continue
         rows = dataset.sized(split, items=n, count=examples, length=longest)
         weights_NxT = np.asarray(rows["weights"], np.float64)
-        losses_NxT, correct_NxT = window_losses(losses_fn, params, np.asarray(rows["inputs"], np.int32),
-                                                np.asarray(rows["targets"], np.int32), batch_tokens=batch_tokens)
+        inputs_NxT = np.asarray(rows["inputs"], np.int32)
+        positions_NxT = (random_eval_positions(inputs_NxT.shape[0], inputs_NxT.shape[1], random_positions, (seed, n))
+                         if random_positions else None)
+        losses_NxT, correct_NxT = window_losses(losses_fn, params, inputs_NxT, np.asarray(rows["targets"], np.int32),
+                                                batch_tokens=batch_tokens, positions_NxT=positions_NxT)
         exact_N = np.all(correct_NxT | (weights_NxT == 0), axis=1)
         record.update({"examples": examples, "exact_match": float(exact_N.mean()),
                        "token_accuracy": float((correct_NxT * weights_NxT).sum() / weights_NxT.sum()),
@@ -259,8 +280,11 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
                  values: list, lengths: list[dict], eval_tokens: int, batch_tokens: int, split: str,
                  stopped: str | None = None, train_time: tuple[float, float] | None = None,
                  sizes: tuple = (), size_examples: int = 64, zero_shot: dict | None = None,
-                 stride: int | None = None) -> dict:
+                 stride: int | None = None, random_positions: bool = False) -> dict:
     """Evaluates one trained run at every length and writes `<run_dir>/extrapolation.json`.
+
+    `random_positions`: a run trained on randomized positions is also evaluated per size with randomized ones
+    (`sizes_random_positions`; the report's "<variant> (random eval positions)" row).
 
     `train_time`: (wall, CPU) seconds of the training call, for the report (None when it was not trained here).
     `zero_shot`: the same lengths evaluated on the parameters the run started from (`train --init-from`).
@@ -284,6 +308,7 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
         "n_params": count_params(model), "n_params_non_embedding": count_params(model, non_embedding=True),
         "stopped": stopped, "lengths": records,
         "randomize_max_len": cfg.model.position.get("randomize_max_len", 0),
+        "randomize_per": cfg.model.position.get("randomize_per", "sequence"),
         **({"zero_shot": zero_shot} if zero_shot else {}),
         "seconds": {"train": train_time and train_time[0], "eval": time.perf_counter() - start},
         "cpu_seconds": {"train": train_time and train_time[1], "eval": time.process_time() - cpu_start},
@@ -296,6 +321,15 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
             batch_tokens=batch_tokens, split=split, max_length=table)
         result["sizes"] = {"train_max_items": train_max, "examples": size_examples, "records": size_records,
                            **size_summary(size_records)}
+        randomized = cfg.model.position.get("randomize_max_len", 0)
+        if random_positions and randomized:
+            size_records = [] if stopped else evaluate_sizes(
+                graphdef, params, dataset, sizes, train_max=train_max, examples=size_examples,
+                batch_tokens=batch_tokens, split=split, max_length=table, random_positions=randomized,
+                seed=cfg.train.seed)
+            result["sizes_random_positions"] = {"train_max_items": train_max, "examples": size_examples,
+                                                "records": size_records, "max_len": randomized,
+                                                **size_summary(size_records)}
     result["seconds"]["eval"] = time.perf_counter() - start
     result["cpu_seconds"]["eval"] = time.process_time() - cpu_start
     write_result(os.path.join(run_dir, RESULT_FILE), result)
@@ -343,6 +377,11 @@ def load_results(sweep_dir: str) -> tuple[list[dict], list[str]]:
             results.append({**r, "variant": f"{r['variant']} zero-shot", "point": f"{r['point']} zero-shot",
                             "lengths": r["zero_shot"]["lengths"], "val_loss": None, "ms_per_step": None,
                             "sizes": None, "steps": 0})
+        if r.get("sizes_random_positions"):  # evaluated at randomized positions too: a row of its own
+            results.append({**r, "variant": f"{r['variant']} (random eval positions)",
+                            "point": f"{r['point']} (random eval positions)", "sizes": r["sizes_random_positions"],
+                            "lengths": [{**x, "na": "n/a (evaluated per task size only)", "sliding": None}
+                                        for x in r["lengths"]]})
     results.sort(key=lambda r: ("zero-shot" not in r["variant"], r["index"], r["point"]))
     return results, unfinished
 

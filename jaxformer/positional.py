@@ -114,7 +114,9 @@ def max_length(position_cfg) -> int | None:
 def default_config() -> ml_collections.ConfigDict:
     """`model.position`: `{"name": "rope", "<variant>": {its defaults}}` for every registered variant."""
     # randomize_max_len: Ruoss et al. 2023's randomized positions in training (see `random_positions`); 0 = off.
-    cfg = ml_collections.ConfigDict({"name": "rope", "randomize_max_len": 0})
+    # randomize_per: "sequence" (a draw for every training sequence, as the paper describes it) or "batch" (one draw
+    # shared by the micro-batch, as the authors' code does it).
+    cfg = ml_collections.ConfigDict({"name": "rope", "randomize_max_len": 0, "randomize_per": "sequence"})
     for name in list_positional_encodings():
         cfg[name] = ml_collections.ConfigDict(dict(_REGISTRY[name].defaults))
     return cfg
@@ -145,8 +147,9 @@ def random_positions(key, length: int, max_len: int):
     """Randomized positions (Ruoss et al. 2023): a sorted sample of `length` distinct positions from [0, max_len).
 
     Trained on such positions, a model sees the position values (and distances) of sequences up to max_len long
-    while training on `length`-token ones, and at evaluation gets 0..T-1 for any T <= max_len. As in the authors'
-    code (one `jax.random.choice(..., replace=False)` per forward pass), one sample serves a whole batch. int32 `[T]`.
+    while training on `length`-token ones, and at evaluation gets 0..T-1 for any T <= max_len. One sample, int32 `[T]`:
+    the paper gives every training sequence its own (`model.position.randomize_per=sequence`, vmapped over keys),
+    the authors' code one per forward pass (`batch`).
     """
     if not 1 <= length <= max_len:
         raise ValueError(f"model.position.randomize_max_len={max_len} must be >= the sequence length {length}")

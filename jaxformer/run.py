@@ -217,8 +217,8 @@ def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_
 # What a run started from another run's parameters (`train --init-from`) may change in the model section: how
 # positions are scaled (the variant's extension fields, e.g. RoPE's scaling/factor/original_max_len; randomized
 # positions) and how it is computed. Anything else there is a different model; data.*, optim.* and train.* are free.
-INIT_MAY_CHANGE = ("model.position.randomize_max_len", "model.attention.", "model.dropout", "model.remat",
-                   "model.dtype")
+INIT_MAY_CHANGE = ("model.position.randomize_max_len", "model.position.randomize_per", "model.attention.",
+                   "model.dropout", "model.remat", "model.dtype")
 
 
 def init_may_change(field: str, cfg: ml_collections.ConfigDict) -> bool:

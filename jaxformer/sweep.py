@@ -27,6 +27,10 @@ A sweep config's `get_config()` returns a ConfigDict with
     eval_sizes     (min, max) task sizes (synthetic tasks): every size in between is evaluated with
                    `eval_size_examples` examples each, exact match and token accuracy per size and averaged over the
                    sizes beyond the training ones (the literature's protocol, extrapolation.evaluate_sizes); () = off
+    eval_random_positions  True: points trained on randomized positions (model.position.randomize_max_len) are
+                   also evaluated per task size with randomized positions, each example at its own sorted draw
+                   from [0, randomize_max_len), as Ruoss et al. 2023's code evaluates (a report row
+                   "<variant> (random eval positions)"); the plain rows keep 0..T-1
     eval_stride    stride of the sliding-window baseline (a window of data.block_size tokens, see
                    extrapolation.sliding_plan); absent = half the window
     overrides_by_variant  {variant: (`--config.a.b=v`, ...)}: extra overrides for the points of one variant (the
@@ -66,7 +70,7 @@ SEED_FIELD = "train.seed"  # the axis the reports average over
 VARIANT_FIELD = "variant"  # the axis of the sweep config's named `variants`
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
                 "eval_stride", "overrides_by_variant", "statistics", "reference",
-                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants")
+                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants", "eval_random_positions")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
 _RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
@@ -101,7 +105,7 @@ def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.C
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
     defaults = {"overrides": (), "eval_tokens": 0, "eval_batch_tokens": 8192, "eval_split": "val",
                 "overrides_by_variant": {}, "statistics": False, "reference": "rope",
-                "eval_sizes": (), "eval_size_examples": 64, "eval_at": ()}
+                "eval_sizes": (), "eval_size_examples": 64, "eval_at": (), "eval_random_positions": False}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
             if key not in sweep_cfg:
@@ -315,12 +319,14 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
     def compared(field: str) -> bool:
         parts = field.split(".")
         other_variant = field.startswith("model.position.") and parts[2] not in ("name", "randomize_max_len",
+                                                                                      "randomize_per",
                                                                                       cfg.model.position.name)
         unused_task = field.startswith("data.synthetic.") and not cfg.data.name.startswith("synthetic/")
         # Fields added since some points ran, read only in a setting these points do not use (their saved configs
         # hold the legacy value): the skip limit acts only under nonfinite=skip, YaRN's ramp only with its scaling.
         unread = ((field == "train.max_skipped_steps" and cfg.train.nonfinite != "skip")
-                  or (field == "model.position.rope.yarn_ramp" and cfg.model.position.rope.scaling != "yarn"))
+                  or (field == "model.position.rope.yarn_ramp" and cfg.model.position.rope.scaling != "yarn")
+                  or (field == "model.position.randomize_per" and not cfg.model.position.randomize_max_len))
         return field not in _RESUME_IGNORED and not other_variant and not unused_task and not unread
 
     differ = config_lib.cause_first(f for f in set(saved) & set(wanted) if compared(f) and saved[f] != wanted[f])
@@ -434,7 +440,8 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
                                batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split,
                                stopped=stopped, train_time=train_time, sizes=tuple(sweep_cfg.get("eval_sizes", ())),
                                size_examples=sweep_cfg.get("eval_size_examples", 64), zero_shot=zero_shot,
-                               stride=sweep_cfg.get("eval_stride", None))
+                               stride=sweep_cfg.get("eval_stride", None),
+                               random_positions=bool(sweep_cfg.get("eval_random_positions", False)))
     return None
 
 

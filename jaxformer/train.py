@@ -108,9 +108,17 @@ def token_losses(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, po
     """The forward pass and its per-token next-token cross-entropy, with whether each argmax prediction is right:
     (losses_BxT, correct_BxT). The one forward+loss of training (`loss_fn`), evaluation (`eval_step`) and the
     length-extrapolation evaluation (`extrapolation.compile_losses`); unused outputs cost nothing under jit.
-    `positions_T`: the tokens' positions (None = 0..T-1), e.g. randomized ones in training (`training_positions`)."""
+    `positions_T`: the tokens' positions (None = 0..T-1), e.g. randomized ones in training (`training_positions`):
+    `[T]` for every sequence, or `[B, T]`, a row per sequence (the model is vmapped over the batch)."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(inputs_BxT, positions_T=positions_T, dropout_key=dropout_key)
+    if positions_T is not None and jnp.ndim(positions_T) == 2:  # [B, T]: each sequence at its own positions
+        def one(tokens_T, positions_T, key):
+            return model(tokens_T[None], positions_T=positions_T, dropout_key=key)[0]
+
+        keys = None if dropout_key is None else jax.random.split(dropout_key, inputs_BxT.shape[0])
+        logits_BxTxV = jax.vmap(one, in_axes=(0, 0, None if keys is None else 0))(inputs_BxT, positions_T, keys)
+    else:
+        logits_BxTxV = model(inputs_BxT, positions_T=positions_T, dropout_key=dropout_key)
     losses_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
     return losses_BxT, jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
 
@@ -131,29 +139,36 @@ def _gathered_loss(params, graphdef, batch, dropout_key=None, positions_T=None, 
 _POSITIONS_STREAM = 0x504F53  # folded into the step key: the positions' draws are apart from dropout's
 
 
-def training_positions(rng_data, step, micro: int, length: int, randomize_max_len: int):
-    """The positions of a training (micro-)batch: 0..T-1, or with `model.position.randomize_max_len` = R > 0 a
-    sorted sample of T distinct positions from [0, R) (Ruoss et al. 2023), a function of (train.seed, step, micro)."""
+def training_positions(rng_data, step, micro: int, length: int, randomize_max_len: int, per_sequence: int = 0):
+    """The positions of a training (micro-)batch: 0..T-1 (None), or with `model.position.randomize_max_len` = R > 0
+    a sorted sample of T distinct positions from [0, R) (Ruoss et al. 2023), a function of (train.seed, step, micro):
+    one `[T]` for the micro-batch, or with `per_sequence` = B > 0 a `[B, T]` draw, a row for each sequence."""
     if not randomize_max_len:
         return None
     key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(rng_data), step), _POSITIONS_STREAM)
-    return positional.random_positions(jax.random.fold_in(key, micro), length, randomize_max_len)
+    key = jax.random.fold_in(key, micro)
+    if per_sequence:
+        return jax.vmap(lambda k: positional.random_positions(k, length, randomize_max_len))(
+            jax.random.split(key, per_sequence))
+    return positional.random_positions(key, length, randomize_max_len)
 
 
 def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool,
-               compute_sharding=None, randomize_max_len: int = 0):
+               compute_sharding=None, randomize_max_len: int = 0, randomize_per: str = "sequence"):
     """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients.
 
     `compute_sharding` (sharding.compute_shardings): where the forward and backward use the parameters, e.g.
     gathered over the fsdp axis; the gradients come back in the parameters' own (stored) sharding.
-    `randomize_max_len` > 0: randomized positions (`training_positions`), one draw per micro-batch.
+    `randomize_max_len` > 0: randomized positions (`training_positions`), a draw per sequence or, with
+    `randomize_per="batch"`, one per micro-batch.
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     grad_fn = jax.value_and_grad(functools.partial(_gathered_loss, compute_sharding=compute_sharding))
     params = state["params"]
     length = batch["inputs"].shape[-1]
     positions = functools.partial(training_positions, state["rng"], state["step"], length=length,
-                                  randomize_max_len=randomize_max_len)
+                                  randomize_max_len=randomize_max_len,
+                                  per_sequence=batch["inputs"].shape[-2] if randomize_per == "sequence" else 0)
     if batch["inputs"].ndim == 2:
         loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None, positions(0))
     else:
@@ -278,7 +293,8 @@ class Trainer:
         step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
                                  use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
                                  compute_sharding=compute_sharding,
-                                 randomize_max_len=cfg.model.position.randomize_max_len)
+                                 randomize_max_len=cfg.model.position.randomize_max_len,
+                                 randomize_per=cfg.model.position.randomize_per)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(

@@ -238,3 +238,15 @@ def test_runs_written_before_randomized_positions_and_the_yarn_ramp_field_load_a
     bad = config_lib.load("tiny", ["--config.model.position.rope.yarn_ramp=turns"])
     with pytest.raises(config_lib.ConfigError, match="rope.yarn_ramp='turns'; choose one of: code, paper"):
         config_lib.validate(config_lib.resolve(bad, vocab_size=30))
+
+
+def test_randomized_runs_written_before_randomize_per_keep_one_draw_per_batch():
+    """A config.json without `randomize_per` drew one set of positions per micro-batch (the authors' code); new
+    configs draw a set per sequence (the paper); anything else is a one-line error naming the field."""
+    saved = config_lib.load("tiny", ["--config.model.position.randomize_max_len=64"]).to_dict()
+    saved["model"]["position"].pop("randomize_per")
+    assert config_lib.from_json(config_lib.json.dumps(saved)).model.position.randomize_per == "batch"
+    assert config_lib.load("tiny").model.position.randomize_per == "sequence"
+    bad = config_lib.load("tiny", ["--config.model.position.randomize_per=token"])
+    with pytest.raises(config_lib.ConfigError, match="model.position.randomize_per='token'; choose sequence"):
+        config_lib.validate(config_lib.resolve(bad, vocab_size=30))

@@ -186,6 +186,45 @@ def test_per_size_sizes_past_a_table_are_na_and_bad_ranges_are_errors():
             X.check_sizes(bad)
 
 
+def test_random_eval_positions_are_sorted_distinct_rows_seeded():
+    p = X.random_eval_positions(6, 20, 64, (3, 7))
+    assert p.shape == (6, 20) and p.dtype == np.int32 and (np.diff(p, axis=1) > 0).all()
+    assert p.min() >= 0 and p.max() < 64 and len({tuple(r) for r in p}) == 6
+    np.testing.assert_array_equal(p, X.random_eval_positions(6, 20, 64, (3, 7)))
+    assert not np.array_equal(p, X.random_eval_positions(6, 20, 64, (3, 8)))
+    with pytest.raises(ValueError, match="randomize_max_len=16 must be >= the evaluated length 20"):
+        X.random_eval_positions(2, 20, 16, 0)
+
+
+def test_per_size_evaluation_at_random_positions_feeds_each_row_its_own_positions():
+    """With `random_positions` = R every row reaches the model with its own sorted draw from [0, R): a stub right
+    only at positions below a cutoff scores exactly what those positions give."""
+    from jaxformer.data import synthetic
+
+    dataset = synthetic.SyntheticDataset("reverse_string")
+    seen = []
+
+    def at_positions(params, inputs_BxT, targets_BxT, positions_BxT=None):
+        positions = np.broadcast_to(np.arange(np.shape(inputs_BxT)[1]), np.shape(inputs_BxT)) \
+            if positions_BxT is None else np.asarray(positions_BxT)
+        seen.append(positions)
+        correct = positions < 40
+        return np.where(correct, 0.1, 2.0).astype(np.float32), correct
+
+    records = X.evaluate_sizes(None, {}, dataset, (1, 10), train_max=4, examples=7, batch_tokens=64,
+                               losses_fn=at_positions, random_positions=100, seed=5)
+    drawn = np.concatenate(seen)
+    assert (np.diff(drawn, axis=1) > 0).all() and drawn.max() < 100 and drawn.max() >= 40  # past 0..T-1
+    for r in records:  # exact match: the rows whose answer positions are all below 40
+        n, T = r["items"], drawn.shape[1]
+        rows = X.random_eval_positions(7, T, 100, (5, n))
+        answer_at = np.arange(n, 2 * n)  # reverse_string: n items and the separator, inputs index t predicts t+1
+        assert r["exact_match"] == pytest.approx(np.mean((rows[:, answer_at] < 40).all(axis=1)))
+    plain = X.evaluate_sizes(None, {}, dataset, (1, 10), train_max=4, examples=7, batch_tokens=64,
+                             losses_fn=at_positions)
+    assert all(r["exact_match"] == 1.0 for r in plain)  # 0..T-1: every position below 40
+
+
 def test_aggregate_sizes_over_seeds():
     def run(seed, id_exact, ood_exact):
         recs = [{"items": 1, "ood": False, "na": None, "exact_match": id_exact, "token_accuracy": id_exact},

@@ -276,12 +276,14 @@ def test_a_signal_stops_the_sweep_with_its_exit_status(tmp_path, monkeypatch, ca
 @pytest.mark.slow  # ~1 minute
 def test_sweep_with_the_per_size_protocol_and_randomized_positions(tmp_path):
     """eval_sizes: every size evaluated, OOD means and the reached column in results.md, sizes.csv and sizes.png;
-    the randomized-positions axis gives a point of its own."""
+    the randomized-positions axis gives a point of its own, evaluated at randomized positions too
+    (eval_random_positions: a "(random eval positions)" row; the plain point has none)."""
     sweep_cfg, base = _tiny("--config.data.name=synthetic/parity_check", "--config.data.block_size=16",
                             "--config.data.synthetic.min_items=1", "--config.data.synthetic.max_items=6",
                             "--config.train.steps=10", "--config.train.eval_every=10")
     with sweep_cfg.unlocked():
         sweep_cfg.eval_sizes, sweep_cfg.eval_size_examples = (1, 9), 8
+        sweep_cfg.eval_random_positions = True
         sweep_cfg.axes.model = {"position": {"name": ("rope",), "randomize_max_len": (0, 64)}}
     workdir = str(tmp_path / "sizes")
     sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lambda *a: None)
@@ -293,11 +295,17 @@ def test_sweep_with_the_per_size_protocol_and_randomized_positions(tmp_path):
     assert sizes["ood"]["exact_match"] == pytest.approx(np.mean([r["exact_match"] for r in sizes["records"][6:]]))
     with open(os.path.join(workdir, "sizes.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 9 and {r["variant"] for r in rows} == {"position=rope,randomize_max_len=0",
-                                                                 "position=rope,randomize_max_len=64"}
+    assert len(rows) == 3 * 9 and {r["variant"] for r in rows} == {
+        "position=rope,randomize_max_len=0", "position=rope,randomize_max_len=64",
+        "position=rope,randomize_max_len=64 (random eval positions)"}
     with open(os.path.join(workdir, "results.md")) as f:
         md = f.read()
     assert "## Per task size" in md and "| position=rope,randomize_max_len=64 | " in md
+    randomized = result["sizes_random_positions"]
+    assert randomized["max_len"] == 64 and [r["items"] for r in randomized["records"]] == list(range(1, 10))
+    assert [r["loss"] for r in randomized["records"]] != [r["loss"] for r in sizes["records"]]
+    assert "sizes_random_positions" not in _results(workdir, "position=rope,randomize_max_len=0,seed=0")
+    assert "| position=rope,randomize_max_len=64 (random eval positions) | " in md
     assert matplotlib.image.imread(os.path.join(workdir, "sizes.png")).ndim == 3
     with sweep_cfg.unlocked():
         sweep_cfg.eval_sizes = (5, 2)

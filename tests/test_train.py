@@ -225,14 +225,44 @@ def test_training_positions_are_a_function_of_seed_and_step():
     np.testing.assert_array_equal(p, np.asarray(draw(rng_a, 3, 0, 16, 64)))  # same (seed, step): same positions
     for other in (draw(rng_a, 4, 0, 16, 64), draw(rng_b, 3, 0, 16, 64), draw(rng_a, 3, 1, 16, 64)):
         assert not np.array_equal(p, np.asarray(other))  # another step, seed or micro-batch: another draw
+    # A draw per sequence (the default, randomize_per=sequence): rows sorted, distinct, in range, all different,
+    # and again a function of (seed, step, micro).
+    rows = np.asarray(jax.jit(train_lib.training_positions, static_argnums=(2, 3, 4, 5))(rng_a, 3, 0, 16, 64, 6))
+    assert rows.shape == (6, 16) and (np.diff(rows, axis=1) > 0).all() and rows.min() >= 0 and rows.max() < 64
+    assert len({tuple(r) for r in rows}) == 6
+    np.testing.assert_array_equal(rows, np.asarray(train_lib.training_positions(rng_a, 3, 0, 16, 64, 6)))
+    assert not np.array_equal(rows, np.asarray(train_lib.training_positions(rng_a, 4, 0, 16, 64, 6)))
 
 
-@pytest.mark.parametrize("position", ["rope", "learned"])
-def test_randomized_training_step_uses_the_drawn_positions(tiny_cfg, position):
-    """The step's loss is the loss at the positions `training_positions` draws for (seed, step), not at 0..T-1;
-    a learned table is sized to the randomized range."""
+@pytest.mark.parametrize("position", ["rope", "alibi", "sinusoidal"])
+def test_token_losses_with_a_row_of_positions_per_sequence_equal_each_sequence_alone(tiny_cfg, position):
+    """`[B, T]` positions (randomized per sequence) give each row the losses it gets alone at its own `[T]`."""
     tiny_cfg.model.position.name = position
     tiny_cfg.model.position.randomize_max_len = 96
+    trainer = train_lib.Trainer(tiny_cfg)
+    leaves, treedef = jax.tree.flatten(jax.device_get(trainer.initial_state()["params"]))
+    rng_np = np.random.default_rng(1)
+    params = jax.tree.unflatten(treedef, [x + 0.3 * rng_np.standard_normal(x.shape).astype(x.dtype) for x in leaves])
+    B, T = 3, tiny_cfg.data.block_size
+    tokens = jax.random.randint(jax.random.key(2), (B, T), 0, trainer.dataset.vocab_size)
+    targets = jnp.roll(tokens, -1, axis=1)
+    positions_BxT = train_lib.training_positions(jax.random.key_data(jax.random.key(3)), 0, 0, T, 96, B)
+    losses, correct = train_lib.token_losses(params, trainer.graphdef, tokens, targets, positions_T=positions_BxT)
+    for b in range(B):
+        alone, alone_correct = train_lib.token_losses(params, trainer.graphdef, tokens[b:b + 1], targets[b:b + 1],
+                                                      positions_T=positions_BxT[b])
+        np.testing.assert_allclose(np.asarray(losses[b]), np.asarray(alone[0]), rtol=1e-5, atol=1e-5)
+    plain, _ = train_lib.token_losses(params, trainer.graphdef, tokens, targets)
+    assert not np.allclose(np.asarray(losses), np.asarray(plain), atol=1e-4)  # the positions are used
+
+
+@pytest.mark.parametrize("position,per", [("rope", "sequence"), ("learned", "sequence"), ("rope", "batch")])
+def test_randomized_training_step_uses_the_drawn_positions(tiny_cfg, position, per):
+    """The step's loss is the loss at the positions `training_positions` draws for (seed, step), a row per sequence
+    or one for the batch, not at 0..T-1; a learned table is sized to the randomized range."""
+    tiny_cfg.model.position.name = position
+    tiny_cfg.model.position.randomize_max_len = 96
+    tiny_cfg.model.position.randomize_per = per
     trainer = train_lib.Trainer(tiny_cfg)
     cfg = trainer.cfg
     assert position != "learned" or cfg.model.position.learned.max_len == 96
@@ -245,8 +275,10 @@ def test_randomized_training_step_uses_the_drawn_positions(tiny_cfg, position):
     rng = state["rng"]
     batch = trainer.dataset.batch("train", 0, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                   seed=cfg.train.seed)
-    positions = train_lib.training_positions(rng, 0, 0, cfg.data.block_size, 96)
-    assert int(positions[-1]) >= cfg.data.block_size  # (with this seed) positions past the block are trained
+    rows = cfg.data.batch_size if per == "sequence" else 0
+    positions = train_lib.training_positions(rng, 0, 0, cfg.data.block_size, 96, rows)
+    assert positions.shape == ((rows,) if rows else ()) + (cfg.data.block_size,)
+    assert int(positions.max()) >= cfg.data.block_size  # (with this seed) positions past the block are trained
     new = trainer.train_step(state, batch)
     at_drawn = float(train_lib.loss_fn(params, trainer.graphdef, batch, None, positions))
     at_plain = float(train_lib.loss_fn(params, trainer.graphdef, batch))
