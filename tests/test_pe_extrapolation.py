@@ -5,6 +5,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -46,11 +47,15 @@ def test_the_comparison_has_its_paired_differences():
 
 @pytest.mark.parametrize("sweep", PAIRED_SWEEPS)
 def test_committed_paired_md_regenerates_byte_for_byte(sweep, tmp_path):
+    with open(os.path.join(HERE, sweep, "paired.md")) as f:
+        committed = f.read()
+    root = os.path.dirname(os.path.dirname(HERE))
+    with_dirs = tuple(os.path.join(root, d) for d in re.findall(r"--with ([^`\s]+)", committed.split("\n", 3)[2]))
     copy = tmp_path / sweep
     shutil.copytree(os.path.join(HERE, sweep), copy, ignore=shutil.ignore_patterns("*.png", "paired.md"))
-    text = _script("paired").report(str(copy), label=os.path.join("experiments", "pe_extrapolation", sweep))
-    with open(os.path.join(HERE, sweep, "paired.md")) as f:
-        assert f.read() == text, f"{sweep}/paired.md does not regenerate: run experiments/pe_extrapolation/paired.py"
+    text = _script("paired").report(str(copy), label=os.path.join("experiments", "pe_extrapolation", sweep),
+                                    with_dirs=with_dirs)
+    assert committed == text, f"{sweep}/paired.md does not regenerate: run experiments/pe_extrapolation/paired.py"
 
 
 @pytest.mark.parametrize("a,b,multiplier", [("kerple", "t5", 8), ("alibi", "kerple", 8), ("rope", "t5", 1),

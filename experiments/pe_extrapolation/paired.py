@@ -5,11 +5,15 @@
      hurt, or tie?), paired per seed;
   2. every pair of variants at every eval length (e.g. KERPLE vs T5, ALiBi vs KERPLE at 8x), paired per seed;
   3. per length, the variants ranked by mean loss with the difference between neighbours.
+`--with OTHER_SWEEP` adds another sweep's variants (a control run beside the comparison, e.g. fire_init_L/) to the
+ranking and pairs them with this sweep's.
 Every interval is jaxformer.statistics.paired_difference (95% paired Student-t over the seeds both runs have, from
 scipy.stats), on the full-precision losses of runs/*/extrapolation.json that results.csv is written from; an
 interval containing 0 is a tie. Writes <sweep>/paired.md and prints it.
 
     python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare
+    python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/fire_init_L \
+        --with experiments/pe_extrapolation/shakespeare
 """
 
 import argparse
@@ -40,22 +44,37 @@ def by_seed(x: dict, sliding: bool = False) -> dict[int, float]:
     return dict(zip(x["loss_seeds"], x["losses"], strict=True))
 
 
-def report(sweep_dir: str, label: str | None = None) -> str:
-    """The markdown of paired.md; `label` names the sweep in it (default: its path from the repository root)."""
-    label = label or os.path.relpath(os.path.abspath(sweep_dir), ROOT)
+def _variants(sweep_dir: str) -> list[dict]:
     results, unfinished = extrapolation.load_results(sweep_dir)
     if unfinished:
         raise SystemExit(f"{sweep_dir}: {len(unfinished)} runs not evaluated yet ({', '.join(unfinished)}); "
                          "finish the sweep first")
-    variants = extrapolation.aggregate(results)
-    if not variants:
+    if not results:
         raise SystemExit(f"{sweep_dir}: no evaluated runs under {sweep_dir}/runs")
+    return extrapolation.aggregate(results)
+
+
+def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] = ()) -> str:
+    """The markdown of paired.md; `label` names the sweep in it (default: its path from the repository root).
+    `with_dirs`: other sweeps (the same seeds and eval lengths) whose variants join the ranking and are paired with
+    this sweep's variants, e.g. a control beside the comparison; pairs within them are left out."""
+    label = label or os.path.relpath(os.path.abspath(sweep_dir), ROOT)
+    own = _variants(sweep_dir)
+    variants = list(own)
+    for other in with_dirs:
+        for v in _variants(other):
+            if [x["multiplier"] for x in v["lengths"]] != [x["multiplier"] for x in own[0]["lengths"]]:
+                raise SystemExit(f"{other}: eval lengths differ from {sweep_dir}'s; pair sweeps with the same lengths")
+            if any(v["variant"] == u["variant"] for u in variants):
+                v = {**v, "variant": f"{v['variant']} ({os.path.basename(os.path.normpath(other))})"}
+            variants.append(v)
+    command = " ".join([label, *(f"--with {os.path.relpath(os.path.abspath(d), ROOT)}" for d in with_dirs)])
     lengths = [(x["multiplier"], x["length"]) for x in variants[0]["lengths"]]
     head = " | ".join(f"{m}× ({n})" for m, n in lengths)
     seeds = sorted({s for v in variants for s in v["seeds"]})
     out = [f"# Paired differences: {label}", "",
            f"{len(variants)} variants, seeds {', '.join(map(str, seeds))}; written by "
-           f"`python experiments/pe_extrapolation/paired.py {label}`. Each cell: mean of the "
+           f"`python experiments/pe_extrapolation/paired.py {command}`. Each cell: mean of the "
            "per-seed differences [95% paired Student-t interval] (jaxformer.statistics.paired_difference); "
            "**bold**: the interval excludes 0; `tie`: it contains 0.", ""]
 
@@ -65,7 +84,7 @@ def report(sweep_dir: str, label: str | None = None) -> str:
             "of using it); positive: it hurts (a 64-token window does better). At 1× the two are the same "
             "evaluation.", "",
             f"| variant | {head} |", "|---|" + "---|" * len(lengths)]
-    for v in variants:
+    for v in own:
         cells = [cell(statistics.paired_difference(by_seed(x), by_seed(x, sliding=True)),
                       digits=4, words=("helps", "hurts")) if x["multiplier"] > 1 else "(same)" for x in v["lengths"]]
         out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
@@ -85,6 +104,8 @@ def report(sweep_dir: str, label: str | None = None) -> str:
     out += ["", "## Every pair of variants, full context", "",
             "A − B per seed (negative: A is better).", "", f"| A − B | {head} |", "|---|" + "---|" * len(lengths)]
     for a, b in itertools.combinations(sorted(variants, key=lambda v: v["variant"]), 2):
+        if not any(a is v or b is v for v in own):
+            continue
         cells = [cell(statistics.paired_difference(by_seed(x), by_seed(y)))
                  for x, y in zip(a["lengths"], b["lengths"], strict=True)]
         out.append(f"| {a['variant']} − {b['variant']} | " + " | ".join(cells) + " |")
@@ -94,8 +115,10 @@ def report(sweep_dir: str, label: str | None = None) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep_dir")
+    p.add_argument("--with", dest="with_dirs", action="append", default=[], metavar="SWEEP_DIR",
+                   help="another sweep whose variants are paired with this one's (repeatable)")
     args = p.parse_args()
-    text = report(args.sweep_dir)
+    text = report(args.sweep_dir, with_dirs=tuple(args.with_dirs))
     with open(os.path.join(args.sweep_dir, "paired.md"), "w") as f:
         f.write(text)
     print(text, end="")
