@@ -354,7 +354,8 @@ def run_sweep(sweep_cfg: ml_collections.ConfigDict, workdir: str, *, base_overri
     for p in points:
         if states[p.name] != "new":
             check_same_config(os.path.join(runs_dir, p.name), p.cfg, p.name)
-    axes = " x ".join(f"{field} ({len(values)})" for field, values in flatten_axes(sweep_cfg.axes))
+    named = [(VARIANT_FIELD, tuple(sweep_cfg.variants))] if sweep_cfg.get("variants") else []
+    axes = " x ".join(f"{field} ({len(values)})" for field, values in [*named, *flatten_axes(sweep_cfg.axes)])
     done = sum(s == "done" for s in states.values())
     print_fn(f"sweep: {len(points)} point{'s' * (len(points) != 1)} ({axes or 'no axes'}), {done} finished, "
              f"into {workdir}")

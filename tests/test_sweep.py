@@ -323,8 +323,13 @@ def test_packaged_length_generalization_sweeps_validate():
     assert len(by_variant) == 12
     assert by_variant["rope_randomized"].model.position.randomize_max_len == 256
     assert by_variant["rope"].model.position.randomize_max_len == 0
-    assert by_variant["learned"].model.position.learned.max_len == 64
-    assert {p.cfg.data.name for p in points} >= {"synthetic/addition", "synthetic/reverse_string"}
+    assert by_variant["learned"].model.position.learned.max_len == 32
+    assert by_variant["rope_randomized"].model.position.randomize_per == "sequence"
+    assert {p.cfg.data.name for p in points} >= {"synthetic/sorting", "synthetic/reverse_string"}
+    assert all(p.cfg.data.bos for p in points) and sweep_cfg.eval_random_positions
+    steps = {(dict(p.values)["variant"], p.cfg.data.name): p.cfg.train.steps for p in points}
+    assert {n for (_, task), n in steps.items() if task.endswith(("reverse_string", "duplicate_string"))} == {6000}
+    assert {n for (_, task), n in steps.items() if task.endswith("sort") or task.endswith("sorting")} == {3000}
 
     sweep_cfg, base = sweep.load_sweep("sweeps.context_extension")
     points = sweep.make_points(sweep_cfg, base)

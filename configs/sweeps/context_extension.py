@@ -47,4 +47,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_tokens = 16384
     c.eval_batch_tokens = 8192
     c.eval_split = "val"
+    c.statistics = True  # 3 seeds: t intervals, and paired (by seed: every point of a seed starts from one model)
+    c.reference = "yarn"  # differences against YaRN after its fine-tune, the method Peng et al. put first
     return c

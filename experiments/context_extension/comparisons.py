@@ -1,0 +1,105 @@
+"""The paired comparisons the context-extension README discusses, from the sweep's run directories alone.
+
+Every point of a seed starts from the same base model, so methods are compared paired by seed (the base model's
+seed-to-seed variation cancels): 95% t intervals of the per-seed loss differences (jaxformer.statistics), a tie where
+the interval contains 0. Writes `comparisons.md` beside this file:
+
+    python experiments/context_extension/comparisons.py [experiments/context_extension/sweep]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from jaxformer import statistics
+
+METHODS = ("none", "linear", "ntk", "yarn")
+NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "yarn": "YaRN"}
+# (a, b, question): loss(a) - loss(b) per seed, at every eval length; < 0 means a is better.
+PAIRS = [
+    (("yarn", "fine-tuned"), ("ntk", "fine-tuned"), "YaRN <= NTK after fine-tuning (Peng et al. 2023)"),
+    (("ntk", "fine-tuned"), ("linear", "fine-tuned"), "NTK <= PI after fine-tuning (Peng et al. 2023)"),
+    (("yarn", "fine-tuned"), ("linear", "fine-tuned"), "YaRN <= PI after fine-tuning (Peng et al. 2023)"),
+    (("linear", "fine-tuned"), ("linear", "zero-shot"), "PI needs the fine-tune (Chen et al. 2023)"),
+    (("ntk", "zero-shot"), ("linear", "zero-shot"), "zero-shot: NTK <= PI (bloc97 2023; Peng et al. 2023)"),
+    (("yarn", "zero-shot"), ("ntk", "zero-shot"), "zero-shot: YaRN <= NTK (Peng et al. 2023)"),
+    (("yarn", "zero-shot"), ("none", "zero-shot"), "zero-shot: YaRN <= no scaling (the base model)"),
+    (("none", "fine-tuned"), ("yarn", "fine-tuned"), "fine-tuning without scaling vs YaRN"),
+]
+BASELINE = "sliding window of the base model (64 tokens)"
+
+
+def load(sweep_dir: str) -> tuple[dict, dict]:
+    """({(method, "fine-tuned"|"zero-shot"): {seed: {length: loss}}}, {seed: {length: sliding-window loss}})."""
+    losses: dict = {}
+    for method in METHODS:
+        for seed in range(100):
+            path = os.path.join(sweep_dir, "runs", f"scaling={method},seed={seed}", "extrapolation.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                r = json.load(f)
+            for kind, lengths in (("fine-tuned", r["lengths"]), ("zero-shot", r["zero_shot"]["lengths"])):
+                losses.setdefault((method, kind), {})[seed] = {x["length"]: x["loss"] for x in lengths
+                                                               if x.get("na") is None}
+    sliding = {}
+    for seed in range(100):
+        path = os.path.join(sweep_dir, "base", "runs", f"seed={seed}", "extrapolation.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                sliding[seed] = {x["length"]: x["sliding"]["loss"] for x in json.load(f)["lengths"]
+                                 if x.get("sliding")}
+    return losses, sliding
+
+
+def _cell(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    verdict = "tie" if d["tie"] else ("better" if d["hi"] < 0 else "worse")
+    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] {verdict}"
+
+
+def table(losses: dict, sliding: dict) -> list[str]:
+    lengths = sorted({T for per_seed in losses.values() for x in per_seed.values() for T in x})
+    head = "| comparison (a - b) | " + " | ".join(f"{T}" for T in lengths) + " |"
+    lines = [head, "|---|" + "---|" * len(lengths)]
+
+    def at(rows: dict, T: int) -> dict:
+        return {s: x[T] for s, x in rows.items() if T in x}
+
+    for a, b, question in PAIRS:
+        if a not in losses or b not in losses:
+            continue
+        cells = [_cell(statistics.paired_difference(at(losses[a], T), at(losses[b], T))) for T in lengths]
+        name = f"{NAMES[a[0]]} {a[1]} - {NAMES[b[0]]} {b[1]}"
+        lines.append(f"| {name}: {question} | " + " | ".join(cells) + " |")
+    for method in METHODS:
+        key = (method, "fine-tuned")
+        if key in losses:
+            cells = [_cell(statistics.paired_difference(at(losses[key], T), at(sliding, T))) for T in lengths]
+            lines.append(f"| {NAMES[method]} fine-tuned - {BASELINE} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    sweep_dir = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep")
+    losses, sliding = load(sweep_dir)
+    seeds = sorted({s for per_seed in losses.values() for s in per_seed})
+    out = [
+        "# Paired comparisons (written by comparisons.py from the run directories)", "",
+        f"Seeds {seeds}. Cells: mean of the per-seed loss difference a - b (nats/token) at each eval length, its 95% "
+        "paired t interval, and the verdict: `better` (a lower, interval below 0), `worse` (interval above 0) or "
+        "`tie` (the interval contains 0). Every point of a seed starts from the same base model.", "",
+        *table(losses, sliding), "",
+    ]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "comparisons.md")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
