@@ -50,11 +50,12 @@ def test_committed_paired_md_regenerates_byte_for_byte(sweep, tmp_path):
     with open(os.path.join(HERE, sweep, "paired.md")) as f:
         committed = f.read()
     root = os.path.dirname(os.path.dirname(HERE))
-    with_dirs = tuple(os.path.join(root, d) for d in re.findall(r"--with ([^`\s]+)", committed.split("\n", 3)[2]))
+    command = committed.split("\n", 3)[2]
+    with_dirs = tuple(os.path.join(root, d) for d in re.findall(r"--with ([^`\s]+)", command))
     copy = tmp_path / sweep
     shutil.copytree(os.path.join(HERE, sweep), copy, ignore=shutil.ignore_patterns("*.png", "paired.md"))
     text = _script("paired").report(str(copy), label=os.path.join("experiments", "pe_extrapolation", sweep),
-                                    with_dirs=with_dirs)
+                                    with_dirs=with_dirs, replace="--replace`" in command)
     assert committed == text, f"{sweep}/paired.md does not regenerate: run experiments/pe_extrapolation/paired.py"
 
 
@@ -80,3 +81,42 @@ def test_full_context_against_own_sliding_window_agrees_with_scipy(variant):
     assert ("tie" in cell_8x) == (lo <= 0 <= hi)
     if not lo <= 0 <= hi:
         assert ("hurts" if lo > 0 else "helps") in cell_8x
+
+
+def _ranking(text: str, multiplier: int) -> list[tuple[str, str]]:
+    """(variant, mean loss) in the order of paired.md's ranking line at that eval length."""
+    line = next(x for x in text.splitlines() if x.startswith(f"- {multiplier}× ("))
+    line = re.sub(r"\(\**[+-]\d\.\d+ \[[^\]]*\]\**(?: tie)?\)", "", line.split(": ", 1)[1])
+    return re.findall(r"(\S+(?: \(\w+\))?) (\d\.\d{3})", line)
+
+
+def test_replace_puts_the_rerun_variant_in_the_comparisons_place():
+    """shakespeare_lr4/ holds only FIRE re-run at its best of 4 rates; `--with shakespeare --replace` is the
+    comparison at every variant's best of 4 rates: FIRE once, from shakespeare_lr4's run files, among the others'
+    runs from shakespeare/. Without --replace both FIREs are kept."""
+    paired = _script("paired")
+    lr4, main = os.path.join(HERE, "shakespeare_lr4"), os.path.join(HERE, "shakespeare")
+    text = paired.report(lr4, with_dirs=(main,), replace=True)
+    for m in (1, 8):
+        ranked = dict(_ranking(text, m))
+        assert len(ranked) == len(_ranking(text, m))  # every variant once
+        expected = {os.path.basename(d).split(",")[0].removeprefix("position=")
+                    for d in glob.glob(os.path.join(main, "runs", "position=*"))}
+        if m > 1:
+            expected.discard("learned")  # its table has 64 positions: n/a past 1x
+        assert set(ranked) == expected
+        assert ranked["fire"] == f"{np.mean(list(_losses('shakespeare_lr4', 'fire', m).values())):.3f}"
+        assert ranked["rope"] == f"{np.mean(list(_losses('shakespeare', 'rope', m).values())):.3f}"
+    assert ranked["fire"] != f"{np.mean(list(_losses('shakespeare', 'fire', 8).values())):.3f}"  # 2.357 vs 2.255
+    row = next(x for x in text.splitlines() if x.startswith("| fire − rope |"))
+    assert _scipy_cell(_losses("shakespeare_lr4", "fire", 8), _losses("shakespeare", "rope", 8), 3) in row
+    assert "(shakespeare)" not in text
+    kept = paired.report(lr4, with_dirs=(main,))
+    assert "fire (shakespeare)" in dict(_ranking(kept, 8))
+
+
+def test_replace_without_with_is_refused(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["paired.py", os.path.join(HERE, "shakespeare_lr4"), "--replace"])
+    with pytest.raises(SystemExit) as e:
+        _script("paired").main()
+    assert e.value.code == 2 and "--replace needs --with" in capsys.readouterr().err

@@ -6,7 +6,9 @@
   2. every pair of variants at every eval length (e.g. KERPLE vs T5, ALiBi vs KERPLE at 8x), paired per seed;
   3. per length, the variants ranked by mean loss with the difference between neighbours.
 `--with OTHER_SWEEP` adds another sweep's variants (a control run beside the comparison, e.g. fire_init_L/) to the
-ranking and pairs them with this sweep's.
+ranking and pairs them with this sweep's; a variant of both is kept twice (the other's renamed `variant (other)`) or,
+with `--replace`, this sweep's runs stand in for the other's (shakespeare_lr4/: FIRE re-run at its best of 4 rates
+takes FIRE's place in the comparison).
 Every interval is jaxformer.statistics.paired_difference (95% paired Student-t over the seeds both runs have, from
 scipy.stats), on the full-precision losses of runs/*/extrapolation.json that results.csv is written from; an
 interval containing 0 is a tie. Writes <sweep>/paired.md and prints it.
@@ -14,6 +16,8 @@ interval containing 0 is a tie. Writes <sweep>/paired.md and prints it.
     python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare
     python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/fire_init_L \
         --with experiments/pe_extrapolation/shakespeare
+    python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare_lr4 \
+        --with experiments/pe_extrapolation/shakespeare --replace
 """
 
 import argparse
@@ -54,10 +58,11 @@ def _variants(sweep_dir: str) -> list[dict]:
     return extrapolation.aggregate(results)
 
 
-def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] = ()) -> str:
+def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] = (), replace: bool = False) -> str:
     """The markdown of paired.md; `label` names the sweep in it (default: its path from the repository root).
     `with_dirs`: other sweeps (the same seeds and eval lengths) whose variants join the ranking and are paired with
-    this sweep's variants, e.g. a control beside the comparison; pairs within them are left out."""
+    this sweep's variants, e.g. a control beside the comparison; pairs within them are left out. A variant in both
+    is kept twice, the other sweep's renamed `variant (folder)`, or with `replace` only this sweep's."""
     label = label or os.path.relpath(os.path.abspath(sweep_dir), ROOT)
     own = _variants(sweep_dir)
     variants = list(own)
@@ -66,9 +71,12 @@ def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] 
             if [x["multiplier"] for x in v["lengths"]] != [x["multiplier"] for x in own[0]["lengths"]]:
                 raise SystemExit(f"{other}: eval lengths differ from {sweep_dir}'s; pair sweeps with the same lengths")
             if any(v["variant"] == u["variant"] for u in variants):
+                if replace:
+                    continue
                 v = {**v, "variant": f"{v['variant']} ({os.path.basename(os.path.normpath(other))})"}
             variants.append(v)
-    command = " ".join([label, *(f"--with {os.path.relpath(os.path.abspath(d), ROOT)}" for d in with_dirs)])
+    command = " ".join([label, *(f"--with {os.path.relpath(os.path.abspath(d), ROOT)}" for d in with_dirs),
+                        *(["--replace"] if replace else [])])
     lengths = [(x["multiplier"], x["length"]) for x in variants[0]["lengths"]]
     head = " | ".join(f"{m}× ({n})" for m, n in lengths)
     seeds = sorted({s for v in variants for s in v["seeds"]})
@@ -117,8 +125,12 @@ def main() -> int:
     p.add_argument("sweep_dir")
     p.add_argument("--with", dest="with_dirs", action="append", default=[], metavar="SWEEP_DIR",
                    help="another sweep whose variants are paired with this one's (repeatable)")
+    p.add_argument("--replace", action="store_true",
+                   help="a variant of this sweep replaces the --with sweep's variant of the same name")
     args = p.parse_args()
-    text = report(args.sweep_dir, with_dirs=tuple(args.with_dirs))
+    if args.replace and not args.with_dirs:
+        p.error("--replace needs --with SWEEP_DIR (the sweep whose variants this one's replace)")
+    text = report(args.sweep_dir, with_dirs=tuple(args.with_dirs), replace=args.replace)
     with open(os.path.join(args.sweep_dir, "paired.md"), "w") as f:
         f.write(text)
     print(text, end="")

@@ -1,20 +1,21 @@
-"""The learning-rate grid's edge (issue 22): each variant's best of 4 rates, and the supplementary comparison at it.
+"""The learning-rate grid's edge (issue 22): each variant's best of 4 rates, and the control sweep for the variants
+whose best rate moved.
 
 Seven variants were best at the top of the 3-rate grid (1.2e-2). shakespeare_lr_edge/ holds their seed-0 runs at
 2.4e-2 (sweep_config.py there). This script reads those runs' whole-split loss at 1x beside the 3 rates of
 shakespeare_lr/lr_choice.json and writes
   shakespeare_lr_edge/lr_choice.json  every variant's losses at the 4 rates and the best of them (the main
                                       comparison keeps its best of 3: `lr_main`);
-  shakespeare_lr4/sweep_config.py     sweeps.positional with every variant at its best of the 4 rates;
-and fills shakespeare_lr4/runs/ so that only what the edge changes is trained: a variant whose best rate moved to
-2.4e-2 gets its seed-0 edge run (config, metrics, checkpoints; not its 1x-only extrapolation.json: the sweep
-evaluates it at the four lengths) and trains seeds 1-4; a variant whose best rate did not move gets the main
-comparison's 5 finished runs (shakespeare/runs/, small files), which the sweep counts as done. A run directory
-already there is left alone.
+  shakespeare_lr4/sweep_config.py     sweeps.positional narrowed to the variants whose best rate moved to 2.4e-2,
+                                      each at that rate (5 seeds, the point names of the main comparison).
+It copies no runs: the variants whose best rate did not move are the main comparison's runs (shakespeare/runs/),
+which the supplementary comparison "every variant at its best of 4 rates" reads from there:
 
     python experiments/pe_extrapolation/select_edge.py
     jaxformer sweep --config experiments/pe_extrapolation/shakespeare_lr4/sweep_config.py \\
         --workdir experiments/pe_extrapolation/shakespeare_lr4
+    python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare_lr4 \\
+        --with experiments/pe_extrapolation/shakespeare --replace
 """
 
 import glob
@@ -22,11 +23,10 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAIN, EDGE, LR4 = (os.path.join(HERE, d) for d in ("shakespeare", "shakespeare_lr_edge", "shakespeare_lr4"))
+EDGE, LR4 = (os.path.join(HERE, d) for d in ("shakespeare_lr_edge", "shakespeare_lr4"))
 
 
 def main() -> int:
@@ -58,12 +58,25 @@ def main() -> int:
                                        for lr, loss in sorted(losses.items())}}
     with open(os.path.join(EDGE, "lr_choice.json"), "w") as f:
         json.dump(out, f, indent=1, sort_keys=True)
-    os.makedirs(os.path.join(LR4, "runs"), exist_ok=True)
-    lines = ",\n".join(f"    {v!r}: {rec['lr']!r}" for v, rec in out.items())
+    moved = {v: rec["lr"] for v, rec in out.items() if rec["lr"] != rec["lr_main"]}
+    for v, rec in out.items():
+        mark = " (moved)" if v in moved else ""
+        print(f"{v:10s} lr {rec['lr']:g}{mark}  " + "  ".join(f"{lr}: {loss:.4f}" for lr, loss in
+                                                              rec["loss_at_1x_by_lr"].items() if loss is not None))
+    if not moved:
+        print("no variant's best rate moved: the main comparison is already at every variant's best of 4 rates")
+        return 0
+    os.makedirs(LR4, exist_ok=True)
+    lines = ",\n".join(f"    {v!r}: {lr!r}" for v, lr in moved.items())
     with open(os.path.join(LR4, "sweep_config.py"), "w") as f:
-        f.write(f'''"""sweeps.positional with each variant's learning rate the best of 4 on seed 0 (written by
-select_edge.py from shakespeare_lr_edge/lr_choice.json: the 3 rates of shakespeare_lr and the 2.4e-2 edge point).
-A supplementary comparison beside the main one (shakespeare/, best of the 3 planned rates)."""
+        f.write(f'''"""The variants whose best learning rate moved to the grid's edge, at it (written by
+select_edge.py from shakespeare_lr_edge/lr_choice.json: the best of the 3 rates of shakespeare_lr and the 2.4e-2 edge
+point, on seed 0). sweeps.positional narrowed to them, 5 seeds, the same point names as the main comparison
+(shakespeare/); the other variants' best rate is the main comparison's, so "every variant at its best of 4 rates" is
+
+    python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare_lr4 \\\\
+        --with experiments/pe_extrapolation/shakespeare --replace
+"""
 
 from jaxformer.configs.sweeps import positional
 
@@ -74,23 +87,11 @@ LR = {{
 
 def get_config():
     c = positional.get_config()
+    c.axes.model = {{"position": {{"name": tuple(LR)}}}}
     c.overrides_by_variant = {{name: (f"--config.optim.lr={{lr}}",) for name, lr in LR.items()}}
+    c.reference = next(iter(LR))  # rope is not re-run here: its pairs come from paired.py --with
     return c
 ''')
-    for v, rec in out.items():
-        if rec["lr"] != rec["lr_main"]:  # moved to the edge: its seed-0 edge run, evaluated by the sweep
-            sources = {f"position={v},seed=0": edge[v][2]}
-            ignore = shutil.ignore_patterns("extrapolation.json")
-        else:  # unchanged: the main comparison's finished runs
-            sources = {os.path.basename(d): d for d in glob.glob(os.path.join(MAIN, "runs", f"position={v},seed=*"))}
-            ignore = None
-        for name, source in sorted(sources.items()):
-            target = os.path.join(LR4, "runs", name)
-            if not os.path.exists(target):
-                shutil.copytree(source, target, ignore=ignore)
-        moved = " (moved)" if rec["lr"] != rec["lr_main"] else ""
-        print(f"{v:10s} lr {rec['lr']:g}{moved}  " + "  ".join(f"{lr}: {loss:.4f}" for lr, loss in
-                                                               rec["loss_at_1x_by_lr"].items() if loss is not None))
     return 0
 
 
