@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import sys
 
 
@@ -21,6 +22,7 @@ def main() -> int:
     p.add_argument("--threshold", type=float, default=0.005, help="largest relative improvement that is flat")
     args = p.parse_args()
     flat = total = 0
+    by_variant: dict[str, list[float]] = {}  # relative improvement of each finished run, per position encoding
     print(f"{'run':36s} {'val@end-' + str(args.window):>12s} {'val@end':>8s} {'change':>8s}  flat")
     for run in sorted(glob.glob(os.path.join(args.sweep_dir, "runs", "*"))):
         with open(os.path.join(run, "config.json")) as f:
@@ -37,7 +39,13 @@ def main() -> int:
         change = (before - end) / before
         ok = change < args.threshold
         flat, total = flat + ok, total + 1
+        with open(os.path.join(run, "config.json")) as f:
+            by_variant.setdefault(json.load(f)["model"]["position"]["name"], []).append(change)
         print(f"{os.path.basename(run):36s} {before:12.4f} {end:8.4f} {-100 * change:+7.2f}%  {'yes' if ok else 'NO'}")
+    for name, changes in sorted(by_variant.items()):
+        print(f"{name:12s} improved {100 * statistics.median(changes):.2f}% (median of {len(changes)}; "
+              f"{100 * min(changes):.2f}-{100 * max(changes):.2f}%), "
+              f"{sum(c < args.threshold for c in changes)} flat")
     print(f"{flat} of {total} finished runs improved by less than {100 * args.threshold:g}% over their last "
           f"{args.window} steps")
     return 0
