@@ -123,8 +123,8 @@ def tables(runs: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    sweep_dir = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep")
+def render(sweep_dir: str) -> str:
+    """The text of comparisons.md for the sweep in `sweep_dir`."""
     runs = load(sweep_dir)
     seeds = sorted({s for per_seed in runs.values() for s in per_seed})
     out = ["# Per task, and the papers' comparisons paired by seed (written by comparisons.py from the run "
@@ -139,10 +139,16 @@ def main(argv: list[str]) -> int:
            "0); with one usable seed, that seed's difference, no interval. Only seeds where both models reached >= 99% "
            "exact match on the training sizes count (the papers' precondition); `-` where fewer than one is left.",
            "", *task_tables(runs), *tables(runs)]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    sweep_dir = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep")
+    text = render(sweep_dir)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "comparisons.md")
     with open(path, "w") as f:
-        f.write("\n".join(out))
-    print("\n".join(out))
+        f.write(text)
+    print(text)
     return 0
 
 

@@ -83,8 +83,8 @@ def table(losses: dict, sliding: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    sweep_dir = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep")
+def render(sweep_dir: str) -> str:
+    """The text of comparisons.md for the sweep in `sweep_dir`."""
     losses, sliding = load(sweep_dir)
     seeds = sorted({s for per_seed in losses.values() for s in per_seed})
     out = [
@@ -94,10 +94,16 @@ def main(argv: list[str]) -> int:
         "`tie` (the interval contains 0). Every point of a seed starts from the same base model.", "",
         *table(losses, sliding), "",
     ]
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    sweep_dir = argv[0] if argv else os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep")
+    text = render(sweep_dir)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "comparisons.md")
     with open(path, "w") as f:
-        f.write("\n".join(out))
-    print("\n".join(out))
+        f.write(text)
+    print(text)
     return 0
 
 
