@@ -16,7 +16,9 @@ import sys
 from jaxformer import statistics
 
 METHODS = ("none", "linear", "ntk", "yarn")
-NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "yarn": "YaRN"}
+NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "yarn": "YaRN",
+         "linear400": "PI (linear), 400 steps"}
+CONTROL = "pi_400"  # beside the sweep: PI fine-tuned 4x longer (400 steps), from the same base runs
 # (a, b, question): loss(a) - loss(b) per seed, at every eval length; < 0 means a is better.
 PAIRS = [
     (("yarn", "fine-tuned"), ("ntk", "fine-tuned"), "YaRN <= NTK after fine-tuning (Peng et al. 2023)"),
@@ -27,16 +29,21 @@ PAIRS = [
     (("yarn", "zero-shot"), ("ntk", "zero-shot"), "zero-shot: YaRN <= NTK (Peng et al. 2023)"),
     (("yarn", "zero-shot"), ("none", "zero-shot"), "zero-shot: YaRN <= no scaling (the base model)"),
     (("none", "fine-tuned"), ("yarn", "fine-tuned"), "fine-tuning without scaling vs YaRN"),
+    (("linear400", "fine-tuned"), ("linear", "fine-tuned"), "control: PI with a 4x longer fine-tune vs 100 steps"),
+    (("linear400", "fine-tuned"), ("yarn", "fine-tuned"), "control: PI at 400 steps vs YaRN at 100"),
+    (("linear400", "fine-tuned"), ("ntk", "fine-tuned"), "control: PI at 400 steps vs NTK at 100"),
 ]
 BASELINE = "sliding window of the base model (64 tokens)"
 
 
 def load(sweep_dir: str) -> tuple[dict, dict]:
-    """({(method, "fine-tuned"|"zero-shot"): {seed: {length: loss}}}, {seed: {length: sliding-window loss}})."""
+    """({(method, "fine-tuned"|"zero-shot"): {seed: {length: loss}}}, {seed: {length: sliding-window loss}}); the
+    control beside the sweep (`../pi_400`), where it is there, as the method "linear400"."""
     losses: dict = {}
-    for method in METHODS:
+    control = os.path.join(os.path.dirname(os.path.abspath(sweep_dir)), CONTROL)
+    for method, folder, scaling in [*((m, sweep_dir, m) for m in METHODS), ("linear400", control, "linear")]:
         for seed in range(100):
-            path = os.path.join(sweep_dir, "runs", f"scaling={method},seed={seed}", "extrapolation.json")
+            path = os.path.join(folder, "runs", f"scaling={scaling},seed={seed}", "extrapolation.json")
             if not os.path.exists(path):
                 continue
             with open(path) as f:
@@ -75,7 +82,7 @@ def table(losses: dict, sliding: dict) -> list[str]:
         cells = [_cell(statistics.paired_difference(at(losses[a], T), at(losses[b], T))) for T in lengths]
         name = f"{NAMES[a[0]]} {a[1]} - {NAMES[b[0]]} {b[1]}"
         lines.append(f"| {name}: {question} | " + " | ".join(cells) + " |")
-    for method in METHODS:
+    for method in (*METHODS, "linear400"):
         key = (method, "fine-tuned")
         if key in losses:
             cells = [_cell(statistics.paired_difference(at(losses[key], T), at(sliding, T))) for T in lengths]
