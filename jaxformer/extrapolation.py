@@ -464,7 +464,7 @@ def plot_sizes(variants: list[dict], path: str, *, title: str = "") -> None:
     the longest training size marked: the per-length curve of the length-generalization papers."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), dpi=120)
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")  # 20 distinct colours for a task's 15 rows
     for ax, (key, label) in zip(axes, (("exact_match", "exact match (%)"), ("token_accuracy", "token accuracy (%)")),
                                 strict=True):
         for i, v in enumerate(variants):
@@ -474,7 +474,8 @@ def plot_sizes(variants: list[dict], path: str, *, title: str = "") -> None:
             if not pts:
                 continue
             n, mean, std = zip(*pts, strict=True)
-            ax.errorbar(n, mean, yerr=std, fmt="-", color=cmap(i % 10), label=v["variant"], capsize=2, linewidth=1.4)
+            ax.errorbar(n, mean, yerr=std, fmt="--" if v["variant"].endswith("(random eval positions)") else "-",
+                        color=cmap(i % cmap.N), label=v["variant"], capsize=2, linewidth=1.4)
         train_max = next((v["sizes"]["train_max_items"] for v in variants if v.get("sizes")), None)
         if train_max:
             ax.axvline(train_max + 0.5, color="grey", linestyle=":", linewidth=1)

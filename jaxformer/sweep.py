@@ -535,10 +535,7 @@ def write_reports(workdir: str) -> list[str]:
     if settings["statistics"]:
         add_statistics(variants, settings["reference"])
     lines = summary_lines(variants)
-    first = next((r for r in results if not r["variant"].endswith(" zero-shot")), results[0]) if results else None
-    title = (f"{first['data']}, trained at T={first['block_size']} for {first['steps']} steps "
-             f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)"
-             if first else "no finished runs")
+    title = _title([r for r in results if not r["variant"].endswith(" zero-shot")] or results)
     _write_csv(variants, os.path.join(workdir, "results.csv"))
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"),
                     settings=settings)
@@ -546,7 +543,9 @@ def write_reports(workdir: str) -> list[str]:
                                      title=f"Loss vs eval length (dashed: sliding window of the training "
                                            f"length)\n{title}")
     if any(v.get("sizes") for v in variants):
-        extrapolation.plot_sizes(variants, os.path.join(workdir, "sizes.png"), title=f"Accuracy per task size\n{title}")
+        for name, group in size_plots(variants):
+            extrapolation.plot_sizes(group, os.path.join(workdir, name),
+                                     title=f"Accuracy per task size\n{_title([r for v in group for r in v['runs']])}")
         _write_sizes_csv(variants, os.path.join(workdir, "sizes.csv"))
     which = "longest eval length" if variants and variants[0]["has_accuracy"] else "all eval lengths pooled"
     extrapolation.plot_position_loss(variants, os.path.join(workdir, "position_loss.png"),
@@ -635,6 +634,31 @@ def _write_sizes_csv(variants: list[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
+def _title(results: list[dict]) -> str:
+    """What the runs trained on, for report titles: one dataset and step count, or (a sweep over several, e.g.
+    the algorithmic tasks) how many datasets and the range of steps."""
+    if not results:
+        return "no finished runs"
+    first = results[0]
+    datas = list(dict.fromkeys(r["data"] for r in results))
+    steps = sorted({r["steps"] for r in results})
+    data = first["data"] if len(datas) == 1 else f"{len(datas)} datasets"
+    trained = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    return (f"{data}, trained at T={first['block_size']} for {trained} steps "
+            f"({first['model']['n_layer']}L/{first['model']['n_head']}H/{first['model']['n_embd']}D)")
+
+
+def size_plots(variants: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(file name, variants) of the per-size plots: `sizes.png` for a sweep on one dataset, `sizes_<task>.png` per
+    dataset for a sweep over several (one plot of every task's curves would mix tasks under one title)."""
+    with_sizes = [v for v in variants if v.get("sizes")]
+    datas = list(dict.fromkeys(v["runs"][0]["data"] for v in with_sizes))
+    if len(datas) <= 1:
+        return [("sizes.png", with_sizes)] if with_sizes else []
+    return [(f"sizes_{d.rsplit('/', 1)[-1]}.png", [v for v in with_sizes if v["runs"][0]["data"] == d])
+            for d in datas]
+
+
 def sizes_markdown(variants: list[dict]) -> list[str]:
     """The protocol's table: exact match at the training sizes, the mean over the OOD sizes, and whether each model
     reached REACHED exact match in distribution first (the papers' precondition)."""
@@ -658,7 +682,10 @@ def sizes_markdown(variants: list[dict]) -> list[str]:
         parts = (("in_distribution", "exact_match"), ("ood", "exact_match"), ("ood", "token_accuracy"))
         cells = [_fmt(s[part][key], percent=True) if s.get(part) else "-" for part, key in parts]
         out.append(f"| {v['variant']} | {s['reached']}/{s['seeds']} | " + " | ".join(cells) + " |")
-    out += ["", "Per size: `sizes.csv`.", "", "![accuracy per task size](sizes.png)"]
+    out += ["", "Per size: `sizes.csv`."]
+    for name, group in size_plots(variants):
+        out += ["", f"![accuracy per task size: {group[0]['runs'][0]['data']}]({name})" if name != "sizes.png" else
+                "![accuracy per task size](sizes.png)"]
     return out
 
 

@@ -543,3 +543,22 @@ def test_a_point_saved_before_a_field_existed_matches_when_the_field_is_unread(t
     (run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="rope.yarn_ramp='paper', the sweep now gives 'code'"):
         sweep.check_same_config(str(run_dir), yarn, "position=rope,seed=0")
+
+
+def test_a_sweep_over_several_tasks_gets_a_size_plot_and_a_title_per_task():
+    """One plot of every task's per-size curves under the first task's title mislabelled them: a sweep over several
+    datasets gets `sizes_<task>.png` each, and its report title counts the datasets and gives the step range."""
+    def variant(name, data, steps):
+        run = {"data": data, "steps": steps, "block_size": 32, "model": {"n_layer": 2, "n_head": 4, "n_embd": 64}}
+        return {"variant": name, "runs": [run], "sizes": {"per_size": []}}
+
+    several = [variant("a,x", "synthetic/reverse_string", 6000), variant("b,x", "synthetic/sorting", 3000),
+               variant("a,y", "synthetic/reverse_string", 6000), {"variant": "no sizes", "runs": [{}]}]
+    plots = sweep.size_plots(several)
+    assert [(name, [v["variant"] for v in group]) for name, group in plots] == [
+        ("sizes_reverse_string.png", ["a,x", "a,y"]), ("sizes_sorting.png", ["b,x"])]
+    assert sweep._title([v["runs"][0] for v in several[:3]]) == \
+        "2 datasets, trained at T=32 for 3000-6000 steps (2L/4H/64D)"
+    one = [variant("a", "synthetic/copy", 100), variant("b", "synthetic/copy", 100)]
+    assert [name for name, _ in sweep.size_plots(one)] == ["sizes.png"]
+    assert sweep._title([v["runs"][0] for v in one]) == "synthetic/copy, trained at T=32 for 100 steps (2L/4H/64D)"
