@@ -316,20 +316,18 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
     if sizes and getattr(dataset, "task", None) is not None:
         train_max = train_max_items(dataset, cfg.data.block_size)
         table = positional.max_length(cfg.model.position)
-        size_records = [] if stopped else evaluate_sizes(
-            graphdef, params, dataset, sizes, train_max=train_max, examples=size_examples,
-            batch_tokens=batch_tokens, split=split, max_length=table)
-        result["sizes"] = {"train_max_items": train_max, "examples": size_examples, "records": size_records,
-                           **size_summary(size_records)}
+
+        def per_size(**positions) -> dict:  # the protocol's record, at 0..T-1 or (`positions`) randomized ones
+            records = [] if stopped else evaluate_sizes(
+                graphdef, params, dataset, sizes, train_max=train_max, examples=size_examples,
+                batch_tokens=batch_tokens, split=split, max_length=table, **positions)
+            return {"train_max_items": train_max, "examples": size_examples, "records": records,
+                    **({"max_len": positions["random_positions"]} if positions else {}), **size_summary(records)}
+
+        result["sizes"] = per_size()
         randomized = cfg.model.position.get("randomize_max_len", 0)
         if random_positions and randomized:
-            size_records = [] if stopped else evaluate_sizes(
-                graphdef, params, dataset, sizes, train_max=train_max, examples=size_examples,
-                batch_tokens=batch_tokens, split=split, max_length=table, random_positions=randomized,
-                seed=cfg.train.seed)
-            result["sizes_random_positions"] = {"train_max_items": train_max, "examples": size_examples,
-                                                "records": size_records, "max_len": randomized,
-                                                **size_summary(size_records)}
+            result["sizes_random_positions"] = per_size(random_positions=randomized, seed=cfg.train.seed)
     result["seconds"]["eval"] = time.perf_counter() - start
     result["cpu_seconds"]["eval"] = time.process_time() - cpu_start
     write_result(os.path.join(run_dir, RESULT_FILE), result)
