@@ -1,5 +1,7 @@
 """The GPT modules: shapes, parameter count, causality, KV-cache decoding = full forward for every variant."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,23 +207,38 @@ def test_randomized_positions_through_the_chunked_attention_equal_the_reference(
 
 def test_default_fields_bit_for_bit():
     """The model fields added for pretrained models (norm, mlp, tie_embeddings, head_dim, qkv_bias) at their
-    defaults build today's model: the same parameter tree, bitwise-equal parameters and logits as the model made
-    before the fields existed (tests/golden/model_defaults.npz, written by tests/golden/make_model_defaults.py at
-    commit 89ef887), for a RoPE model, a GPT-2-style one (learned, biases, tanh GELU) and ALiBi with GQA."""
-    import os
-    import sys
+    defaults build today's model: the same parameter tree, and parameters and logits equal to the model made before
+    the fields existed (tests/golden/model_defaults/<cpu kind>.npz, written by tests/golden/make_model_defaults.py
+    from commit 89ef887's code), for a RoPE model, a GPT-2-style one (learned, biases, tanh GELU) and ALiBi with GQA.
+    Bit for bit where a golden was written on this machine's kind (tests/goldens.py), to float32 rounding elsewhere."""
+    import goldens
+    from golden import make_model_defaults as golden
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "golden"))
-    import make_model_defaults as golden
+    from jaxformer import fingerprint
 
-    want = np.load(os.path.join(os.path.dirname(__file__), "golden", "model_defaults.npz"))
+    folder = os.path.join(os.path.dirname(__file__), "golden", "model_defaults")
+    kind, want, bitwise = goldens.pick(folder, fingerprint.machine(matmul=golden.MATMUL))
     for name, overrides in golden.CASES.items():
         flat, logits = golden.build(overrides)
-        want_params = {k.split(":param:", 1)[1] for k in want.files if k.startswith(f"{name}:param:")}
+        want_params = {k.split(":param:", 1)[1] for k in want if k.startswith(f"{name}:param:")}
         assert set(flat) == want_params, name
         for key, value in flat.items():
-            np.testing.assert_array_equal(value, want[f"{name}:param:{key}"], err_msg=f"{name} {key}")
-        np.testing.assert_array_equal(logits, want[f"{name}:logits"], err_msg=name)
+            goldens.assert_matches(value, want[f"{name}:param:{key}"], bitwise=bitwise, err_msg=f"{kind} {name} {key}")
+        goldens.assert_matches(logits, want[f"{name}:logits"], bitwise=bitwise, err_msg=f"{kind} {name}")
+
+
+def test_default_fields_golden_of_another_cpu_kind_agrees_to_float32_rounding():
+    """Every committed golden, whatever kind wrote it, holds today's model to tests/goldens.RTOL: a golden that
+    disagrees beyond float32 rounding means the model changed, not the machine."""
+    import goldens
+    from golden import make_model_defaults as golden
+
+    built = {name: golden.build(overrides) for name, overrides in golden.CASES.items()}
+    for kind, _, want in goldens.load(os.path.join(os.path.dirname(__file__), "golden", "model_defaults")):
+        for name, (flat, logits) in built.items():
+            goldens.assert_matches(logits, want[f"{name}:logits"], bitwise=False, err_msg=f"{kind} {name}")
+            for key, value in flat.items():
+                goldens.assert_matches(value, want[f"{name}:param:{key}"], bitwise=False, err_msg=f"{kind} {key}")
 
 
 def test_saved_config_without_the_model_fields_loads_as_before():

@@ -86,17 +86,18 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
 
 def test_old_run_repro_checks_bit_for_bit(old_run, capsys, monkeypatch):
     """Today's code re-runs the old run's 20 steps and gets every logged number bit for bit, with the products the
-    run recorded (XLA's dot). Bitwise equality across code versions is a property of one machine kind: the fixture
-    was written on a 2-core AMD EPYC of family 26 (Zen 5); on another kind XLA may pick other kernels (the eval test
-    above still holds the old run's loss to float32 rounding there), so there the re-run must agree to 1e-4."""
-    from jaxformer import matmul
-    from jaxformer import platform as platform_lib
+    run recorded (XLA's dot). Bitwise equality across code versions is a property of one machine kind: the fixture's
+    machine is recorded beside it (run_before_i23.fingerprint.json); on another kind XLA may pick other kernels (the
+    eval test above still holds the old run's loss to float32 rounding there), so there the re-run must agree to
+    1e-4."""
+    from jaxformer import fingerprint, matmul
 
     monkeypatch.setattr(matmul, "_cpu_backend", "xla")  # as recorded, whatever an earlier configure() chose
     status = cli.main(["repro-check", old_run, "--steps", "20"])
     out = capsys.readouterr().out
-    cpu = platform_lib.cpu_info()
-    if cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 26:
+    with open(FIXTURE + ".fingerprint.json") as f:
+        recorded_on = json.load(f)["fingerprint"]
+    if not fingerprint.differences(recorded_on, fingerprint.machine(matmul="xla")):
         assert status == 0, out
     elif status != 0:
         from jaxformer import train as train_lib
