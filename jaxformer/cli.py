@@ -350,6 +350,10 @@ def repro_check_main(argv: list[str]) -> int:
     if mismatches:
         a, b = mismatches[0]
         print(f"MISMATCH: {len(mismatches)} of {len(recorded)} records differ; first: recorded {a} vs re-run {b}")
+        gap = _largest_relative_difference(recorded, rerun)
+        if gap is not None:
+            print(f"largest relative difference of a recorded number: {gap:.1e}"
+                  + (" (float32 rounding: what another CPU kind or library version gives)" if gap < 1e-4 else ""))
         recorded_manifest = os.path.join(args.workdir, "manifest.json")
         if os.path.exists(recorded_manifest):
             differences = run_lib.environment_differences(run_lib.read_json(recorded_manifest), now)
@@ -361,6 +365,17 @@ def repro_check_main(argv: list[str]) -> int:
         return 1
     print(f"OK: the first {args.steps} steps reproduce all {len(recorded)} recorded metrics records bit for bit")
     return 0
+
+
+def _largest_relative_difference(recorded: list[dict], rerun: list[dict]) -> float | None:
+    """max |a - b| / max(|a|, |b|) over the numbers two runs logged under the same step and key; None if none."""
+    gaps = []
+    for a, b in zip(recorded, rerun, strict=False):
+        for key, x in a.items():
+            y = b.get(key)
+            if isinstance(x, float) and isinstance(y, float) and x != y and max(abs(x), abs(y)) > 0:
+                gaps.append(abs(x - y) / max(abs(x), abs(y)))
+    return max(gaps) if gaps else None
 
 
 class TqdmLogHandler(logging.StreamHandler):

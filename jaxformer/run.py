@@ -1,7 +1,8 @@
 """The run directory: everything a later command (`sample`, `eval`, `attention`, `report`) needs.
 
     <workdir>/config.json      resolved config
-              manifest.json    versions, devices, XLA flags, data hash, git revision, config hash
+              manifest.json    versions, devices, the CPU kind (vendor, family, model, instruction sets), XLA
+                               flags, data hash, git revision, config hash
               metrics.jsonl    one JSON object per logged step / evaluation (deterministic: no wall-clock values)
               timing.jsonl     wall-clock figures per logged step (tokens/s, ms/step), kept apart so that
                                metrics.jsonl is bitwise reproducible
@@ -31,7 +32,7 @@ from typing import Any
 import ml_collections
 
 from jaxformer import config as config_lib
-from jaxformer import matmul
+from jaxformer import fingerprint, matmul
 
 log = logging.getLogger("jaxformer")
 
@@ -332,6 +333,7 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str, init_from: dict 
                      "flax": flax.__version__, "optax": optax.__version__,
                      "orbax_checkpoint": getattr(orbax.checkpoint, "__version__", "unknown")},
         "device_kind": devices[0].device_kind,
+        "cpu": fingerprint.cpu(),  # vendor, family, model, instruction sets: XLA:CPU picks its kernels by them
         "platform": devices[0].platform,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
@@ -347,8 +349,9 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str, init_from: dict 
     }
 
 
-# What can change a run's numbers between two machines or installs (not `created`, `host` or `argv`).
-NUMERIC_ENVIRONMENT = ("versions", "platform", "device_kind", "device_count", "process_count", "xla_flags",
+# What can change a run's numbers between two machines or installs (not `created`, `host` or `argv`); the CPU
+# kind first: bitwise reproduction holds only on the same kind.
+NUMERIC_ENVIRONMENT = ("cpu", "versions", "platform", "device_kind", "device_count", "process_count", "xla_flags",
                        "cpu_matmul", "openblas_core", "data_hash", "git_revision")
 
 
@@ -360,7 +363,10 @@ def environment_differences(recorded: dict, now: dict) -> list[str]:
     lines = []
     for key in NUMERIC_ENVIRONMENT:
         a, b = recorded.get(key, missing), now.get(key, missing)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if key == "cpu":
+            line = cpu_kind_difference(a if isinstance(a, dict) else None, b if isinstance(b, dict) else None)
+            lines += [line] if line else []
+        elif isinstance(a, dict) and isinstance(b, dict):
             lines += [f"{key}.{k}: recorded={a.get(k, missing)}, now={b.get(k, missing)}"
                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         elif a != b:
@@ -372,6 +378,30 @@ def environment_differences(recorded: dict, now: dict) -> list[str]:
                          "which an empty OPENBLAS_CORETYPE= restores)")
             lines.append(line)
     return lines
+
+
+def cpu_kind_difference(recorded: dict | None, now: dict | None) -> str | None:
+    """One line when two manifests' CPU kinds (vendor, family, model, instruction sets) differ or the recorded one
+    is unknown, e.g. "cpu: recorded=AuthenticAMD family 26 model 2, now=GenuineIntel family 6 model 167 (+amx_bf16,
+    ...): another CPU kind; XLA picks other kernels there, so numbers agree to float32 rounding, not bit for bit";
+    None for the same kind."""
+    def kind(c: dict | None) -> str:
+        return f"{c.get('vendor')} family {c.get('family')} model {c.get('model')}" if c else "(not recorded)"
+
+    fields = ("vendor", "family", "model", "flags")
+    if not recorded and not now:
+        return None
+    if recorded and now and all(recorded.get(f) == now.get(f) for f in fields):
+        return None
+    extra = ""
+    if recorded and now and recorded.get("flags") is not None and now.get("flags") is not None:
+        gained = [f"+{f}" for f in now["flags"] if f not in recorded["flags"]]
+        lost = [f"-{f}" for f in recorded["flags"] if f not in now["flags"]]
+        extra = f" ({', '.join(gained + lost)})" if gained or lost else ""
+    why = ("another CPU kind: XLA picks other kernels there, so the numbers agree to float32 rounding, not bit for bit"
+           if recorded else "the recorded run's CPU kind is unknown (a manifest from before it was kept); on another "
+           "kind the numbers agree to float32 rounding, not bit for bit")
+    return f"cpu: recorded={kind(recorded)}, now={kind(now)}{extra}: {why}"
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -192,3 +192,39 @@ def test_resume_ignores_the_settings_of_positional_variants_the_run_does_not_use
     with pytest.raises(run_lib.RunDirError, match=r"model.position.rope.theta=500.0 differs from the run's 10000.0"):
         run_lib.check_resume_config("w", rope, _resolved("--config.model.position.name=rope",
                                                           "--config.model.position.rope.theta=500.0"))
+
+
+def test_manifest_records_the_cpu_kind_and_differences_name_it_first(tiny_cfg):
+    from jaxformer import config as config_lib
+    from jaxformer import fingerprint
+
+    now = run_lib.manifest(config_lib.resolve(tiny_cfg, vocab_size=20), data_hash="h")
+    here = fingerprint.cpu()
+    assert now["cpu"] == here and {"vendor", "family", "model", "flags"} <= set(now["cpu"])
+    zen5 = dict(now, cpu={"vendor": "AuthenticAMD", "family": 26, "model": 2, "model_name": "x", "flags": ["avx2"]},
+                versions=dict(now["versions"], jax="0.0.1"))
+    lines = run_lib.environment_differences(zen5, now)
+    assert lines[0].startswith(f"cpu: recorded=AuthenticAMD family 26 model 2, now={here['vendor']} family "
+                               f"{here['family']} model {here['model']}"), lines
+    assert "not bit for bit" in lines[0] and lines[1].startswith("versions.jax: recorded=0.0.1")
+    same_kind = dict(zen5, cpu=dict(here, model_name="renamed by the hypervisor"))
+    assert not any(line.startswith("cpu") for line in run_lib.environment_differences(same_kind, now))
+    older = {k: v for k, v in now.items() if k != "cpu"}
+    assert run_lib.environment_differences(older, now)[0].startswith("cpu: recorded=(not recorded), now=")
+
+
+def test_repro_check_mismatch_names_the_cpu_kind_first_and_the_size_of_the_difference(old_run, capsys):
+    path = os.path.join(old_run, "metrics.jsonl")
+    records = _records(old_run)
+    records[0]["loss"] *= 1 + 3e-6  # what another CPU kind's rounding looks like
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    assert cli.main(["repro-check", old_run, "--steps", "10"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("MISMATCH: ")
+    # 3e-6 here; on a CPU kind other than the fixture's the re-run's own rounding may add to it (< 1e-4)
+    gap = float(lines[1].split(": ", 1)[1].split()[0])
+    assert lines[1].startswith("largest relative difference of a recorded number: ") and 2.9e-6 <= gap < 1e-4
+    assert lines[1].endswith("(float32 rounding: what another CPU kind or library version gives)")
+    assert lines[2] == "what differs from the recorded run's manifest:"
+    assert lines[3].startswith("  cpu: recorded=(not recorded), now="), lines  # the fixture predates the field
