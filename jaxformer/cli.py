@@ -124,7 +124,9 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
               f"  jaxformer eval --workdir {quoted} --checkpoint best --full"]
     if text:
         lines.append(f"  jaxformer attention --workdir {quoted} --text {shlex.quote(text)}")
-    lines.append(f"  jaxformer runs {shlex.quote(os.path.dirname(workdir) or '.')}    # every run there, as a table")
+    from jaxformer import summaries
+
+    lines.append(f"  jaxformer runs {shlex.quote(summaries.run_parent(workdir))}    # every run there, as a table")
     return "\n".join(lines)
 
 
@@ -191,7 +193,7 @@ def eval_main(argv: list[str]) -> int:
     cfg = _apply_overrides_to_saved(args.workdir, args.overrides) if args.overrides else saved
     changed = run_lib.check_init_config(args.workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
                                         what="eval override")
-    config_lib.validate(config_lib.resolve(cfg), eval_lengths=lengths)  # e.g. a length beyond a learned table
+    config_lib.validate(config_lib.resolve(cfg))
     _, _, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
@@ -205,13 +207,20 @@ def eval_main(argv: list[str]) -> int:
     if not lengths and not sizes:
         evaluate = trainer.evaluate_full if args.full else trainer.evaluate
         result.update({"full": args.full, **evaluate(params, args.split)})
+        if "accuracy" in result:  # one name per metric: the trainer's "accuracy" is the exact match
+            result["exact_match"] = result.pop("accuracy")
     params = jax.device_get(params)
     if lengths:
         block = trainer.cfg.data.block_size
-        records = extrapolation.evaluate_lengths(
-            trainer.graphdef, params, dataset, [{"multiplier": T / block, "length": T, "na": None} for T in lengths],
-            eval_tokens=args.eval_tokens, batch_tokens=8192, split=args.split)
-        result["lengths"] = [{k: v for k, v in x.items() if k not in ("position_loss", "multiplier")}
+        limit = positional.max_length(trainer.cfg.model.position)  # a learned table: longer lengths are n/a
+        name = trainer.cfg.model.position.name
+        asked = [{"multiplier": T / block, "length": T,
+                  "na": f"n/a (the {name} table has {limit} positions)" if limit is not None and T > limit else None}
+                 for T in lengths]
+        records = extrapolation.evaluate_lengths(trainer.graphdef, params, dataset, asked,
+                                                 eval_tokens=args.eval_tokens, batch_tokens=8192, split=args.split)
+        result["lengths"] = [{k: v for k, v in x.items()
+                              if k not in ("position_loss", "multiplier") and not (k == "na" and v is None)}
                              for x in records]
     if sizes:
         train_max = extrapolation.train_max_items(dataset, trainer.cfg.data.block_size)
@@ -221,7 +230,12 @@ def eval_main(argv: list[str]) -> int:
                                                random_positions=random_positions, seed=trainer.cfg.train.seed)
         result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records),
                            **({"random_positions": random_positions} if random_positions else {})}
-    print(json.dumps(result, sort_keys=True))
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        from jaxformer import summaries
+
+        print(summaries.eval_text(result, workdir=args.workdir, checkpoint=args.checkpoint))
     return 0
 
 

@@ -108,6 +108,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                         "means over the sizes beyond the training ones)")
     p.add_argument("--eval-tokens", type=int, default=16384, help="predicted tokens per --lengths length")
     p.add_argument("--size-examples", type=int, default=128, help="examples per --sizes size")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON line (for scripts) instead of the readable summary")
     p.add_argument("--random-positions", metavar="R", type=int, nargs="?", const=0, default=None,
                    help="with --sizes: each example at its own sorted random positions from [0, R) instead of 0..T-1, "
                         "as Ruoss et al. 2023's code evaluates (no R: the run's model.position.randomize_max_len)")
@@ -175,6 +177,8 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf", required=True, help="a folder with config.json + *.safetensors + tokenizer.json, "
                    "or a hub id such as gpt2 or HuggingFaceTB/SmolLM-135M (fetched when online)")
     p.add_argument("--workdir", required=True, help="the run directory to create (must not exist or be empty)")
+    p.add_argument("--json", action="store_true",
+                   help="print the manifest's source record as one JSON line instead of the summary")
     p.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="dtype the parameters are kept and computed in")
     p.epilog = ("--config.<field>=v changes a field of the imported run's config (e.g. --config.data.block_size=512, "

@@ -184,7 +184,7 @@ def test_train_sample_eval_on_tiny_shakespeare(shakespeare_dir, tfds_data_dir, t
     assert out.stdout.startswith("ROMEO:") and len(out.stdout[:-1]) == len("ROMEO:") + 50
     out = jaxformer("sample", "--workdir", workdir, "--prompt", "ROMEO: \u00e9\u00e9")
     assert out.returncode == 2 and "\u00e9" in out.stderr
-    out = jaxformer("eval", "--workdir", workdir)
+    out = jaxformer("eval", "--workdir", workdir, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["loss"] > 0
 
@@ -258,15 +258,15 @@ def test_eval_context_extension_zero_shot_and_per_size(tiny_runs):
     """`eval --lengths` with and without a scaling override (zero-shot context extension): other numbers with it,
     the overrides reported; `--sizes` gives every size, which are OOD, and their mean."""
     rope, learned = tiny_runs
-    plain = _json(jaxformer("eval", "--workdir", rope, "--lengths", "32,64"))
+    plain = _json(jaxformer("eval", "--workdir", rope, "--lengths", "32,64", "--json"))
     assert [x["length"] for x in plain["lengths"]] == [32, 64] and plain["overrides"] == {}
     pi = _json(jaxformer("eval", "--workdir", rope, "--lengths", "32,64", "--config.model.position.rope.scaling=linear",
-                         "--config.model.position.rope.factor=2"))
+                         "--config.model.position.rope.factor=2", "--json"))
     assert pi["overrides"] == {"model.position.rope.factor": 2.0, "model.position.rope.scaling": "linear"}
     assert pi["lengths"][1]["loss"] != plain["lengths"][1]["loss"]
     for x in pi["lengths"]:
         assert 0 <= x["exact_match"] <= 1 and 0 <= x["token_accuracy"] <= 1 and x["loss"] > 0
-    sized = _json(jaxformer("eval", "--workdir", learned, "--sizes", "1:12", "--size-examples", "16"))
+    sized = _json(jaxformer("eval", "--workdir", learned, "--sizes", "1:12", "--size-examples", "16", "--json"))
     records = sized["sizes"]["records"]
     assert [r["items"] for r in records] == list(range(1, 13)) and sized["sizes"]["train_max_items"] == 8
     assert [r["ood"] for r in records] == [n > 8 for n in range(1, 13)]
@@ -292,8 +292,14 @@ def test_eval_refuses_what_would_change_the_model(tiny_runs, args, message):
 def test_eval_length_beyond_a_learned_table_and_train_init_from_errors(tiny_runs, tmp_path):
     rope, learned = tiny_runs
     before = {name: os.path.getmtime(os.path.join(rope, name)) for name in ("config.json", "manifest.json")}
+    # A length beyond a learned table is n/a with the reason, and the others are evaluated (issue 39.8).
+    out = jaxformer("eval", "--workdir", learned, "--lengths", "32,64")
+    assert out.returncode == 0, out.stderr
+    assert "n/a (the learned table has 32 positions)" in out.stdout and "loss" in out.stdout
+    beyond = _json(jaxformer("eval", "--workdir", learned, "--lengths", "32,64", "--json"))["lengths"]
+    assert "na" not in beyond[0] and beyond[0]["loss"] > 0 and 0 <= beyond[0]["exact_match"] <= 1
+    assert beyond[1]["na"] == "n/a (the learned table has 32 positions)" and "loss" not in beyond[1]
     cases = [
-        (["eval", "--workdir", learned, "--lengths", "32,64"], "eval length 64 is beyond the learned table"),
         (["train", "--init-from", str(tmp_path), "--workdir", str(tmp_path / "a")], "holds no run (no config.json)"),
         (["train", "--init-from", rope, "--workdir", str(tmp_path / "b"), "--config.model.n_layer=2"],
          "--init-from: model.n_layer=2 differs from 1"),

@@ -104,8 +104,15 @@ def test_imported_run_works_with_the_cli(tmp_path, shakespeare_dir, tfds_data_di
     assert sorted(os.listdir(run)) == ["checkpoints", "config.json", "manifest.json", "tokenizer.json"]
     manifest = json.load(open(os.path.join(run, "manifest.json")))
     assert manifest["source"]["family"] == "gpt2" and "model.safetensors" in manifest["source"]["files"]
-    capsys.readouterr()
-    assert cli.main(["eval", "--workdir", run, "--batches", "2"]) == 0
+    summary = capsys.readouterr().out  # a summary and the next commands, not a JSON blob
+    assert summary.startswith(f"imported {manifest['source']['architecture']} (gpt2 family) from {folder}")
+    assert f"run directory: {run}" in summary and "{" not in summary
+    for command in ("sample", "eval", "attention"):
+        assert f"  jaxformer {command} --workdir {run}" in summary, summary
+    again = str(tmp_path / "gpt2-json")
+    assert cli.main(["import", "--hf", folder, "--workdir", again, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["family"] == "gpt2"
+    assert cli.main(["eval", "--workdir", run, "--batches", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # (TFDS may print first)
     assert np.isfinite(result["loss"]) and result["loss"] > 0
     assert cli.main(["sample", "--workdir", run, "--prompt", "ROMEO:", "--max-new-tokens", "5",

@@ -136,7 +136,7 @@ def test_flipped_bit_falls_back_with_one_line_and_resumes_identically(reference,
         f.write(data)
     leftover = os.path.join(workdir, "checkpoints", "latest", "44.orbax-checkpoint-tmp")
     os.makedirs(leftover)  # what a save killed mid-write leaves
-    out = jaxformer("eval", "--workdir", workdir)
+    out = jaxformer("eval", "--workdir", workdir, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["step"] == 36
     assert any(f"checkpoint {damaged} is unusable" in line for line in out.stderr.splitlines()), out.stderr

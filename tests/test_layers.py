@@ -18,7 +18,8 @@ LAYERS = [
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.data", "jaxformer.kernels", "jaxformer.sharding",
      "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs",
      "jaxformer.options",  # options: every subcommand's argument table (argparse only)
-     "jaxformer.fingerprint"],  # the machine fingerprint recorded beside goldens and in run manifests
+     "jaxformer.fingerprint",  # the machine fingerprint recorded beside goldens and in run manifests
+     "jaxformer.summaries"],  # what eval and import print (plain dicts in, text out)
     ["jaxformer.model", "jaxformer.matmul"],  # NNX modules; the matmul edge
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation

@@ -40,7 +40,7 @@ def _records(workdir):
 def test_old_run_evaluates_to_its_recorded_validation_loss(old_run, capsys):
     recorded = [r for r in _records(old_run) if "val_loss" in r and r["step"] == 20][0]
     for which in ("latest", "best"):
-        assert cli.main(["eval", "--workdir", old_run, "--checkpoint", which]) == 0
+        assert cli.main(["eval", "--workdir", old_run, "--checkpoint", which, "--json"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["step"] == 20
         # Same parameters, same evaluation batches: the loss the run logged, to float32 rounding.

@@ -360,5 +360,12 @@ def import_main(argv: list[str]) -> int:
 
     args = parse("import", argv)
     record = import_checkpoint(args.hf, args.workdir, param_dtype=args.param_dtype, overrides=args.overrides)
-    print(json.dumps({"workdir": os.path.abspath(args.workdir), **record}, sort_keys=True))
+    workdir = os.path.abspath(args.workdir)
+    if args.json:
+        print(json.dumps({"workdir": workdir, **record}, sort_keys=True))
+    else:
+        from jaxformer import summaries
+
+        with open(os.path.join(workdir, "config.json")) as f:
+            print(summaries.import_text(record, workdir, json.load(f)["model"]))
     return 0
