@@ -64,7 +64,7 @@ def train_main(argv: list[str]) -> int:
         cfg = init_config(args.init_from, overrides, args.init_checkpoint, workdir)
     else:
         cfg = config_lib.load(args.config, overrides)
-    workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name)
+    workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name, overrides)
     if args.multihost:
         cfg.mesh.multihost = True
     from jaxformer.analysis import diagnostics, end_of_run
@@ -98,12 +98,12 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     else:
         lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
     if row["final_val"] is not None:
-        accuracy = f", val exact match {100 * row['accuracy']:.1f}%" if row["accuracy"] is not None else ""
+        accuracy = f", val exact match {100 * row['exact_match']:.1f}%" if row["exact_match"] is not None else ""
         lines.append(f"  val loss {row['final_val']:.4f} (best {row['best_val']:.4f} at step {row['best_step']})"
                      f"{accuracy}")
     lines.append(f"run directory: {workdir}")
     files = [("plots/loss.png", "loss curves"),
-             ("samples.txt", "the model's answers to validation prompts" if row["accuracy"] is not None
+             ("samples.txt", "the model's answers to validation prompts" if row["exact_match"] is not None
               else "text sampled at the end"),
              ("checkpoints/", "latest and best (by val loss) checkpoints"),
              ("metrics.jsonl", "every logged metric (TensorBoard: tensorboard --logdir runs)")]
@@ -111,7 +111,7 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     if result.get("stopped"):
         lines += ["next:", f"  jaxformer train --resume --workdir {quoted}    # continue from the last checkpoint"]
         return "\n".join(lines)
-    if row["accuracy"] is not None:
+    if row["exact_match"] is not None:
         text = "abcd|abcd"  # every synthetic task's vocabulary holds these characters
         sample_note = "# a random task example, answered by the model"
     else:

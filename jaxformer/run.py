@@ -41,18 +41,74 @@ class RunDirError(ValueError):
     """A workdir that cannot be used as asked (one line, says what to do)."""
 
 
-def default_workdir(config: str = "", position: str = "") -> str:
-    """`runs/<config>-<position>-<YYYYmmdd-HHMMSS>` (e.g. runs/tiny-alibi-20261206-131500): five runs with five
-    encodings can be told apart by name; a directory that exists already (two runs in one second) gets -2, -3, ..."""
+def default_workdir(config: str = "", position: str = "", overrides=()) -> str:
+    """`runs/<config>-<position>[-<overrides>]-<YYYYmmdd-HHMMSS>` (e.g. runs/copy_task-rope-theta5e5-20261206-131500):
+    runs that differ by an encoding or an override (`override_tag`) can be told apart by name; a directory that
+    exists already (two runs in one second) gets -2, -3, ..."""
     name = os.path.splitext(os.path.basename(config.rstrip("/")))[0] if config.endswith(".py") else config
     name = name.split(".")[-1]  # a packaged name such as sweeps.tiny
-    parts = [p for p in (name, position, datetime.datetime.now().strftime("%Y%m%d-%H%M%S")) if p]
+    parts = [p for p in (name, position, override_tag(overrides), datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+             if p]
     base = os.path.join("runs", "-".join(parts))
     path, i = base, 1
     while os.path.exists(path):
         i += 1
         path = f"{base}-{i}"
     return path
+
+
+# Overrides that say where things are or how a run is shown, not what it trains: left out of run names.
+_UNNAMED = ("model.position.name", "data.manual_dir", "data.data_dir", "train.progress", "train.sample_chars")
+TAG_MAX = 48  # characters of overrides in a run name; longer: cut, with a hash of them all
+
+
+def _compact(value: str) -> tuple[str, bool]:
+    """(short text, is a word) of an override's value: 500000 -> 5e5, 3e-04 -> 3e-4, 0.25 -> 0.25, yarn -> yarn."""
+    text = value.strip().strip("'\"")
+    try:
+        number = float(text)
+    except ValueError:
+        word = text.lower() if text.lower() in ("true", "false") else text
+        return "".join(c if c.isalnum() or c in "._+" else "_" for c in word.split("/")[-1]).strip("_"), True
+    if number == int(number) and abs(number) < 10000:
+        return str(int(number)), False
+    if number == int(number):
+        digits = str(int(abs(number))).rstrip("0")
+        exponent = len(str(int(abs(number)))) - 1
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return ("-" if number < 0 else "") + f"{mantissa}e{exponent}", False
+    mantissa, _, exponent = f"{number:e}".partition("e")
+    scientific = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    plain = f"{number:g}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return min(plain, scientific, key=len), False
+
+
+def override_tag(overrides) -> str:
+    """The part of a run's name that its `--config.a.b=v` overrides make: one piece per field, sorted by field,
+    `<leaf><number>` (theta5e5, fraction0.25, steps200), a word value alone (yarn, rmsnorm; `data.name` by its last
+    part), `<leaf>` / `no_<leaf>` for true / false; at most TAG_MAX characters (then a hash of all of them)."""
+    pieces = {}
+    for arg in overrides:
+        field, _, value = arg[len("--config."):].partition("=")
+        if field in _UNNAMED or not value:
+            continue
+        leaf = field.split(".")[-1]
+        text, word = _compact(value)
+        if text in ("true", "false"):
+            pieces[field] = leaf if text == "true" else f"no_{leaf}"
+        else:
+            pieces[field] = text if word else f"{leaf}{text}"
+    ordered = [pieces[f] for f in sorted(pieces)]
+    tag = "-".join(ordered)
+    if len(tag) > TAG_MAX:  # the whole pieces that fit, then a hash that tells the full sets apart
+        digest = hashlib.sha256("\n".join(f"{f}={pieces[f]}" for f in sorted(pieces)).encode()).hexdigest()[:6]
+        kept = []
+        for piece in ordered:
+            if len("-".join([*kept, piece, digest])) > TAG_MAX:
+                break
+            kept.append(piece)
+        tag = "-".join([*kept, digest])
+    return tag
 
 
 def prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:

@@ -7,7 +7,11 @@ of runs takes no JAX and no time. A run's status:
     diverged   stopped on a non-finite loss or gradient (train.nonfinite=stop)
     running    not finished and written to within the last RUNNING_WITHIN_S seconds
     stopped    not finished and quiet (Ctrl-C, SIGTERM, a crash or a kill; `train --resume` continues it)
-    broken     not readable as a run: no config.json, or a file that does not parse (the reason is shown)
+    imported   a model converted by `jaxformer import` (not trained here)
+    broken     not readable as a run: run files but no config.json, or a file that does not parse (the reason)
+
+Folders that are not runs are passed over quietly and counted: hidden ones (.git), virtual environments, empty
+ones, and those whose config.json is not a jaxformer config (a Hugging Face model folder).
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ def config_name(argv: list) -> str:
 def summarize(workdir: str) -> dict:
     """What `runs` shows of one run directory; `status` is "broken" (with `problem`) when it cannot be read."""
     row = {"path": workdir, "config": "-", "data": "-", "position": "-", "done": 0, "steps": 0, "best_val": None,
-           "best_step": None, "final_val": None, "accuracy": None, "wall_s": None, "tokens_per_s": None,
-           "status": "broken", "problem": None}
+           "best_step": None, "final_val": None, "exact_match": None, "wall_s": None, "tokens_per_s": None,
+           "status": "broken", "problem": None, "note": None}
     try:
         with open(os.path.join(workdir, "config.json")) as f:
             cfg = json.load(f)
@@ -62,12 +66,16 @@ def summarize(workdir: str) -> dict:
         row["problem"] = f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:80]
         return row
     row["config"] = config_name(manifest.get("argv", []))
+    if "source" in manifest:  # `jaxformer import`: a converted model; its data.name is only what eval would read
+        row.update(config="import", data="-", status="imported", steps=0,
+                   note=manifest["source"].get("architecture"))
+        return row
     row["done"] = max((m["step"] for m in metrics), default=0)
     evals = [m for m in metrics if "val_loss" in m]
     if evals:
         best = min(evals, key=lambda m: m["val_loss"])
         row.update(best_val=best["val_loss"], best_step=best["step"], final_val=evals[-1]["val_loss"],
-                   accuracy=evals[-1].get("val_accuracy"))
+                   exact_match=evals[-1].get("val_accuracy"))  # metrics.jsonl's val_accuracy is the exact match
     # Each timing line covers the steps since the one before (evaluations included), so they add up to the
     # training wall time; the median tokens/s leaves out the compile and the evaluations.
     previous, wall = 0, 0.0
@@ -92,24 +100,45 @@ def summarize(workdir: str) -> dict:
     return row
 
 
-def find_runs(root: str, *, depth: int = 4) -> list[str]:
+def not_a_run(path: str) -> bool:
+    """A folder `runs` passes over quietly: hidden, a virtual environment or cache, or with a config.json that is
+    not a jaxformer run's (no model/train/data sections: e.g. a Hugging Face model folder)."""
+    name = os.path.basename(os.path.normpath(path))
+    if name.startswith(".") or name in ("__pycache__", "node_modules", "site-packages") or \
+            os.path.exists(os.path.join(path, "pyvenv.cfg")):
+        return True
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return False  # no config.json, or a half-written one: summarize() says what is wrong
+    return not (isinstance(cfg, dict) and {"model", "train", "data"} <= set(cfg))
+
+
+def find_runs(root: str, *, depth: int = 4, skipped: list | None = None) -> list[str]:
     """Run directories at or under `root` (a run, a folder of runs, a sweep with runs/<point>/), sorted; a folder
-    that looks like a half-written run (some run files, no config.json) or is empty is listed too, as broken."""
-    if os.path.exists(os.path.join(root, "config.json")):
+    that looks like a half-written run (some run files, no config.json) is listed too, as broken. Folders that are
+    not runs (`not_a_run`, or empty, or holding no run below) are left out; those named by the first two rules
+    are appended to `skipped` when given."""
+    if os.path.exists(os.path.join(root, "config.json")) and not not_a_run(root):
         return [root]
     found = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
         if not os.path.isdir(path):
             continue
+        if not_a_run(path) or not os.listdir(path):
+            if skipped is not None:
+                skipped.append(path)
+            continue
         if os.path.exists(os.path.join(path, "config.json")):
             found.append(path)
             continue
-        below = find_runs(path, depth=depth - 1) if depth > 1 else []
+        below = find_runs(path, depth=depth - 1, skipped=skipped) if depth > 1 else []
         if below:
             found += below
-        elif not os.listdir(path) or any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES):
-            found.append(path)  # empty, or half-written: summarize() says why it is broken
+        elif any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES):
+            found.append(path)  # half-written: summarize() says why it is broken
     return found
 
 
@@ -123,21 +152,25 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-COLUMNS = ("run", "config", "data", "position", "steps", "best val", "accuracy", "wall", "tok/s", "status")
+COLUMNS = ("run", "config", "data", "position", "steps", "final val loss", "best val loss", "final exact match",
+           "wall", "tok/s", "status")
 
 
 def table(rows: list[dict], root: str) -> str:
-    """A plain-text table, one line per run (its path relative to `root`)."""
+    """A plain-text table, one line per run (its path relative to `root`): the last evaluation's val loss and exact
+    match beside the best val loss (with its step), each column saying which it is."""
     def cells(r):
         name = os.path.relpath(r["path"], root)
         name = r["path"] if name == "." or name.startswith("..") else name
+        final = f"{r['final_val']:.4f}" if r["final_val"] is not None else "-"
         best = f"{r['best_val']:.4f} @{r['best_step']}" if r["best_val"] is not None else "-"
-        accuracy = f"{100 * r['accuracy']:.1f}%" if r["accuracy"] is not None else "-"
+        exact = f"{100 * r['exact_match']:.1f}%" if r["exact_match"] is not None else "-"
         tokens = f"{r['tokens_per_s']:,.0f}" if r["tokens_per_s"] is not None else "-"
-        status = f"broken ({r['problem']})" if r["status"] == "broken" else r["status"]
-        steps = f"{r['done']}/{r['steps']}" if r["status"] != "broken" else "-"
-        return (name, r["config"], r["data"], r["position"], steps, best, accuracy, _duration(r["wall_s"]), tokens,
-                status)
+        why = r["problem"] or r["note"]
+        status = f"{r['status']} ({why})" if why else r["status"]
+        steps = f"{r['done']}/{r['steps']}" if r["status"] not in ("broken", "imported") else "-"
+        return (name, r["config"], r["data"], r["position"], steps, final, best, exact, _duration(r["wall_s"]),
+                tokens, status)
 
     lines = [COLUMNS, *(cells(r) for r in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
@@ -154,13 +187,64 @@ def runs_main(argv: list[str]) -> int:
         return 0
     if not os.path.isdir(args.dir):
         raise FileNotFoundError(f"{args.dir} is not a directory; give a folder of runs (default: runs/)")
-    paths = find_runs(args.dir)
+    skipped = []
+    paths = find_runs(args.dir, skipped=skipped)
+    passed = (f" ({len(skipped)} folder{'s' * (len(skipped) != 1)} that are not runs passed over: hidden, virtual "
+              "environments, empty, or not a jaxformer config.json)") if skipped else ""
     if not paths:
-        print(f"no runs in {args.dir} (a run directory holds config.json; `jaxformer train` makes one)")
+        print(f"no runs in {args.dir} (a run directory holds config.json; `jaxformer train` makes one){passed}")
         return 0
     rows = [summarize(p) for p in paths]
     print(table(rows, args.dir))
+    if passed:
+        print(passed.strip()[1:-1])
     return 0
+
+
+# Config fields that differ between runs without making them different experiments (where things are, display).
+_NOT_DISTINGUISHING = ("data.manual_dir", "data.data_dir", "train.progress", "train.sample_chars", "model.vocab_size")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def distinguishing_fields(configs: list[dict]) -> list[dict]:
+    """For each run's config.json, the fields whose values differ between the runs (those of the variant each run
+    uses only: `model.position.<other variant>.*` builds nothing), as {short name: value}."""
+    flats = [_flat(c) for c in configs]
+
+    def read(flat: dict, key: str) -> bool:
+        parts = key.split(".")
+        other_variant = len(parts) > 3 and parts[2] != flat.get("model.position.name")
+        return not (key.startswith("model.position.") and other_variant)
+
+    keys = sorted({k for f in flats for k in f} - set(_NOT_DISTINGUISHING))
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats if read(f, k)}) > 1]
+    short = lambda k: "position" if k == "model.position.name" else ".".join(k.split(".")[-2:])  # noqa: E731
+    return [{short(k): f.get(k) for k in differ if read(f, k) and k in f} for f in flats]
+
+
+def legend_labels(paths: list[str]) -> dict[str, str]:
+    """path -> its label in `compare`'s legend: the run's name (its folder; the part below the runs' common folder)
+    and, where the names alone do not say it, the config fields that tell the runs apart (at most 3)."""
+    root = os.path.commonpath([os.path.abspath(p) for p in paths]) if len(paths) > 1 else None
+    names = [os.path.relpath(os.path.abspath(p), root) if root else p for p in paths]
+    configs = []
+    for p in paths:
+        with open(os.path.join(p, "config.json")) as f:
+            configs.append(json.load(f))
+    out = {}
+    for path, name, fields in zip(paths, names, distinguishing_fields(configs), strict=True):
+        shown = [f"{k}={v}" for k, v in fields.items() if str(v) not in name][:3]
+        out[path] = f"{name} ({', '.join(shown)})" if shown else name
+    return out
 
 
 def compare_main(argv: list[str]) -> int:
@@ -178,8 +262,8 @@ def compare_main(argv: list[str]) -> int:
         raise ValueError(f"{broken[0]['path']}: {broken[0]['problem']}")
     root = os.path.commonpath([os.path.abspath(p) for p in args.runs]) if len(args.runs) > 1 else "."
     print(table(rows, root if len(args.runs) > 1 else "."))
-    curves = {os.path.relpath(os.path.abspath(p), root) if len(args.runs) > 1 else p:
-              _jsonl(os.path.join(p, "metrics.jsonl")) for p in args.runs}
+    labels = legend_labels(args.runs)
+    curves = {labels[p]: _jsonl(os.path.join(p, "metrics.jsonl")) for p in args.runs}
     plots.compare_curves(curves, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -743,7 +743,7 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                 writer.write(record)
                 result.update(record)
                 log.info("step %d: train %.4f, val %.4f%s", done, train_eval["loss"], val["loss"],
-                         f", val accuracy {val['accuracy']:.3f}" if "accuracy" in val else "")
+                         f", val exact match {100 * val['accuracy']:.1f}%" if "accuracy" in val else "")
                 # `best` is only ever a state evaluated here, labelled with this loss (and with finite parameters).
                 if val["loss"] < best_val and checkpoint_lib.all_finite(state["params"]):
                     checkpoints.save_best(done, state, val_loss=val["loss"])

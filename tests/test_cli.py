@@ -365,7 +365,9 @@ def test_first_hour_train_names_the_run_summarises_and_sample_answers_a_task(tmp
     out = jaxformer("train", "--config", "tiny", "--config.train.steps=20", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (name,) = os.listdir(tmp_path / "runs")
-    assert re.fullmatch(r"tiny-rope-\d{8}-\d{6}", name), name
+    assert re.fullmatch(r"tiny-rope-steps20-\d{8}-\d{6}", name), name  # the override is in the name
+    # one name per metric: the training log says "exact match", as the summary below does
+    assert re.search(r"step 20: train \d\.\d{4}, val \d\.\d{4}, val exact match \d+\.\d%", out.stderr), out.stderr
     workdir = os.path.join("runs", name)
     assert out.stdout.startswith("finished 20/20 steps in "), out.stdout
     assert f"run directory: {workdir}" in out.stdout and "plots/loss.png" in out.stdout
@@ -401,6 +403,8 @@ def test_first_hour_train_names_the_run_summarises_and_sample_answers_a_task(tmp
 
 
 def test_default_run_names_never_collide(tmp_path, monkeypatch):
+    import re
+
     from jaxformer import run as run_lib
 
     monkeypatch.chdir(tmp_path)
@@ -410,6 +414,8 @@ def test_default_run_names_never_collide(tmp_path, monkeypatch):
     second = run_lib.default_workdir("configs/tiny.py", "alibi")
     assert second in (f"{first}-2", ) or not second.startswith(first)  # same second: -2; the next second: new name
     assert run_lib.default_workdir("sweeps.tiny", "rope").startswith(os.path.join("runs", "tiny-rope-"))
+    theta = run_lib.default_workdir("configs/copy_task.py", "rope", ["--config.model.position.rope.theta=500000"])
+    assert re.fullmatch(r"runs/copy_task-rope-theta5e5-\d{8}-\d{6}", theta), theta
 
 
 def test_log_lines_go_above_the_progress_bar():

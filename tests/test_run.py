@@ -228,3 +228,26 @@ def test_repro_check_mismatch_names_the_cpu_kind_first_and_the_size_of_the_diffe
     assert lines[1].endswith("(float32 rounding: what another CPU kind or library version gives)")
     assert lines[2] == "what differs from the recorded run's manifest:"
     assert lines[3].startswith("  cpu: recorded=(not recorded), now="), lines  # the fixture predates the field
+
+
+@pytest.mark.parametrize("overrides, tag", [
+    (["--config.model.position.rope.theta=500000"], "theta5e5"),
+    (["--config.model.position.rope.fraction=0.25", "--config.model.position.name=rope"], "fraction0.25"),
+    (["--config.model.position.rope.scaling=yarn", "--config.model.position.rope.factor=4",
+      "--config.optim.lr=3e-4", "--config.train.steps=100"], "factor4-yarn-lr3e-4-steps100"),
+    (["--config.data.name=synthetic/reverse_string", "--config.data.bos=True", "--config.model.bias=false"],
+     "bos-reverse_string-no_bias"),
+    (["--config.data.manual_dir=/x", "--config.train.progress=false"], ""),  # where things are: not in the name
+])
+def test_run_names_carry_the_overrides_that_distinguish_them(overrides, tag):
+    assert run_lib.override_tag(overrides) == tag
+    assert run_lib.override_tag(list(reversed(overrides))) == tag  # stable: the order given does not matter
+
+
+def test_a_long_override_tag_is_cut_at_a_piece_with_a_hash_of_all():
+    many = [f"--config.model.{f}={v}" for f, v in (("n_layer", 6), ("n_head", 8), ("n_embd", 384),
+                                                    ("mlp_hidden", 1536), ("head_dim", 48))]
+    tag = run_lib.override_tag(many)
+    assert len(tag) <= run_lib.TAG_MAX and tag.startswith("head_dim48-mlp_hidden1536-")
+    other = run_lib.override_tag([*many[:-1], "--config.model.head_dim=64"])
+    assert tag.rsplit("-", 1)[1] != other.rsplit("-", 1)[1]  # the hash tells the two sets apart
