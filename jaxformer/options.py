@@ -148,8 +148,13 @@ def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="sweep config: a .py file or packaged name (sweeps.positional); required")
     p.add_argument("--workdir", help="sweep directory (default: runs/sweeps/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their state; run nothing")
+    p.add_argument("--axis", action="append", metavar="FIELD=V1,V2,...",
+                   help="vary FIELD over these values (a comma list; repeat for more axes; sets or adds the axis), "
+                        "e.g. --axis model.position.name=rope,alibi,none --axis train.seed=0,1,2")
     p.epilog = ("--config.<field>=v changes a sweep-config field (axes.*, eval_*, base, overrides) or, for any "
-                "other field, the base config of every point (e.g. --config.train.steps=200).")
+                "other field, the base config of every point (e.g. --config.train.steps=200). An axis takes a "
+                "plain comma list: --config.axes.model.position.name=rope,alibi,none (the tuple form "
+                "\"('rope','alibi')\" works too).")
 
 
 def _report_arguments(p: argparse.ArgumentParser) -> None:

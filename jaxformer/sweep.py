@@ -6,7 +6,8 @@ A sweep config's `get_config()` returns a ConfigDict with
     overrides      `--config.a.b=v` strings applied to the base for every point
     axes           the fields to vary, nested like the config: `axes.model.position.name = ("alibi", "rope")`,
                    `axes.train.seed = (0, 1)`; the sweep is the product of their values (seeds outermost, so a
-                   stopped sweep has every variant of the first seed)
+                   stopped sweep has every variant of the first seed). On the command line a comma list:
+                   `--config.axes.train.seed=0,1,2` or `--axis model.position.name=rope,alibi` (`axis_values`)
     eval_lengths   multipliers of `data.block_size` at which every trained model is evaluated, e.g. (1, 2, 4, 8)
     eval_tokens    predicted tokens per eval length, the same at every length (see extrapolation.py)
     eval_batch_tokens  tokens per forward batch during evaluation (bounds memory at long lengths)
@@ -53,6 +54,7 @@ directories alone.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import itertools
@@ -91,14 +93,58 @@ class Point:
 
 # ---------------------------------------------------------------------------------------------- sweep configs
 
-def load_sweep(config: str, overrides: list[str] = ()) -> tuple[ml_collections.ConfigDict, list[str]]:
+def axis_values(text: str) -> tuple:
+    """An axis' values from the command line: a plain comma list (`rope,alibi,none`, `0,1,2`; each item a number,
+    True/False or else a string) or the tuple form (`"('rope','alibi')"`), which keeps working."""
+    text = text.strip()
+    if text[:1] in "([":
+        try:
+            values = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"sweep axis value {text!r}; give a comma list, e.g. rope,alibi,none") from None
+        return tuple(values) if isinstance(values, (list, tuple)) else (values,)
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            raise ValueError(f"sweep axis value {text!r} has an empty item; give a comma list, e.g. rope,alibi,none")
+        try:
+            value = ast.literal_eval(item)
+        except (ValueError, SyntaxError):
+            value = item
+        out.append(value if isinstance(value, (int, float, bool)) else item)
+    return tuple(out)
+
+
+def axis_override(arg: str) -> str:
+    """`--config.axes.F=a,b` as the tuple form config files take, `--config.axes.F=('a', 'b')`; others unchanged."""
+    field, sep, value = arg.partition("=")
+    if not field.startswith("--config.axes.") or not sep:
+        return arg
+    return f"{field}={axis_values(value)!r}"
+
+
+def load_sweep(config: str, overrides: list[str] = (), axes: list[str] = ()) -> tuple[ml_collections.ConfigDict,
+                                                                                      list[str]]:
     """(sweep config, extra base overrides): `--config.<sweep field>...` changes the sweep config, any other
-    `--config.<field>=v` is applied to the base config of every point."""
+    `--config.<field>=v` is applied to the base config of every point. `axes`: `FIELD=v1,v2,...` (`--axis`) sets
+    or adds the axis over FIELD; `--config.axes.FIELD=v1,v2` changes an axis the config has."""
     sweep_overrides, base_overrides = [], []
     for arg in overrides:
         field = arg[len("--config."):].split("=", 1)[0].split(".")[0] if arg.startswith("--config.") else ""
         (sweep_overrides if field in SWEEP_FIELDS else base_overrides).append(arg)
-    sweep_cfg = config_lib.load(config, sweep_overrides)
+    sweep_cfg = config_lib.load(config, [axis_override(arg) for arg in sweep_overrides])
+    for spec in axes:
+        field, sep, values = spec.partition("=")
+        if not sep or not field or not values:
+            raise ValueError(f"--axis {spec!r}; give FIELD=v1,v2,..., e.g. --axis model.position.name=rope,alibi")
+        with sweep_cfg.unlocked():
+            node = sweep_cfg.axes
+            *sections, leaf = field.split(".")
+            for section in sections:
+                if section not in node:
+                    node[section] = ml_collections.ConfigDict()
+                node = node[section]
+            node[leaf] = axis_values(values)
     for field in ("base", "axes", "eval_lengths"):
         if field not in sweep_cfg:
             raise ValueError(f"--config={config!r} is not a sweep config: it has no {field!r} field "
@@ -777,7 +823,7 @@ def sweep_main(argv: list[str]) -> int:
     config, overrides = args.config, args.overrides
     if config is None:
         raise ValueError("--config is required: a sweep config, e.g. sweeps.positional or configs/sweeps/positional.py")
-    sweep_cfg, base_overrides = load_sweep(config, overrides)
+    sweep_cfg, base_overrides = load_sweep(config, overrides, args.axis or [])
     name = os.path.basename(config)[:-3] if config.endswith(".py") else config.split(".")[-1]
     workdir = args.workdir or os.path.join("runs", "sweeps", name)
     try:

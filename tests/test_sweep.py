@@ -50,6 +50,35 @@ def test_more_axes_any_field():
     assert {p.cfg.model.n_layer for p in points} == {1, 2}
 
 
+def test_axes_take_plain_comma_lists_and_the_tuple_form(tmp_path, capsys):
+    """Issue 39.3: `--config.axes.F=rope,alibi,none` and `--axis F=...` (which adds an axis) give the same points as
+    the tuple form; items are typed (numbers stay numbers)."""
+    assert sweep.axis_values("rope,alibi,none") == ("rope", "alibi", "none")
+    assert sweep.axis_values("0, 1,2") == (0, 1, 2) and sweep.axis_values("3e-4,1e-3") == (3e-4, 1e-3)
+    assert sweep.axis_values("True,False") == (True, False) and sweep.axis_values("rope") == ("rope",)
+    assert sweep.axis_values("('rope', 'alibi')") == ("rope", "alibi") and sweep.axis_values("(0,)") == (0,)
+    with pytest.raises(ValueError, match="has an empty item; give a comma list"):
+        sweep.axis_values("rope,,alibi")
+    names = lambda cfg: [p.name for p in sweep.make_points(*cfg)]  # noqa: E731
+    plain = names(_tiny("--config.axes.model.position.name=rope,alibi,none", "--config.axes.train.seed=0,1"))
+    tuples = names(_tiny("--config.axes.model.position.name=('rope','alibi','none')",
+                         "--config.axes.train.seed=(0, 1)"))
+    assert plain == tuples and len(plain) == 6 and plain[0] == "position=rope,seed=0"
+    added = sweep.load_sweep("sweeps.tiny", [], ["model.n_layer=1,2", "model.position.name=rope"])
+    assert [p.name for p in sweep.make_points(*added)] == ["n_layer=1,position=rope,seed=0",
+                                                           "n_layer=2,position=rope,seed=0"]
+    with pytest.raises(ValueError, match="--axis 'model.n_layer'; give FIELD=v1,v2"):
+        sweep.load_sweep("sweeps.tiny", [], ["model.n_layer"])
+    workdir = str(tmp_path / "s")
+    assert sweep.sweep_main(["--config", "sweeps.tiny", "--workdir", workdir, "--dry-run",
+                             "--axis", "model.position.name=rope,alibi,none"]) == 0
+    assert "3 points" in capsys.readouterr().out
+    from jaxformer import options
+
+    assert "--config.axes.model.position.name=rope,alibi,none" in " ".join(options.parser("sweep").format_help()
+                                                                            .split())
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.model.position.nmae=x", "unknown config field 'model.position.nmae'"),
     ("--config.axes.model.position.name=('alibi', 'nope')", "sweep point position=nope,seed=0: model.position.name"),
