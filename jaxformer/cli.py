@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Arguments first (--help and a mistyped option answer here, in a fraction of a second): nothing below this
     # line has imported JAX yet.
-    debug = parse(name, rest).debug
+    debug = parse(name, rest, config_fields=_config_fields_named).debug
     interrupt = _Interrupt.install()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[TqdmLogHandler(sys.stderr)])
     for noisy in ("absl", "jax._src", "orbax", "tensorflow_datasets"):
@@ -488,6 +488,18 @@ def main(argv: list[str] | None = None) -> int:
     if interrupt.received is not None and status == 0:  # a signal whose exception Python swallowed
         return _interrupted(name, interrupt.received, own_process)
     return status
+
+
+def _config_fields_named(name: str) -> list[str]:
+    """The fields of configs/default.py whose last part is `name` (`steps` -> ["train.steps"]); for the answer to
+    a mistyped `--steps 200`. Only on that error path: it imports the config layer (and JAX with it)."""
+    from jaxformer import config as config_lib
+
+    try:
+        fields = config_lib.flat_fields(config_lib.load("default"))
+    except Exception:  # a hint must never hide the error it adds to
+        return []
+    return sorted(f for f in fields if f.split(".")[-1] == name)
 
 
 def _interrupted(name: str, received: str, own_process: bool) -> int:

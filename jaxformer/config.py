@@ -108,10 +108,20 @@ def load(config: str = "default", overrides: Sequence[str] = (), *,
         line = str(e).splitlines()[0]
         field = line.split("--config.", 1)[1].split("=", 1)[0] if line.startswith("flag --config.") else None
         value = _get(base, field) if field else None
-        if value is not None and not isinstance(value, ml_collections.ConfigDict):
+        if isinstance(value, ml_collections.ConfigDict):  # --config.model.position=alibi: a section, not a field
+            raise ConfigError(_section_hint(field, value, line.split("=", 1)[1].split(":", 1)[0])) from e
+        if value is not None:
             line += f" (expected {type(value).__name__}, like the current value {value!r})"
         raise ConfigError(line) from e
     return cfg
+
+
+def _section_hint(field: str, section: ml_collections.ConfigDict, value: str) -> str:
+    """The one line for `--config.<section>=v`: set one of the section's fields instead."""
+    leaves = [k for k, v in section.items() if not isinstance(v, ml_collections.ConfigDict)]
+    example = "name" if "name" in section else (leaves[0] if leaves else next(iter(section.keys()), "field"))
+    return (f"--config.{field}={value}: {field} is a section of fields, not a value; set one of its fields, e.g. "
+            f"--config.{field}.{example}={value} (its fields: {', '.join(section.keys())})")
 
 
 def _get(cfg: ml_collections.ConfigDict, field: str):

@@ -47,15 +47,31 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error style: one line, exit status 2."""
+    """argparse with the project's error style: one line, exit status 2.
+
+    `config_fields`: for a command that takes --config, a function giving the config fields whose last part is a
+    name (`steps` -> ["train.steps"]), so that `--steps 200` is answered with `--config.train.steps=200`."""
+
+    config_fields = None
 
     def error(self, message):
         hint = "--help lists the options"
         if message.startswith("unrecognized arguments:"):
-            options = [o for action in self._actions for o in action.option_strings]
-            for word in message.split(":", 1)[1].split():
+            options = [o for action in self._actions for o in action.option_strings if o not in ("-h", "--help")]
+            words = message.split(":", 1)[1].split()
+            for i, word in enumerate(words):
+                if not word.startswith("--"):
+                    continue
+                name, _, value = word[2:].partition("=")
+                if not value and i + 1 < len(words) and not words[i + 1].startswith("-"):
+                    value = words[i + 1]
+                fields = self.config_fields(name.replace("-", "_")) if self.config_fields else []
+                if fields:
+                    named = " or ".join(f"--config.{f}={value or 'VALUE'}" for f in fields[:3])
+                    hint = f"did you mean {named}? a config field is set as --config.section.field=value; {hint}"
+                    break
                 close = difflib.get_close_matches(word.split("=")[0], options, n=1)
-                if word.startswith("--") and close:
+                if close:
                     hint = f"did you mean {close[0]}? {hint}"
                     break
         self.exit(2, f"{self.prog}: error: {message} ({hint})\n")
@@ -234,11 +250,14 @@ def parser(name: str) -> ArgumentParser:
     return p
 
 
-def parse(name: str, argv: list[str]) -> argparse.Namespace:
-    """`name`'s arguments; for a command that takes a config, `.config` and `.overrides` (the --config.a.b=v)."""
+def parse(name: str, argv: list[str], *, config_fields=None) -> argparse.Namespace:
+    """`name`'s arguments; for a command that takes a config, `.config` and `.overrides` (the --config.a.b=v).
+    `config_fields`: see `ArgumentParser` (the caller above the config layer gives it; options imports nothing)."""
     if name in TAKES_CONFIG:
         config, overrides, rest = split_config_args(argv)
-        args = parser(name).parse_args(rest + ([f"--config={config}"] if config is not None else []))
+        p = parser(name)
+        p.config_fields = config_fields
+        args = p.parse_args(rest + ([f"--config={config}"] if config is not None else []))
         args.overrides = overrides
         args.config_given = config is not None
         return args

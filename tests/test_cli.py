@@ -71,6 +71,15 @@ def test_a_mistyped_option_is_one_line_naming_it():
     (["sample", "--workdir", "/nonexistent/run"], "has no config.json"),
     (["train", "--config", "tiny", "--config.data.bos=True", "--config.model.vocab_size=28"],
      "model.vocab_size=28 has no room for data.bos=True's token: the data has 28 tokens and BOS takes id 28"),
+    # issue 39.5: each says what to type instead
+    (["train", "--config", "tiny", "--config.model.position=alibi"],
+     "--config.model.position=alibi: model.position is a section of fields, not a value; set one of its fields, "
+     "e.g. --config.model.position.name=alibi (its fields: "),
+    (["train", "--config", "tiny", "--steps", "200"], "--steps 200 (did you mean --config.train.steps=200? a config "
+     "field is set as --config.section.field=value; --help lists the options)"),
+    (["train", "--config", "tiny", "--lr=0.1"], "did you mean --config.optim.lr=0.1?"),
+    (["attention", "--workdir", "/nonexistent/run", "--text-file", "nope.txt"],
+     "--text-file=nope.txt: no such file; give the path of a text file, or the text itself with --text"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     out = jaxformer(*args, "--workdir", str(tmp_path / "w")) if args[0] == "train" else jaxformer(*args)

@@ -94,6 +94,9 @@ def attention_main(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     if args.text_file is not None:
+        if not os.path.isfile(args.text_file):
+            raise FileNotFoundError(f"--text-file={args.text_file}: no such file; give the path of a text file, or "
+                                    "the text itself with --text '...'")
         with open(args.text_file, encoding="utf-8") as f:
             text = f.read()
     else:
