@@ -260,3 +260,15 @@ def test_signal_during_startup_exits_with_the_shells_status_and_one_line(sig, de
     assert proc.returncode == 128 + sig.value, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert len(errors(stderr)) <= 1, stderr
+
+
+# ------------------------------------------------------------------------------------------ issue 34: round two
+
+def test_stale_lock_takeover_has_exactly_one_holder_among_20_contenders_50_times(tmp_path):
+    """20 forked processes race to take over a dead process's lock, 50 times: exactly one holds it each time."""
+    worker = os.path.join(os.path.dirname(__file__), "lock_race_worker.py")
+    out = subprocess.run([sys.executable, worker, str(tmp_path / "run"), "20", "50"], capture_output=True,
+                         text=True, timeout=120, env=ENV)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.splitlines()[-1])
+    assert len(counts) == 50 and counts == [1] * 50, counts
