@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -94,7 +95,7 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     speed = f" ({row['tokens_per_s']:,.0f} tokens/s)" if row["tokens_per_s"] else ""
     wall = f" in {runlist._duration(row['wall_s'])}" if row["wall_s"] is not None else ""
     if result.get("stopped"):
-        lines = [f"stopped at step {result['step']} of {cfg.train.steps}{wall}: {result['stopped']}"]
+        lines = [f"stopped at step {result['step']} of {cfg.train.steps}{wall} (why: the line above)"]
     else:
         lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
     if row["final_val"] is not None:
@@ -221,8 +222,29 @@ def eval_main(argv: list[str]) -> int:
                                                random_positions=random_positions, seed=trainer.cfg.train.seed)
         result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records),
                            **({"random_positions": random_positions} if random_positions else {})}
-    print(json.dumps(result, sort_keys=True))
+    print(json.dumps(_finite_or_null(result), sort_keys=True, allow_nan=False))
     return 0
+
+
+def _finite_or_null(result: dict) -> dict:
+    """`result` with every non-finite number as null (JSON has no NaN), after one line naming those fields."""
+    bad = []
+
+    def clean(x, path):
+        if isinstance(x, dict):
+            return {k: clean(v, f"{path}.{k}" if path else k) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, float) and not math.isfinite(x):
+            bad.append(f"{path}={x}")
+            return None
+        return x
+
+    out = clean(result, "")
+    if bad:
+        log.warning("non-finite values printed as null: %s%s (the checkpoint's parameters give a diverged loss)",
+                    ", ".join(bad[:3]), f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return out
 
 
 def _int_list(flag: str, text: str) -> list[int]:

@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -471,7 +472,7 @@ class MetricsWriter:
                 f.write(json.dumps({"step": record["step"], **timing}, sort_keys=True) + "\n")
         if self._tb is not None:
             for key, value in {**record, **(timing or {})}.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):  # TB prints on NaN
                     self._tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:

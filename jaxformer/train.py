@@ -639,7 +639,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
                  ", ".join(trainer.replicated_params))
 
     # Every process takes part in a checkpoint: each writes the shards its devices hold, process 0 the metadata.
-    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, writer=True)
     writer = progress = None
     try:
         start = 0
@@ -700,11 +700,20 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
     last_time, last_step = time.perf_counter(), start
     result: dict = {"step": start, "stopped": None, "signal": None}
     best_val = checkpoints.best_loss()  # a resumed run's best stays best until an evaluation beats it
-    skipped_in_a_row = 0
+    # nonfinite=skip: the count of skipped steps is read every step (one scalar transfer), so that the run stops at
+    # exactly max_skipped_steps in a row and never checkpoints a skipped step. ("stop" skips every update after the
+    # first bad step on the device, so it needs no per-step look.)
+    skip = t.nonfinite == "skip"
+    skipped_total = int(jax.device_get(state["nonfinite"])) if skip else 0
+    skipped_in_a_row, run_start = 0, None
     with _StopSignal() as stop:
         for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
             state = trainer.train_step(state, trainer.batch(step))
             done = step + 1
+            if skip:
+                count = int(jax.device_get(state["nonfinite"]))
+                skipped_in_a_row, skipped_total = (skipped_in_a_row + 1 if count > skipped_total else 0), count
+                run_start = (done if skipped_in_a_row == 1 else run_start) if skipped_in_a_row else None
             if _should(done, t.log_every, t.steps):
                 recent, nonfinite, first_bad = jax.device_get((state["recent"], state["nonfinite"],
                                                                state["first_nonfinite"]))
@@ -726,14 +735,12 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                 if nonfinite and t.nonfinite == "stop":
                     result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
                     break
-                bad = ~(np.isfinite(recent["loss"][window]) & np.isfinite(recent["grad_norm"][window]))
-                trailing = len(bad) - (int(np.nonzero(~bad)[0][-1]) + 1 if (~bad).any() else 0)
-                skipped_in_a_row = skipped_in_a_row + trailing if bad.all() else trailing
-                if t.max_skipped_steps and skipped_in_a_row >= t.max_skipped_steps:
-                    result["stopped"] = (f"{skipped_in_a_row} non-finite steps in a row up to step {done} "
-                                         f"(train.max_skipped_steps={t.max_skipped_steps}): the run diverged; the "
-                                         "checkpoints hold the last finite parameters")
-                    break
+            if skip and t.max_skipped_steps and skipped_in_a_row >= t.max_skipped_steps:
+                kept = checkpoints.set_aside_unproven(run_start)
+                result["stopped"] = (f"{skipped_in_a_row} non-finite steps in a row, steps {run_start}-{done} "
+                                     f"(train.max_skipped_steps={t.max_skipped_steps}): the run diverged; "
+                                     + _kept(kept))
+                break
             if _should(done, t.eval_every, t.steps):
                 val = trainer.evaluate(state["params"], "val")
                 train_eval = trainer.evaluate(state["params"], "train")
@@ -770,13 +777,16 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                     result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
                     break
                 if not checkpoint_lib.all_finite(state["params"]):
-                    result["stopped"] = (f"non-finite parameters at step {done}; not saved, the checkpoints hold "
-                                         "the last finite ones")
+                    result["stopped"] = (f"non-finite parameters at step {done}; not saved; "
+                                         + _kept(checkpoints.set_aside_unproven(done + 1)))
                     break
-                checkpoints.save(done, state)
+                if not skipped_in_a_row:  # a skipped step's parameters are unproven: the last save holds them
+                    checkpoints.save(done, state)
             if stopping:
                 signal_name = stop.received or "a signal to another process"
-                result["stopped"] = f"{signal_name} at step {done}; checkpoint saved"
+                saved = ("checkpoint saved" if not skipped_in_a_row else
+                         f"not saved (a skipped non-finite step); {_kept(checkpoints.latest_step())}")
+                result["stopped"] = f"{signal_name} at step {done}; {saved}"
                 result["signal"] = stop.received or "SIGTERM"  # what the job got (another process's, as a TERM)
                 break
             result["step"] = done
@@ -785,9 +795,13 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
 
 
 def _nonfinite_stop(first_bad: int, checkpoints) -> str:
-    kept = checkpoints.latest_step()
-    return (f"non-finite loss or gradient at step {first_bad} (its update not applied); "
-            + (f"last checkpoint kept: step {kept}" if kept is not None else "no checkpoint was saved before it"))
+    kept = checkpoints.set_aside_unproven(first_bad)
+    return f"non-finite loss or gradient at step {first_bad} (its update not applied); {_kept(kept)}"
+
+
+def _kept(step: int | None) -> str:
+    return (f"resumable from checkpoint step {step} (a step from its parameters was finite)" if step is not None
+            else "no checkpoint was saved before it")
 
 
 def _progress(start: int, total: int, *, enabled: bool):
