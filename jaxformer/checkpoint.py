@@ -60,6 +60,15 @@ class Checkpoints:
         apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
         # max_to_keep=None: keep-last-k is ours (`_prune`), so that it never deletes the newest proven checkpoint.
         # The handler named up front: item metadata (the saved tree's layout) then reads without orbax warnings.
+        for attempt in range(5):  # orbax lists the steps on opening: a reader may meet a step the writer prunes
+            try:
+                self._open(root, apart, writer)
+                break
+            except FileNotFoundError:
+                if writer or attempt == 4:
+                    raise
+
+    def _open(self, root: str, apart, writer: bool) -> None:
         self.latest = ocp.CheckpointManager(
             os.path.join(root, "latest"), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=None, create=writer, cleanup_tmp_directories=writer,
@@ -161,15 +170,20 @@ class Checkpoints:
         """
         failed = []
         for _ in range(5):  # a reader's listing goes out of date when the run's writer prunes: then listed again
-            for manager in (self.latest, self.best):
-                manager.reload()
-            if step is not None:
-                candidates = [(which, step)]
-            elif which == "latest":
-                candidates = ([("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
-                              + [("best", s) for s in sorted(self.best.all_steps(), reverse=True)])
-            else:
-                candidates = [("best", s) for s in sorted(self.best.all_steps(), reverse=True)]
+            try:
+                for manager in (self.latest, self.best):
+                    manager.reload()
+                if step is not None:
+                    candidates = [(which, step)]
+                elif which == "latest":
+                    candidates = ([("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
+                                  + [("best", s) for s in sorted(self.best.all_steps(), reverse=True)])
+                else:
+                    candidates = [("best", s) for s in sorted(self.best.all_steps(), reverse=True)]
+            except FileNotFoundError:  # a step the writer pruned while orbax listed it
+                if self.writer:
+                    raise
+                continue
             vanished = False
             for kind, s in candidates:
                 manager = self.latest if kind == "latest" else self.best
