@@ -97,7 +97,11 @@ def _prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
             if name != LOCK:
                 path = os.path.join(workdir, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--workdir={workdir} cannot be made ({e.strerror}: {e.filename}); choose a folder you "
+                          "can write to") from None
     acquire(workdir)
     return False
 
