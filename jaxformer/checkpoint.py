@@ -2,16 +2,20 @@
 
 orbax writes each step into a temporary directory and renames it when complete, so a process killed at any moment
 leaves the previous complete checkpoint loadable; a temporary directory left by a killed save is removed when the
-run next opens its checkpoints. A checkpoint holds the whole train state pytree (params, optimizer state, step, RNG
-key data, non-finite counters); the data sampler needs only the step, since batch s is a pure function of (seed, s).
-Restoring takes an abstract target with shardings, so a state saved on one mesh restores onto another.
+run's writer (`writer=True`: `train`, holding the run's lock) next opens its checkpoints. Everything else (`eval`,
+`sample`, `attention`, reports) opens them read-only: it creates, cleans and deletes nothing, so it never removes
+the temporary directory a running trainer is writing. A checkpoint holds the whole train state pytree (params,
+optimizer state, step, RNG key data, non-finite counters); the data sampler needs only the step, since batch s is a
+pure function of (seed, s). Restoring takes an abstract target with shardings, so a state saved on one mesh
+restores onto another.
 
 Each step records a digest (BLAKE2b) of every array it holds in its orbax metadata (`custom_metadata["digests"]`),
 computed from the arrays in memory before they are written; a restore recomputes them from what it read. orbax has
 no check of its own that the values read are the values written (a flipped bit in a chunk decodes to other numbers),
 so a checkpoint that fails the comparison, or cannot be read at all, is reported in one line naming its directory
-and the next older complete step is tried, then `best/`. Checkpoints written before the digests existed restore
-unverified.
+and the next older complete step is tried, then `best/`. A checkpoint whose `_CHECKPOINT_METADATA` (the digests'
+home) cannot be read or parsed is such a checkpoint: its data cannot be checked. One whose metadata reads but holds
+no digests (written before they existed, or imported) restores with one line saying it is unverified.
 
 Keep-last-k never leaves only an unproven checkpoint: a checkpoint at step s is known good once the loss of step
 s + 1 (computed on its parameters) was finite, so the older checkpoints are pruned just before the next save (when
@@ -21,6 +25,7 @@ the loop has seen every step since them finite), keeping k - 1 of them, and at l
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -44,23 +49,35 @@ class NoUsableCheckpoint(FileNotFoundError):
 
 
 class Checkpoints:
-    def __init__(self, workdir: str, *, keep: int):
+    def __init__(self, workdir: str, *, keep: int = 1, writer: bool = False):
+        """`writer`: the run's trainer (it holds the run's lock), which creates the folders and removes the temporary
+        ones a killed save left; every other user reads only (orbax's read_only: no save, no delete, no cleanup)."""
         root = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.keep = keep
+        self.keep, self.writer = keep, writer
+        self._pending: dict[str, int] = {}  # manager name -> the step its asynchronous save is writing
         # With several processes, each manager synchronises them through barriers named after the step; two
         # managers saving the same step at once must name theirs apart, or the processes cross barriers.
         apart = lambda name: ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
         # max_to_keep=None: keep-last-k is ours (`_prune`), so that it never deletes the newest proven checkpoint.
         # The handler named up front: item metadata (the saved tree's layout) then reads without orbax warnings.
+        for attempt in range(5):  # orbax lists the steps on opening: a reader may meet a step the writer prunes
+            try:
+                self._open(root, apart, writer)
+                break
+            except FileNotFoundError:
+                if writer or attempt == 4:
+                    raise
+
+    def _open(self, root: str, apart, writer: bool) -> None:
         self.latest = ocp.CheckpointManager(
             os.path.join(root, "latest"), item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
-                                                 multiprocessing_options=apart("latest")))
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=writer, cleanup_tmp_directories=writer,
+                                                 read_only=not writer, multiprocessing_options=apart("latest")))
         self.best = ocp.CheckpointManager(
             os.path.join(root, "best"), item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_loss"], best_mode="min",
-                                                 create=True, cleanup_tmp_directories=True,
-                                                 multiprocessing_options=apart("best")))
+                                                 create=writer, cleanup_tmp_directories=writer,
+                                                 read_only=not writer, multiprocessing_options=apart("best")))
 
     # ------------------------------------------------------------------------------------------------------ saving
 
@@ -85,13 +102,17 @@ class Checkpoints:
             return math.inf
 
     def _write(self, manager, step: int, state, *, metrics=None, prune: int | None = None) -> None:
+        if not self.writer:
+            raise CheckpointError(f"could not write checkpoint step {step} in {manager.directory}: opened read-only")
+        # The previous save must be on disk before its elders are pruned (it is the checkpoint kept); its failure
+        # names its own step, not this one.
+        self._wait(manager)
         try:
             if step in manager.all_steps():
                 return
-            # The previous save must be on disk before its elders are pruned (it is the checkpoint kept).
-            manager.wait_until_finished()
             if prune is not None:
                 self._prune(prune)
+            self._pending[self._name(manager)] = step
             manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
                          custom_metadata={"digests": digests(state)}, force=True)
         except Exception as e:  # noqa: BLE001 -- any I/O failure is one line naming the directory
@@ -101,6 +122,23 @@ class Checkpoints:
     def _prune(self, keep: int) -> None:
         for step in sorted(self.latest.all_steps())[:-keep]:
             self.latest.delete(step)
+
+    def set_aside_unproven(self, first_bad: int) -> int | None:
+        """After a divergence whose non-finite steps began at `first_bad`: every latest/ step from `first_bad - 1`
+        on (its parameters gave a non-finite step, so a resume would diverge again at once) is moved to
+        `checkpoints/unusable/latest-<step>`, kept for a look; returns the newest step left (None if none)."""
+        self.wait()
+        try:
+            for step in sorted(self.latest.all_steps()):
+                if step >= first_bad - 1 and jax.process_index() == 0:
+                    aside = self._set_aside(self.latest, "latest", step)
+                    log.warning("checkpoint %s/%d gives a non-finite step: moved to %s", self.latest.directory,
+                                step, aside)
+            self.latest.reload()
+        except OSError as e:
+            raise CheckpointError(f"could not set aside a checkpoint in {self.latest.directory}: "
+                                  f"{_first_line(e)}") from e
+        return self.latest.latest_step()
 
     def finish(self) -> None:
         """At the end of a run: every save on disk, latest/ pruned to keep-last-k."""
@@ -130,28 +168,44 @@ class Checkpoints:
         `set_aside` (a resumed run, which will save those steps again) moves each unusable step to
         `checkpoints/unusable/<latest|best>-<step>`: kept for a look, out of orbax's way.
         """
-        if step is not None:
-            candidates = [(which, step)]
-        elif which == "latest":
-            candidates = ([("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
-                          + [("best", s) for s in sorted(self.best.all_steps(), reverse=True)])
-        else:
-            candidates = [("best", s) for s in sorted(self.best.all_steps(), reverse=True)]
         failed = []
-        for kind, s in candidates:
-            manager = self.latest if kind == "latest" else self.best
-            path = os.path.join(str(manager.directory), str(s))
+        for _ in range(5):  # a reader's listing goes out of date when the run's writer prunes: then listed again
             try:
-                state = self._restore_verified(manager, s, abstract_state, convert)
-            except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: said in one line, the next tried
-                failed.append(path)
-                aside = self._set_aside(manager, kind, s) if set_aside and jax.process_index() == 0 else None
-                log.warning("checkpoint %s is unusable: %s%s", path, _first_line(e),
-                            f" (moved to {aside})" if aside else "")
+                for manager in (self.latest, self.best):
+                    manager.reload()
+                if step is not None:
+                    candidates = [(which, step)]
+                elif which == "latest":
+                    candidates = ([("latest", s) for s in sorted(self.latest.all_steps(), reverse=True)]
+                                  + [("best", s) for s in sorted(self.best.all_steps(), reverse=True)])
+                else:
+                    candidates = [("best", s) for s in sorted(self.best.all_steps(), reverse=True)]
+            except FileNotFoundError:  # a step the writer pruned while orbax listed it
+                if self.writer:
+                    raise
                 continue
-            if failed:
-                log.warning("using checkpoint %s instead (%d newer unusable)", path, len(failed))
-            return s, state
+            vanished = False
+            for kind, s in candidates:
+                manager = self.latest if kind == "latest" else self.best
+                path = os.path.join(str(manager.directory), str(s))
+                if path in failed:  # reported in an earlier pass
+                    continue
+                try:
+                    state = self._restore_verified(manager, s, abstract_state, convert)
+                except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: said in one line, the next tried
+                    if not self.writer and step is None and not os.path.exists(path):
+                        vanished = True  # pruned by the run's writer while we read it: not damaged
+                        break
+                    failed.append(path)
+                    aside = self._set_aside(manager, kind, s) if set_aside and jax.process_index() == 0 else None
+                    log.warning("checkpoint %s is unusable: %s%s", path, _first_line(e),
+                                f" (moved to {aside})" if aside else "")
+                    continue
+                if failed:
+                    log.warning("using checkpoint %s instead (%d newer unusable)", path, len(failed))
+                return s, state
+            if not vanished:
+                break
         directory = self.latest.directory if which == "latest" else self.best.directory
         if failed:
             raise NoUsableCheckpoint(f"no usable {which} checkpoint under {os.path.dirname(str(directory))}: "
@@ -171,7 +225,7 @@ class Checkpoints:
         for name in ("_CHECKPOINT_METADATA", "default/_METADATA"):
             if not os.path.exists(os.path.join(str(manager.directory), str(step), name)):
                 raise ValueError(f"{name} is missing (a checkpoint cut short or damaged)")
-        expected = (manager.metadata(step).custom_metadata or {}).get("digests")
+        expected = recorded_digests(os.path.join(str(manager.directory), str(step)))
         finish = None
         if abstract_state is not None and convert is not None:
             saved_tree = manager.item_metadata(step).tree
@@ -180,14 +234,26 @@ class Checkpoints:
         state = manager.restore(step, args=args)
         if expected is not None:
             verify(state, expected)
+        else:
+            log.warning("checkpoint %s is unverified: its metadata records no digests (written before they existed, "
+                        "or imported); its arrays are used as read", os.path.join(str(manager.directory), str(step)))
         return finish(state) if finish is not None else state
 
     def wait(self) -> None:
         for manager in (self.latest, self.best):
-            try:
-                manager.wait_until_finished()
-            except Exception as e:  # noqa: BLE001
-                raise CheckpointError(f"could not write a checkpoint in {manager.directory}: {_first_line(e)}") from e
+            self._wait(manager)
+
+    def _name(self, manager) -> str:
+        return "latest" if manager is self.latest else "best"
+
+    def _wait(self, manager) -> None:
+        """Waits for `manager`'s asynchronous save; its failure is a CheckpointError naming the step it wrote."""
+        step = self._pending.pop(self._name(manager), None)
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+            raise CheckpointError(f"could not write {what} in {manager.directory}: {_first_line(e)}") from e
 
     def close(self) -> None:
         """Closes both managers (joins orbax's threads); safe to call after a failure and more than once."""
@@ -196,6 +262,26 @@ class Checkpoints:
                 manager.close()
             except Exception as e:  # noqa: BLE001 -- closing after an I/O error must not hide that error
                 log.debug("closing %s: %s", manager.directory, e)
+
+
+def recorded_digests(step_dir: str) -> dict[str, str] | None:
+    """The digests a step's `_CHECKPOINT_METADATA` records; None for a checkpoint that records none (written before
+    they existed, by several processes, or imported). A ValueError when the file cannot be read or parsed: without
+    it the data cannot be checked, so the checkpoint counts as damaged (orbax itself restores without it)."""
+    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"_CHECKPOINT_METADATA cannot be read ({_first_line(e)}), so its data cannot be "
+                         "verified") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("custom_metadata") or {}, dict):
+        raise ValueError("_CHECKPOINT_METADATA is not the JSON object orbax writes, so its data cannot be verified")
+    recorded = (meta.get("custom_metadata") or {}).get("digests")
+    if recorded is not None and not (isinstance(recorded, dict)
+                                     and all(isinstance(v, str) for v in recorded.values())):
+        raise ValueError("_CHECKPOINT_METADATA holds malformed digests, so its data cannot be verified")
+    return recorded
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:

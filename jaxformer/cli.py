@@ -16,12 +16,29 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import tempfile
 
-from jaxformer.options import ARGUMENTS, parse, parser, split_config_args  # noqa: F401 -- cli.* names kept
+
+def _early_exit(signum, frame):  # pragma: no cover -- runs in the command's own process
+    """A signal before `main` installs its handler: nothing is open or written yet, so one line and the shell's
+    status (128 + the signal's number) at once."""
+    name = signal.Signals(signum).name
+    os.write(2, f"jaxformer: interrupted by {name}\n".encode())
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "jaxformer":
+    # The command itself (not a caller importing cli): from its first line, before anything else is imported, a
+    # SIGINT/SIGTERM is one line, not a KeyboardInterrupt traceback or a silent death. (Before the interpreter runs
+    # this line, ~20 ms after exec, a signal has its default action: the process ends with it, status 128 + n.)
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, _early_exit)
+
+from jaxformer.options import ARGUMENTS, parse, parser, split_config_args  # noqa: E402, F401 -- cli.* names kept
 
 # Subcommands live next to what they run; each is `module:function(argv) -> int`, imported only when used.
 SUBCOMMANDS = {
@@ -94,7 +111,7 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     speed = f" ({row['tokens_per_s']:,.0f} tokens/s)" if row["tokens_per_s"] else ""
     wall = f" in {runlist._duration(row['wall_s'])}" if row["wall_s"] is not None else ""
     if result.get("stopped"):
-        lines = [f"stopped at step {result['step']} of {cfg.train.steps}{wall}: {result['stopped']}"]
+        lines = [f"stopped at step {result['step']} of {cfg.train.steps}{wall} (why: the line above)"]
     else:
         lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
     if row["final_val"] is not None:
@@ -230,13 +247,35 @@ def eval_main(argv: list[str]) -> int:
                                                random_positions=random_positions, seed=trainer.cfg.train.seed)
         result["sizes"] = {"train_max_items": train_max, "records": records, **extrapolation.size_summary(records),
                            **({"random_positions": random_positions} if random_positions else {})}
+    result = _finite_or_null(result)
     if args.json:
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(result, sort_keys=True, allow_nan=False))
     else:
         from jaxformer import summaries
 
         print(summaries.eval_text(result, workdir=args.workdir, checkpoint=args.checkpoint))
     return 0
+
+
+def _finite_or_null(result: dict) -> dict:
+    """`result` with every non-finite number as null (JSON has no NaN), after one line naming those fields."""
+    bad = []
+
+    def clean(x, path):
+        if isinstance(x, dict):
+            return {k: clean(v, f"{path}.{k}" if path else k) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, float) and not math.isfinite(x):
+            bad.append(f"{path}={x}")
+            return None
+        return x
+
+    out = clean(result, "")
+    if bad:
+        log.warning("non-finite values printed as null: %s%s (the checkpoint's parameters give a diverged loss)",
+                    ", ".join(bad[:3]), f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return out
 
 
 def _int_list(flag: str, text: str) -> list[int]:

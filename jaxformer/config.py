@@ -28,6 +28,8 @@ from jaxformer import sharding as sharding_lib
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE_POLICIES = ("stop", "skip")
 INT32_MAX = 2**31 - 1  # the train state's step counter and the data sampler's seeds are int32
+NORM_EPS_MAX = 0.1  # model.norm_eps: far above any published model's (1e-12 .. 1e-5), far below a dead model's
+SAMPLE_CHARS_MAX = 100_000  # train.sample_chars: an end-of-run look at the model, generated one token at a time
 
 
 class ConfigError(ValueError):
@@ -255,6 +257,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
             _require(isinstance(value, int) and value > 0, f"{section}.{name}={value!r}; must be a positive integer")
     for name in ("n_kv_head", "vocab_size"):
         _require(m[name] >= 0, f"model.{name}={m[name]!r}; must be >= 0 (0 = derive it)")
+    for field, value in flat_fields(cfg).items():  # inf/nan anywhere (rope.theta=inf, ...) builds a dead model
+        _require(not isinstance(value, float) or math.isfinite(value), f"{field}={value!r}; must be a finite number")
     for field in ("optim.lr", "optim.min_lr", "optim.weight_decay", "optim.grad_clip", "optim.beta1", "optim.beta2",
                   "model.dropout"):
         value = _get(cfg, field)
@@ -290,7 +294,12 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              "or set model.head_dim")
     for name, choices in (("norm", model_lib.NORMS), ("mlp", model_lib.MLPS)):
         _require(m[name] in choices, f"model.{name}={m[name]!r}; choose one of: {', '.join(choices)}")
-    _require(m.norm_eps > 0, f"model.norm_eps={m.norm_eps!r}; must be > 0")
+    _require(0 < m.norm_eps <= NORM_EPS_MAX,
+             f"model.norm_eps={m.norm_eps!r}; must be in (0, {NORM_EPS_MAX}] (1e-5 or 1e-6 as GPT-2 and Llama: an "
+             "epsilon near the activations' variance flattens every norm's output and the model learns nothing)")
+    _require(0 <= t.get("sample_chars", 0) <= SAMPLE_CHARS_MAX,
+             f"train.sample_chars={t.get('sample_chars')!r}; must be in [0, {SAMPLE_CHARS_MAX}] (0 = none; "
+             "`jaxformer sample --max-new-tokens N` generates more from the finished run)")
     for name in ("head_dim", "mlp_hidden"):
         _require(isinstance(m[name], int) and m[name] >= 0, f"model.{name}={m[name]!r}; must be >= 0 (0 = derive it)")
     n_kv = m.n_kv_head or m.n_head
@@ -311,6 +320,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
         except ValueError as e:
             raise ConfigError(str(e)) from e
     randomize = m.position.get("randomize_max_len", 0)
+    _require(isinstance(randomize, int) and randomize <= INT32_MAX,
+             f"model.position.randomize_max_len={randomize!r}; positions are int32: at most {INT32_MAX}")
     _require(isinstance(randomize, int) and (randomize == 0 or randomize >= d.block_size),
              f"model.position.randomize_max_len={randomize!r} is smaller than data.block_size={d.block_size}; "
              "give 0 (off) or a range of at least the block size (Ruoss et al. 2023 use several times it)")

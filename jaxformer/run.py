@@ -20,12 +20,12 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -150,9 +150,15 @@ def _prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
         if not os.path.exists(os.path.join(workdir, "config.json")):
             raise RunDirError(f"--overwrite refuses to delete {workdir}: it has no config.json, so it is not a run "
                               "directory")
-        shutil.rmtree(workdir)
-        _held.discard(workdir)
-    os.makedirs(workdir, exist_ok=True)
+        for name in os.listdir(workdir):  # all but the lock this process holds: no moment without a writer
+            if name != LOCK:
+                path = os.path.join(workdir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--workdir={workdir} cannot be made ({e.strerror}: {e.filename}); choose a folder you "
+                          "can write to") from None
     acquire(workdir)
     return False
 
@@ -160,46 +166,71 @@ def _prepare(workdir: str, *, resume: bool, overwrite: bool) -> bool:
 # ------------------------------------------------------------------------------------------------------- the lock
 
 LOCK = ".lock"
-_held: set[str] = set()  # the run directories this process has locked
+_held: dict[str, int] = {}  # the run directories this process has locked -> the open lock file's descriptor
 
 
 def acquire(workdir: str) -> None:
-    """Locks `workdir` for this process: `<workdir>/.lock` made exclusively (O_EXCL), holding {pid, host}.
+    """Locks `workdir` for this process: an exclusive `fcntl.flock` on `<workdir>/.lock`, held (the file kept open)
+    until `release`; the file records {pid, host, started} for the message another process gets.
 
-    A lock whose process is gone (same host, PID not running) is stale: it is replaced, with a warning. A lock of a
-    live process, or of another host (whose processes cannot be checked from here), is a one-line RunDirError.
-    Released by `release` (train() calls it on every exit path); a kill -9 leaves a stale lock, replaced next time.
+    The kernel drops the lock when its process dies (kill -9 included), so a lock file left behind is stale by
+    construction and taking it over is the same race-free `flock` as any acquisition: of any number of processes
+    trying at once exactly one holds it. A file replaced between our open and our flock (a releaser unlinking it)
+    is detected by comparing inodes, and the acquisition retried. A lock held by another process is a one-line
+    RunDirError naming it. flock works across hosts on NFSv4 (Linux emulates it with POSIX locks there).
     """
+    import fcntl
+
     workdir = os.path.abspath(workdir)
     if workdir in _held:
         return
     path = os.path.join(workdir, LOCK)
-    me = {"pid": os.getpid(), "host": platform.node(),
-          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    for _ in range(3):
+    for _ in range(100):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read_lock(path)
-            if holder is None:  # being written by its maker this instant, or torn by a kill: look again
-                time.sleep(0.2)
-                holder = _read_lock(path)
-            if holder is not None and not _stale(holder):
-                raise RunDirError(f"--workdir={workdir} is in use by process {holder.get('pid')} on "
-                                  f"{holder.get('host')} (since {holder.get('started')}); wait for it to end or stop "
-                                  f"it (if that process is gone, delete {path})") from None
-            log.warning("replacing the stale lock %s of process %s on %s (no longer running)", path,
-                        (holder or {}).get("pid"), (holder or {}).get("host"))
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"--workdir={workdir}: cannot open its lock file {path} ({e.strerror}); the run "
+                              "directory must be writable by you to train or resume it") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _read_lock(path) or {}
+            raise RunDirError(f"--workdir={workdir} is in use by process {holder.get('pid')} on "
+                              f"{holder.get('host')} (since {holder.get('started')}); wait for it to end or stop "
+                              "it") from None
+        except OSError as e:
+            os.close(fd)
+            raise RunDirError(f"--workdir={workdir}: cannot lock {path} ({e.strerror})") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # unlinked by its releaser between our open and our flock: lock the file now at `path`
+            os.close(fd)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        _held.add(workdir)
+        previous = _read_lock(path)
+        if previous and not _stale(previous):
+            # Unlocked, yet naming a live process (or one on another host, which cannot be checked from here): a
+            # writer of a version before the flock, or a PID reused since its writer died. Refused, as before.
+            os.close(fd)
+            raise RunDirError(f"--workdir={workdir} is in use by process {previous.get('pid')} on "
+                              f"{previous.get('host')} (since {previous.get('started')}); wait for it to end or stop "
+                              f"it (if that process is gone, delete {path})")
+        if previous and (previous.get("pid"), previous.get("host")) != (os.getpid(), platform.node()):
+            log.warning("replacing the stale lock %s of process %s on %s (no longer running)", path,
+                        previous.get("pid"), previous.get("host"))
+        me = {"pid": os.getpid(), "host": platform.node(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise RunDirError(f"--workdir={workdir}: cannot write its lock file {path} ({e.strerror})") from None
+        _held[workdir] = fd
         return
-    raise RunDirError(f"--workdir={workdir}: could not take the lock {path}; another process keeps making it")
+    raise RunDirError(f"--workdir={workdir}: could not take the lock {path}; another process keeps replacing it")
 
 
 def _read_lock(path: str) -> dict | None:
@@ -212,13 +243,12 @@ def _read_lock(path: str) -> dict | None:
 
 
 def _stale(holder: dict) -> bool:
+    """Whether the process a lock file names is gone (same host, PID not running)."""
     if holder.get("host") != platform.node():
         return False
     pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return True
-    if pid == os.getpid():
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -229,15 +259,18 @@ def _stale(holder: dict) -> bool:
 
 
 def release(workdir: str) -> None:
-    """Removes this process's lock of `workdir` (nothing if it holds none)."""
+    """Ends this process's lock of `workdir` (nothing if it holds none): the file is removed while still locked,
+    then closed, so a contender that opened it meanwhile sees it replaced (`acquire`). A directory made read-only
+    meanwhile keeps the file, unlocked: stale, taken over by the next writer."""
     workdir = os.path.abspath(workdir)
-    if workdir not in _held:
+    fd = _held.pop(workdir, None)
+    if fd is None:
         return
-    _held.discard(workdir)
-    path = os.path.join(workdir, LOCK)
-    holder = _read_lock(path)
-    if holder is not None and holder.get("pid") == os.getpid() and holder.get("host") == platform.node():
-        os.unlink(path)
+    try:
+        os.unlink(os.path.join(workdir, LOCK))
+    except OSError:
+        pass
+    os.close(fd)
 
 
 # What a resumed run may change: how it is run, not what is trained (the model, its data, the seed of its data
@@ -529,7 +562,7 @@ class MetricsWriter:
                 f.write(json.dumps({"step": record["step"], **timing}, sort_keys=True) + "\n")
         if self._tb is not None:
             for key, value in {**record, **(timing or {})}.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):  # TB prints on NaN
                     self._tb.add_scalar(key, value, record["step"])
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ host syncs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
 import os
@@ -442,8 +443,25 @@ def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.Conf
             raise config_lib.ConfigError(
                 f"data.block_size={d.block_size} needs {d.block_size + 1} tokens per row; the {split} split of "
                 f"{d.name!r} has {len(tokens)}: choose data.block_size <= {len(tokens) - 1}")
+    # The data as training will ask for it (a synthetic task's sizes must fit the block size, ...): refused here,
+    # before the run directory is made, not at the first step after config.json was written.
+    dataset.batch("train", 0, batch_size=1, block_size=d.block_size, seed=t.seed)
+    dataset.eval_batches("val", batch_size=1, block_size=d.block_size, num_batches=1, seed=t.seed)
     need, n_params = memory_estimate(resolved)
     have = device_memory()
+    evals = eval_batches_bytes(resolved)
+    if evals > have / 4:
+        raise config_lib.ConfigError(
+            f"train.eval_iters={t.eval_iters} keeps {evals / 2**30:,.1f} GiB of fixed evaluation batches (two splits "
+            f"x {t.eval_iters} x data.batch_size={d.batch_size} x data.block_size={d.block_size}); this machine's "
+            f"{jax.devices()[0].platform} memory is {have / 2**30:,.1f} GiB: choose train.eval_iters <= "
+            f"{max(1, int(t.eval_iters * have / 4 / evals)):,}")
+    draw = positions_draw_bytes(resolved)
+    if draw > have / 2:
+        raise config_lib.ConfigError(
+            f"model.position.randomize_max_len={m.position.randomize_max_len:,} draws its positions from a "
+            f"permutation of that range per sequence: about {draw / 2**30:,.1f} GiB a step; this machine's memory is "
+            f"{have / 2**30:,.1f} GiB: choose a range of a few times data.block_size={d.block_size}")
     if need > have:
         raise config_lib.ConfigError(
             f"the model ({n_params:,} parameters, model.n_layer={m.n_layer}, model.n_embd={m.n_embd}) needs about "
@@ -459,9 +477,8 @@ def memory_estimate(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
     per-layer count of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
     s*b*h*(34 + 5*a*s/h) bytes at 16 bits, doubled for float32) and the float32 logits and their gradient.
 
-    The parameter count comes from the model's abstract shapes (`nnx.eval_shape`: nothing is allocated)."""
-    model = nnx.eval_shape(lambda: build_model(cfg))
-    n_params = count_params(model)
+    The parameter count is `param_count`'s (closed form in the depth: milliseconds at any model.n_layer)."""
+    n_params = param_count(cfg)
     m, d = cfg.model, cfg.data
     width = np.dtype(jnp.dtype(m.param_dtype)).itemsize
     act = np.dtype(jnp.dtype(m.dtype)).itemsize
@@ -473,6 +490,35 @@ def memory_estimate(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
     layers = per_layer * (1 if m.remat else m.n_layer) + (m.n_layer * T * B * D * act if m.remat else 0)
     logits = 2 * B * T * m.vocab_size * 4
     return int(4 * n_params * width / shards + layers + logits), n_params
+
+
+def param_count(cfg: ml_collections.ConfigDict) -> int:
+    """The model's parameter count, P(L) = P(1) + (L - 1) (P(2) - P(1)): every block holds the same parameters, so
+    the count is affine in the depth L, and two abstract builds (`nnx.eval_shape`, nothing allocated) of one and
+    two blocks give it exactly; one abstract build of L blocks takes seconds at L=100 and minutes at L=500."""
+    def count(n_layer: int) -> int:
+        shallow = ml_collections.ConfigDict(cfg.to_dict())
+        shallow.model.n_layer = n_layer
+        return count_params(nnx.eval_shape(lambda: build_model(shallow)))
+
+    one, two = count(1), count(2)
+    return one + (cfg.model.n_layer - 1) * (two - one)
+
+
+def eval_batches_bytes(cfg: ml_collections.ConfigDict) -> int:
+    """Bytes of the fixed evaluation batches a run keeps (`Trainer._eval_batches`): two splits of
+    train.eval_iters batches of int32 inputs, int32 targets and float32 weights."""
+    return 2 * cfg.train.eval_iters * cfg.data.batch_size * cfg.data.block_size * 3 * 4
+
+
+def positions_draw_bytes(cfg: ml_collections.ConfigDict) -> int:
+    """Bytes one step's randomized positions take while drawn: `jax.random.choice` without replacement permutes
+    the whole range R (int32 values and their sort keys, ~3 x 4 bytes each), per sequence of a micro-batch or once
+    (model.position.randomize_per)."""
+    pe = cfg.model.position
+    R = pe.get("randomize_max_len", 0)
+    draws = cfg.data.batch_size if pe.get("randomize_per", "sequence") == "sequence" else 1
+    return 3 * 4 * R * draws
 
 
 def device_memory() -> int:
@@ -587,8 +633,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     resuming = sharding_lib.broadcast_from_main(
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
     try:
-        return _train(cfg, workdir, resuming=resuming, dataset=dataset, stop_after=stop_after, is_main=is_main,
-                      hooks=hooks, init_from=init_from, init_checkpoint=init_checkpoint)
+        try:
+            return _train(cfg, workdir, resuming=resuming, dataset=dataset, stop_after=stop_after, is_main=is_main,
+                          hooks=hooks, init_from=init_from, init_checkpoint=init_checkpoint)
+        except OSError as e:
+            if e.errno not in _UNWRITABLE:
+                raise
+            raise checkpoint_lib.CheckpointError(f"could not write to the run directory {workdir}: {e.strerror}"
+                                                 f"{f' ({e.filename})' if e.filename else ''}") from e
     except BaseException:
         if created and os.path.isdir(workdir):
             run_lib.release(workdir)
@@ -598,6 +650,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     finally:
         if is_main:
             run_lib.release(workdir)
+
+
+# A run directory that stopped taking writes mid-run (made read-only, a full disk, a file where a folder was).
+_UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
 
 
 def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), init_from=None,
@@ -610,6 +666,11 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
             workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
+        done = max([int(name) for kind in ("latest", "best") if os.path.isdir(d := os.path.join(
+            workdir, "checkpoints", kind)) for name in os.listdir(d) if name.isdigit()], default=0)
+        if done > cfg.train.steps:
+            raise run_lib.RunDirError(f"--resume: {workdir} has trained {done} steps; train.steps={cfg.train.steps} "
+                                      f"is fewer: give train.steps >= {done} (more extends the run)")
         check_config(cfg, dataset)
     trainer = Trainer(cfg, dataset)
     init_info = None
@@ -639,7 +700,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
                  ", ".join(trainer.replicated_params))
 
     # Every process takes part in a checkpoint: each writes the shards its devices hold, process 0 the metadata.
-    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints)
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, writer=True)
     writer = progress = None
     try:
         start = 0
@@ -700,11 +761,20 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
     last_time, last_step = time.perf_counter(), start
     result: dict = {"step": start, "stopped": None, "signal": None}
     best_val = checkpoints.best_loss()  # a resumed run's best stays best until an evaluation beats it
-    skipped_in_a_row = 0
+    # nonfinite=skip: the count of skipped steps is read every step (one scalar transfer), so that the run stops at
+    # exactly max_skipped_steps in a row and never checkpoints a skipped step. ("stop" skips every update after the
+    # first bad step on the device, so it needs no per-step look.)
+    skip = t.nonfinite == "skip"
+    skipped_total = int(jax.device_get(state["nonfinite"])) if skip else 0
+    skipped_in_a_row, run_start = 0, None
     with _StopSignal() as stop:
         for step in range(start, t.steps if stop_after is None else min(stop_after, t.steps)):
             state = trainer.train_step(state, trainer.batch(step))
             done = step + 1
+            if skip:
+                count = int(jax.device_get(state["nonfinite"]))
+                skipped_in_a_row, skipped_total = (skipped_in_a_row + 1 if count > skipped_total else 0), count
+                run_start = (done if skipped_in_a_row == 1 else run_start) if skipped_in_a_row else None
             if _should(done, t.log_every, t.steps):
                 recent, nonfinite, first_bad = jax.device_get((state["recent"], state["nonfinite"],
                                                                state["first_nonfinite"]))
@@ -726,14 +796,12 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                 if nonfinite and t.nonfinite == "stop":
                     result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
                     break
-                bad = ~(np.isfinite(recent["loss"][window]) & np.isfinite(recent["grad_norm"][window]))
-                trailing = len(bad) - (int(np.nonzero(~bad)[0][-1]) + 1 if (~bad).any() else 0)
-                skipped_in_a_row = skipped_in_a_row + trailing if bad.all() else trailing
-                if t.max_skipped_steps and skipped_in_a_row >= t.max_skipped_steps:
-                    result["stopped"] = (f"{skipped_in_a_row} non-finite steps in a row up to step {done} "
-                                         f"(train.max_skipped_steps={t.max_skipped_steps}): the run diverged; the "
-                                         "checkpoints hold the last finite parameters")
-                    break
+            if skip and t.max_skipped_steps and skipped_in_a_row >= t.max_skipped_steps:
+                kept = checkpoints.set_aside_unproven(run_start)
+                result["stopped"] = (f"{skipped_in_a_row} non-finite steps in a row, steps {run_start}-{done} "
+                                     f"(train.max_skipped_steps={t.max_skipped_steps}): the run diverged; "
+                                     + _kept(kept))
+                break
             if _should(done, t.eval_every, t.steps):
                 val = trainer.evaluate(state["params"], "val")
                 train_eval = trainer.evaluate(state["params"], "train")
@@ -770,13 +838,16 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
                     result["stopped"] = _nonfinite_stop(first_bad, checkpoints)
                     break
                 if not checkpoint_lib.all_finite(state["params"]):
-                    result["stopped"] = (f"non-finite parameters at step {done}; not saved, the checkpoints hold "
-                                         "the last finite ones")
+                    result["stopped"] = (f"non-finite parameters at step {done}; not saved; "
+                                         + _kept(checkpoints.set_aside_unproven(done + 1)))
                     break
-                checkpoints.save(done, state)
+                if not skipped_in_a_row:  # a skipped step's parameters are unproven: the last save holds them
+                    checkpoints.save(done, state)
             if stopping:
                 signal_name = stop.received or "a signal to another process"
-                result["stopped"] = f"{signal_name} at step {done}; checkpoint saved"
+                saved = ("checkpoint saved" if not skipped_in_a_row else
+                         f"not saved (a skipped non-finite step); {_kept(checkpoints.latest_step())}")
+                result["stopped"] = f"{signal_name} at step {done}; {saved}"
                 result["signal"] = stop.received or "SIGTERM"  # what the job got (another process's, as a TERM)
                 break
             result["step"] = done
@@ -785,9 +856,13 @@ def _loop(trainer: Trainer, state, checkpoints, writer, progress, *, start: int,
 
 
 def _nonfinite_stop(first_bad: int, checkpoints) -> str:
-    kept = checkpoints.latest_step()
-    return (f"non-finite loss or gradient at step {first_bad} (its update not applied); "
-            + (f"last checkpoint kept: step {kept}" if kept is not None else "no checkpoint was saved before it"))
+    kept = checkpoints.set_aside_unproven(first_bad)
+    return f"non-finite loss or gradient at step {first_bad} (its update not applied); {_kept(kept)}"
+
+
+def _kept(step: int | None) -> str:
+    return (f"resumable from checkpoint step {step} (a step from its parameters was finite)" if step is not None
+            else "no checkpoint was saved before it")
 
 
 def _progress(start: int, total: int, *, enabled: bool):

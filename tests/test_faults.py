@@ -260,3 +260,101 @@ def test_signal_during_startup_exits_with_the_shells_status_and_one_line(sig, de
     assert proc.returncode == 128 + sig.value, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert len(errors(stderr)) <= 1, stderr
+
+
+# ------------------------------------------------------------------------------------------ issue 34: round two
+
+def test_stale_lock_takeover_has_exactly_one_holder_among_20_contenders_50_times(tmp_path):
+    """20 forked processes race to take over a dead process's lock, 50 times: exactly one holds it each time."""
+    worker = os.path.join(os.path.dirname(__file__), "lock_race_worker.py")
+    out = subprocess.run([sys.executable, worker, str(tmp_path / "run"), "20", "50"], capture_output=True,
+                         text=True, timeout=120, env=ENV)
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout.splitlines()[-1])
+    assert len(counts) == 50 and counts == [1] * 50, counts
+
+
+def _damage_metadata(step_dir: str, how: str) -> None:
+    path = os.path.join(step_dir, "_CHECKPOINT_METADATA")
+    if how == "truncated":
+        text = open(path).read()
+        with open(path, "w") as f:
+            f.write(text[: len(text) // 2])
+    elif how == "unreadable":  # chmod 000; root reads any file, so for root a folder takes the file's place
+        if os.geteuid() == 0:
+            os.remove(path)
+            os.mkdir(path)
+        else:
+            os.chmod(path, 0)
+    elif how == "no digests":  # as a checkpoint written before the digests existed
+        meta = json.load(open(path))
+        del meta["custom_metadata"]["digests"]
+        with open(path, "w") as f:
+            json.dump(meta, f)
+
+
+def _flip_a_byte(step_dir: str) -> None:
+    path = largest_file(os.path.join(step_dir, "default"))
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("metadata,data", [("truncated", "intact"), ("truncated", "flipped"),
+                                           ("unreadable", "intact"), ("unreadable", "flipped")])
+def test_a_checkpoint_whose_digests_cannot_be_read_is_passed_over(reference, tmp_path, metadata, data):
+    """Issue 34 A: damaged metadata (with intact or damaged data) used to restore silently, unverified."""
+    workdir = copy_of(reference, tmp_path)
+    damaged = os.path.join(workdir, "checkpoints", "latest", "40")
+    _damage_metadata(damaged, metadata)
+    if data == "flipped":
+        _flip_a_byte(damaged)
+    out = jaxformer("eval", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["step"] == 36
+    lines = errors(out.stderr)
+    assert len(lines) == 2 and f"checkpoint {damaged} is unusable" in lines[0], out.stderr
+    assert "_CHECKPOINT_METADATA cannot be read" in lines[0] and "latest/36 instead" in lines[1], out.stderr
+
+
+def test_a_checkpoint_without_digests_restores_saying_it_is_unverified(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    legacy = os.path.join(workdir, "checkpoints", "latest", "40")
+    _damage_metadata(legacy, "no digests")
+    out = jaxformer("eval", "--workdir", workdir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1])["step"] == 40
+    lines = errors(out.stderr)
+    assert len(lines) == 1 and f"checkpoint {legacy} is unverified" in lines[0], out.stderr
+
+
+def test_eval_and_sample_during_training_leave_the_run_as_if_alone(tmp_path):
+    """Issue 34 B: a reader opening the checkpoints removed the temporary folder the trainer was writing, killing
+    it. Readers in a loop against a run saving every step: the run finishes, its metrics byte-identical to the
+    same run left alone, and the readers never wrote into it."""
+    run = ["--config", "tiny", "--config.train.steps=150", "--config.train.log_every=5",
+           "--config.train.eval_every=50", "--config.train.checkpoint_every=1", "--config.train.sample_chars=0",
+           "--config.train.progress=false"]
+    alone = str(tmp_path / "alone")
+    out = jaxformer("train", *run, "--workdir", alone)
+    assert out.returncode == 0, out.stderr
+    workdir = str(tmp_path / "read")
+    trainer = start("train", *run, "--workdir", workdir)
+    readers = {"eval": 0, "sample": 0}
+    try:
+        assert wait_for(lambda: checkpointed(workdir), trainer)
+        while trainer.poll() is None:
+            for name, extra in (("eval", []), ("sample", ["--max-new-tokens", "4"])):
+                if trainer.poll() is not None:
+                    break
+                out = jaxformer(name, "--workdir", workdir, *extra)
+                assert out.returncode == 0, out.stderr
+                readers[name] += 1
+        _, stderr = trainer.communicate(timeout=120)
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 0, stderr
+    assert readers["eval"] >= 1 and readers["sample"] >= 1, readers
+    assert metrics_of(workdir) == metrics_of(alone)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["149", "150"]
