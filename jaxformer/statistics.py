@@ -41,7 +41,7 @@ def paired_test(values: Mapping[int, float], reference: Mapping[int, float], lev
     d = paired_difference(values, reference, level)
     if d is None:
         return None
-    if d["std"] == 0:
+    if d["std"] <= 1e-12 * max(1.0, abs(d["mean"])):  # identical differences up to rounding: t is undefined
         return {**d, "p": 0.0 if d["mean"] != 0 else 1.0}
     p = stats.ttest_rel([values[s] for s in d["seeds"]], [reference[s] for s in d["seeds"]]).pvalue
     return {**d, "p": float(p)}
