@@ -10,7 +10,7 @@ trained first into <workdir>/base), extended to 128 (factor s = 4) by
     yarn_paper_bounds  YaRN with the paper's alpha = 1, beta = 32 (the degenerate form, for comparison)
 
 each zero-shot (the base model under the scaling: the "<variant> zero-shot" rows) and after the same fine-tune
-(200 steps at 128, fresh AdamW, 3e-4 -> 3e-5, 20 warm-up steps). Evaluated at 32, 64, 128 and 256 with keys at
+(100 steps at 128, fresh AdamW, 3e-4 -> 3e-5, 10 warm-up steps). Evaluated at 32, 64, 128 and 256 with keys at
 depths 0..1 (context.md): at 128, a key at depth 0 is 100+ tokens back, out of the base model's sliding window.
 
     jaxformer sweep --config configs/sweeps/context_extension_passkey.py \
@@ -38,12 +38,12 @@ def get_config() -> ml_collections.ConfigDict:
         "--config.model.n_embd=64",
         "--config.model.position.name=rope",
         "--config.model.position.rope.original_max_len=0",  # 0 = the base run's block size (32), YaRN's L
-        "--config.train.steps=200",
+        "--config.train.steps=100",
         "--config.optim.lr=3e-4",
         "--config.optim.min_lr=3e-5",
-        "--config.optim.warmup_steps=20",
-        "--config.train.eval_every=200",
-        "--config.train.checkpoint_every=200",
+        "--config.optim.warmup_steps=10",
+        "--config.train.eval_every=100",
+        "--config.train.checkpoint_every=100",
         "--config.train.log_every=50",
         "--config.train.sample_chars=0",
     )
@@ -66,11 +66,11 @@ def get_config() -> ml_collections.ConfigDict:
                         "--config.statistics=False", "--config.families={}")
     c.eval_lengths = (1,)  # unused: eval_at gives the lengths
     c.eval_at = (32, 64, 128, 256)
-    c.eval_tokens = 2048
+    c.eval_tokens = 640
     c.eval_batch_tokens = 16384
     c.eval_split = "val"
     c.eval_depths = (0.0, 0.25, 0.5, 0.75, 1.0)
-    c.eval_depth_examples = 64
+    c.eval_depth_examples = 32
     c.statistics = True
     c.reference = "yarn"
     c.correction = "holm"

@@ -3,7 +3,7 @@ sinusoidal positions (Ruoss et al. 2023), trained at L = 32 and asked for the ke
 
 synthetic/passkey (Mohtashami & Jaggi 2023; data/retrieval.py): a 5-digit key hidden at a uniform depth in 1..19
 filler tokens in training (rows of 32); evaluated at 32, 64, 128 and 256 tokens with the key at depths 0, 0.25,
-0.5, 0.75 and 1 (0 = the start of the context), 64 probes each: free-running greedy decoding, teacher-forced, the
+0.5, 0.75 and 1 (0 = the start of the context), 32 probes each: free-running greedy decoding, teacher-forced, the
 same model through a sliding window of 32 tokens (it cannot see a key more than 32 tokens back), and the majority /
 repeat-previous baselines (effective_context.py, the report's context.md). Press et al.'s point is the question:
 a flat loss past L (results.md) is not retrieval past L (context.md).
@@ -49,12 +49,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.axes = ml_collections.ConfigDict()
     c.axes.train = {"seed": (0, 1, 2)}
     c.eval_lengths = (1, 2, 4, 8)  # 32, 64, 128, 256 tokens
-    c.eval_tokens = 2048  # answer tokens per length for the loss table (results.md)
+    c.eval_tokens = 640  # answer tokens per length for the loss table (results.md): 128 probes
     c.eval_batch_tokens = 16384
     c.eval_split = "val"
     c.eval_stride = 16
     c.eval_depths = (0.0, 0.25, 0.5, 0.75, 1.0)
-    c.eval_depth_examples = 64
+    c.eval_depth_examples = 32
     c.statistics = True
     c.reference = "rope"
     c.correction = "holm"
