@@ -409,6 +409,8 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.randomize_max_len": 0,  # randomized positions (Ruoss et al. 2023) came later: off
     "model.position.randomize_per": "batch",  # randomized runs before it drew one set of positions per micro-batch
     "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
+    "model.position.rope.yarn_alpha": 1.0,  # YaRN's ramp bounds were the paper's constants before they were fields
+    "model.position.rope.yarn_beta": 32.0,
     "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
     "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)
     "data.bos": False,  # no beginning-of-sequence token

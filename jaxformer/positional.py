@@ -251,6 +251,7 @@ register(PositionalEncoding(
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn", "llama3")
 YARN_RAMPS = ("code", "paper")  # YaRN's ramp: linear in the dimension index (authors' code) or in rotations (paper)
 YARN_ALPHA, YARN_BETA = 1.0, 32.0  # Peng et al. 2023: ramp bounds, in rotations per original context
+YARN_REFERENCE_LEN = 4096  # the context (Llama 2) those bounds were chosen for: `yarn_bounds_scaled` scales from it
 
 
 def rotary_dim(head_dim: int, fraction: float) -> int:
@@ -258,11 +259,26 @@ def rotary_dim(head_dim: int, fraction: float) -> int:
     return 2 * int(fraction * head_dim // 2)
 
 
-def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = "code") -> np.ndarray:
+def yarn_bounds_scaled(original_max_len: int) -> tuple[float, float]:
+    """YaRN's ramp bounds for a short training context L: the paper's (alpha, beta) = (1, 32) times L / 4096.
+
+    r_i = L theta_i / (2 pi) is proportional to L, so at L = 64 even the fastest frequency makes only 10.2 turns
+    and beta = 32 keeps no dimension: YaRN degenerates to PI plus a temperature. Scaling both bounds by L / 4096
+    (Llama 2's context, for which Peng et al. 2023 chose them) keeps the same dimensions as the paper does at 4096:
+    at L = 64 (alpha, beta) = (1/64, 1/2), i.e. about the first third of the frequencies kept, the last quarter
+    interpolated. A documented choice for small-scale experiments, not the paper's setting.
+    """
+    scale = original_max_len / YARN_REFERENCE_LEN
+    return YARN_ALPHA * scale, YARN_BETA * scale
+
+
+def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = "code", alpha: float = YARN_ALPHA,
+              beta: float = YARN_BETA) -> np.ndarray:
     """YaRN's gamma_i in [0, 1] per frequency (1 = keep theta_i, 0 = interpolate it by the factor); `[d/2]`.
 
     With r_i = L theta_i / (2 pi) rotations of frequency i in the original context L (Peng et al. 2023, eq. 17):
-    - "paper" (eq. 18): gamma = clip((r_i - alpha) / (beta - alpha), 0, 1), alpha = 1, beta = 32 -- linear in r;
+    - "paper" (eq. 18): gamma = clip((r_i - alpha) / (beta - alpha), 0, 1), by default alpha = 1, beta = 32
+      (`model.position.rope.yarn_alpha`, `yarn_beta`; `yarn_bounds_scaled` for short contexts) -- linear in r;
     - "code" (the authors' released code, as transformers and the released YaRN models compute it): the dimension
       index where r = n is i(n) = d ln(L / (2 pi n)) / (2 ln theta); lo = floor(i(beta)), hi = ceil(i(alpha)),
       clipped to [0, d - 1]; gamma_i = 1 - clip((i - lo) / (hi - lo), 0, 1) -- linear in the index i.
@@ -271,20 +287,24 @@ def yarn_ramp(rot_dim: int, *, theta: float, original_max_len: int, form: str = 
     """
     if form not in YARN_RAMPS:
         raise ValueError(f"model.position.rope.yarn_ramp={form!r}; choose one of: {', '.join(YARN_RAMPS)}")
+    if not 0 < alpha < beta:
+        raise ValueError(f"model.position.rope.yarn_alpha={alpha!r}, yarn_beta={beta!r}; need 0 < yarn_alpha < "
+                         "yarn_beta (the paper's 1 and 32)")
     i = np.arange(rot_dim // 2, dtype=np.float64)
     if form == "paper":
         rotations = original_max_len * theta ** (-2.0 * i / rot_dim) / (2.0 * np.pi)
-        return np.clip((rotations - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0.0, 1.0)
+        return np.clip((rotations - alpha) / (beta - alpha), 0.0, 1.0)
     index_of = lambda n: rot_dim * math.log(original_max_len / (2.0 * math.pi * n)) / (2.0 * math.log(theta))
-    lo = max(math.floor(index_of(YARN_BETA)), 0)
-    hi = min(math.ceil(index_of(YARN_ALPHA)), rot_dim - 1)
+    lo = max(math.floor(index_of(beta)), 0)
+    hi = min(math.ceil(index_of(alpha)), rot_dim - 1)
     hi = hi + 0.001 if hi == lo else hi  # the authors' guard against a zero-width ramp
     return 1.0 - np.clip((i - lo) / (hi - lo), 0.0, 1.0)
 
 
 def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | None = None, factor: float = 1.0,
                      original_max_len: int = 0, low_freq_factor: float = 1.0,
-                     high_freq_factor: float = 4.0, yarn_ramp_form: str = "code") -> np.ndarray:
+                     high_freq_factor: float = 4.0, yarn_ramp_form: str = "code", yarn_alpha: float = YARN_ALPHA,
+                     yarn_beta: float = YARN_BETA) -> np.ndarray:
     """RoPE's frequencies theta_i = theta^(-2i/d), i < d/2, and their context-extension rescalings; `[d/2]`.
 
     - linear (position interpolation, Chen et al. 2023): theta_i / s -- RoPE at positions p / s;
@@ -292,7 +312,7 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
       is divided by exactly s;
     - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
-      0, 1) with alpha = 1, beta = 32; h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
+      0, 1) with alpha = 1, beta = 32 by default (`yarn_alpha`, `yarn_beta`); h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
       `yarn_ramp` in the paper's form (linear in r) or the authors' code's (linear in the dimension index).
     - llama3 (Meta's Llama 3.1 release, `apply_scaling`): wavelengths lambda_i shorter than L / high_freq_factor
       keep theta_i, longer than L / low_freq_factor become theta_i / s, and between them
@@ -316,7 +336,8 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
         if original_max_len <= 0:
             raise ValueError(f"model.position.rope.original_max_len={original_max_len!r}; YaRN needs the "
                              "original (training) context length, > 0")
-        ramp = yarn_ramp(rot_dim, theta=theta, original_max_len=original_max_len, form=yarn_ramp_form)
+        ramp = yarn_ramp(rot_dim, theta=theta, original_max_len=original_max_len, form=yarn_ramp_form,
+                         alpha=yarn_alpha, beta=yarn_beta)
         freq = (1.0 - ramp) * freq / factor + ramp * freq
     elif scaling == "llama3":
         if original_max_len <= 0 or not 0 < low_freq_factor < high_freq_factor:
@@ -348,7 +369,8 @@ def _cos_sin(x, positions_T, freq_F):
 
 def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0, scaling: str | None = None,
                factor: float = 1.0, original_max_len: int = 0, low_freq_factor: float = 1.0,
-               high_freq_factor: float = 4.0, yarn_ramp: str = "code"):
+               high_freq_factor: float = 4.0, yarn_ramp: str = "code", yarn_alpha: float = YARN_ALPHA,
+               yarn_beta: float = YARN_BETA):
     """RoPE (Su et al. 2021): rotates each pair (x_2i, x_2i+1) of the last axis by the angle p * theta_i.
 
     `x` is `[..., T, d]`, `positions_T` its positions (int; float for interpolated positions). Since
@@ -364,7 +386,8 @@ def apply_rope(x, positions_T, *, theta: float = 10000.0, fraction: float = 1.0,
                          "head dims")
     freq_F = rope_frequencies(rot, theta=theta, scaling=scaling, factor=factor,
                               original_max_len=original_max_len, low_freq_factor=low_freq_factor,
-                              high_freq_factor=high_freq_factor, yarn_ramp_form=yarn_ramp)
+                              high_freq_factor=high_freq_factor, yarn_ramp_form=yarn_ramp, yarn_alpha=yarn_alpha,
+                              yarn_beta=yarn_beta)
     cos, sin = _cos_sin(x, positions_T, freq_F)
     x32 = x.astype(jnp.float32)
     y = jnp.concatenate([_rotate_pairs(x32[..., :rot], cos, sin), x32[..., rot:]], axis=-1)
@@ -380,7 +403,7 @@ def _per_head(fn, x_BxTxHxd, positions_T):
 
 def _rope_rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg: Mapping):
     fields = ("theta", "fraction", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
-              "yarn_ramp")
+              "yarn_ramp", "yarn_alpha", "yarn_beta")
     rope = lambda x, positions: apply_rope(x, positions, **{f: cfg[f] for f in fields})
     return _per_head(rope, q_BxTxHxd, q_positions_T), _per_head(rope, k_BxSxKxd, k_positions_S)
 
@@ -399,16 +422,20 @@ def _rope_validate(cfg: Mapping) -> None:
              cfg["low_freq_factor"], f"must be in (0, high_freq_factor={cfg['high_freq_factor']})")
     _require(cfg["yarn_ramp"] in YARN_RAMPS, "rope", "yarn_ramp", cfg["yarn_ramp"],
              f"choose one of: {', '.join(YARN_RAMPS)}")
+    _require(0 < cfg["yarn_alpha"], "rope", "yarn_alpha", cfg["yarn_alpha"], "must be > 0 (the paper's 1)")
+    _require(cfg["yarn_alpha"] < cfg["yarn_beta"], "rope", "yarn_alpha", cfg["yarn_alpha"],
+             f"must be below yarn_beta={cfg['yarn_beta']} (the ramp runs from alpha up to beta rotations; the "
+             "paper's 1 and 32)")
 
 
 register(PositionalEncoding(
     "rope",
     defaults={"theta": 10000.0, "fraction": 1.0, "scaling": "none", "factor": 1.0, "original_max_len": 0,
               "low_freq_factor": 1.0, "high_freq_factor": 4.0,  # the last two: llama3 scaling only
-              "yarn_ramp": "code"},
+              "yarn_ramp": "code", "yarn_alpha": YARN_ALPHA, "yarn_beta": YARN_BETA},  # the last three: YaRN only
     init=_no_params, rotate=_rope_rotate, validate=_rope_validate,
     extension_fields=("theta", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
-                      "yarn_ramp")))
+                      "yarn_ramp", "yarn_alpha", "yarn_beta")))
 
 
 # ---------------------------------------------------------------------------------------------- xpos

@@ -33,3 +33,50 @@ def paired_difference(values: Mapping[int, float], reference: Mapping[int, float
     if interval is None:
         return None
     return {**interval, "seeds": seeds, "tie": bool(interval["lo"] <= 0.0 <= interval["hi"])}
+
+
+def paired_test(values: Mapping[int, float], reference: Mapping[int, float], level: float = 0.95) -> dict | None:
+    """`paired_difference` plus `p`: the two-sided paired t test of mean difference 0 (scipy.stats.ttest_rel on
+    the shared seeds). Differences with no spread: p = 0 when their mean is not 0, else 1 (t is undefined)."""
+    d = paired_difference(values, reference, level)
+    if d is None:
+        return None
+    if d["std"] <= 1e-12 * max(1.0, abs(d["mean"])):  # identical differences up to rounding: t is undefined
+        return {**d, "p": 0.0 if d["mean"] != 0 else 1.0}
+    p = stats.ttest_rel([values[s] for s in d["seeds"]], [reference[s] for s in d["seeds"]]).pvalue
+    return {**d, "p": float(p)}
+
+
+CORRECTIONS = ("holm", "bh")  # Holm 1979 (family-wise error), Benjamini & Hochberg 1995 (false discovery rate)
+ALPHA = 0.05
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): with p_(1) <= .. <= p_(m) sorted,
+    p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)); rejecting p~ <= alpha controls the family-wise error."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p, kind="stable")
+    m = p.size
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate; scipy.stats.false_discovery_control)."""
+    p = np.asarray(p_values, np.float64)
+    return stats.false_discovery_control(p, method="bh") if p.size else p
+
+
+def adjust(tests: list[dict], correction: str = "holm", alpha: float = ALPHA) -> list[dict]:
+    """Adds `p_holm`, `p_bh` and `significant` (the `correction`'s adjusted p <= alpha) to each test of one family
+    (dicts with `p`; None entries are skipped); returns the tests."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f"correction={correction!r}; choose one of: {', '.join(CORRECTIONS)}")
+    ran = [t for t in tests if t is not None and t.get("p") is not None]
+    p = [t["p"] for t in ran]
+    for t, h, b in zip(ran, holm(p), benjamini_hochberg(p), strict=True):
+        t.update({"p_holm": float(h), "p_bh": float(b), "correction": correction,
+                  "significant": bool((h if correction == "holm" else b) <= alpha)})
+    return tests

@@ -37,8 +37,21 @@ A sweep config's `get_config()` returns a ConfigDict with
     overrides_by_variant  {variant: (`--config.a.b=v`, ...)}: extra overrides for the points of one variant (the
                    point name without the seed), e.g. each variant's own learning rate; a variant no point
                    has is skipped, so a sweep narrowed with `--config.axes...` keeps its settings
+    eval_depths    depths in [0, 1] for the tasks where context pays (synthetic/passkey, synthetic/mqar): at every
+                   eval length and depth, `eval_depth_examples` probes answered free-running, teacher-forced, by a
+                   sliding window of data.block_size, and by the trivial baselines (effective_context.py,
+                   `<run>/context.json`, the report's "Effective context" section); () = off
     statistics     True: the report gives t intervals over seeds and paired differences (needs >= 2 seeds)
     reference      the variant the paired differences are taken against (default "rope")
+    families       the families of tests, declared before running: {name: (variant, ...)}; a family's tests are
+                   every paired difference of its variants against `reference` in the report (full-context and
+                   sliding-window loss at every eval length; the effective-context tables' differences form the
+                   family "<name>/context"), adjusted together. Families are disjoint; none declared = one family
+                   "all" of every variant. A variant in no family gets raw p-values and no claim
+    correction     "holm" (family-wise error, the default) or "bh" (Benjamini-Hochberg false discovery rate): the
+                   adjusted p-value that decides "significant" (both are reported beside the raw one)
+    selection_seeds  seeds used to select hyperparameters (e.g. the learning rate): kept out of every interval and
+                   test, so a comparison never reuses the run its setting was chosen on
 
 The sweep directory holds `sweep.json` (the sweep config and its points) and `runs/<point>/`, each made by
 `jaxformer.train.train` (so `jaxformer sample/eval --workdir` work on it) plus the point's `extrapolation.json`.
@@ -65,14 +78,15 @@ import time
 import ml_collections
 
 from jaxformer import config as config_lib
-from jaxformer import extrapolation, positional, statistics
+from jaxformer import effective_context, extrapolation, positional, statistics
 from jaxformer import run as run_lib
 
 SEED_FIELD = "train.seed"  # the axis the reports average over
 VARIANT_FIELD = "variant"  # the axis of the sweep config's named `variants`
 SWEEP_FIELDS = ("base", "overrides", "axes", "eval_lengths", "eval_tokens", "eval_batch_tokens", "eval_split",
                 "eval_stride", "overrides_by_variant", "statistics", "reference",
-                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants", "eval_random_positions")
+                "eval_sizes", "eval_size_examples", "eval_at", "init", "variants", "eval_random_positions",
+                "eval_depths", "eval_depth_examples", "families", "correction", "selection_seeds")
 # Fields that may differ between a run directory's saved config and the sweep's config for that point on resume:
 # derived from the dataset, cosmetic, or where the data lives on this machine.
 _RESUME_IGNORED = ("model.vocab_size", "train.progress", "data.manual_dir", "data.data_dir")
@@ -151,7 +165,9 @@ def load_sweep(config: str, overrides: list[str] = (), axes: list[str] = ()) -> 
                              f"(a sweep config defines {', '.join(SWEEP_FIELDS)})")
     defaults = {"overrides": (), "eval_tokens": 0, "eval_batch_tokens": 8192, "eval_split": "val",
                 "overrides_by_variant": {}, "statistics": False, "reference": "rope",
-                "eval_sizes": (), "eval_size_examples": 64, "eval_at": (), "eval_random_positions": False}
+                "eval_sizes": (), "eval_size_examples": 64, "eval_at": (), "eval_random_positions": False,
+                "eval_depths": (), "eval_depth_examples": 64, "families": {}, "correction": "holm",
+                "selection_seeds": ()}
     with sweep_cfg.unlocked():
         for key, value in defaults.items():
             if key not in sweep_cfg:
@@ -242,6 +258,8 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
             config_lib.validate(cfg, eval_lengths=[x["length"] for x in lengths if x["na"] is None])
         except ValueError as e:
             raise ValueError(f"sweep point {name}: {str(e).splitlines()[0]}") from e
+        if sweep_cfg.get("eval_depths"):
+            _check_depth_eval(sweep_cfg, cfg, [x["length"] for x in lengths], name)
         window, stride = cfg.data.block_size, sweep_cfg.get("eval_stride", None)
         if stride is not None and not 1 <= stride <= window:
             raise ValueError(f"eval_stride={stride}: the sliding window (data.block_size={window}) needs a stride in "
@@ -264,7 +282,58 @@ def make_points(sweep_cfg: ml_collections.ConfigDict, base_overrides: list[str] 
         if sweep_cfg.reference not in variants:
             raise ValueError(f"reference={sweep_cfg.reference!r} is not a variant of this sweep; choose one of: "
                              f"{', '.join(variants)}")
+    check_statistics(sweep_cfg, variants, seeds=dict(flatten_axes(sweep_cfg.axes)).get(SEED_FIELD, ()))
     return points
+
+
+def check_statistics(sweep_cfg: ml_collections.ConfigDict, variants: list[str], *, seeds=()) -> None:
+    """The declared families, correction and selection seeds: one-line errors before anything trains."""
+    correction = sweep_cfg.get("correction", "holm")
+    if correction not in statistics.CORRECTIONS:
+        raise ValueError(f"correction={correction!r}; choose one of: {', '.join(statistics.CORRECTIONS)}")
+    if sweep_cfg.get("init"):  # the zero-shot rows are variants of the report too
+        variants = [*variants, *(f"{v} zero-shot" for v in variants)]
+    seen = {}
+    for family, members in dict(sweep_cfg.get("families", {}) or {}).items():
+        if isinstance(members, str) or not members:
+            raise ValueError(f"families.{family}={members!r}; give a tuple of variant names")
+        for v in members:
+            if v not in variants:
+                raise ValueError(f"families.{family} names {v!r}, not a variant of this sweep; choose from: "
+                                 f"{', '.join(variants)}")
+            if v in seen:
+                raise ValueError(f"families.{family} and families.{seen[v]} both hold {v!r}; families are disjoint")
+            seen[v] = family
+    selection = list(sweep_cfg.get("selection_seeds", ()) or ())
+    missing = [s for s in selection if s not in seeds]
+    if missing:
+        raise ValueError(f"selection_seeds={tuple(selection)}: seed {missing[0]} is not in axes.train.seed "
+                         f"{tuple(seeds)}")
+    if sweep_cfg.get("statistics") and len(seeds) - len(selection) < 2:
+        raise ValueError(f"selection_seeds={tuple(selection)} leaves {len(seeds) - len(selection)} of the seeds "
+                         f"{tuple(seeds)} for the comparisons; statistics need at least 2")
+
+
+def _check_depth_eval(sweep_cfg: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict, lengths: list[int],
+                      name: str) -> None:
+    """eval_depths' one-line errors before anything trains: depths in [0, 1], a task with a depth, lengths that
+    hold the key and the query."""
+    from jaxformer import data as data_lib
+
+    effective_context.check_depths(sweep_cfg.eval_depths)
+    if sweep_cfg.get("eval_depth_examples", 64) < 1:
+        raise ValueError(f"eval_depth_examples={sweep_cfg.eval_depth_examples}; must be >= 1")
+    task = data_lib.TASKS.get(cfg.data.name[len("synthetic/"):]) if cfg.data.name.startswith("synthetic/") else None
+    if task is None or not task.placed:
+        placed = ", ".join(f"synthetic/{t.name}" for t in data_lib.TASKS.values() if t.placed)
+        raise ValueError(f"sweep point {name}: eval_depths needs a task with a depth (data.name={cfg.data.name!r}); "
+                         f"choose one of: {placed}")
+    dataset = data_lib.load_dataset(cfg.data)
+    shortest = dataset.length(0) - 1
+    for T in [cfg.data.block_size, *lengths]:
+        if T < shortest:
+            raise ValueError(f"sweep point {name}: length {T} is too short for a {dataset.name} example: the key "
+                             f"and the query alone take {shortest} tokens")
 
 
 # Overrides of a sweep with `init` that also reach the runs it starts from: where the data is on this machine.
@@ -481,6 +550,12 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
         zero_shot = {"from": point.init_from, "step": base_step, "lengths": extrapolation.evaluate_lengths(
             zero_graphdef, base_params, dataset, point.lengths, eval_tokens=sweep_cfg.eval_tokens,
             batch_tokens=sweep_cfg.eval_batch_tokens, split=sweep_cfg.eval_split)}
+    if sweep_cfg.get("eval_depths"):  # before extrapolation.json, whose presence marks the point finished
+        effective_context.evaluate_run(
+            run_dir, graphdef, params, dataset, cfg, lengths=[x["length"] for x in point.lengths],
+            depths=effective_context.check_depths(sweep_cfg.eval_depths),
+            examples=sweep_cfg.get("eval_depth_examples", 64), batch_tokens=sweep_cfg.eval_batch_tokens,
+            split=sweep_cfg.eval_split, zero_shot_params=base_params if source else None)
     extrapolation.evaluate_run(run_dir, graphdef, params, dataset, cfg, step=step, point=point.name,
                                variant=point.variant, index=point.index, values=point.values,
                                lengths=point.lengths, eval_tokens=sweep_cfg.eval_tokens,
@@ -547,30 +622,48 @@ def summary_lines(variants: list[dict]) -> list[str]:
 
 
 def sweep_settings(workdir: str) -> dict:
-    """The report settings (statistics, reference) from the sweep's sweep.json; the defaults without one."""
+    """The report settings (statistics, reference, families, correction, selection seeds) from the sweep's
+    sweep.json; the defaults without one."""
     path = os.path.join(workdir, "sweep.json")
     cfg = run_lib.read_json(path).get("config", {}) if os.path.exists(path) else {}
-    return {"statistics": bool(cfg.get("statistics", False)), "reference": cfg.get("reference", "rope")}
+    return {"statistics": bool(cfg.get("statistics", False)), "reference": cfg.get("reference", "rope"),
+            "families": {k: tuple(v) for k, v in (cfg.get("families") or {}).items()},
+            "correction": cfg.get("correction", "holm"), "selection_seeds": tuple(cfg.get("selection_seeds", ()))}
 
 
-def add_statistics(variants: list[dict], reference: str, level: float = 0.95) -> None:
+def families_of(variants: list[str], settings: dict) -> dict[str, tuple]:
+    """The declared families (variant names), or one family "all" of every variant but the reference."""
+    declared = settings.get("families") or {}
+    return dict(declared) if declared else {"all": tuple(v for v in variants if v != settings.get("reference"))}
+
+
+def add_statistics(variants: list[dict], reference: str, level: float = 0.95, *, settings: dict | None = None) -> None:
     """Adds to every length record `ci` (t interval of the mean loss over seeds) and `diff` (paired per-seed
-    difference against the `reference` variant at that length, with its t interval and whether it is a tie), and
-    the same for the sliding-window loss (`sliding_ci`, `sliding_diff`, against the reference's sliding loss)."""
+    difference against the `reference` variant at that length: t interval, tie, paired t test p), and the same for
+    the sliding-window loss (`sliding_ci`, `sliding_diff`); the selection seeds are left out of all of them. Then
+    each declared family's differences get Holm and Benjamini-Hochberg adjusted p-values and `significant` under the
+    declared correction (statistics.adjust); a difference outside every family keeps its raw p and no claim."""
+    settings = {"selection_seeds": (), "correction": "holm", "families": {}, "reference": reference,
+                **(settings or {})}
+    skip = set(settings["selection_seeds"])
+    kept = lambda seeds, values: {s: y for s, y in zip(seeds, values, strict=True) if s not in skip}
     ref = next((v for v in variants if v["variant"] == reference), None)
     for v in variants:
         for i, x in enumerate(v["lengths"]):
-            own = dict(zip(x["loss_seeds"], x["losses"], strict=True))
-            own_sliding = dict(zip(x["sliding_seeds"], x["sliding_losses"], strict=True))
-            x["ci"] = statistics.t_interval(x["losses"], level)
-            x["sliding_ci"] = statistics.t_interval(x["sliding_losses"], level)
+            own, own_sliding = kept(x["loss_seeds"], x["losses"]), kept(x["sliding_seeds"], x["sliding_losses"])
+            x["ci"] = statistics.t_interval(list(own.values()), level)
+            x["sliding_ci"] = statistics.t_interval(list(own_sliding.values()), level)
             x["diff"] = x["sliding_diff"] = None
             if ref is not None and v is not ref and i < len(ref["lengths"]):
                 r = ref["lengths"][i]
-                x["diff"] = statistics.paired_difference(own, dict(zip(r["loss_seeds"], r["losses"], strict=True)),
-                                                         level)
-                x["sliding_diff"] = statistics.paired_difference(
-                    own_sliding, dict(zip(r["sliding_seeds"], r["sliding_losses"], strict=True)), level)
+                x["diff"] = statistics.paired_test(own, kept(r["loss_seeds"], r["losses"]), level)
+                x["sliding_diff"] = statistics.paired_test(
+                    own_sliding, kept(r["sliding_seeds"], r["sliding_losses"]), level)
+    for family, members in families_of([v["variant"] for v in variants], settings).items():
+        tests = [x[key] for v in variants if v["variant"] in members for x in v["lengths"]
+                 for key in ("diff", "sliding_diff") if x.get(key)]
+        for t in statistics.adjust(tests, settings["correction"]):
+            t["family"] = family
 
 
 def write_reports(workdir: str) -> list[str]:
@@ -579,12 +672,14 @@ def write_reports(workdir: str) -> list[str]:
     variants = extrapolation.aggregate(results)
     settings = sweep_settings(workdir)
     if settings["statistics"]:
-        add_statistics(variants, settings["reference"])
+        add_statistics(variants, settings["reference"], settings=settings)
     lines = summary_lines(variants)
     title = _title([r for r in results if not r["variant"].endswith(" zero-shot")] or results)
     _write_csv(variants, os.path.join(workdir, "results.csv"))
     _write_markdown(variants, results, unfinished, lines, title, os.path.join(workdir, "results.md"),
                     settings=settings)
+    if effective_context.write_report(workdir, settings):
+        lines = [*lines, f"effective context (passkey / MQAR by length and depth): {workdir}/context.md"]
     extrapolation.plot_extrapolation(variants, os.path.join(workdir, "extrapolation.png"),
                                      title=f"Loss vs eval length (dashed: sliding window of the training "
                                            f"length)\n{title}")
@@ -605,7 +700,8 @@ CSV_COLUMNS = ("variant", "multiplier", "length", "status", "seeds", "loss_mean"
                "loss_ci95_low", "loss_ci95_high", "diff_vs_reference_mean", "diff_ci95_low", "diff_ci95_high",
                "diff_tie", "sliding_window", "sliding_stride", "sliding_loss_mean", "sliding_loss_std",
                "sliding_losses", "sliding_ci95_low", "sliding_ci95_high", "sliding_diff_mean", "sliding_diff_ci95_low",
-               "sliding_diff_ci95_high", "sliding_diff_tie")
+               "sliding_diff_ci95_high", "sliding_diff_tie", "diff_p", "diff_p_holm", "diff_p_bh", "diff_significant",
+               "sliding_diff_p", "sliding_diff_p_holm", "sliding_diff_p_bh", "sliding_diff_significant", "family")
 
 
 def _stat_columns(x: dict, window: int) -> dict:
@@ -618,7 +714,10 @@ def _stat_columns(x: dict, window: int) -> dict:
             "sliding_losses": ";".join(f"{y:.6f}" for y in x.get("sliding_losses", [])),
             "sliding_ci95_low": sci.get("lo"), "sliding_ci95_high": sci.get("hi"),
             "sliding_diff_mean": sdiff.get("mean"), "sliding_diff_ci95_low": sdiff.get("lo"),
-            "sliding_diff_ci95_high": sdiff.get("hi"), "sliding_diff_tie": sdiff.get("tie")}
+            "sliding_diff_ci95_high": sdiff.get("hi"), "sliding_diff_tie": sdiff.get("tie"),
+            **{f"{prefix}{k}": d.get(k) for prefix, d in (("diff_", diff), ("sliding_diff_", sdiff))
+               for k in ("p", "p_holm", "p_bh", "significant")},
+            "family": diff.get("family") or sdiff.get("family")}
 
 
 def _ci_cell(stat: tuple | None, ci: dict | None) -> str:
@@ -629,11 +728,19 @@ def _ci_cell(stat: tuple | None, ci: dict | None) -> str:
     return f"{ci['mean']:.3f} ± {ci['std']:.3f} [{ci['lo']:.3f}, {ci['hi']:.3f}]"
 
 
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
 def _diff_cell(diff: dict | None) -> str:
+    """mean [interval] p (raw / Holm / BH); bold only when significant after the family's declared correction."""
     if diff is None:
         return "-"
     text = f"{diff['mean']:+.3f} [{diff['lo']:+.3f}, {diff['hi']:+.3f}]"
-    return f"{text} tie" if diff["tie"] else f"**{text}**"
+    if "p_holm" not in diff:  # outside every declared family: raw p only, no claim
+        return f"{text} p={_p(diff['p'])} (no family)"
+    text += f" p={_p(diff['p'])}/{_p(diff['p_holm'])}/{_p(diff['p_bh'])}"
+    return f"**{text}**" if diff["significant"] else f"{text} tie"
 
 
 def _write_csv(variants: list[dict], path: str) -> None:
@@ -784,10 +891,19 @@ def _write_markdown(variants, results, unfinished, lines, title, path, *, settin
                 cells = [_ci_cell(x["loss"], x.get("ci")) if x["loss"] is not None else x["na"]
                          for x in v["lengths"]]
                 out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+            correction = {"holm": "Holm", "bh": "Benjamini–Hochberg"}[settings.get("correction", "holm")]
+            families = families_of([v["variant"] for v in variants], settings)
+            declared = "; ".join(f"`{k}`: {', '.join(m)}" for k, m in families.items())
+            selection = settings.get("selection_seeds") or ()
+            out += ["", f"Families of tests (declared in the sweep config before the runs; each adjusted on its "
+                    f"own, full-context and sliding-window differences at every length together): {declared}. "
+                    f"Seeds left out as hyperparameter-selection seeds: "
+                    f"{', '.join(map(str, selection)) if selection else 'none'}."]
             for key, what in (("diff", "full-context loss"), ("sliding_diff", "sliding-window loss")):
                 out += ["", f"Paired differences of the {what} against `{ref}`, seed by seed (variant − {ref}; "
-                        f"negative = better than {ref}): mean [{level}% paired t interval]. **Bold**: the interval "
-                        "excludes 0 (a significant difference); `tie`: it contains 0.", "",
+                        f"negative = better than {ref}): mean [{level}% paired t interval] p = raw / Holm / "
+                        f"Benjamini–Hochberg (paired t test, adjusted within the variant's family). **Bold**: "
+                        f"significant at 5% after the {correction} correction; `tie`: not significant after it.", "",
                         "| variant | " + " | ".join(f"{x['multiplier']}× ({x['length']})" for x in lengths) + " |",
                         "|---|" + "---|" * len(lengths)]
                 for v in variants:

@@ -19,26 +19,26 @@ def sinusoidal(positions, dim):
     return out
 
 
-def yarn_code_ramp(d, theta, original_max_len):
+def yarn_code_ramp(d, theta, original_max_len, alpha=1.0, beta=32.0):
     """gamma_i of the YaRN authors' code (as transformers' `_compute_yarn_parameters` writes it): the correction
     range [floor(dim(beta_fast=32)), ceil(dim(beta_slow=1))], dim(n) = d ln(L / (n 2 pi)) / (2 ln base), and
     extrapolation factor 1 - clamp((i - low) / (high - low), 0, 1)."""
     dim_of = lambda n: (d * math.log(original_max_len / (n * 2 * math.pi))) / (2 * math.log(theta))
-    low, high = max(math.floor(dim_of(32)), 0), min(math.ceil(dim_of(1)), d - 1)
+    low, high = max(math.floor(dim_of(beta)), 0), min(math.ceil(dim_of(alpha)), d - 1)
     if low == high:
         high += 0.001
     return [1.0 - min(max((i - low) / (high - low), 0.0), 1.0) for i in range(d // 2)]
 
 
 def rope_frequencies(d, theta=10000.0, scaling="none", factor=1.0, original_max_len=0, low_freq_factor=1.0,
-                     high_freq_factor=4.0, yarn_ramp="code"):
+                     high_freq_factor=4.0, yarn_ramp="code", yarn_alpha=1.0, yarn_beta=32.0):
     """theta_i = theta^(-2(i-1)/d) (Su et al. 2021, eq. 15) and the context-extension rescalings:
     PI (Chen et al. 2023): theta_i / s; NTK-aware (bloc97 2023): base * s^(d/(d-2));
-    YaRN NTK-by-parts (Peng et al. 2023, eqs. 17-20): r = L / lambda, gamma ramp with alpha = 1, beta = 32,
+    YaRN NTK-by-parts (Peng et al. 2023, eqs. 17-20): r = L / lambda, gamma ramp from alpha (1) to beta (32),
     h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i; gamma as in the paper or in the authors' code.
     Llama 3 (Meta's reference `apply_scaling`): by wavelength against L / high_freq_factor and L / low_freq_factor,
     written as Meta's three branches."""
-    code_ramp = yarn_code_ramp(d, theta, original_max_len) if scaling == "yarn" and yarn_ramp == "code" else None
+    code_ramp = yarn_code_ramp(d, theta, original_max_len, yarn_alpha, yarn_beta) if scaling == "yarn" and yarn_ramp == "code" else None
     freqs = []
     base = theta * factor ** (d / (d - 2)) if scaling == "ntk" else theta
     for i in range(d // 2):
@@ -48,12 +48,12 @@ def rope_frequencies(d, theta=10000.0, scaling="none", factor=1.0, original_max_
         elif scaling == "yarn":
             wavelength = 2 * math.pi / f
             r = original_max_len / wavelength
-            if r < 1.0:
+            if r < yarn_alpha:
                 g = 0.0
-            elif r > 32.0:
+            elif r > yarn_beta:
                 g = 1.0
             else:
-                g = (r - 1.0) / (32.0 - 1.0)
+                g = (r - yarn_alpha) / (yarn_beta - yarn_alpha)
             g = code_ramp[i] if code_ramp is not None else g
             f = (1 - g) * f / factor + g * f
         elif scaling == "llama3":
@@ -70,7 +70,7 @@ def rope_frequencies(d, theta=10000.0, scaling="none", factor=1.0, original_max_
 
 
 def rope(x, positions, theta=10000.0, fraction=1.0, scaling="none", factor=1.0, original_max_len=0,
-         low_freq_factor=1.0, high_freq_factor=4.0, yarn_ramp="code"):
+         low_freq_factor=1.0, high_freq_factor=4.0, yarn_ramp="code", yarn_alpha=1.0, yarn_beta=32.0):
     """R^d_{Theta,m} x (Su et al. 2021, eq. 15): a 2x2 rotation by m * theta_i of each pair (x_2i, x_2i+1).
     x: [T, d]. Partial rotary rotates the first 2 * floor(fraction * d / 2) dims. YaRN multiplies by
     0.1 ln(s) + 1 (eq. 22, applied to q and k alike)."""
@@ -78,7 +78,7 @@ def rope(x, positions, theta=10000.0, fraction=1.0, scaling="none", factor=1.0, 
     T, d = x.shape
     rot = 2 * int(fraction * d // 2)
     freqs = rope_frequencies(rot, theta, scaling, factor, original_max_len, low_freq_factor, high_freq_factor,
-                             yarn_ramp)
+                             yarn_ramp, yarn_alpha, yarn_beta)
     out = x.copy()
     for t in range(T):
         for i in range(rot // 2):

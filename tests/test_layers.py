@@ -25,7 +25,8 @@ LAYERS = [
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
     ["jaxformer.loader"],  # building a model and loading a run
     ["jaxformer.train"],
-    ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist"],  # research tools
+    ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist",
+     "jaxformer.effective_context"],  # research tools
     ["jaxformer.sweep"],
     ["jaxformer.cli"],  # the entry point
 ]

@@ -53,7 +53,10 @@ def test_context_extension_cells_are_scipy_paired_t_on_the_run_files():
     row = next(line for line in module.render(sweep).splitlines() if line.startswith("| YaRN fine-tuned - NTK"))
     cell = row.split(" | ")[3]  # the columns: comparison, 64, 128, 256, 512
     assert cell.startswith(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ")
-    assert cell.endswith("tie") == (lo <= 0 <= hi)
+    p = stats.ttest_rel([losses["yarn", s][256] for s in (0, 1, 2)], [losses["ntk", s][256] for s in (0, 1, 2)]).pvalue
+    assert f"p={p:.2g} (Holm " in cell
+    holm = float(cell.split("(Holm ")[1].split(",")[0])
+    assert holm >= p and (" tie" in cell) == (holm > 0.05)  # the verdict is Holm's, over the table's cells
 
 
 def test_algorithmic_pairs_keep_only_seeds_where_both_reached():
@@ -68,11 +71,13 @@ def test_algorithmic_pairs_keep_only_seeds_where_both_reached():
                                     1: {"id": 1.0, "ood": 0.30, "ood_tokens": 0.7},
                                     2: {"id": 1.0, "ood": 0.10, "ood_tokens": 0.5},
                                     3: {"id": 0.999, "ood": 0.30, "ood_tokens": 0.6}}}
-    cell, note = module._pair(runs, ("a", "ordered", "t"), ("b", "ordered", "t"), "ood")
+    d, note = module._pair(runs, ("a", "ordered", "t"), ("b", "ordered", "t"), "ood")
     assert note == "3/4"
     mean, lo, hi = _t_interval([0.30, 0.10, 0.05])
-    assert cell == f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] {'tie' if lo <= 0 <= hi else 'higher'}"
-    cell, note = module._pair(runs, ("a", "ordered", "t"), ("b", "ordered", "t"), "ood", precondition=False)
+    assert (d["mean"], d["lo"], d["hi"]) == pytest.approx((mean, lo, hi), abs=1e-12)
+    assert d["p"] == pytest.approx(stats.ttest_rel([0.40, 0.50, 0.35], [0.30, 0.20, 0.30]).pvalue, rel=1e-9)
+    d, note = module._pair(runs, ("a", "ordered", "t"), ("b", "ordered", "t"), "ood", precondition=False)
     mean, lo, hi = _t_interval([0.30, 0.10, 0.80, 0.05])
     assert note == "4/4"
-    assert cell.startswith(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    module.statistics.adjust([d], "holm")  # a family of one: Holm's p is the raw one
+    assert module._cell(d).startswith(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] p={d['p']:.2g} (Holm {d['p']:.2g}")

@@ -100,6 +100,8 @@ BAD_FIELDS = [
     ("rope", {"factor": 0.5}, "model.position.rope.factor=0.5; must be >= 1"),
     ("rope", {"theta": -1.0}, "model.position.rope.theta=-1.0"),
     ("rope", {"scaling": "yarn", "factor": 4.0}, "model.position.rope.original_max_len=0; YaRN needs"),
+    ("rope", {"yarn_alpha": 32.0}, "model.position.rope.yarn_alpha=32.0; must be below yarn_beta=32.0"),
+    ("rope", {"yarn_alpha": 0.0}, "model.position.rope.yarn_alpha=0.0; must be > 0"),
     ("learned", {"max_len": 0}, "model.position.learned.max_len=0"),
     ("xpos", {"scale_base": -1.0}, "model.position.xpos.scale_base=-1.0; must be > 0 (0 = data.block_size / 2)"),
     ("xpos", {"theta": 0.0}, "model.position.xpos.theta=0.0; must be > 0"),
@@ -284,6 +286,31 @@ def test_yarn_code_ramp_equals_the_authors_code_and_brackets_like_the_paper(d, t
     steps = np.diff(ramp[(ramp > 0) & (ramp < 1)])
     np.testing.assert_allclose(steps, steps[0] if steps.size else steps, rtol=1e-9)  # linear in the index
     assert (np.diff(ramp) <= 0).all() and (np.diff(paper) <= 0).all()
+
+
+@pytest.mark.parametrize("form", ["paper", "code"])
+def test_yarn_bounds_are_fields_and_the_scaled_ones_keep_dimensions_at_short_contexts(form):
+    """The paper's bounds at L = 64 keep no frequency (10.2 turns at most); bounds scaled by L / 4096 keep the same
+    dimensions as the paper's at 4096 (d = 32: its fastest frequencies kept, its slowest interpolated), and both
+    agree with the float64 reference."""
+    alpha, beta = P.yarn_bounds_scaled(64)
+    assert (alpha, beta) == (1 / 64, 0.5)
+    paper = P.yarn_ramp(32, theta=10000.0, original_max_len=64, form=form)
+    scaled = P.yarn_ramp(32, theta=10000.0, original_max_len=64, form=form, alpha=alpha, beta=beta)
+    at_4096 = P.yarn_ramp(32, theta=10000.0, original_max_len=4096, form=form)
+    assert (paper == 1.0).sum() <= 1 and (paper[1:] < 0.85).all()  # degenerate: dim 0 at most kept, then a ramp
+    np.testing.assert_allclose(scaled, at_4096, atol=1e-12)  # r_i scales with L, so do the bounds
+    assert scaled[0] == 1.0 and scaled[-1] == 0.0
+    freqs = P.rope_frequencies(32, scaling="yarn", factor=4.0, original_max_len=64, yarn_ramp_form=form,
+                               yarn_alpha=alpha, yarn_beta=beta)
+    np.testing.assert_allclose(freqs, ref.rope_frequencies(32, 10000.0, "yarn", 4.0, 64, yarn_ramp=form,
+                                                           yarn_alpha=alpha, yarn_beta=beta), rtol=1e-12)
+    x, positions = normal(np.random.default_rng(3), 10, 32), jnp.arange(10) * 7
+    kw = dict(scaling="yarn", factor=4.0, original_max_len=64, yarn_ramp=form, yarn_alpha=alpha, yarn_beta=beta)
+    np.testing.assert_allclose(np.asarray(P.apply_rope(x, positions, **kw)),
+                               ref.rope(x, np.asarray(positions), **kw), atol=2e-5)
+    with pytest.raises(ValueError, match="yarn_alpha=2.0, yarn_beta=1.0; need 0 < yarn_alpha < yarn_beta"):
+        P.yarn_ramp(32, theta=10000.0, original_max_len=64, form=form, alpha=2.0, beta=1.0)
 
 
 def test_yarn_ramp_field_reaches_the_rotation():

@@ -12,6 +12,7 @@ import matplotlib.image
 import ml_collections
 import numpy as np
 import pytest
+from scipy import stats
 
 from jaxformer import config as config_lib
 from jaxformer import extrapolation, sweep
@@ -492,9 +493,61 @@ def test_report_statistics_against_values_by_hand(tmp_path):
     assert float(rows[("alibi", 2)]["sliding_diff_mean"]) == pytest.approx(d.mean(), abs=1e-9)
     with open(os.path.join(sweep_dir, "results.md")) as f:
         md = f.read()
-    assert "**+0.100 [+0.100, +0.100]**" in md  # significant: bold
-    assert f"+0.033 [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] tie" in md
+    # one family ("all": alibi) of 4 tests: p = 0 (1x, twice) and ttest_rel's p at 2x (twice): Holm multiplies the
+    # two 2x p-values by 2 and 1, then takes the running maximum; BH by 4/3 and 4/4, then the running minimum
+    p2 = stats.ttest_rel([2.55, 2.35, 2.70], [2.50, 2.40, 2.60]).pvalue
+    assert float(rows[("alibi", 2)]["diff_p"]) == pytest.approx(p2, rel=1e-9)
+    assert float(rows[("alibi", 2)]["diff_p_holm"]) == pytest.approx(min(1, 2 * p2), rel=1e-9)
+    assert float(rows[("alibi", 2)]["diff_p_bh"]) == pytest.approx(p2, rel=1e-9)
+    assert rows[("alibi", 1)]["diff_significant"] == "True" and rows[("alibi", 2)]["diff_significant"] == "False"
+    assert rows[("alibi", 2)]["family"] == "all"
+    assert "**+0.100 [+0.100, +0.100] p=0/0/0**" in md  # significant after Holm: bold
+    assert f"+0.033 [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] p={p2:.3f}/{min(1, 2 * p2):.3f}/" in md
     assert "95% Student-t confidence interval" in md and "| alibi (sliding 16) |" in md
+    assert "after the Holm correction" in md and "`all`: alibi" in md
+
+
+def test_report_leaves_the_selection_seed_out_and_adjusts_within_declared_families(tmp_path):
+    sweep_dir = str(tmp_path)
+    rope = {0: (2.00, 2.50), 1: (2.10, 2.40), 2: (2.05, 2.60), 3: (2.00, 2.45)}
+    alibi = {0: (9.00, 9.00), 1: (2.20, 2.35), 2: (2.15, 2.70), 3: (2.12, 2.52)}  # seed 0: the selection run
+    for i, (variant, table) in enumerate((("rope", rope), ("alibi", alibi))):
+        for seed, losses in table.items():
+            _fake_run(sweep_dir, variant, seed, 10 * i + seed, losses, [x - 0.01 for x in losses])
+    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+        json.dump({"config": {"statistics": True, "reference": "rope", "selection_seeds": [0], "correction": "bh",
+                              "families": {"pe": ["alibi"]}}}, f)
+    sweep.write_reports(sweep_dir)
+    with open(os.path.join(sweep_dir, "results.csv")) as f:
+        rows = {(r["variant"], int(r["multiplier"])): r for r in csv.DictReader(f)}
+    d = np.array([0.10, 0.10, 0.12])  # seeds 1-3 only
+    assert float(rows[("alibi", 1)]["diff_vs_reference_mean"]) == pytest.approx(d.mean(), abs=1e-9)
+    full = [stats.ttest_rel([2.20, 2.15, 2.12], [2.10, 2.05, 2.00]).pvalue,
+            stats.ttest_rel([2.35, 2.70, 2.52], [2.40, 2.60, 2.45]).pvalue]
+    p = np.array(full * 2)  # the sliding-window differences are the same numbers shifted by -0.01 on both sides
+    assert float(rows[("alibi", 2)]["diff_p_bh"]) == pytest.approx(stats.false_discovery_control(p)[1], rel=1e-6)
+    assert rows[("alibi", 1)]["family"] == "pe"
+    with open(os.path.join(sweep_dir, "results.md")) as f:
+        md = f.read()
+    assert "after the Benjamini–Hochberg correction" in md and "selection seeds: 0." in md
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("families", {"pe": ("alibi", "nope")}, "families.pe names 'nope', not a variant of this sweep; choose from: "
+                                            "learned, alibi"),
+    ("families", {"a": ("alibi",), "b": ("alibi",)}, "families.b and families.a both hold 'alibi'"),
+    ("correction", "bonferroni", "correction='bonferroni'; choose one of: holm, bh"),
+    ("selection_seeds", (5,), "selection_seeds=(5,): seed 5 is not in axes.train.seed (0, 1)"),
+    ("selection_seeds", (0,), "selection_seeds=(0,) leaves 1 of the seeds (0, 1) for the comparisons"),
+])
+def test_bad_statistics_settings_fail_before_running(field, value, message, tmp_path):
+    sweep_cfg, base = _tiny("--config.statistics=True", "--config.axes.train.seed=(0, 1)",
+                            "--config.reference=alibi")
+    with sweep_cfg.unlocked():
+        sweep_cfg[field] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sweep.run_sweep(sweep_cfg, str(tmp_path / "s"), base_overrides=base)
+    assert not os.path.exists(tmp_path / "s" / "runs")
 
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -591,3 +644,21 @@ def test_a_sweep_over_several_tasks_gets_a_size_plot_and_a_title_per_task():
     one = [variant("a", "synthetic/copy", 100), variant("b", "synthetic/copy", 100)]
     assert [name for name, _ in sweep.size_plots(one)] == ["sizes.png"]
     assert sweep._title([v["runs"][0] for v in one]) == "synthetic/copy, trained at T=32 for 100 steps (2L/4H/64D)"
+
+
+@pytest.mark.parametrize("depths,overrides,message", [
+    ((0.0, 1.5), (), "eval_depths=(0.0, 1.5): 1.5 is outside [0, 1]"),
+    ((0.5,), (), "eval_depths needs a task with a depth (data.name='synthetic/associative_recall'); "
+                 "choose one of: synthetic/passkey, synthetic/mqar"),
+    ((0.5,), ("--config.data.name=synthetic/passkey", "--config.data.block_size=8"),
+     "length 8 is too short for a synthetic/passkey example: the key and the query alone take 12 tokens"),
+    ((0.5,), ("--config.data.name=synthetic/mqar", "--config.data.synthetic.pairs=40"),
+     "data.synthetic.pairs=40 is more than the 16 distinct keys"),
+])
+def test_bad_depth_evaluations_fail_before_running(depths, overrides, message, tmp_path):
+    sweep_cfg, base = _tiny(*overrides)
+    with sweep_cfg.unlocked():
+        sweep_cfg.eval_depths = depths
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sweep.run_sweep(sweep_cfg, str(tmp_path / "s"), base_overrides=base)
+    assert not os.path.exists(tmp_path / "s" / "runs")

@@ -1,8 +1,10 @@
 """The paired comparisons the context-extension README discusses, from the sweep's run directories alone.
 
 Every point of a seed starts from the same base model, so methods are compared paired by seed (the base model's
-seed-to-seed variation cancels): 95% t intervals of the per-seed loss differences (jaxformer.statistics), a tie where
-the interval contains 0. Writes `comparisons.md` beside this file:
+seed-to-seed variation cancels): 95% t intervals of the per-seed loss differences and the paired t test's p
+(jaxformer.statistics). The whole table is one family of tests (declared in issue 33, after the runs): Holm's
+adjusted p decides `better` / `worse` (Benjamini-Hochberg's is given beside it); otherwise a tie. Writes
+`comparisons.md` beside this file:
 
     python experiments/context_extension/comparisons.py [experiments/context_extension/sweep]
 """
@@ -62,10 +64,13 @@ def load(sweep_dir: str) -> tuple[dict, dict]:
 
 
 def _cell(d: dict | None) -> str:
+    """mean [95% interval] p (Holm, BH) and the verdict under Holm."""
     if d is None:
         return "-"
-    verdict = "tie" if d["tie"] else ("better" if d["hi"] < 0 else "worse")
-    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] {verdict}"
+    sign = "better" if d["mean"] < 0 else "worse"
+    verdict = sign if d["significant"] else ("tie (BH: " + sign + ")" if d["p_bh"] <= 0.05 else "tie")
+    return (f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] p={d['p']:.2g} (Holm {d['p_holm']:.2g}, "
+            f"BH {d['p_bh']:.2g}) {verdict}")
 
 
 def table(losses: dict, sliding: dict) -> list[str]:
@@ -76,17 +81,20 @@ def table(losses: dict, sliding: dict) -> list[str]:
     def at(rows: dict, T: int) -> dict:
         return {s: x[T] for s, x in rows.items() if T in x}
 
+    rows = []
     for a, b, question in PAIRS:
         if a not in losses or b not in losses:
             continue
-        cells = [_cell(statistics.paired_difference(at(losses[a], T), at(losses[b], T))) for T in lengths]
-        name = f"{NAMES[a[0]]} {a[1]} - {NAMES[b[0]]} {b[1]}"
-        lines.append(f"| {name}: {question} | " + " | ".join(cells) + " |")
+        tests = [statistics.paired_test(at(losses[a], T), at(losses[b], T)) for T in lengths]
+        rows.append((f"{NAMES[a[0]]} {a[1]} - {NAMES[b[0]]} {b[1]}: {question}", tests))
     for method in (*METHODS, "linear400"):
         key = (method, "fine-tuned")
         if key in losses:
-            cells = [_cell(statistics.paired_difference(at(losses[key], T), at(sliding, T))) for T in lengths]
-            lines.append(f"| {NAMES[method]} fine-tuned - {BASELINE} | " + " | ".join(cells) + " |")
+            tests = [statistics.paired_test(at(losses[key], T), at(sliding, T)) for T in lengths]
+            rows.append((f"{NAMES[method]} fine-tuned - {BASELINE}", tests))
+    statistics.adjust([t for _, tests in rows for t in tests], "holm")  # the table is one family
+    for name, tests in rows:
+        lines.append(f"| {name} | " + " | ".join(_cell(t) for t in tests) + " |")
     return lines
 
 
@@ -97,8 +105,11 @@ def render(sweep_dir: str) -> str:
     out = [
         "# Paired comparisons (written by comparisons.py from the run directories)", "",
         f"Seeds {seeds}. Cells: mean of the per-seed loss difference a - b (nats/token) at each eval length, its 95% "
-        "paired t interval, and the verdict: `better` (a lower, interval below 0), `worse` (interval above 0) or "
-        "`tie` (the interval contains 0). Every point of a seed starts from the same base model.", "",
+        "paired t interval, the paired t test's p (df = seeds - 1) with its Holm and Benjamini-Hochberg adjusted "
+        "values, and the verdict under Holm: `better` (a lower) or `worse` where Holm's p <= 0.05, else `tie`, with "
+        "`(BH: better|worse)` where only Benjamini-Hochberg's p <= 0.05 (a 5% false discovery rate). The "
+        "family is the whole table (every cell below, declared in issue 33 after the runs). Every point of a seed "
+        "starts from the same base model.", "",
         *table(losses, sliding), "",
     ]
     return "\n".join(out)

@@ -9,9 +9,11 @@
 ranking and pairs them with this sweep's; a variant of both is kept twice (the other's renamed `variant (other)`) or,
 with `--replace`, this sweep's runs stand in for the other's (shakespeare_lr4/: FIRE re-run at its best of 4 rates
 takes FIRE's place in the comparison).
-Every interval is jaxformer.statistics.paired_difference (95% paired Student-t over the seeds both runs have, from
-scipy.stats), on the full-precision losses of runs/*/extrapolation.json that results.csv is written from; an
-interval containing 0 is a tie. Writes <sweep>/paired.md and prints it.
+Every interval is jaxformer.statistics.paired_test (95% paired Student-t over the seeds both runs have, and the paired
+t test's p, from scipy.stats), on the full-precision losses of runs/*/extrapolation.json that results.csv is written
+from. The seeds a sweep names in `selection_seeds` (the learning-rate selection runs) are left out of every pair.
+Each of the three sections is one family of tests (declared in issue 33, after the runs): Holm's adjusted p decides
+"significant" (bold), Benjamini-Hochberg's is given beside it. Writes <sweep>/paired.md and prints it.
 
     python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/shakespeare
     python experiments/pe_extrapolation/paired.py experiments/pe_extrapolation/fire_init_L \
@@ -25,27 +27,36 @@ import itertools
 import os
 import sys
 
-from jaxformer import extrapolation, statistics
+from jaxformer import extrapolation, statistics, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def cell(diff: dict | None, *, digits: int = 3, words: tuple[str, str] = ("", "")) -> str:
-    """`mean [lo, hi]`, bold where the interval excludes 0, `tie` where it contains it; `words` name the sign of a
-    significant difference (negative, positive)."""
+    """`mean [lo, hi] p (Holm, BH)`, bold where significant after Holm within its family, `tie` otherwise (with
+    `(BH)` where only Benjamini-Hochberg's p <= 0.05); `words` name the sign of a significant difference
+    (negative, positive)."""
     if diff is None:
         return "-"
-    text = f"{diff['mean']:+.{digits}f} [{diff['lo']:+.{digits}f}, {diff['hi']:+.{digits}f}]"
-    if diff["tie"]:
-        return f"{text} tie"
+    text = (f"{diff['mean']:+.{digits}f} [{diff['lo']:+.{digits}f}, {diff['hi']:+.{digits}f}] p={diff['p']:.2g} "
+            f"({diff['p_holm']:.2g}, {diff['p_bh']:.2g})")
+    if not diff["significant"]:
+        return f"{text} tie" + (" (BH)" if diff["p_bh"] <= 0.05 else "")
     word = words[diff["mean"] > 0]
     return f"**{text}**" + (f" {word}" if word else "")
 
 
+SKIP: set = set()  # the selection seeds of the sweeps being paired (report() sets them)
+
+
 def by_seed(x: dict, sliding: bool = False) -> dict[int, float]:
-    if sliding:
-        return dict(zip(x["sliding_seeds"], x["sliding_losses"], strict=True))
-    return dict(zip(x["loss_seeds"], x["losses"], strict=True))
+    seeds, values = (x["sliding_seeds"], x["sliding_losses"]) if sliding else (x["loss_seeds"], x["losses"])
+    return {s: v for s, v in zip(seeds, values, strict=True) if s not in SKIP}
+
+
+def _mean(x: dict) -> float | None:
+    values = list(by_seed(x).values())
+    return sum(values) / len(values) if values else None
 
 
 def _variants(sweep_dir: str) -> list[dict]:
@@ -64,6 +75,9 @@ def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] 
     this sweep's variants, e.g. a control beside the comparison; pairs within them are left out. A variant in both
     is kept twice, the other sweep's renamed `variant (folder)`, or with `replace` only this sweep's."""
     label = label or os.path.relpath(os.path.abspath(sweep_dir), ROOT)
+    SKIP.clear()
+    for d in (sweep_dir, *with_dirs):
+        SKIP.update(sweep.sweep_settings(d)["selection_seeds"])
     own = _variants(sweep_dir)
     variants = list(own)
     for other in with_dirs:
@@ -79,12 +93,14 @@ def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] 
                         *(["--replace"] if replace else [])])
     lengths = [(x["multiplier"], x["length"]) for x in variants[0]["lengths"]]
     head = " | ".join(f"{m}× ({n})" for m, n in lengths)
-    seeds = sorted({s for v in variants for s in v["seeds"]})
+    seeds = sorted({s for v in variants for s in v["seeds"]} - SKIP)
+    skipped = f" (seed {', '.join(map(str, sorted(SKIP)))}, the learning-rate selection run, left out)" if SKIP else ""
     out = [f"# Paired differences: {label}", "",
-           f"{len(variants)} variants, seeds {', '.join(map(str, seeds))}; written by "
+           f"{len(variants)} variants, seeds {', '.join(map(str, seeds))}{skipped}; written by "
            f"`python experiments/pe_extrapolation/paired.py {command}`. Each cell: mean of the "
-           "per-seed differences [95% paired Student-t interval] (jaxformer.statistics.paired_difference); "
-           "**bold**: the interval excludes 0; `tie`: it contains 0.", ""]
+           "per-seed differences [95% paired Student-t interval] p=paired t test (Holm, Benjamini-Hochberg "
+           "adjusted within the section: each section is one family); **bold**: significant after Holm; `tie`: "
+           "not, `tie (BH)` where only Benjamini-Hochberg's p <= 0.05.", ""]
 
     out += ["## Full context against the variant's own sliding window", "",
             "Full-context loss − sliding-window loss (window = the training length, stride as in the report) over "
@@ -92,31 +108,39 @@ def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] 
             "of using it); positive: it hurts (a 64-token window does better). At 1× the two are the same "
             "evaluation.", "",
             f"| variant | {head} |", "|---|" + "---|" * len(lengths)]
-    for v in own:
-        cells = [cell(statistics.paired_difference(by_seed(x), by_seed(x, sliding=True)),
-                      digits=4, words=("helps", "hurts")) if x["multiplier"] > 1 else "(same)" for x in v["lengths"]]
-        out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
+    rows = [(v["variant"], [statistics.paired_test(by_seed(x), by_seed(x, sliding=True)) if x["multiplier"] > 1
+                            else "(same)" for x in v["lengths"]]) for v in own]
+    statistics.adjust([t for _, tests in rows for t in tests if isinstance(t, dict)], "holm")
+    for name, tests in rows:
+        cells = [t if isinstance(t, str) else cell(t, digits=4, words=("helps", "hurts")) for t in tests]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
 
     out += ["", "## Ranking at each length, with the difference to the next variant", "",
             "Variants by mean full-context loss; between two neighbours, the paired difference (next − previous).",
             ""]
+    rankings = []
     for i, (m, n) in enumerate(lengths):
-        ranked = sorted(((v["lengths"][i]["loss"][0], v) for v in variants if v["lengths"][i]["loss"]),
+        ranked = sorted(((_mean(v["lengths"][i]), v) for v in variants if _mean(v["lengths"][i]) is not None),
                         key=lambda t: t[0])
+        steps = [statistics.paired_test(by_seed(b["lengths"][i]), by_seed(a["lengths"][i]))
+                 for (_, a), (_, b) in itertools.pairwise(ranked)]
+        rankings.append((m, n, ranked, steps))
+    statistics.adjust([d for *_, steps in rankings for d in steps if d], "holm")
+    for m, n, ranked, steps in rankings:
         parts = [f"{ranked[0][1]['variant']} {ranked[0][0]:.3f}"]
-        for (_, a), (loss, b) in itertools.pairwise(ranked):
-            d = statistics.paired_difference(by_seed(b["lengths"][i]), by_seed(a["lengths"][i]))
+        for d, (loss, b) in zip(steps, ranked[1:], strict=True):
             parts.append(f"({cell(d, digits=4)}) {b['variant']} {loss:.3f}")
         out.append(f"- {m}× ({n}): " + " ".join(parts))
 
     out += ["", "## Every pair of variants, full context", "",
             "A − B per seed (negative: A is better).", "", f"| A − B | {head} |", "|---|" + "---|" * len(lengths)]
-    for a, b in itertools.combinations(sorted(variants, key=lambda v: v["variant"]), 2):
-        if not any(a is v or b is v for v in own):
-            continue
-        cells = [cell(statistics.paired_difference(by_seed(x), by_seed(y)))
-                 for x, y in zip(a["lengths"], b["lengths"], strict=True)]
-        out.append(f"| {a['variant']} − {b['variant']} | " + " | ".join(cells) + " |")
+    rows = [(f"{a['variant']} − {b['variant']}", [statistics.paired_test(by_seed(x), by_seed(y))
+                                                    for x, y in zip(a["lengths"], b["lengths"], strict=True)])
+            for a, b in itertools.combinations(sorted(variants, key=lambda v: v["variant"]), 2)
+            if any(a is v or b is v for v in own)]
+    statistics.adjust([t for _, tests in rows for t in tests if t], "holm")
+    for name, tests in rows:
+        out.append(f"| {name} | " + " | ".join(cell(t) for t in tests) + " |")
     return "\n".join(out) + "\n"
 
 

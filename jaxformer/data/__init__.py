@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxformer.data import algorithmic  # noqa: F401 -- registers the literature's tasks in synthetic.TASKS
+from jaxformer.data import retrieval  # noqa: F401 -- registers passkey and mqar in synthetic.TASKS
 from jaxformer.data.dataset import BOSDataset, Dataset, prepend_bos
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
 from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
@@ -51,6 +52,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.synthetic.min_items = 0  # smallest task size n in batches (n ~ uniform[min, max]); 0 = max_items
     d.synthetic.max_items = 0  # largest task size n in batches; 0 = as many as fit data.block_size
     d.synthetic.eval_examples = 256  # examples per length in windows() when the caller gives no count
+    d.synthetic.key_digits = 5  # synthetic/passkey: digits of the key (Mohtashami & Jaggi 2023)
+    d.synthetic.pairs = 8  # synthetic/mqar: key-value pairs, distinct keys (<= num_symbols; Arora et al. 2023)
     return d
 
 

@@ -141,6 +141,12 @@ class Task:
     solve: Callable | None = None  # prompt ids -> answer ids (ValueError if not of the task's form)
     form: str = ""  # a prompt of the task's form, for error messages
     vocabulary: Callable | None = None  # num_symbols -> its tokens, when not the shared `vocabulary` (extends it)
+    settings: tuple = ()  # ((field, default), ...): data.synthetic fields `make` and `length` take as keywords
+    check: Callable | None = None  # (settings, num_symbols) -> a one-line error, or None when they are valid
+    # `make` takes depth= in [0, 1] (where the information sits; None = drawn) and returns (prompt, answer, mask,
+    # sources): mask 0 marks answer tokens that are given (not predicted), sources the distance back from each
+    # answer token to the token it copies (-1: given). See data/retrieval.py.
+    placed: bool = False
 
 
 TASKS = {t.name: t for t in (
@@ -155,12 +161,13 @@ TASKS = {t.name: t for t in (
 )}
 
 
-def items_that_fit(task: Task, length: int) -> int:
+def items_that_fit(task: Task, length: int, settings: dict | None = None) -> int:
     """The largest n whose examples fit a row of `length` inputs (length + 1 tokens); 0 if none does."""
+    size = lambda n: task.length(n, **(settings or {}))
     lo, hi = 0, length + 1  # length(n) > n for every task, so n <= length
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if task.length(mid) <= length + 1 else (lo, mid - 1)
+        lo, hi = (mid, hi) if size(mid) <= length + 1 else (lo, mid - 1)
     return lo
 
 
@@ -170,7 +177,7 @@ class SyntheticDataset(Dataset):
     has_accuracy = True
 
     def __init__(self, task: str, *, num_symbols: int = 16, min_items: int = 0, max_items: int = 0,
-                 eval_examples: int = 256):
+                 eval_examples: int = 256, settings: dict | None = None):
         if task not in TASKS:
             raise DataError(f"synthetic task {task!r}; choose one of: {', '.join(TASKS)}")
         if not 2 <= num_symbols <= len(SYMBOLS):
@@ -185,6 +192,10 @@ class SyntheticDataset(Dataset):
                             f"data.synthetic.min_items={min_items}")
         if eval_examples < 1:
             raise DataError(f"data.synthetic.eval_examples={eval_examples}; must be >= 1")
+        self.settings = {f: (settings or {}).get(f, default) for f, default in TASKS[task].settings}
+        problem = TASKS[task].check and TASKS[task].check(self.settings, num_symbols)
+        if problem:
+            raise DataError(problem)
         self.task = TASKS[task]
         self.name = f"synthetic/{task}"
         self.num_symbols = num_symbols
@@ -193,13 +204,30 @@ class SyntheticDataset(Dataset):
         self.eval_examples = eval_examples
         self.tokenizer = Tokenizer((self.task.vocabulary or vocabulary)(num_symbols))
         spec = {"task": task, "num_symbols": num_symbols, "min_items": self.min_items, "max_items": max_items,
-                "vocab": self.tokenizer.vocab, "generator": GENERATOR_VERSION}
+                "vocab": self.tokenizer.vocab, "generator": GENERATOR_VERSION, **self.settings}
         self.data_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+    def length(self, n: int) -> int:
+        """Tokens (prompt + answer) of an example of size n under this dataset's settings."""
+        return self.task.length(n, **self.settings)
+
+    def items_that_fit(self, length: int) -> int:
+        return items_that_fit(self.task, length, self.settings)
 
     def example(self, g: np.random.Generator, n: int) -> tuple:
         """(prompt ids, answer ids) of one example of size n."""
-        prompt, answer = self.task.make(g, n, self.num_symbols)
-        return np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+        return self.placed_example(g, n)[:2]
+
+    def placed_example(self, g: np.random.Generator, n: int, depth: float | None = None) -> tuple:
+        """(prompt, answer, mask, sources) of one example of size n (`Task.placed`; the other tasks: every answer
+        token predicted, sources -1); `depth` None = drawn as in training."""
+        if self.task.placed:
+            prompt, answer, mask, sources = self.task.make(g, n, self.num_symbols, depth=depth, **self.settings)
+        else:
+            prompt, answer = self.task.make(g, n, self.num_symbols, **self.settings)
+            mask, sources = [1] * len(answer), [-1] * len(answer)
+        return (np.asarray(prompt, np.int32), np.asarray(answer, np.int32), np.asarray(mask, np.float32),
+                np.asarray(sources, np.int32))
 
     def answer(self, prompt_ids) -> np.ndarray:
         """The right answer to a prompt of the task (e.g. one a user typed); a one-line DataError naming the task's
@@ -222,7 +250,7 @@ class SyntheticDataset(Dataset):
         return self.example(g, int(g.integers(low, high + 1)))
 
     def _size_range(self, block_size: int) -> tuple:
-        fit = items_that_fit(self.task, block_size)
+        fit = self.items_that_fit(block_size)
         high = self.max_items or fit
         low = self.min_items or high
         if high > fit or low > high or low < self.task.min_items:
@@ -231,16 +259,22 @@ class SyntheticDataset(Dataset):
                             f"max_items={self.max_items} (0 = as many as fit)")
         return low, high
 
-    def _rows(self, g: np.random.Generator, sizes, length: int) -> dict:
+    def _rows(self, g: np.random.Generator, sizes, length: int, depth: float | None = None,
+              distances: bool = False) -> dict:
+        """Rows of examples of the given sizes; with `distances`, also `distance` `[N, T]`: at each predicted
+        position, how far back (in tokens, from the token predicted) the token it copies sits (-1: none)."""
         seq = np.full((len(sizes), length + 1), PAD, np.int32)
         weights = np.zeros((len(sizes), length), np.float32)
+        distance = np.full((len(sizes), length), -1, np.int32)
         for b, n in enumerate(sizes):
-            prompt, answer = self.example(g, int(n))
+            prompt, answer, mask, sources = self.placed_example(g, int(n), depth)
             p, a = prompt.size, answer.size
             seq[b, :p] = prompt
             seq[b, p:p + a] = answer
-            weights[b, p - 1:p - 1 + a] = 1.0  # position t predicts token t + 1
-        return {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
+            weights[b, p - 1:p - 1 + a] = mask  # position t predicts token t + 1
+            distance[b, p - 1:p - 1 + a] = sources
+        rows = {"inputs": seq[:, :-1], "targets": seq[:, 1:], "weights": weights}
+        return {**rows, "distance": distance} if distances else rows
 
     def _random_rows(self, g: np.random.Generator, batch_size: int, block_size: int) -> dict:
         check_sizes(batch_size=batch_size, block_size=block_size)
@@ -261,24 +295,43 @@ class SyntheticDataset(Dataset):
         check_windows(length=length, max_windows=max_windows)
         count = self.eval_examples if max_windows is None else max_windows
         g = rng(WINDOW_SEED, split, WINDOW_STREAM, length)
-        n = items_that_fit(self.task, length)
-        if n < self.task.min_items:
+        n = self.items_that_fit(length)
+        if n < self.task.min_items or self.length(n) > length + 1:
             raise DataError(f"length={length} is too short for a {self.name} example "
-                            f"(at least {self.task.length(self.task.min_items) - 1})")
+                            f"(at least {self.length(self.task.min_items) - 1})")
         return self._rows(g, [n] * count, length)
 
     def sized(self, split: str, *, items: int, count: int, length: int) -> dict:
         """`count` examples of exactly `items` items in rows of `length` tokens (the same at every call): the
         literature's per-length evaluation. Rows are padded after the answer, which a causal model cannot see."""
         check_windows(length=length, max_windows=count)
-        if items < self.task.min_items or self.task.length(items) > length + 1:
-            raise DataError(f"{self.name} examples of {items} items need {self.task.length(items) - 1} tokens "
+        if items < self.task.min_items or self.length(items) > length + 1:
+            raise DataError(f"{self.name} examples of {items} items need {self.length(items) - 1} tokens "
                             f"and at least {self.task.min_items} items; got a row of {length}")
         return self._rows(rng(WINDOW_SEED, split, WINDOW_STREAM, 1_000_000 + items), [items] * count, length)
+
+    def probe(self, split: str, *, length: int, depth: float, count: int) -> dict:
+        """`count` examples that fill a row of `length` inputs (the largest size that fits) with the information
+        at `depth` in [0, 1] (a `Task.placed` task: the key's depth in the filler, the fraction of MQAR pairs
+        before it), rows plus `distance` (see `_rows`); the same examples at every call. The literature's
+        per-(length, depth) evaluation (Mohtashami & Jaggi 2023)."""
+        check_windows(length=length, max_windows=count)
+        if not self.task.placed:
+            raise DataError(f"{self.name} has no depth to place; per-depth evaluation needs one of: "
+                            f"{', '.join(t.name for t in TASKS.values() if t.placed)}")
+        if not 0.0 <= depth <= 1.0:
+            raise DataError(f"depth={depth!r}; a depth is a fraction of the context, in [0, 1]")
+        n = self.items_that_fit(length)
+        if self.length(n) > length + 1:
+            raise DataError(f"length={length} is too short for a {self.name} example: the key and the query alone "
+                            f"take {self.length(0) - 1} tokens")
+        index = 2_000_000_000 + int(round(depth * 1000)) * 1_000_000 + length  # apart from windows() and sized()
+        return self._rows(rng(WINDOW_SEED, split, WINDOW_STREAM, index), [n] * count, length, depth, distances=True)
 
 
 def load_synthetic(data_cfg) -> SyntheticDataset:
     task = data_cfg.name[len("synthetic/"):]
     s = data_cfg.synthetic
+    settings = {f: s[f] for f, _ in TASKS[task].settings if f in s} if task in TASKS else {}
     return SyntheticDataset(task, num_symbols=s.num_symbols, min_items=s.min_items, max_items=s.max_items,
-                            eval_examples=s.eval_examples)
+                            eval_examples=s.eval_examples, settings=settings)

@@ -19,4 +19,5 @@ def get_config():
     c.axes.model = {"position": {"name": tuple(LR)}}
     c.overrides_by_variant = {name: (f"--config.optim.lr={lr}",) for name, lr in LR.items()}
     c.reference = next(iter(LR))  # rope is not re-run here: its pairs come from paired.py --with
+    c.selection_seeds = (0,)  # the learning rates were chosen on seed 0 (select_lr.py): not a comparison seed
     return c

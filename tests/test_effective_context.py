@@ -1,0 +1,84 @@
+"""effective_context.py: free-running and sliding-window decoding, the scores and baselines, checked with stand-in
+models whose predictions are known by construction (an oracle that reads the key, a token counter)."""
+
+import numpy as np
+import pytest
+
+from jaxformer import effective_context as ec
+from jaxformer.data import SyntheticDataset
+
+
+def test_free_running_feeds_each_prediction_back_and_keeps_given_tokens():
+    # a stand-in model: the next token is the current one + 1
+    argmax = lambda params, x: x + 1
+    inputs = np.array([[5, 0, 0, 0, 0, 9]], np.int32)
+    weights = np.array([[1, 1, 0, 1, 0, 0]], np.float32)  # position 2 is given (like an MQAR query)
+    inputs[0, 3] = 20  # the given token at position 3
+    predicted = ec.greedy_decode(argmax, None, inputs, weights)
+    # t=0 predicts 6 (fed to position 1), t=1 predicts 7 (fed to 2), position 2 given: 7 stays, t=3 sees 20 -> 21
+    np.testing.assert_array_equal(predicted, [[6, 7, -1, 21, -1, -1]])
+    teacher = argmax(None, inputs)
+    assert teacher[0, 1] == 1  # teacher-forced sees the true (zero) token at position 1, free-running saw 6
+
+
+def test_sliding_window_sees_only_the_last_window_tokens():
+    # a stand-in model that predicts, everywhere, the first token it is given: full context -> inputs[0];
+    # a window of W at position t -> inputs[t + 1 - W]
+    argmax = lambda params, x: np.repeat(x[:, :1], x.shape[1], axis=1)
+    inputs = np.arange(10, 22, dtype=np.int32)[None]
+    weights = np.zeros((1, 12), np.float32)
+    weights[0, [2, 8, 11]] = 1
+    full = ec.greedy_decode(argmax, None, inputs, weights)
+    windowed = ec.greedy_decode(argmax, None, inputs, weights, window=4)
+    assert full[0, 2] == full[0, 8] == full[0, 11] == 10
+    assert windowed[0, 2] == 10 and windowed[0, 8] == inputs[0, 8 + 1 - 4] and windowed[0, 11] == inputs[0, 8]
+
+
+def _oracle(ds):
+    """A perfect passkey reader over whatever it sees: after `?`, the digits after the first `=` in its input."""
+    vocab = ds.tokenizer.vocab
+    eq, q = vocab.index("="), vocab.index("?")
+
+    def argmax(params, x):
+        out = np.zeros_like(x)
+        for b, row in enumerate(np.asarray(x)):
+            for t in range(row.size):
+                asked = np.flatnonzero(row[:t + 1] == q)
+                seen = np.flatnonzero(row[:t + 1] == eq)
+                if asked.size and seen.size and seen[0] < asked[0]:
+                    j = t - asked[0]
+                    out[b, t] = row[seen[0] + 1 + j] if seen[0] + 1 + j < asked[0] else 0
+        return out
+
+    return argmax
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_a_model_that_reads_the_key_retrieves_it_and_its_sliding_window_fails_beyond_the_window(depth):
+    ds = SyntheticDataset("passkey", num_symbols=8)
+    window = 32
+    [record] = ec.evaluate(_oracle(ds), None, ds, lengths=[128], depths=[depth], examples=8, window=window,
+                           batch_tokens=4096)
+    assert record["free_running"]["exact_match"] == 1.0 and record["teacher_forced"]["exact_match"] == 1.0
+    key_beyond = record["beyond_fraction"] == 1.0
+    assert key_beyond == (depth < 1.0)  # at depth 1 the key sits right before the question
+    assert record["sliding_window"]["exact_match"] == (0.0 if key_beyond else 1.0)
+    assert record["free_running"]["beyond"] == (1.0 if key_beyond else None)
+    assert record["majority"]["exact_match"] < 0.5 and record["repeat"]["token_accuracy"] < 0.5
+
+
+def test_scores_and_majority_by_hand():
+    correct = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)
+    weights = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 1]], np.float32)
+    distance = np.array([[5, 40, -1], [5, 40, -1], [50, 5, 5]])
+    s = ec.scores(correct, weights, distance, 32)
+    # exact: rows 0 and 2; tokens: 6 of 7 weighted... row 0: 2/2, row 1: 1/2, row 2: 3/3 -> 6/7
+    assert s["exact_match"] == pytest.approx(2 / 3) and s["token_accuracy"] == pytest.approx(6 / 7)
+    assert s["beyond"] == pytest.approx(2 / 3) and s["within"] == pytest.approx(4 / 4)  # beyond: (0,1) (1,1) (2,0)
+    targets = np.array([[3, 4, 0], [3, 5, 0], [2, 4, 7]])
+    np.testing.assert_array_equal(ec.majority_correct(targets, weights), [[1, 1, 0], [1, 0, 0], [0, 1, 1]])
+
+
+def test_bad_depths_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"eval_depths=\(0.5, 1.2\): 1.2 is outside \[0, 1\]"):
+        ec.check_depths((0.5, 1.2))
