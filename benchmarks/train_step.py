@@ -23,7 +23,8 @@ needs no download; `--data config` loads the config's own dataset (tiny_shakespe
 `--config.data.manual_dir=DIR` with DIR/input.txt when offline). Synthetic-task configs use their own data.
 
 Machine settings come from `jaxformer.platform.configure()` (the one place for them: allocator, XLA flags, CPU
-devices, CPU matmul backend -- JAXFORMER_CPU_MATMUL=xla measures XLA's own dot); `--no-platform` skips it to
+devices, CPU matmul backend: measured at first use and cached unless JAXFORMER_CPU_MATMUL=xla|blas names one; the
+table says which path ran and why); `--no-platform` skips it to
 measure the defaults. An XLA_FLAGS entry already in the environment always wins over its defaults.
 """
 
@@ -180,6 +181,7 @@ def run(args) -> dict:
         "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_matmul": cpu_matmul,
+        "cpu_matmul_choice": matmul.cpu_backend_choice(),
         "openblas_core": matmul.blas_core(),
         "n_params": trainer.n_params, "n_params_non_embedding": trainer.n_params_non_embedding,
         "compile_s": compile_s,
@@ -208,6 +210,7 @@ def table(r: dict) -> str:
         ("XLA_FLAGS", r["xla_flags"] or "(none)"),
         ("CPU matmul", f"{r['cpu_matmul']} (OpenBLAS {r['openblas_core']} kernels)" if r.get("openblas_core")
                        else r["cpu_matmul"] or "-"),
+        ("  chosen because", (r.get("cpu_matmul_choice") or {}).get("why", "-")),
         ("parameters", f"{r['n_params']:,} ({r['n_params_non_embedding']:,} non-embedding)"),
         ("compile", f"{r['compile_s']:.2f} s"),
         ("step (median)", f"{r['median_ms_per_step']:.2f} ms  (p10 {r['p10_ms_per_step']:.2f}, "

@@ -27,19 +27,21 @@ batch 12 x 64, jax/jaxlib 0.10.2; "Zen 3" = 2-core AMD EPYC Milan VM (AVX2), the
       Opt-in because it changes `jax.device_count()`: data.batch_size (and eval batches) must divide by the
       number of cores, and every jitted function sees a mesh of that many devices.
       It pays only for steps of tens of milliseconds: configs/tiny.py (0.7 ms steps) ran x2 slower with it.
-  Matrix products (`cpu_matmul_backend`, env JAXFORMER_CPU_MATMUL = "blas" | "xla"; default "blas", with one
-      CPU device, on the kinds it was measured faster on -- x86 with AVX2 and no AVX-512 (Zen 3), and AMD
-      family 25 with AVX-512 (Zen 4) -- and "xla" otherwise).
+  Matrix products (`cpu_matmul_backend`, env JAXFORMER_CPU_MATMUL = "auto" | "blas" | "xla"; default "auto" with
+      one CPU device: the path measured faster on this machine, `matmul.resolve_cpu_backend`; issue 38).
       "blas" routes every float32 product of the model (`jaxformer.matmul`: dense layers, the attention core's
       two products per head) to the custom call of `jaxformer/kernels/cpu_gemm.cc`: OpenBLAS's single-threaded
       sgemm on row blocks or head matrices spread over XLA's own thread pool. XLA:CPU's kernels split each small
       product over both cores with a fork/join that costs more than it saves: 48 heads of 64x32x64 ran at
-      21-29 GFLOP/s through XLA vs ~70 in PyTorch (Zen 3, 2026-12-03). Measured on Zen 3: x0.845 in one
-      process, interleaved (49.4 vs 56.6 ms); 41.0-46.3 vs 49.2-52.7 ms in 4 alternated rounds (x0.80-0.93).
-      Zen 4 (2026-12-04): 27.3-30.1 vs 31.0-32.3 ms, faster in 7 of 8 alternated rounds (the 8th a 40.5 ms spike), MFU
-      60.7-67.5% vs 56.9-60.9%. Zen 5 and the Intel kind are not yet measured with it. Built on first use with the
-      system C++ compiler (cached); without a compiler or the scipy-openblas32 wheel it warns once and uses XLA's
-      dot. Several CPU devices keep "xla": the custom call has no sharding rule.
+      21-29 GFLOP/s through XLA vs ~70 in PyTorch (Zen 3, 2026-12-03). Step times (benchmarks/NOTES.md): Zen 3
+      x0.80-0.93 with the kernel (2026-12-03), Zen 4 27.3-30.1 vs 31.0-32.3 ms (2026-12-04), Intel family 6 model
+      167 33.0-34.6 vs 35.3-39.9 ms (issue 38's table). Which one wins depends on the CPU, its core count and the
+      library versions, so there is no table of kinds: "auto" times the model's own step products (forward and
+      backward) through both at first use and keeps the faster (XLA's unless the kernel wins by > 3%), cached per
+      CPU model, cores, versions and shapes beside the compiled kernel (`kernels/choose.py`); the run manifest's
+      `cpu_matmul_choice` says which and why. The kernel is built on first use with the system C++ compiler
+      (cached); without a compiler or the scipy-openblas32 wheel it warns once and uses XLA's dot. Several CPU
+      devices keep "xla": the custom call has no sharding rule.
       OpenBLAS core kernels (`openblas_coretype`; OPENBLAS_CORETYPE if the user set it): on Zen 4 OpenBLAS picks
       its SkylakeX (AVX-512) kernels; with its Haswell (AVX2) ones the step ran 27.20-28.84 vs 28.27-31.15 ms,
       faster in 6 of 6 alternated rounds (x0.96 on the medians, p10 26.9-27.3 vs 27.8-28.2; 2026-12-04; Zen 4
@@ -220,46 +222,36 @@ def cpu_info() -> dict:
     return info
 
 
-def kernel_measured_faster(cpu: dict) -> bool:
-    """True on the CPU kinds where the BLAS kernel beat XLA's dot in the step: x86 with AVX2 and no AVX-512 (Zen 3,
-    2026-12-03), and AMD family 25 with AVX-512 (Zen 4, 2026-12-04). Zen 5 (family 26) and Intel's AVX-512 kinds
-    keep XLA's dot, their measured setting: the kernel is not yet measured there."""
-    flags = cpu.get("flags", set())
-    if "avx2" not in flags:
-        return False
-    return "avx512f" not in flags or (cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25)
-
-
 def openblas_coretype(cpu: dict, matmul_backend: str) -> str | None:
     """The OpenBLAS core kernels to ask for (OPENBLAS_CORETYPE) where the measured choice differs from OpenBLAS's
     own: "Haswell" (AVX2) on AMD family 25 with AVX-512 (Zen 4), where OpenBLAS picks SkylakeX (AVX-512) and the
-    step ran x0.96 with Haswell's; None elsewhere, and when the products do not run on the kernel."""
+    step ran x0.96 with Haswell's; None elsewhere, and when the products cannot run on the kernel ("xla"). With
+    "auto" it is set too, before the kernel loads: the measurement then times the kernel as it would run."""
     flags = cpu.get("flags", set())
     zen4 = cpu.get("vendor") == "AuthenticAMD" and cpu.get("family") == 25 and "avx512f" in flags
-    return "Haswell" if matmul_backend == "blas" and zen4 else None
+    return "Haswell" if matmul_backend in ("blas", "auto") and zen4 else None
 
 
-def cpu_matmul_backend(cpu_devices: int | None = None, *, multi_device_flags: bool = False,
-                       cpu: dict | None = None) -> str:
-    """"blas" or "xla" for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla"; any other
-    value: one warning naming what is used instead, the measured choice); else "blas" where
-    `kernel_measured_faster(cpu)` (`cpu`: `cpu_info()` of this machine unless given) with one CPU device and the
-    `cpu` extra (scipy-openblas32) installed, and "xla" otherwise: several devices need the sharding rule the
-    primitive lacks. Whether the kernel then builds and loads is found at model construction
+def cpu_matmul_backend(cpu_devices: int | None = None, *, multi_device_flags: bool = False) -> tuple[str, str]:
+    """(path, why) for `jaxformer.matmul` on this CPU: JAXFORMER_CPU_MATMUL if set ("blas", "xla" or "auto"; any
+    other value: one warning naming what is used instead); else "auto" -- the faster of XLA's dot and the BLAS
+    kernel, measured on the model's own products at first use (`matmul.resolve_cpu_backend`) -- with one CPU
+    device and the `cpu` extra (scipy-openblas32) installed, and "xla" otherwise: several devices need the sharding
+    rule the primitive lacks. Whether the kernel then builds and loads is found at model construction
     (`matmul.default_dot_general`), which falls back to XLA's dot with one warning."""
     mode = os.environ.get(CPU_MATMUL_ENV, "").lower()
-    faster = kernel_measured_faster(cpu_info() if cpu is None else cpu)
-    measured = "blas" if faster and (cpu_devices or 1) == 1 and not multi_device_flags else "xla"
-    if mode and mode not in matmul.CPU_BACKENDS:
-        log.warning("%s=%r is not one of 'blas' (the OpenBLAS matmul kernel), 'xla' (XLA's dot); using %r, the "
-                    "measured choice for this CPU", CPU_MATMUL_ENV, os.environ[CPU_MATMUL_ENV], measured)
+    if (cpu_devices or 1) > 1 or multi_device_flags:
+        measured = ("xla", f"{cpu_devices or 'several'} CPU devices: the BLAS kernel has no sharding rule")
+    elif importlib.util.find_spec("scipy_openblas32") is None:
+        measured = ("xla", "scipy-openblas32 is not installed (pip install 'jaxformer[cpu]'), so XLA's dot")
+    else:
+        measured = ("auto", "the faster path, measured at first use")
+    if mode and mode not in matmul.CPU_MODES:
+        log.warning("%s=%r is not one of 'auto' (measure both), 'blas' (the OpenBLAS matmul kernel), 'xla' (XLA's "
+                    "dot); using %r: %s", CPU_MATMUL_ENV, os.environ[CPU_MATMUL_ENV], measured[0], measured[1])
         return measured
-    if mode:
-        return mode
-    if measured == "blas" and importlib.util.find_spec("scipy_openblas32") is None:
-        log.info("the OpenBLAS matmul kernel is measured faster on this CPU but scipy-openblas32 is not installed "
-                 "(pip install 'jaxformer[cpu]'); using XLA's dot")
-        return "xla"
+    if mode and mode != "auto":
+        return mode, f"{CPU_MATMUL_ENV}={mode}"
     return measured
 
 
@@ -294,8 +286,8 @@ def configure(platform_hint: str | None = None, *, cpu_devices: int | str | None
         jax.config.update("jax_num_cpu_devices", n)
         applied["jax_num_cpu_devices"] = str(n)
     cpu = cpu_info()
-    matmul_backend = cpu_matmul_backend(n, multi_device_flags=user_set, cpu=cpu)
-    matmul.set_cpu_backend(matmul_backend)
+    matmul_backend, why = cpu_matmul_backend(n, multi_device_flags=user_set)
+    matmul.set_cpu_backend(matmul_backend, why)
     applied["cpu_matmul"] = matmul_backend
     coretype = openblas_coretype(cpu, matmul_backend)
     if coretype and "OPENBLAS_CORETYPE" not in os.environ:  # read when the kernel loads OpenBLAS, at first use

@@ -429,6 +429,7 @@ def manifest(cfg: ml_collections.ConfigDict, *, data_hash: str, init_from: dict 
         "host": platform.node(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_matmul": matmul.cpu_backend_in_use(),
+        "cpu_matmul_choice": matmul.cpu_backend_choice(),  # why that path: measured (medians, cache) or set
         "openblas_core": matmul.blas_core(),
         "data_hash": data_hash,
         "git_revision": git_revision(),

@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_train_step_benchmark_writes_the_issue_keys_with_consistent_values(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--config", "tiny",
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--config", "tiny",
                     "--steps", "4", "--warmup", "1", "--matmul-size", "256", "--json", str(out)],
                    check=True, capture_output=True, text=True, cwd=tmp_path,
                    env={**os.environ, "JAXFORMER_CPU_MATMUL": "blas"})  # the kernel on any CPU kind
@@ -28,4 +28,7 @@ def test_train_step_benchmark_writes_the_issue_keys_with_consistent_values(tmp_p
     assert r["p10_ms_per_step"] <= r["median_ms_per_step"] <= r["p90_ms_per_step"]
     # The MFU ceiling is the faster of XLA's dot and the BLAS kernel the step's products go through (forced here).
     assert r["cpu_matmul"] == "blas" and r["matmul_gflops_blas"] > 0
+    # Which path ran and why (issue 38): here the environment's word, in the JSON and in the printed table.
+    assert r["cpu_matmul_choice"] == {"path": "blas", "why": "JAXFORMER_CPU_MATMUL=blas"}
+    assert any(line.split() == ["chosen", "because", "JAXFORMER_CPU_MATMUL=blas"] for line in done.stdout.splitlines())
     assert r["matmul_gflops"] == max(r["matmul_gflops_xla"], r["matmul_gflops_blas"])

@@ -130,36 +130,28 @@ def test_model_trains_the_same_through_either_backend(tiny_cfg):
 
 
 def test_backend_choice_follows_the_cpu_devices_and_the_environment(monkeypatch):
+    """No table of CPU kinds: with one device the path is measured ("auto") on every CPU; several devices keep XLA's
+    dot (no sharding rule); JAXFORMER_CPU_MATMUL overrides, and the why names what decided."""
     monkeypatch.delenv(platform.CPU_MATMUL_ENV, raising=False)
-    avx512 = {"avx2", "avx512f", "avx512bw"}
-    zen3 = {"vendor": "AuthenticAMD", "family": 25, "flags": {"avx", "avx2", "fma"}}
-    zen4 = {"vendor": "AuthenticAMD", "family": 25, "flags": avx512}
-    zen5 = {"vendor": "AuthenticAMD", "family": 26, "flags": avx512}
-    xeon = {"vendor": "GenuineIntel", "family": 6, "flags": avx512 | {"amx_tile"}}
-    assert platform.cpu_matmul_backend(None, cpu=zen3) == platform.cpu_matmul_backend(1, cpu=zen3) == "blas"
-    assert platform.cpu_matmul_backend(1, cpu=zen4) == "blas"  # measured faster there too
-    assert platform.cpu_matmul_backend(1, cpu=zen5) == "xla"  # measured setting there: XLA's dot
-    assert platform.cpu_matmul_backend(1, cpu=xeon) == "xla"
-    assert platform.cpu_matmul_backend(1, cpu={}) == "xla"  # no /proc/cpuinfo, or not x86
-    assert platform.cpu_matmul_backend(2, cpu=zen3) == "xla"  # the custom call has no sharding rule
-    assert platform.cpu_matmul_backend(None, multi_device_flags=True, cpu=zen4) == "xla"
-    monkeypatch.setenv(platform.CPU_MATMUL_ENV, "xla")
-    assert platform.cpu_matmul_backend(1, cpu=zen3) == "xla"
+    assert platform.cpu_matmul_backend(None)[0] == platform.cpu_matmul_backend(1)[0] == "auto"
+    path, why = platform.cpu_matmul_backend(2)
+    assert path == "xla" and "2 CPU devices" in why  # the custom call has no sharding rule
+    assert platform.cpu_matmul_backend(None, multi_device_flags=True)[0] == "xla"
+    for mode in ("xla", "blas", "auto"):
+        monkeypatch.setenv(platform.CPU_MATMUL_ENV, mode)
+        path, why = platform.cpu_matmul_backend(1)
+        assert path == mode and (mode == "auto" or why == f"JAXFORMER_CPU_MATMUL={mode}")
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "blas")
-    assert platform.cpu_matmul_backend(4, cpu=zen5) == "blas"
+    assert platform.cpu_matmul_backend(4)[0] == "blas"  # the user's word, even where it cannot shard
 
 
-
-@pytest.mark.parametrize("cpu,expected", [({"vendor": "AuthenticAMD", "family": 25, "flags": {"avx2"}}, "blas"),
-                                          ({"vendor": "AuthenticAMD", "family": 26, "flags": {"avx2", "avx512f"}},
-                                           "xla")])
-def test_an_unknown_backend_name_says_in_one_line_what_is_used_instead(monkeypatch, caplog, cpu, expected):
+def test_an_unknown_backend_name_says_in_one_line_what_is_used_instead(monkeypatch, caplog):
     monkeypatch.setenv(platform.CPU_MATMUL_ENV, "fast")
     with caplog.at_level("WARNING", logger="jaxformer"):
-        assert platform.cpu_matmul_backend(1, cpu=cpu) == expected  # the measured choice, no error
+        assert platform.cpu_matmul_backend(1)[0] == "auto"  # measured, no error
     lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert "JAXFORMER_CPU_MATMUL='fast'" in lines[0] and f"using {expected!r}" in lines[0]
+    assert "JAXFORMER_CPU_MATMUL='fast'" in lines[0] and "using 'auto'" in lines[0]
 
 
 def test_a_kernel_that_cannot_load_is_one_warning_at_construction_never_an_error_inside_jit(tmp_path):
@@ -197,7 +189,7 @@ def test_cpu_info_reads_the_first_processor(tmp_path, monkeypatch):
 def test_openblas_core_kernels_are_chosen_only_where_measured():
     avx512 = {"avx2", "avx512f", "avx512bw"}
     zen4 = {"vendor": "AuthenticAMD", "family": 25, "flags": avx512}
-    assert platform.openblas_coretype(zen4, "blas") == "Haswell"
+    assert platform.openblas_coretype(zen4, "blas") == platform.openblas_coretype(zen4, "auto") == "Haswell"
     assert platform.openblas_coretype(zen4, "xla") is None  # nothing of ours runs on OpenBLAS then
     assert platform.openblas_coretype({"vendor": "AuthenticAMD", "family": 25, "flags": {"avx2"}}, "blas") is None
     assert platform.openblas_coretype({"vendor": "AuthenticAMD", "family": 26, "flags": avx512}, "blas") is None
@@ -271,3 +263,177 @@ def test_rows_dot_general_is_lax_dot_general_on_flattened_rows():
                              np.asarray(lhs, np.float64), np.asarray(rhs, np.float64))
         np.testing.assert_allclose(np.asarray(matmul.rows_dot_general(lhs, rhs, dims)), expected, rtol=1e-5,
                                    atol=1e-5)
+
+
+# ------------------------------------------------------------------- the CPU path chosen by measurement (issue 38)
+
+def _fake_timer(times_s: dict, calls: list | None = None):
+    """make_timer for `kernels.choose`: each candidate's parts take the given seconds, round after round (lists
+    of rounds cycle), with no clock involved; `calls` counts how often a timer was built (a measurement)."""
+    def make():
+        if calls is not None:
+            calls.append(1)
+        rounds = {c: 0 for c in times_s}
+
+        def time_round(c):
+            seq = times_s[c] if isinstance(times_s[c][0], list) else [times_s[c]]
+            rounds[c] += 1
+            return seq[(rounds[c] - 1) % len(seq)]
+        return time_round
+    return make
+
+
+def test_the_chooser_picks_the_faster_of_two_fake_candidates_by_the_medians_of_parts():
+    from jaxformer.kernels import choose
+
+    # blas is faster on the second part, and one round of it hit a 100 s spike (another process): medians ignore it.
+    t = {"xla": [1e-3, 4e-3], "blas": [[1e-3, 2e-3], [1e-3, 2e-3], [1e-3, 100.0]]}
+    c = choose.measure(("xla", "blas"), _fake_timer(t)(), budget_s=0.0, min_rounds=6)
+    assert (c.name, c.rounds, c.source) == ("blas", 6, "measured")
+    assert c.medians_s == pytest.approx({"xla": 5e-3, "blas": 3e-3})
+    assert "blas 3.000 ms vs xla 5.000 ms" in c.why
+    t = {"xla": [1e-3, 4e-3], "blas": [3e-3, 3e-3]}  # xla x0.83 on the sum of the parts, listed second
+    assert choose.measure(("blas", "xla"), _fake_timer(t)(), budget_s=0.0).name == "xla"
+    # Within the margin, the first candidate (the default path) is kept, and the why says so.
+    c = choose.measure(("xla", "blas"), _fake_timer({"xla": [1.0], "blas": [0.99]})(), budget_s=0.0, margin=0.03)
+    assert c.name == "xla" and "within the 3% margin" in c.why
+    with pytest.raises(ValueError, match="distinct"):
+        choose.measure(("xla", "xla"), _fake_timer({"xla": [1.0]})())
+
+
+def test_the_choice_is_cached_per_key_and_measured_again_when_the_key_changes(tmp_path):
+    from jaxformer.kernels import choose
+
+    calls = []
+    key = {"cpu": {"model": "167"}, "jaxlib": "0.10.2", "products": "step: a"}
+    first = choose.choose(("xla", "blas"), _fake_timer({"xla": [2.0], "blas": [1.0]}, calls), key=key,
+                          cache_dir=tmp_path, name="cpu-matmul", budget_s=0.0)
+    assert (first.name, first.source, len(calls)) == ("blas", "measured", 1)
+    # A later process with the same key: the cached choice, not a measurement (even where the timer would now
+    # say otherwise).
+    again = choose.choose(("xla", "blas"), _fake_timer({"xla": [1.0], "blas": [2.0]}, calls), key=key,
+                          cache_dir=tmp_path, name="cpu-matmul", budget_s=0.0)
+    assert (again.name, again.source, again.file, len(calls)) == ("blas", "cache", first.file, 1)
+    assert "cached" in again.why and again.medians_s == first.medians_s
+    # Another CPU model or library version is another key: measured again, into another file; the first is kept.
+    for changed in ({**key, "cpu": {"model": "17"}}, {**key, "jaxlib": "0.10.3"}, {**key, "products": "step: b"}):
+        other = choose.choose(("xla", "blas"), _fake_timer({"xla": [1.0], "blas": [2.0]}, calls), key=changed,
+                              cache_dir=tmp_path, name="cpu-matmul", budget_s=0.0)
+        assert (other.name, other.source) == ("xla", "measured") and other.file != first.file
+    assert len(calls) == 4 and len(list(tmp_path.glob("cpu-matmul-*.json"))) == 4
+    assert choose.read_cached(first.file, key).name == "blas"
+    # A file whose recorded key is not this key (a hand-edited or colliding file) is never trusted.
+    assert choose.read_cached(first.file, {**key, "jaxlib": "other"}) is None
+
+
+def test_an_unwritable_cache_is_one_warning_and_the_measured_choice(tmp_path, caplog):
+    from jaxformer.kernels import choose
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with caplog.at_level("WARNING"):
+        c = choose.choose(("xla", "blas"), _fake_timer({"xla": [2.0], "blas": [1.0]}), key={"k": 1},
+                          cache_dir=blocker / "sub", budget_s=0.0)
+    assert c.name == "blas" and c.file is None
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "could not cache" in caplog.records[0].message
+
+
+@pytest.fixture
+def tiny_model_cfg(tiny_cfg):
+    from jaxformer import config as config_lib
+
+    return config_lib.resolve(tiny_cfg, vocab_size=11)
+
+
+@pytest.fixture
+def auto(monkeypatch, tmp_path):
+    """matmul in "auto" mode, nothing measured yet in this process, the cache in tmp_path."""
+    monkeypatch.setenv("JAXFORMER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(matmul, "_cpu_backend", "auto")
+    monkeypatch.setattr(matmul, "_measured", None)
+    assert cpu_gemm.load() == cpu_gemm.TARGET, cpu_gemm.reason()
+    return tmp_path
+
+
+@pytest.mark.parametrize("faster", ["xla", "blas"])
+def test_auto_builds_the_model_on_the_path_measured_faster_and_the_manifest_says_why(auto, monkeypatch, faster,
+                                                                                   tiny_model_cfg):
+    from jaxformer import loader
+    from jaxformer import run as run_lib
+
+    seen = []
+
+    def fake_timer(products):  # stands in for the clock: `faster` takes half the time on every product
+        seen.append(products)
+        return lambda path: [1e-3 if path == faster else 2e-3 for _ in products]
+
+    monkeypatch.setattr(matmul, "product_timer", fake_timer)
+    model = loader.build_model(tiny_model_cfg)
+    assert model.blocks[0].mlp.fc.dot_general is (matmul.dot_general if faster == "blas" else matmul.rows_dot_general)
+    assert matmul.cpu_backend_in_use() == faster and matmul.cpu_backend() == "auto"
+    # It timed the model's own step: every dense product forward and backward, at its batch shape.
+    rows, D = tiny_model_cfg.data.batch_size * tiny_model_cfg.data.block_size, tiny_model_cfg.model.n_embd
+    (products,) = seen
+    assert products[((rows, D), (D, 4 * D), False, False)] == tiny_model_cfg.model.n_layer  # mlp.fc forward
+    assert products[((rows, D), (rows, 4 * D), True, False)] == tiny_model_cfg.model.n_layer  # its weight gradient
+    record = run_lib.manifest(tiny_model_cfg, data_hash="x")["cpu_matmul_choice"]
+    assert record["path"] == faster and record["source"] == "measured" and record["why"].startswith("measured")
+    assert record["median_ms"][faster] < record["median_ms"]["blas" if faster == "xla" else "xla"]
+    # A second build in this process reuses the choice (one per process: runs in it all take the same path).
+    loader.build_model(tiny_model_cfg)
+    assert len(seen) == 1
+
+
+def test_auto_reads_the_cache_and_a_set_path_is_never_measured(auto, monkeypatch, tiny_model_cfg):
+    from jaxformer import loader
+
+    monkeypatch.setattr(matmul, "product_timer", lambda products: lambda path: [2e-3 if path == "xla" else 1e-3])
+    loader.build_model(tiny_model_cfg)
+    assert matmul.cpu_backend_choice()["source"] == "measured"
+    monkeypatch.setattr(matmul, "_measured", None)  # a new process, same machine and config
+    monkeypatch.setattr(matmul, "product_timer", lambda products: pytest.fail("measured again despite the cache"))
+    loader.build_model(tiny_model_cfg)
+    assert matmul.cpu_backend_choice()["source"] == "cache" and matmul.cpu_backend_in_use() == "blas"
+    for path in ("xla", "blas"):  # JAXFORMER_CPU_MATMUL (through configure) sets the path: no measurement
+        monkeypatch.setattr(matmul, "_measured", None)
+        matmul.set_cpu_backend(path, f"JAXFORMER_CPU_MATMUL={path}")
+        loader.build_model(tiny_model_cfg)
+        assert matmul.cpu_backend_choice() == {"path": path, "why": f"JAXFORMER_CPU_MATMUL={path}"}
+
+
+def test_the_cache_key_changes_with_what_changes_the_timings(auto, monkeypatch):
+    key = matmul._choice_key("step: x")
+    assert key["cpu"] and key["cores"] >= 1 and key["jaxlib"] and key["scipy_openblas32"]
+    assert key["kernel"].startswith("cpu_gemm-")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert matmul._choice_key("step: x") != key
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false")
+    assert matmul._choice_key("step: x") != key
+    monkeypatch.delenv("XLA_FLAGS")
+    assert matmul._choice_key("step: x") == key and matmul._choice_key("step: y") != key
+
+
+def test_the_real_product_timer_runs_both_paths_on_the_given_shapes(auto):
+    products = {((2, 16, 8), (2, 8, 12), False, False): 3, ((40, 8), (40, 6), True, False): 1}
+    time_round = matmul.product_timer(products)
+    for path in ("xla", "blas"):
+        parts = time_round(path)
+        assert len(parts) == 2 and all(t > 0 for t in parts)
+    # A product too large to time whole is timed on a slice, its time scaled by the FLOPs left out.
+    a, b, scale = matmul._timed_shape((8, 4096, 1024), (8, 1024, 4096), False, False)
+    timed = 2.0 * a[0] * a[1] * a[2] * b[2]
+    assert timed <= matmul.TIMED_FLOPS_MAX and scale * timed == pytest.approx(2.0 * 8 * 4096 * 1024 * 4096)
+    assert matmul._timed_shape((16, 8), (4, 16), True, True) == ((16, 8), (4, 16), 1.0)  # small: as it is
+
+
+def test_auto_built_inside_a_trace_still_measures_outside_it(auto, tiny_model_cfg):
+    """`nnx.eval_shape(build_model)` (memory estimates, importers) may be the first build: the products still run."""
+    from flax import nnx
+
+    from jaxformer import loader
+
+    nnx.eval_shape(lambda: loader.build_model(tiny_model_cfg))
+    choice = matmul.cpu_backend_choice()
+    assert choice["source"] == "measured" and choice["rounds"] >= 5
+    assert all(v > 0 for v in choice["median_ms"].values())
