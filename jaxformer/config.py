@@ -325,8 +325,11 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(d.tokenizer == "char" or not d.name.startswith("synthetic/"),
              f"data.tokenizer={d.tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char")
     datasets = data_lib.list_datasets()
-    _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
-             f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
+    _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5) or data_lib.is_text_name(d.name),
+             f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>, text:PATH")
+    fraction = d.get("val_fraction", 0.1)
+    _require(isinstance(fraction, float) and 0 < fraction < 1,
+             f"data.val_fraction={fraction!r}; must be a number in (0, 1), e.g. 0.1 (the last 10%)")
 
     sizes = {axis: cfg.mesh.get(axis, 1) for axis in sharding_lib.AXES}
     _require(all(isinstance(v, int) and (v >= 1 or v == -1) for v in sizes.values()) and
@@ -405,6 +408,9 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "data.tokenizer": "char",
     "data.vocab_size": 1024,
     "train.max_skipped_steps": 0,  # before it, nonfinite=skip runs never stopped on their own
+    "data.val_fraction": 0.1,  # text:PATH data (issue 37) came later; these only apply to it
+    "data.text_field": "text",
+    "data.cache_dir": "",
 }
 
 
