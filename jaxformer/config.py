@@ -220,7 +220,16 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         pe.fire.init_L = positional.fire_init_L(block)
     if vocab_size is not None and cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab_size
+    if warmup_too_long(cfg):
+        cfg.optim.warmup_steps = cfg.train.steps
     return cfg
+
+
+def warmup_too_long(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether `optim.warmup_steps` is longer than the run: `resolve` shortens it to `train.steps`, so that a quick
+    trial of any config (`--config.train.steps=40`) needs no second override; `train` says so in one line."""
+    steps, warmup = cfg.train.get("steps"), cfg.optim.get("warmup_steps")
+    return (isinstance(steps, int) and isinstance(warmup, int) and 0 < steps < warmup)
 
 
 def _require(ok: bool, message: str) -> None:
