@@ -81,6 +81,8 @@ def train_main(argv: list[str]) -> int:
         cfg = init_config(args.init_from, overrides, args.init_checkpoint, workdir)
     else:
         cfg = config_lib.load(args.config, overrides)
+        if args.init_from:
+            cfg = source_model_config(cfg, args.init_from, overrides, args.init_checkpoint, workdir)
     workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name, overrides)
     if args.multihost:
         cfg.mesh.multihost = True
@@ -157,6 +159,34 @@ def init_config(source: str, overrides: list[str], which: str, workdir: str):
     if not any(o.startswith("--config.optim.decay_steps") for o in overrides):
         cfg.optim.decay_steps = 0
     return cfg
+
+
+# What a config file given with --init-from still decides in the model section: how the model is run, not which.
+CONFIG_MODEL_FIELDS = ("dropout", "remat", "attention")
+
+
+def source_model_config(cfg, source: str, overrides: list[str], which: str, workdir: str):
+    """`--config FILE --init-from RUN`: the file's recipe (data, optim, train) on RUN's model -- every `model` field
+    but CONFIG_MODEL_FIELDS from RUN's config.json, `data.block_size` 0 = RUN's context -- then the overrides."""
+    from jaxformer import config as config_lib
+    from jaxformer import train as train_lib
+
+    source_cfg = train_lib.check_init_source(source, which, workdir)
+    d = cfg.to_dict()
+    d["model"] = {**source_cfg.model.to_dict(), **{k: d["model"][k] for k in CONFIG_MODEL_FIELDS}}
+    if d["data"]["block_size"] == 0:
+        d["data"]["block_size"] = source_cfg.data.block_size
+    log.info("--init-from %s: its model (%s, %s layers, width %s) and context %d", source,
+             source_cfg.model.position.name, source_cfg.model.n_layer, source_cfg.model.n_embd,
+             d["data"]["block_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.json")
+        with open(path, "w") as f:
+            json.dump(d, f)
+        with open(os.path.join(tmp, "c.py"), "w") as f:
+            f.write("from jaxformer import config\n"
+                    f"def get_config():\n    return config.from_json(open({path!r}).read())\n")
+        return config_lib.load(os.path.join(tmp, "c.py"), overrides, check_fields=False)
 
 
 def exit_status(result: dict) -> int:
@@ -349,7 +379,8 @@ def sample_main(argv: list[str]) -> int:
     prefix = np.asarray([tokenizer.vocab_size] if cfg.data.get("bos", False) else [], np.int32)
     ids = sample_lib.generate(model, np.concatenate([prefix, np.asarray(prompt_ids, np.int32)]),
                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=args.top_k or None,
-                              seed=args.seed, max_context=args.max_context or cfg.data.block_size)
+                              seed=args.seed, max_context=args.max_context or cfg.data.block_size,
+                              vocab_size=tokenizer.vocab_size)
     ids = np.asarray(ids)[prefix.size:]
     if task is None:
         sys.stdout.write(tokenizer.decode(ids) + "\n")

@@ -232,7 +232,16 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         pe.fire.init_L = positional.fire_init_L(block)
     if vocab_size is not None and cfg.model.vocab_size == 0:
         cfg.model.vocab_size = vocab_size
+    if warmup_too_long(cfg):
+        cfg.optim.warmup_steps = cfg.train.steps
     return cfg
+
+
+def warmup_too_long(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether `optim.warmup_steps` is longer than the run: `resolve` shortens it to `train.steps`, so that a quick
+    trial of any config (`--config.train.steps=40`) needs no second override; `train` says so in one line."""
+    steps, warmup = cfg.train.get("steps"), cfg.optim.get("warmup_steps")
+    return (isinstance(steps, int) and isinstance(warmup, int) and 0 < steps < warmup)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -346,8 +355,11 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(d.tokenizer == "char" or not d.name.startswith("synthetic/"),
              f"data.tokenizer={d.tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char")
     datasets = data_lib.list_datasets()
-    _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5),
-             f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>")
+    _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5) or data_lib.is_text_name(d.name),
+             f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>, text:PATH")
+    fraction = d.get("val_fraction", 0.1)
+    _require(isinstance(fraction, float) and 0 < fraction < 1,
+             f"data.val_fraction={fraction!r}; must be a number in (0, 1), e.g. 0.1 (the last 10%)")
 
     sizes = {axis: cfg.mesh.get(axis, 1) for axis in sharding_lib.AXES}
     _require(all(isinstance(v, int) and (v >= 1 or v == -1) for v in sizes.values()) and
@@ -428,6 +440,9 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "data.tokenizer": "char",
     "data.vocab_size": 1024,
     "train.max_skipped_steps": 0,  # before it, nonfinite=skip runs never stopped on their own
+    "data.val_fraction": 0.1,  # text:PATH data (issue 37) came later; these only apply to it
+    "data.text_field": "text",
+    "data.cache_dir": "",
 }
 
 

@@ -276,7 +276,7 @@ def release(workdir: str) -> None:
 # What a resumed run may change: how it is run, not what is trained (the model, its data, the seed of its data
 # order). `--resume --config.train.steps=4000` extends a run; a new mesh reshards it.
 RESUME_MAY_CHANGE = ("train.", "optim.", "mesh.", "model.attention.implementation", "model.attention.block_size",
-                     "model.remat", "data.manual_dir", "data.data_dir")
+                     "model.remat", "data.manual_dir", "data.data_dir", "data.cache_dir")
 RESUME_FIXED = ("train.seed",)
 
 

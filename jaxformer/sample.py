@@ -6,6 +6,8 @@ since a learned position table, or an extrapolating variant, has seen no more), 
 does: the context is cropped to the last `max_context` tokens and run in full each step.
 
 Sampling: logits / temperature, then keep the `top_k` largest (nanoGPT's `generate`); temperature 0 is greedy.
+`vocab_size`: only ids below it are drawn -- a model vocabulary padded past its tokenizer's (an imported model's
+320 rows for a 300-token tokenizer, nanoGPT's 50304 for GPT-2's 50257) has ids no text decodes to.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 
-def sample_logits(logits_V, key, *, temperature: float, top_k: int | None):
+def sample_logits(logits_V, key, *, temperature: float, top_k: int | None, vocab_size: int | None = None):
+    logits_V = logits_V[..., :vocab_size]  # None: every id
     if temperature == 0.0:
         return jnp.argmax(logits_V, axis=-1).astype(jnp.int32)
     logits_V = logits_V / temperature
@@ -39,8 +42,8 @@ class Generator:
             logits_1xTxV, cache = model.decode(tokens_1xT, cache)
             return logits_1xTxV[0, -1], cache
 
-        def cached_step(params, logits_V, cache, key, temperature, top_k):
-            token = sample_logits(logits_V, key, temperature=temperature, top_k=top_k)
+        def cached_step(params, logits_V, cache, key, temperature, top_k, vocab_size):
+            token = sample_logits(logits_V, key, temperature=temperature, top_k=top_k, vocab_size=vocab_size)
             logits_1x1xV, cache = nnx.merge(graphdef, params).decode(token[None, None], cache)
             return token, logits_1x1xV[0, 0], cache
 
@@ -49,11 +52,12 @@ class Generator:
             return nnx.merge(graphdef, params)(tokens_1xT)[0, last]
 
         self.prefill = jax.jit(prefill, static_argnums=2)
-        self.cached_step = jax.jit(cached_step, static_argnums=(4, 5), donate_argnums=2)
+        self.cached_step = jax.jit(cached_step, static_argnums=(4, 5, 6), donate_argnums=2)
         self.full_logits = jax.jit(full_logits)
 
     def __call__(self, prompt_ids, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int = 0, max_context: int | None = None, use_cache: bool = True) -> np.ndarray:
+                 seed: int = 0, max_context: int | None = None, use_cache: bool = True,
+                 vocab_size: int | None = None) -> np.ndarray:
         prompt_ids = np.asarray(prompt_ids, np.int32)
         if prompt_ids.ndim != 1 or prompt_ids.size == 0:
             raise ValueError("prompt must be a non-empty 1-D sequence of token ids")
@@ -62,13 +66,13 @@ class Generator:
         capacity = min(prompt_ids.size + max_new_tokens, max_context)
         key = jax.random.key(seed)
         draw = lambda logits_V, i: sample_logits(logits_V, jax.random.fold_in(key, i), temperature=temperature,
-                                                 top_k=top_k)
+                                                 top_k=top_k, vocab_size=vocab_size)
         out, i = list(prompt_ids), 0
         if use_cache:
             logits_V, cache = self.prefill(self.params, jnp.asarray(prompt_ids)[None], capacity)
             while len(out) < capacity and i < max_new_tokens:
                 token, logits_V, cache = self.cached_step(self.params, logits_V, cache, jax.random.fold_in(key, i),
-                                                          temperature, top_k)
+                                                          temperature, top_k, vocab_size)
                 out.append(int(token))
                 i += 1
             if i < max_new_tokens:  # the cache is full; the last token's logits are known, then crop
@@ -99,7 +103,7 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
             prompt = np.zeros(1, np.int32)
         prompt = prompt if bos is None else np.concatenate([np.asarray([bos], np.int32), prompt])
         ids = Generator(model)( prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
-                       max_context=cfg.data.block_size)
+                       max_context=cfg.data.block_size, vocab_size=tokenizer.vocab_size)
         return tokenizer.decode(ids[len(prompt):])
     batch = dataset.eval_batches("val", batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                  num_batches=1, seed=cfg.train.seed)[0]

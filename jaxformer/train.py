@@ -431,11 +431,10 @@ def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.Conf
     the run directory is made or touched (one-line ConfigError)."""
     resolved = config_lib.resolve(cfg, vocab_size=dataset.vocab_size)
     config_lib.validate(resolved, n_devices=jax.device_count())
-    m, d, o, t = resolved.model, resolved.data, resolved.optim, resolved.train
-    # A training check, not validate()'s: an imported model's run (train.steps=1) is evaluated and sampled as is.
-    if o.warmup_steps > t.steps:
-        raise config_lib.ConfigError(f"optim.warmup_steps={o.warmup_steps} is longer than the run (train.steps="
-                                     f"{t.steps}); choose optim.warmup_steps <= {t.steps}")
+    m, d = resolved.model, resolved.data
+    if config_lib.warmup_too_long(cfg):  # resolve() shortened it: a quick trial of a long config, said once
+        log.info("optim.warmup_steps=%d is longer than the run: shortened to train.steps=%d (recorded in "
+                 "config.json)", cfg.optim.warmup_steps, resolved.train.steps)
     config_lib.check_vocab(resolved, dataset.vocab_size)
     for split in ("train", "val"):
         tokens = dataset.split_tokens(split)

@@ -178,7 +178,7 @@ def test_default_config_and_dataset_names():
     names = data_lib.list_datasets()
     tasks = ("copy", "reverse", "associative_recall", "induction", "count")
     assert names[:6] == ["tiny_shakespeare", *(f"synthetic/{t}" for t in tasks)]  # then data/algorithmic.py's
-    match = r"^data.name='wikitext'; choose one of: tiny_shakespeare, synthetic/copy, .*, tfds:<name>$"
+    match = r"^data.name='wikitext'; choose one of: tiny_shakespeare, synthetic/copy, .*, tfds:<name>, text:PATH$"
     with pytest.raises(ValueError, match=match):
         data_lib.load_dataset(config(name="wikitext"))
 

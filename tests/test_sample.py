@@ -50,6 +50,18 @@ def test_top_k_and_greedy():
     assert draws == {1, 3}
 
 
+def test_ids_past_the_tokenizer_are_never_drawn():
+    """A model vocabulary padded past its tokenizer's (vocab_size): its largest logits there are never drawn."""
+    logits = np.array([0.0, 2.0, 1.0, 9.0, 8.0], np.float32)
+    assert int(sample_lib.sample_logits(logits, jax.random.key(0), temperature=0.0, top_k=None, vocab_size=3)) == 1
+    draws = {int(sample_lib.sample_logits(logits, jax.random.key(i), temperature=5.0, top_k=None, vocab_size=3))
+             for i in range(200)}
+    assert draws == {0, 1, 2}
+    model = make_model()
+    ids = sample_lib.generate(model, np.array([4], np.int32), max_new_tokens=40, temperature=2.0, seed=1, vocab_size=5)
+    assert ids[1:].max() < 5 and np.unique(ids[1:]).size > 1
+
+
 def test_same_seed_same_text_different_seed_different_text():
     model = make_model()
     prompt = np.array([4], np.int32)

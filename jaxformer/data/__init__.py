@@ -1,6 +1,7 @@
 """The data layer: datasets by name, as NumPy batches that are pure functions of (seed, split, step).
 
-    load_dataset(cfg.data) -> Dataset        data.name: tiny_shakespeare | synthetic/<task> | tfds:<name>
+    load_dataset(cfg.data) -> Dataset        data.name: tiny_shakespeare | synthetic/<task> | tfds:<name> |
+                                             text:PATH (a file, folder or glob; token_cache.py)
     list_datasets()                          the names load_dataset knows (tfds:<name> aside)
     default_config()                         the `data` config section
     load_tokenizer(path)                     a run directory's vocab.json
@@ -19,8 +20,10 @@ import ml_collections
 from jaxformer.data import algorithmic  # noqa: F401 -- registers the literature's tasks in synthetic.TASKS
 from jaxformer.data import retrieval  # noqa: F401 -- registers passkey and mqar in synthetic.TASKS
 from jaxformer.data.dataset import BOSDataset, Dataset, prepend_bos
+from jaxformer.data.sources import is_text_name
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic
 from jaxformer.data.text import TextDataset, load_tfds_text, load_tiny_shakespeare
+from jaxformer.data.token_cache import load_text_files
 from jaxformer.data.tokenizer import (
     TOKENIZER_KINDS,
     DataError,
@@ -32,13 +35,13 @@ from jaxformer.data.tokenizer import (
 )
 
 __all__ = ["TOKENIZER_KINDS", "BOSDataset", "DataError", "Dataset", "SubwordTokenizer", "SyntheticDataset",
-           "TextDataset", "Tokenizer", "cached_tokenizer", "default_config", "list_datasets", "load_dataset",
-           "load_tokenizer", "prepend_bos", "run_tokenizer"]
+           "TextDataset", "Tokenizer", "cached_tokenizer", "default_config", "is_text_name", "list_datasets",
+           "load_dataset", "load_tokenizer", "prepend_bos", "run_tokenizer"]
 
 
 def default_config() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra)
+    d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra) | text:PATH (your text)
     d.block_size = 32  # tokens per training row T (context length)
     d.batch_size = 32  # rows per batch B (per optimizer micro-step)
     d.bos = False  # prepend a beginning-of-sequence token (id = tokenizer vocab size) to every row; not scored
@@ -47,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.val_split = "validation"  # TFDS split(s) read as "val", +-joined; validation+test = nanoGPT's last 10%
     d.manual_dir = ""  # folder holding input.txt for offline use; "" = $JAXFORMER_MANUAL_DIR, else download
     d.data_dir = ""  # TFDS data dir for prepared data; "" = $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    d.val_fraction = 0.1  # text:PATH: the last fraction of the characters is the val split (nanoGPT: 10%)
+    d.text_field = "text"  # text:PATH: the field of a .jsonl record / the column of a .parquet file
+    d.cache_dir = ""  # text:PATH token files; "" = $JAXFORMER_CACHE_DIR, else ~/.cache/jaxformer
     d.synthetic = ml_collections.ConfigDict()
     d.synthetic.num_symbols = 16  # distinct symbols a, b, ... in the prompts (at most 52)
     d.synthetic.min_items = 0  # smallest task size n in batches (n ~ uniform[min, max]); 0 = max_items
@@ -74,6 +80,8 @@ def load_dataset(data_cfg, tokenizer=None) -> Dataset:
         dataset = load_synthetic(data_cfg)
     elif name.startswith("tfds:") and len(name) > len("tfds:"):
         dataset = load_tfds_text(data_cfg, tokenizer)
+    elif is_text_name(name):
+        dataset = load_text_files(data_cfg, tokenizer)
     else:
-        raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>")
+        raise DataError(f"data.name={name!r}; choose one of: {', '.join(list_datasets())}, tfds:<name>, text:PATH")
     return BOSDataset(dataset) if data_cfg.get("bos", False) else dataset

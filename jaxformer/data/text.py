@@ -59,13 +59,22 @@ class TextDataset(Dataset):
             except DataError as e:
                 raise DataError(f"{name} {split} split: {e}") from None
 
+    @classmethod
+    def from_tokens(cls, name: str, tokens: dict, *, data_hash: str, tokenizer) -> TextDataset:
+        """A dataset over token ids already made (e.g. memory-mapped token files, data/token_cache.py):
+        `tokens` = {"train": ids, "val": ids}, any integer dtype; rows are gathered from them as int32."""
+        dataset = cls.__new__(cls)
+        dataset.name, dataset.data_hash, dataset.tokenizer = name, data_hash, tokenizer
+        dataset._tokens = {split: tokens[split] for split in ("train", "val")}
+        return dataset
+
     def split_tokens(self, split: str) -> np.ndarray:
         check_split(split)
         return self._tokens[split]
 
     def _rows(self, split: str, starts: np.ndarray, block_size: int) -> dict:
         idx = starts[:, None] + np.arange(block_size + 1)
-        seq = self._tokens[split][idx]
+        seq = np.asarray(self._tokens[split][idx], np.int32)  # a gather: only these rows leave a memory map
         inputs, targets = seq[:, :-1], seq[:, 1:]
         return {"inputs": inputs, "targets": targets, "weights": np.ones(targets.shape, np.float32)}
 

@@ -18,6 +18,7 @@ the text it sees.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -102,6 +103,10 @@ class Tokenizer:
     def token_text(self, token_id: int) -> str:
         return self.vocab[int(token_id)]
 
+    def fingerprint(self) -> str:
+        """sha256 of what defines the ids (the vocabulary): the token cache's key (data/token_cache.py)."""
+        return hashlib.sha256(json.dumps({"kind": "char", "vocab": self.vocab}).encode()).hexdigest()
+
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size})"
 
@@ -126,20 +131,26 @@ class SubwordTokenizer:
     @classmethod
     def train_bpe(cls, text: str, vocab_size: int) -> SubwordTokenizer:
         """A byte-level BPE of `vocab_size` ids (256 bytes + merges) learnt from `text`; deterministic."""
+        if vocab_size >= 257 and not text:
+            raise DataError("cannot train a BPE tokenizer on empty text")
+        return cls.train_bpe_iterator([text], vocab_size)
+
+    @classmethod
+    def train_bpe_iterator(cls, pieces: Iterable[str], vocab_size: int) -> SubwordTokenizer:
+        """`train_bpe` on a text given as consecutive pieces (a corpus streamed from disk)."""
         from tokenizers import Tokenizer as HFTokenizer
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 257:
             raise DataError(f"data.vocab_size={vocab_size}; a byte-level BPE needs at least 257 (256 bytes + merges)")
-        if not text:
-            raise DataError("cannot train a BPE tokenizer on empty text")
         tokenizer = HFTokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         # One chunk per line keeps the trainer's word counts exact and its memory small.
-        tokenizer.train_from_iterator(text.splitlines(keepends=True), trainer=trainer)
+        lines = (line for piece in pieces for line in piece.splitlines(keepends=True))
+        tokenizer.train_from_iterator(lines, trainer=trainer)
         return cls(tokenizer)
 
     @property
@@ -157,6 +168,10 @@ class SubwordTokenizer:
         """One token's label: its text where it decodes alone, else its vocabulary string (a partial UTF-8 byte)."""
         text = self._tokenizer.decode([int(token_id)], skip_special_tokens=False)
         return text if "\ufffd" not in text else (self._tokenizer.id_to_token(int(token_id)) or text)
+
+    def fingerprint(self) -> str:
+        """sha256 of the serialized tokenizer (vocabulary, merges, normalizer, pre-tokenizer)."""
+        return hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
