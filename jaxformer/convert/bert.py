@@ -85,7 +85,8 @@ def param_map(kind: Kind, mlm: bool, hf: dict) -> list[Entry]:
     entries = [Entry(e + "word_embeddings.weight", (V, D), "wte/embedding"),
                Entry(e + "position_embeddings.weight", (d["P"], D), "position/params/table",
                      lambda x: x[offset:].copy()),
-               Entry(e + "LayerNorm.weight", (D,), "ln_embed/scale"), Entry(e + "LayerNorm.bias", (D,), "ln_embed/bias")]
+               Entry(e + "LayerNorm.weight", (D,), "ln_embed/scale"),
+               Entry(e + "LayerNorm.bias", (D,), "ln_embed/bias")]
     if d["types"]:
         entries.append(Entry(e + "token_type_embeddings.weight", (d["types"], D), "wtt/embedding"))
     for i in range(d["L"]):
@@ -116,12 +117,14 @@ def param_map(kind: Kind, mlm: bool, hf: dict) -> list[Entry]:
             Entry(names["ln2"] + ".weight", (D,), b + "ln2/scale"), Entry(names["ln2"] + ".bias", (D,), b + "ln2/bias"),
         ]
     if mlm:
-        head = {BERT: ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias"),
+        head = {BERT: ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                       "cls.predictions.bias"),
                 ROBERTA: ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
                 DISTILBERT: ("vocab_transform", "vocab_layer_norm", "vocab_projector.bias")}[kind]
         entries += [Entry(head[0] + ".weight", (D, D), "head_dense/kernel", transpose),
                     Entry(head[0] + ".bias", (D,), "head_dense/bias"),
-                    Entry(head[1] + ".weight", (D,), "head_norm/scale"), Entry(head[1] + ".bias", (D,), "head_norm/bias"),
+                    Entry(head[1] + ".weight", (D,), "head_norm/scale"),
+                    Entry(head[1] + ".bias", (D,), "head_norm/bias"),
                     Entry(head[2], (V,), "head_bias")]
     elif kind is not DISTILBERT:
         entries += [Entry("pooler.dense.weight", (D, D), "pooler/kernel", transpose),
