@@ -36,6 +36,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.head_dim = 0  # head width d; 0 = n_embd // n_head (set it where d * n_head != n_embd)
     c.model.qkv_bias = False  # biases on the q, k, v projections only, even with bias=False (Qwen2)
     c.model.remat = False  # rematerialise each block in the backward pass (saves activation memory)
+    # Encoders (BERT, Devlin et al. 2019) are fields of the same model: configs/bert_tiny.py sets them.
+    c.model.causal = True  # causal mask (decoder); False = bidirectional attention (encoder)
+    c.model.norm_placement = "pre"  # pre: x + F(N(x)), final norm (GPT-2) | post: N(x + F(x)), embedding norm (BERT)
+    c.model.type_vocab_size = 0  # token-type (segment A/B) embeddings; 0 = none (BERT: 2)
+    c.model.head_transform = False  # BERT's MLM head: dense -> activation -> norm before the tied decoder, + bias
+    c.model.pooler = False  # BERT's pooler: tanh(dense) of the first ([CLS]) token, from model.encode
+    c.model.loss = "causal_lm"  # the model's loss (jaxformer/losses.py): causal_lm | masked_lm (needs causal=False)
+    c.model.mlm = ml_collections.ConfigDict()  # masked LM (Devlin et al. 2019 §3.1)
+    c.model.mlm.rate = 0.15  # share of positions selected for prediction
+    c.model.mlm.p_mask = 0.8  # of those, replaced by the mask token ...
+    c.model.mlm.p_random = 0.1  # ... or by a random token (the rest are kept)
+    c.model.mlm.mask_token_id = -1  # -1 = a new id after the data's vocabulary (the last of model.vocab_size)
+    c.model.mlm.random_vocab_size = 0  # random replacements drawn from [0, this); 0 = the data's vocabulary
     c.model.attention = ml_collections.ConfigDict()
     c.model.attention.implementation = "reference"  # reference | chunked | fused (same function, see attention.py)
     c.model.attention.block_size = 512  # key block of the chunked implementation

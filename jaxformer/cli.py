@@ -45,6 +45,7 @@ SUBCOMMANDS = {
     "train": ("jaxformer.cli:train_main", "train a model from a config into a run directory"),
     "eval": ("jaxformer.cli:eval_main", "evaluate a run's checkpoint on a split"),
     "sample": ("jaxformer.cli:sample_main", "generate text from a run's checkpoint (KV cache)"),
+    "fill-mask": ("jaxformer.cli:fill_mask_main", "an encoder's predictions for the [MASK]s of a text"),
     "config": ("jaxformer.cli:config_main", "print a resolved config (with overrides) as JSON"),
     "repro-check": ("jaxformer.cli:repro_check_main", "re-run a run's first N steps and compare the metrics"),
     "sweep": ("jaxformer.sweep:sweep_main", "run a variant sweep (e.g. every positional encoding x seeds)"),
@@ -329,6 +330,53 @@ def _size_range(text: str) -> tuple[int, int]:
         return extrapolation.check_sizes((lo, hi))
     except ValueError:
         raise ValueError(f"--sizes={text!r}; give MIN:MAX task sizes with 1 <= MIN <= MAX") from None
+
+
+def fill_mask_main(argv: list[str]) -> int:
+    """`jaxformer fill-mask --workdir DIR --text "ROMEO: I lo[MASK]e thee"`: the top-k tokens at each [MASK]."""
+    import numpy as np
+
+    from jaxformer import data as data_lib
+    from jaxformer import loader
+    from jaxformer import run as run_lib
+    from jaxformer import sample as sample_lib
+    from jaxformer.analysis import capture
+
+    args = parse("fill-mask", argv)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k={args.top_k}; must be >= 1")
+    cfg = run_lib.load_config(args.workdir)
+    if cfg.model.causal:
+        raise ValueError(f"{args.workdir} is a causal decoder (model.causal=True); fill-mask needs an encoder "
+                         "(model.causal=False); use `jaxformer sample` to continue a text")
+    source = run_lib.read_json(os.path.join(args.workdir, "manifest.json")).get("source", {})
+    if source.get("architecture") in ("BertModel", "RobertaModel", "DistilBertModel"):
+        raise ValueError(f"{args.workdir} was imported from {source['architecture']}, which has no masked-LM head; "
+                         "import a *ForMaskedLM checkpoint to fill masks")
+    from jaxformer import losses
+
+    mask_id = losses.mask_token_id(cfg.model)
+    if args.mask_token not in args.text:
+        raise ValueError(f"--text has no {args.mask_token}; put {args.mask_token} where a token should be predicted")
+    tokenizer = data_lib.run_tokenizer(args.workdir)
+    if isinstance(tokenizer, data_lib.SubwordTokenizer) and tokenizer.token_id(args.mask_token) is not None:
+        ids, types = tokenizer.encode_pair(args.text, args.text_pair)  # its special tokens, [MASK] among them
+    else:
+        if args.text_pair is not None:
+            raise ValueError("--text-pair needs a tokenizer with special tokens and a model with token types "
+                             "(an imported BERT); this run's tokenizer has none")
+        pieces = [tokenizer.encode(piece) for piece in args.text.split(args.mask_token)]
+        ids = np.concatenate([np.append(p, mask_id) for p in pieces[:-1]] + [pieces[-1]]).astype(np.int32)
+        types = None
+    if args.text_pair is not None and not cfg.model.type_vocab_size:
+        raise ValueError("--text-pair: this model has no token types (model.type_vocab_size=0); give --text only")
+    capture.check_length(cfg, int(ids.size), what="--text")
+    _, model, _, step = loader.load_run(args.workdir, which=args.checkpoint)
+    results = sample_lib.fill_mask(model, ids, mask_token_id=mask_id, token_types_T=types, top_k=args.top_k)
+    label = tokenizer.token_text
+    for position, best in results:
+        print(f"position {position}: " + "  ".join(f"{label(i)!r} {p:.3f}" for i, p in best))
+    return 0
 
 
 def sample_main(argv: list[str]) -> int:

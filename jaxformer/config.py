@@ -230,8 +230,8 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         pe.xpos.scale_base = positional.xpos_scale_base(block)
     if pe.get("fire", {}).get("init_L", None) == 0:
         pe.fire.init_L = positional.fire_init_L(block)
-    if vocab_size is not None and cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = vocab_size
+    if vocab_size is not None and cfg.model.vocab_size == 0:  # + [MASK]'s id after the data's tokens (masked LM)
+        cfg.model.vocab_size = vocab_size + appended_ids(cfg)
     if warmup_too_long(cfg):
         cfg.optim.warmup_steps = cfg.train.steps
     return cfg
@@ -242,6 +242,18 @@ def warmup_too_long(cfg: ml_collections.ConfigDict) -> bool:
     trial of any config (`--config.train.steps=40`) needs no second override; `train` says so in one line."""
     steps, warmup = cfg.train.get("steps"), cfg.optim.get("warmup_steps")
     return (isinstance(steps, int) and isinstance(warmup, int) and 0 < steps < warmup)
+
+
+def appended_ids(cfg: ml_collections.ConfigDict) -> int:
+    """Ids the model has beyond its data's vocabulary: 1 for a masked LM whose [MASK] is a new id
+    (model.mlm.mask_token_id=-1 = the last id of model.vocab_size), else 0."""
+    m = cfg.model
+    return int(m.get("loss", "causal_lm") == "masked_lm" and m.mlm.mask_token_id < 0)
+
+
+def data_vocab_size(cfg: ml_collections.ConfigDict) -> int | None:
+    """The data's vocabulary size a resolved config was made with (model.vocab_size less the appended ids)."""
+    return (cfg.model.vocab_size - appended_ids(cfg)) if cfg.model.vocab_size else None
 
 
 def _require(ok: bool, message: str) -> None:
@@ -301,6 +313,7 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     _require(m.head_dim > 0 or m.n_embd % m.n_head == 0,
              f"model.n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}; pick n_embd = n_head * head width "
              "or set model.head_dim")
+    _check_encoder(cfg)
     for name, choices in (("norm", model_lib.NORMS), ("mlp", model_lib.MLPS)):
         _require(m[name] in choices, f"model.{name}={m[name]!r}; choose one of: {', '.join(choices)}")
     _require(0 < m.norm_eps <= NORM_EPS_MAX,
@@ -376,6 +389,41 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
                  "(mesh.data x mesh.fsdp)")
 
 
+NORM_PLACEMENTS = ("pre", "post")
+
+
+def _check_encoder(cfg: ml_collections.ConfigDict) -> None:
+    """The encoder fields: the loss and the mask agree, the positional encoding has a bidirectional form."""
+    from jaxformer import losses
+
+    m = cfg.model
+    causal, loss = m.get("causal", True), m.get("loss", "causal_lm")
+    _require(isinstance(causal, bool), f"model.causal={causal!r}; must be True (decoder) or False (encoder)")
+    _require(m.get("norm_placement", "pre") in NORM_PLACEMENTS,
+             f"model.norm_placement={m.get('norm_placement')!r}; choose one of: {', '.join(NORM_PLACEMENTS)}")
+    _require(m.get("type_vocab_size", 0) >= 0, f"model.type_vocab_size={m.get('type_vocab_size')!r}; must be >= 0")
+    _require(loss in losses.LOSSES, f"model.loss={loss!r}; choose one of: {', '.join(losses.LOSSES)}")
+    _require(not (m.get("head_transform", False) and m.mlp == "swiglu"),
+             "model.head_transform=True needs model.mlp=gelu or gelu_tanh (the head's activation); got swiglu")
+    if loss == "causal_lm":
+        _require(causal, "model.loss=causal_lm needs model.causal=True (a bidirectional model sees the token it "
+                 "predicts); use model.loss=masked_lm for an encoder")
+    else:
+        _require(not causal, f"model.loss={loss} needs model.causal=False (bidirectional attention)")
+        mlm = m.mlm
+        _require(0 < mlm.rate < 1, f"model.mlm.rate={mlm.rate!r}; must be in (0, 1)")
+        _require(mlm.p_mask >= 0 and mlm.p_random >= 0 and mlm.p_mask + mlm.p_random <= 1,
+                 f"model.mlm.p_mask={mlm.p_mask!r}, model.mlm.p_random={mlm.p_random!r}; both >= 0, sum <= 1")
+        _require(not cfg.data.get("bos", False), "data.bos=True with model.loss=masked_lm; an encoder's blocks "
+                 "need no BOS token: set data.bos=False")
+        if m.vocab_size > 0 and mlm.mask_token_id >= 0:
+            _require(mlm.mask_token_id < m.vocab_size, f"model.mlm.mask_token_id={mlm.mask_token_id} is not an id "
+                     f"of model.vocab_size={m.vocab_size}; give -1 (a new id after the data's)")
+    if not causal:
+        reason = positional.bidirectional_problem(m.position)
+        _require(reason is None, f"model.position.name={m.position.name!r} with model.causal=False: {reason}")
+
+
 def check_vocab(cfg: ml_collections.ConfigDict, needed: int) -> None:
     """A resolved `model.vocab_size` must hold the dataset's ids (`needed`, BOS included when data.bos)."""
     size = cfg.model.vocab_size
@@ -443,6 +491,18 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "data.val_fraction": 0.1,  # text:PATH data (issue 37) came later; these only apply to it
     "data.text_field": "text",
     "data.cache_dir": "",
+    # Encoder fields (issue 36): every run before them was a pre-norm causal decoder with the next-token loss.
+    "model.causal": True,
+    "model.norm_placement": "pre",
+    "model.type_vocab_size": 0,
+    "model.head_transform": False,
+    "model.pooler": False,
+    "model.loss": "causal_lm",
+    "model.mlm.rate": 0.15,
+    "model.mlm.p_mask": 0.8,
+    "model.mlm.p_random": 0.1,
+    "model.mlm.mask_token_id": -1,
+    "model.mlm.random_vocab_size": 0,
 }
 
 

@@ -1,4 +1,5 @@
-"""A GPT-style decoder as thin Flax NNX modules over the pure functions of `attention.py` and `positional.py`.
+"""A GPT-style decoder, or a BERT-style encoder, as thin Flax NNX modules over the pure functions of `attention.py`
+and `positional.py`.
 
 Pre-norm blocks (Radford et al. 2019): x + Attn(N(x)), then x + MLP(N(x)); by default LayerNorm, a 4x GELU MLP, tied
 input/output embeddings, optional biases, dropout on the embeddings and on each residual branch. The Llama family's
@@ -6,6 +7,13 @@ choices are fields of the same model, looked up in registries (`NORMS`, `MLPS`):
 `model.mlp=swiglu`, `model.tie_embeddings=False`, `model.head_dim`, `model.qkv_bias`. The modules own parameters and
 wire them; the math (attention, every positional encoding) lives in the pure functions they call, and the variant
 and implementation are looked up by the config string, never branched on here.
+
+Encoders are fields of the same model, not another class (Devlin et al. 2019, "BERT"): `model.causal=False` drops
+the causal mask (bidirectional attention; a key-padding mask `mask_BxT` may be given instead);
+`model.norm_placement=post` is Vaswani et al.'s / BERT's post-LayerNorm, x = N(x + Attn(x)), x = N(x + MLP(x)),
+with a LayerNorm on the embeddings and none at the end; `model.type_vocab_size` > 0 adds a token-type (segment)
+embedding; `model.head_transform` is BERT's masked-LM head (dense -> activation -> LayerNorm before the tied
+decoder, plus an output bias); `model.pooler` BERT's tanh(dense) of the first ([CLS]) token (`encode`).
 
 Decoding uses a KV cache: `init_cache` allocates `[B, C, K, d]` keys/values per layer, and `decode` writes the new
 tokens' keys/values at the cache index and attends over all C slots with query positions `index + arange(T)` and key
@@ -80,6 +88,7 @@ class Attention(nnx.Module):
         self.dot_general, self.vmap = dot_general, vmap
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head or cfg.n_head
         self.implementation, self.block_size = cfg.attention.implementation, cfg.attention.block_size
+        self.causal = cfg.get("causal", True)
         self.dtype = jnp.dtype(cfg.dtype)
         params = attention.init_attention_params(
             rngs.params(), n_embd=cfg.n_embd, n_head=cfg.n_head, n_kv_head=self.n_kv_head,
@@ -90,7 +99,7 @@ class Attention(nnx.Module):
         self.params = _as_params(params)
 
     def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
-                 return_weights=False):
+                 return_weights=False, mask_BxT=None):
         params = jax.tree.map(lambda a: a.astype(self.dtype), _values(self.params))
         q_BxTxHxd, k_BxTxKxd, v_BxTxKxd = attention.qkv_projection(
             params, x_BxTxD, n_head=self.n_head, n_kv_head=self.n_kv_head, dot_general=self.dot_general)
@@ -106,7 +115,8 @@ class Attention(nnx.Module):
             k_BxTxKxd, v_BxTxKxd = k_BxSxKxd.astype(self.dtype), v_BxSxKxd.astype(self.dtype)
             k_positions = jnp.arange(k_BxSxKxd.shape[1], dtype=jnp.int32)
         out = attention.multi_head_attention(
-            q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=True, q_positions=positions_T, k_positions=k_positions,
+            q_BxTxHxd, k_BxTxKxd, v_BxTxKxd, causal=self.causal, q_positions=positions_T, k_positions=k_positions,
+            mask=None if mask_BxT is None else mask_BxT[:, None, None, :],  # padded keys get no weight
             bias_fn=bias_fn, block_size=self.block_size, return_weights=return_weights, dot_general=self.dot_general,
             vmap=self.vmap,
             # Only the reference path forms the weights; the same parameters give the same function.
@@ -195,13 +205,20 @@ class Block(nnx.Module):
         self.ln2 = norm(cfg, cfg.n_embd, rngs)
         self.mlp = MLP(cfg, rngs=rngs, dot_general=dot_general, activations=activations)
         self.dropout = cfg.dropout
+        self.post_norm = cfg.get("norm_placement", "pre") == "post"
 
     def __call__(self, x_BxTxD, *, positions_T, rotate, bias_fn, layer_cache=None, cache_index=None,
-                 dropout_key=None, return_weights=False):
+                 dropout_key=None, return_weights=False, mask_BxT=None):
         keys = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-        y, layer_cache, weights = self.attn(self.ln1(x_BxTxD), positions_T=positions_T, rotate=rotate,
-                                            bias_fn=bias_fn, layer_cache=layer_cache, cache_index=cache_index,
-                                            return_weights=return_weights)
+        attend = functools.partial(self.attn, positions_T=positions_T, rotate=rotate, bias_fn=bias_fn,
+                                   layer_cache=layer_cache, cache_index=cache_index, return_weights=return_weights,
+                                   mask_BxT=mask_BxT)
+        if self.post_norm:  # Vaswani et al. 2017 / BERT: the norm after each residual sum
+            y, layer_cache, weights = attend(x_BxTxD)
+            x_BxTxD = self.ln1(x_BxTxD + _dropout(y, self.dropout, keys[0]))
+            x_BxTxD = self.ln2(x_BxTxD + _dropout(self.mlp(x_BxTxD), self.dropout, keys[1]))
+            return x_BxTxD, layer_cache, weights
+        y, layer_cache, weights = attend(self.ln1(x_BxTxD))
         x_BxTxD = x_BxTxD + _dropout(y, self.dropout, keys[0])
         x_BxTxD = x_BxTxD + _dropout(self.mlp(self.ln2(x_BxTxD)), self.dropout, keys[1])
         return x_BxTxD, layer_cache, weights
@@ -238,23 +255,56 @@ class GPT(nnx.Module):
             self.position.record.token_scale(dict(self.position.cfg), n_embd=cfg.n_embd))
         self.blocks = nnx.List([Block(cfg, rngs=rngs, dot_general=dot_general, activations=activations, vmap=vmap)
                                 for _ in range(cfg.n_layer)])
-        self.ln_f = norm(cfg, cfg.n_embd, rngs)
+        post = cfg.get("norm_placement", "pre") == "post"
+        self.ln_f = None if post else norm(cfg, cfg.n_embd, rngs)  # post-norm blocks end normalised already
         # An untied output head [D, V] (Llama); tied (GPT-2) reuses the token table: logits = x·Eᵀ.
         self.lm_head = (None if cfg.tie_embeddings else
                         nnx.Linear(cfg.n_embd, cfg.vocab_size, use_bias=False,
                                    kernel_init=nnx.initializers.normal(0.02), dtype=self.dtype,
                                    param_dtype=jnp.dtype(cfg.param_dtype), dot_general=dot_general,
                                    rngs=rngs))
+        # The encoder's parts, made after everything above so that a decoder draws the same parameters as before.
+        self.causal = cfg.get("causal", True)
+        dense = dict(dtype=self.dtype, param_dtype=jnp.dtype(cfg.param_dtype), dot_general=dot_general, rngs=rngs)
+        n_types = cfg.get("type_vocab_size", 0)
+        self.wtt = (nnx.Embed(n_types, cfg.n_embd, embedding_init=nnx.initializers.normal(0.02), dtype=self.dtype,
+                              param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs) if n_types else None)
+        self.ln_embed = norm(cfg, cfg.n_embd, rngs) if post else None
+        if cfg.get("head_transform", False):  # BERT's MLM head: x -> N(act(x·W + b)) -> x·Eᵀ + b_out
+            self.head_dense = nnx.Linear(cfg.n_embd, cfg.n_embd, kernel_init=nnx.initializers.normal(0.02),
+                                         **dense)
+            self.head_norm = norm(cfg, cfg.n_embd, rngs)
+            self.head_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.dtype(cfg.param_dtype)))
+            self.head_activation = {**MLPS, **(activations or {})}[
+                "gelu_tanh" if cfg.mlp == "gelu" and cfg.gelu_approximate else cfg.mlp]
+        else:
+            self.head_dense = self.head_norm = self.head_bias = self.head_activation = None
+        self.pooler = (nnx.Linear(cfg.n_embd, cfg.n_embd, kernel_init=nnx.initializers.normal(0.02), **dense)
+                       if cfg.get("pooler", False) else None)
 
-    def __call__(self, tokens_BxT, *, positions_T=None, dropout_key=None):
-        """Logits `[B, T, V]` (float32) for a batch of token ids; `dropout_key` turns dropout on."""
-        logits_BxTxV, _, _ = self._forward(tokens_BxT, positions_T=positions_T, dropout_key=dropout_key)
+    def __call__(self, tokens_BxT, *, positions_T=None, dropout_key=None, token_types_BxT=None, mask_BxT=None):
+        """Logits `[B, T, V]` (float32) for a batch of token ids; `dropout_key` turns dropout on.
+
+        Encoders: `token_types_BxT` (segment ids, 0 when None) and `mask_BxT` (True = a real token; padded keys
+        get no attention weight)."""
+        logits_BxTxV, _, _ = self._forward(tokens_BxT, positions_T=positions_T, dropout_key=dropout_key,
+                                           token_types_BxT=token_types_BxT, mask_BxT=mask_BxT)
         return logits_BxTxV
 
-    def attention_weights(self, tokens_BxT, *, positions_T=None):
+    def attention_weights(self, tokens_BxT, *, positions_T=None, token_types_BxT=None, mask_BxT=None):
         """Logits and the attention weights of every layer, `[L, B, H, T, T]` (through the reference path)."""
-        logits_BxTxV, _, weights = self._forward(tokens_BxT, positions_T=positions_T, return_weights=True)
+        logits_BxTxV, _, weights = self._forward(tokens_BxT, positions_T=positions_T, return_weights=True,
+                                                 token_types_BxT=token_types_BxT, mask_BxT=mask_BxT)
         return logits_BxTxV, jnp.stack(weights)
+
+    def encode(self, tokens_BxT, *, token_types_BxT=None, mask_BxT=None, positions_T=None):
+        """(hidden states `[L + 1, B, T, D]`: the embeddings' output then each block's, pooled `[B, D]` or None):
+        BertModel's `hidden_states` and `pooler_output` (tanh(W·h_[CLS] + b), Devlin et al. 2019 §3)."""
+        _, _, hidden = self._forward(tokens_BxT, positions_T=positions_T, token_types_BxT=token_types_BxT,
+                                     mask_BxT=mask_BxT, return_hidden=True)
+        hidden_LxBxTxD = jnp.stack(hidden)
+        pooled_BxD = None if self.pooler is None else jnp.tanh(self.pooler(hidden_LxBxTxD[-1, :, 0]))
+        return hidden_LxBxTxD, pooled_BxD
 
     def init_cache(self, batch_size: int, capacity: int, dtype=None) -> Cache:
         shape = (batch_size, capacity, self.n_kv_head, self.head_dim)
@@ -264,10 +314,14 @@ class GPT(nnx.Module):
 
     def decode(self, tokens_BxT, cache: Cache):
         """Runs T new tokens at positions `cache.index + arange(T)`; returns their logits and the updated cache."""
+        if not self.causal:
+            raise ValueError("model.causal=False: an encoder sees the whole sequence at once and has no KV-cache "
+                             "decoding; use `jaxformer fill-mask` (or call the model on the full sequence)")
         logits_BxTxV, cache, _ = self._forward(tokens_BxT, cache=cache)
         return logits_BxTxV, cache
 
-    def _forward(self, tokens_BxT, *, positions_T=None, cache=None, dropout_key=None, return_weights=False):
+    def _forward(self, tokens_BxT, *, positions_T=None, cache=None, dropout_key=None, return_weights=False,
+                 token_types_BxT=None, mask_BxT=None, return_hidden=False):
         T = tokens_BxT.shape[1]
         index = cache["index"] if cache is not None else 0
         if positions_T is None:
@@ -278,23 +332,36 @@ class GPT(nnx.Module):
         embedding_TxD = self.position.embed(positions_T)
         if embedding_TxD is not None:
             x_BxTxD = x_BxTxD + embedding_TxD.astype(x_BxTxD.dtype)[None]
+        if self.wtt is not None:
+            types_BxT = jnp.zeros_like(tokens_BxT) if token_types_BxT is None else token_types_BxT
+            x_BxTxD = x_BxTxD + self.wtt(types_BxT)
+        if self.ln_embed is not None:
+            x_BxTxD = self.ln_embed(x_BxTxD)
         keys = (jax.random.split(dropout_key, self.n_layer + 1) if dropout_key is not None
                 else [None] * (self.n_layer + 1))
         x_BxTxD = _dropout(x_BxTxD, self.dropout, keys[-1])
         rotate, bias_fn = self.position.rotate_fn(), self.position.bias_fn()
-        new_layers, all_weights = [], []
+        new_layers, all_weights, hidden = [], [], [x_BxTxD]
         for i, block in enumerate(self.blocks):
             layer_cache = cache["layers"][i] if cache is not None else None
             call = nnx.remat(Block.__call__, static_argnums=()) if self.remat else Block.__call__
             x_BxTxD, layer_cache, weights = call(
                 block, x_BxTxD, positions_T=positions_T, rotate=rotate, bias_fn=bias_fn, layer_cache=layer_cache,
-                cache_index=index, dropout_key=keys[i], return_weights=return_weights)
+                cache_index=index, dropout_key=keys[i], return_weights=return_weights, mask_BxT=mask_BxT)
             new_layers.append(layer_cache)
             all_weights.append(weights)
-        x_BxTxD = self.ln_f(x_BxTxD)
+            hidden.append(x_BxTxD)
+        if return_hidden:
+            return None, None, hidden
+        if self.ln_f is not None:
+            x_BxTxD = self.ln_f(x_BxTxD)
         B, T, D = x_BxTxD.shape
+        if self.head_dense is not None:
+            x_BxTxD = self.head_norm(self.head_activation(self.head_dense(x_BxTxD)))
         head = self.wte.attend if self.lm_head is None else self.lm_head
         logits_BxTxV = head(x_BxTxD.reshape(B * T, D)).reshape(B, T, -1).astype(jnp.float32)
+        if self.head_bias is not None:
+            logits_BxTxV = logits_BxTxV + self.head_bias[...].astype(jnp.float32)
         new_cache = {"index": index + T, "layers": new_layers} if cache is not None else None
         return logits_BxTxV, new_cache, all_weights
 
@@ -305,6 +372,7 @@ def count_params(model: nnx.Module, *, non_embedding: bool = False) -> int:
     total = sum(x.size for x in jax.tree.leaves(state))
     if non_embedding:
         total -= model.wte.embedding[...].size
+        total -= 0 if model.wtt is None else model.wtt.embedding[...].size
         total -= sum(x.size for x in jax.tree.leaves(nnx.state(model.position, nnx.Param))
                      if model.position.record.embed is not None)
     return int(total)

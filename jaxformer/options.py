@@ -216,12 +216,23 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="compare.png", help="the PNG to write (replaced if it exists)")
 
 
+def _fill_mask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="an encoder's run directory (model.loss=masked_lm, or imported)")
+    p.add_argument("--text", required=True, help="text with one or more [MASK]s where tokens are to be predicted")
+    p.add_argument("--text-pair", help="a second segment (sentence B) for a model with token types (BERT)")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="which checkpoint: the last saved, or the best by validation loss")
+    p.add_argument("--top-k", type=int, default=5, help="predictions shown per masked position")
+    p.add_argument("--mask-token", default="[MASK]", help="the placeholder written in --text (RoBERTa: <mask>)")
+
+
 # name -> (adds the options, description); the commands that take --config / --config.a.b=v overrides are marked.
 ARGUMENTS = {
     "train": (_train_arguments, "Train a model; with no arguments, configs/default.py (a copy task, about a "
               "minute on a CPU) into runs/default-rope-<YYYYmmdd-HHMMSS>."),
     "eval": (_eval_arguments, "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks)."),
     "sample": (_sample_arguments, "Generate text from a run's checkpoint with a KV cache."),
+    "fill-mask": (_fill_mask_arguments, "Predict the masked tokens of a text with an encoder (masked LM)."),
     "config": (_config_arguments, "Print a config with overrides applied, as JSON (validated)."),
     "repro-check": (_repro_check_arguments,
                     "Re-run the first N steps of a run and compare with its recorded metrics."),

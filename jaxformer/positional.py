@@ -77,6 +77,8 @@ class PositionalEncoding:
     validate: Callable | None = None
     extension_fields: tuple[str, ...] = ()
     token_scale: Callable = lambda cfg, *, n_embd: 1.0
+    # Why the variant cannot run without the causal mask (an encoder), or None where it has a bidirectional form.
+    bidirectional: Callable[[Mapping], str | None] = lambda cfg: None
 
     @property
     def acts_at(self) -> tuple[str, ...]:
@@ -109,6 +111,11 @@ def max_length(position_cfg) -> int | None:
     """The most positions the configured variant can encode (a learned table's size), None where unbounded;
     `position_cfg` is the `model.position` section (name + each variant's fields). The one lookup of it."""
     return get_positional_encoding(position_cfg.name).max_length(position_cfg[position_cfg.name].to_dict())
+
+
+def bidirectional_problem(position_cfg) -> str | None:
+    """Why the configured variant has no bidirectional (encoder) form, or None; `position_cfg` = `model.position`."""
+    return get_positional_encoding(position_cfg.name).bidirectional(position_cfg[position_cfg.name].to_dict())
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -158,7 +165,11 @@ def random_positions(key, length: int, max_len: int):
 
 # ---------------------------------------------------------------------------------------------- none (NoPE)
 
-register(PositionalEncoding("none", defaults={}, init=_no_params))
+register(PositionalEncoding(
+    "none", defaults={}, init=_no_params,
+    # NoPE's positions come from the causal mask alone; without it the model is a bag of tokens.
+    bidirectional=lambda cfg: "NoPE's only position signal is the causal mask, so an encoder would see a bag of "
+    "tokens; choose learned, sinusoidal, rope, alibi, t5 (bidirectional=True), kerple or fire"))
 
 
 # ---------------------------------------------------------------------------------------------- sinusoidal
@@ -491,7 +502,10 @@ def _xpos_validate(cfg: Mapping) -> None:
 register(PositionalEncoding(
     "xpos", defaults={"theta": 10000.0, "scale_base": 0.0, "gamma": 0.4, "center": 0},  # 0 = xpos_scale_base(L)
     init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate,
-    extension_fields=("theta", "scale_base", "center")))
+    extension_fields=("theta", "scale_base", "center"),
+    # The decay zeta^((i - j)/scale_base) grows without bound for keys after the query (Sun et al. 2022 §3.2).
+    bidirectional=lambda cfg: "xPos's decay becomes a growth for keys after the query (Sun et al. 2022 use it "
+    "causally); choose rope, the same rotation without the decay"))
 
 
 # ---------------------------------------------------------------------------------------------- alibi
@@ -595,7 +609,10 @@ register(PositionalEncoding(
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: t5_bias(
         params["table"], q_positions_T, k_positions_S, bidirectional=cfg["bidirectional"],
         max_distance=_resolved(cfg, "t5", "max_distance")),
-    validate=_t5_validate))
+    validate=_t5_validate,
+    bidirectional=lambda cfg: None if cfg["bidirectional"] else (
+        "the unidirectional buckets put every later key in bucket 0; set model.position.t5.bidirectional=True "
+        "(Raffel et al.'s encoder form)")))
 
 
 # ---------------------------------------------------------------------------------------------- kerple

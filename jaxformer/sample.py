@@ -121,3 +121,30 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
         lines.append(f"prompt:   {tokenizer.decode(shown)}\nexpected: {expected}\ngreedy:   {predicted}"
                      f"   [{'ok' if predicted == expected else 'WRONG'}]\n")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ fill-mask
+
+
+def fill_mask(model, token_ids_T, *, mask_token_id: int, token_types_T=None, top_k: int = 5):
+    """An encoder's predictions at its mask tokens (Devlin et al. 2019's masked LM): for each position holding
+    `mask_token_id`, in order, `(position, [(token id, probability), ...top_k])` from the softmax over the vocabulary.
+    A sequence without a mask token is a one-line ValueError."""
+    ids_T = np.asarray(token_ids_T, np.int32)
+    positions = np.flatnonzero(ids_T == mask_token_id)
+    if positions.size == 0:
+        raise ValueError(f"the input has no mask token (id {mask_token_id}); put [MASK] where a token should be "
+                         "predicted")
+    types = None if token_types_T is None else jnp.asarray(token_types_T, jnp.int32)[None]
+    logits_TxV = _encoder_logits(model, jnp.asarray(ids_T)[None], types)[0]
+    probs_PxV = np.asarray(jax.nn.softmax(logits_TxV[positions], axis=-1), np.float64)
+    out = []
+    for position, probs_V in zip(positions.tolist(), probs_PxV, strict=True):
+        best = np.argsort(-probs_V, kind="stable")[:top_k]
+        out.append((position, [(int(i), float(probs_V[i])) for i in best]))
+    return out
+
+
+def _encoder_logits(model, tokens_BxT, types_BxT):
+    graphdef, state = nnx.split(model)
+    return jax.jit(lambda s, t, y: nnx.merge(graphdef, s)(t, token_types_BxT=y))(state, tokens_BxT, types_BxT)

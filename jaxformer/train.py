@@ -35,7 +35,7 @@ from flax import nnx
 from jaxformer import checkpoint as checkpoint_lib
 from jaxformer import config as config_lib
 from jaxformer import data as data_lib
-from jaxformer import positional
+from jaxformer import losses, positional
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
 from jaxformer.loader import build_model, restore_params, split_model  # noqa: F401 -- train.* names kept
@@ -134,14 +134,19 @@ def training_positions(rng_data, step, micro: int, length: int, randomize_max_le
     return positional.random_positions(key, length, randomize_max_len)
 
 
+_OBJECTIVE_STREAM = 0x4F424A  # folded into the step key: the objective's draws (MLM masking) are apart from dropout's
+
+
 def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_nonfinite: bool,
-               compute_sharding=None, randomize_max_len: int = 0, randomize_per: str = "sequence"):
+               compute_sharding=None, randomize_max_len: int = 0, randomize_per: str = "sequence",
+               objective: losses.Objective = losses.CAUSAL_LM):
     """One optimizer step; a batch with a leading accumulation axis `[A, B, T]` averages A micro-batch gradients.
 
     `compute_sharding` (sharding.compute_shardings): where the forward and backward use the parameters, e.g.
     gathered over the fsdp axis; the gradients come back in the parameters' own (stored) sharding.
     `randomize_max_len` > 0: randomized positions (`training_positions`), a draw per sequence or, with
-    `randomize_per="batch"`, one per micro-batch.
+    `randomize_per="batch"`, one per micro-batch. `objective` (losses.py) turns each micro-batch into the
+    (inputs, targets, weights) of the loss, with a key of (train.seed, step, micro-batch) when it draws.
     """
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     grad_fn = jax.value_and_grad(functools.partial(_gathered_loss, compute_sharding=compute_sharding))
@@ -150,11 +155,15 @@ def train_step(state, batch, *, graphdef, optimizer, use_dropout: bool, stop_on_
     positions = functools.partial(training_positions, state["rng"], state["step"], length=length,
                                   randomize_max_len=randomize_max_len,
                                   per_sequence=batch["inputs"].shape[-2] if randomize_per == "sequence" else 0)
+    objective_key = jax.random.fold_in(step_key, _OBJECTIVE_STREAM) if objective.needs_key else None
+    prepare = lambda b, i: objective.prepare(
+        b, None if objective_key is None else jax.random.fold_in(objective_key, i))
     if batch["inputs"].ndim == 2:
-        loss, grads = grad_fn(params, graphdef, batch, step_key if use_dropout else None, positions(0))
+        loss, grads = grad_fn(params, graphdef, prepare(batch, 0), step_key if use_dropout else None, positions(0))
     else:
         def micro(carry, xs):
             i, micro_batch = xs
+            micro_batch = prepare(micro_batch, i)
             key = jax.random.fold_in(step_key, i) if use_dropout else None
             loss, grads = grad_fn(params, graphdef, micro_batch, key, positions(i))
             return jax.tree.map(jnp.add, carry, (loss, grads)), None
@@ -204,6 +213,7 @@ def eval_step(params, batch, *, graphdef, compute_sharding=None):
         "loss_sum": jnp.sum(losses_BxT * weights_BxT),
         "weight_sum": jnp.sum(weights_BxT),
         "exact_sum": jnp.sum(jnp.all(correct_BxT, axis=-1) & has_answer_B),
+        "correct_sum": jnp.sum(correct_BxT * weights_BxT),  # token accuracy of the weighted (e.g. masked) positions
         "examples": jnp.sum(has_answer_B),
     }
 
@@ -254,6 +264,7 @@ class Trainer:
         self.n_params_non_embedding = count_params(model, non_embedding=True)
         self.graphdef, params = split_model(model)
         self.optimizer = make_optimizer(cfg.optim)
+        self.objective = losses.for_model(cfg.model)  # the model's loss: the loop sees only its interface
         self._init_fn = functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed,
                                           log_every=cfg.train.log_every)
 
@@ -275,7 +286,7 @@ class Trainer:
                                  use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
                                  compute_sharding=compute_sharding,
                                  randomize_max_len=cfg.model.position.randomize_max_len,
-                                 randomize_per=cfg.model.position.randomize_per)
+                                 randomize_per=cfg.model.position.randomize_per, objective=self.objective)
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(
@@ -314,7 +325,8 @@ class Trainer:
         cfg = self.cfg
         windows = self.dataset.windows(split, length=cfg.data.block_size)
         n, B = windows["inputs"].shape[0], cfg.data.batch_size
-        batches = (sharding_lib.shard_batch({k: v[start:start + B] for k, v in windows.items()}, self.eval_sharding)
+        batches = (sharding_lib.shard_batch(self._eval_prepare({k: v[start:start + B] for k, v in windows.items()},
+                                                               split, start // B), self.eval_sharding)
                    for start in range(0, n - n % B, B))  # whole batches: the sharded eval step has a fixed size
         return self._evaluate(params, batches)
 
@@ -328,7 +340,16 @@ class Trainer:
                   "tokens": int(totals["weight_sum"])}
         if self.dataset.has_accuracy:
             result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
+        if self.objective.needs_key:  # masked LM: the share of masked tokens predicted right
+            result["accuracy"] = float(totals["correct_sum"] / max(totals["weight_sum"], 1.0))
         return result
+
+    def _eval_prepare(self, batch: dict, split: str, index: int) -> dict:
+        """An evaluation batch as the objective presents it, with a fixed key per (seed, split, batch index)."""
+        if not self.objective.needs_key:
+            return batch
+        key = losses.eval_key(self.cfg.train.seed, index, split=split)
+        return jax.device_get(self.objective.prepare(batch, key))
 
     def _eval_batches(self, split: str):
         if split in self._eval_cache:
@@ -336,7 +357,8 @@ class Trainer:
         cfg = self.cfg
         batches = self.dataset.eval_batches(split, batch_size=cfg.data.batch_size, block_size=cfg.data.block_size,
                                             num_batches=cfg.train.eval_iters, seed=cfg.train.seed)
-        self._eval_cache[split] = [sharding_lib.shard_batch(b, self.eval_sharding) for b in batches]
+        self._eval_cache[split] = [sharding_lib.shard_batch(self._eval_prepare(b, split, i), self.eval_sharding)
+                                   for i, b in enumerate(batches)]
         return self._eval_cache[split]
 
 
@@ -613,7 +635,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         cfg = inherit_derived(cfg, source_cfg)
         changed = run_lib.check_init_config(
             init_from, config_lib.resolve(source_cfg),
-            config_lib.resolve(cfg, vocab_size=source_cfg.model.vocab_size or None))
+            config_lib.resolve(cfg, vocab_size=config_lib.data_vocab_size(source_cfg)))
         if changed:
             log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
         if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
@@ -662,7 +684,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
         saved = run_lib.load_config(workdir)
         first_checkpoint = saved.train.checkpoint_every or saved.train.steps
         changed = run_lib.check_resume_config(
-            workdir, saved, config_lib.resolve(cfg, vocab_size=saved.model.vocab_size or None))
+            workdir, saved, config_lib.resolve(cfg, vocab_size=config_lib.data_vocab_size(saved)))
         if changed:
             log.info("resuming with changed fields: %s", ", ".join(changed))
         done = max([int(name) for kind in ("latest", "best") if os.path.isdir(d := os.path.join(

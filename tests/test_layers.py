@@ -15,7 +15,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # (e.g. jaxformer.data.text -> jaxformer.data.tokenizer). "jaxformer.configs" is the packaged configs directory.
 LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
-    ["jaxformer.attention", "jaxformer.positional", "jaxformer.data", "jaxformer.kernels", "jaxformer.sharding",
+    ["jaxformer.attention", "jaxformer.positional", "jaxformer.losses", "jaxformer.data", "jaxformer.kernels",
+     "jaxformer.sharding",
      "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs",
      "jaxformer.options",  # options: every subcommand's argument table (argparse only)
      "jaxformer.fingerprint",  # the machine fingerprint recorded beside goldens and in run manifests

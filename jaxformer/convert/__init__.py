@@ -2,7 +2,7 @@
 
     jaxformer import --hf PATH_OR_ID --workdir runs/gpt2 [--param-dtype bfloat16] [--config.a.b=value ...]
 
-One file per family (`gpt2.py`, `llama.py`), each two pure functions registered in `FAMILIES` by the
+One file per family (`gpt2.py`, `llama.py`, `bert.py`), each two pure functions registered in `FAMILIES` by the
 `architectures` names of a Hugging Face `config.json`:
 
 - `config_map(hf_config) -> dict`: the jaxformer `model` fields (and `data.block_size`) for that config;
@@ -17,7 +17,7 @@ A new family is a new file with its two maps and one line in `FAMILIES`; the mod
 
 from __future__ import annotations
 
-from jaxformer.convert import gpt2, llama
+from jaxformer.convert import bert, gpt2, llama
 from jaxformer.convert.common import ConvertError, Entry, Family
 
 FAMILIES: dict[str, Family] = {
@@ -25,6 +25,7 @@ FAMILIES: dict[str, Family] = {
     "LlamaForCausalLM": llama.FAMILY,
     "MistralForCausalLM": llama.FAMILY,
     "Qwen2ForCausalLM": llama.FAMILY,
+    **bert.FAMILIES,  # BERT / MiniLM / sentence-transformers, RoBERTa, DistilBERT: *Model and *ForMaskedLM
 }
 
 
@@ -36,7 +37,7 @@ def family_for(hf_config: dict, source: str) -> tuple[str, Family]:
         if name in FAMILIES:
             return name, FAMILIES[name]
     by_type = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-               "qwen2": "Qwen2ForCausalLM"}
+               "qwen2": "Qwen2ForCausalLM", **bert.BY_MODEL_TYPE}
     if not names and model_type in by_type:
         return by_type[model_type], FAMILIES[by_type[model_type]]
     found = ", ".join(names) or f"model_type={model_type!r}"

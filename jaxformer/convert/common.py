@@ -42,6 +42,8 @@ class Family:
     param_map: Callable[[dict], list[Entry]]
     ignored: Callable[[str, dict], bool]
     strip_prefixes: tuple[str, ...] = ()
+    special_tokens: tuple[str, ...] = ()  # tokens tokenizer.json must have (an encoder's [CLS], [SEP], [MASK], ...)
+    mask_token: str | None = None  # its masked-LM token: model.mlm.mask_token_id is its id
 
 
 def transpose(x: np.ndarray) -> np.ndarray:

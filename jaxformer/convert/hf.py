@@ -220,14 +220,14 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
 
 # ------------------------------------------------------------------------------------------ the run directory
 
-def run_config(hf_config: dict, family, *, param_dtype: str, overrides=()) -> ml_collections.ConfigDict:
+def run_config(hf_config: dict, family, *, param_dtype: str, overrides=(), extra=None) -> ml_collections.ConfigDict:
     """configs/default.py with the family's fields, an imported model's data settings, then `overrides`."""
     from jaxformer import config as config_lib
 
     cfg = config_lib.load("default")
     fields = {**family.config_map(hf_config), "model.param_dtype": param_dtype, "model.dtype": param_dtype,
               "model.dropout": 0.0, "data.name": "tiny_shakespeare", "data.tokenizer": "pretrained",
-              "data.batch_size": 1, "train.steps": 1, "train.sample_chars": 0}
+              "data.batch_size": 1, "train.steps": 1, "train.sample_chars": 0, **(extra or {})}
     for field, value in fields.items():
         node = cfg
         *sections, leaf = field.split(".")
@@ -271,7 +271,12 @@ def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32"
         tokenizer = SubwordTokenizer.load(tokenizer_path)  # unreadable: a one-line error, before any work
     except DataError as e:
         raise ConvertError(str(e)) from None
-    cfg = run_config(hf_config, family, param_dtype=param_dtype, overrides=overrides)
+    missing = [token for token in family.special_tokens if tokenizer.token_id(token) is None]
+    if missing:
+        raise ConvertError(f"{tokenizer_path} has no {', '.join(missing)} token(s), which {architecture} needs; "
+                           "use the tokenizer.json saved with this checkpoint")
+    extra = {"model.mlm.mask_token_id": tokenizer.token_id(family.mask_token)} if family.mask_token else {}
+    cfg = run_config(hf_config, family, param_dtype=param_dtype, overrides=overrides, extra=extra)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConvertError(f"{tokenizer_path} has {tokenizer.vocab_size} tokens, more than the model's "
                            f"vocab_size={cfg.model.vocab_size}")

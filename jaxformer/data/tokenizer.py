@@ -164,6 +164,16 @@ class SubwordTokenizer:
         ids = checked_ids(ids, self.vocab_size)
         return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)
 
+    def encode_pair(self, text: str, pair: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, token types) with the tokenizer's own special tokens, as its post-processor places them: BERT's
+        [CLS] A [SEP] B [SEP] with types 0..0 1..1, RoBERTa's <s> A </s></s> B </s>. A model's input form."""
+        encoding = self._tokenizer.encode(text, pair, add_special_tokens=True)
+        return np.asarray(encoding.ids, np.int32), np.asarray(encoding.type_ids, np.int32)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a (special) token such as "[MASK]", None when the vocabulary has no such token."""
+        return self._tokenizer.token_to_id(token)
+
     def token_text(self, token_id: int) -> str:
         """One token's label: its text where it decodes alone, else its vocabulary string (a partial UTF-8 byte)."""
         text = self._tokenizer.decode([int(token_id)], skip_special_tokens=False)
