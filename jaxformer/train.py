@@ -453,7 +453,7 @@ def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.Conf
     the run directory is made or touched (one-line ConfigError)."""
     resolved = config_lib.resolve(cfg, vocab_size=dataset.vocab_size)
     config_lib.validate(resolved, n_devices=jax.device_count())
-    m, d = resolved.model, resolved.data
+    m, d, t = resolved.model, resolved.data, resolved.train
     if config_lib.warmup_too_long(cfg):  # resolve() shortened it: a quick trial of a long config, said once
         log.info("optim.warmup_steps=%d is longer than the run: shortened to train.steps=%d (recorded in "
                  "config.json)", cfg.optim.warmup_steps, resolved.train.steps)
