@@ -9,8 +9,6 @@ head mapping (`platform.model_ops()`), so nothing inside the forward pass reads 
 
 from __future__ import annotations
 
-import os
-
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
@@ -60,7 +58,7 @@ def restore_params(workdir: str, *, which: str = "latest", step: int | None = No
 def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
     """(config, model, tokenizer, step): everything `sample`, `eval` and the analysis tools need from a run."""
     cfg, graphdef, params, step = restore_params(workdir, which=which, step=step)
-    tokenizer = data_lib.load_tokenizer(os.path.join(workdir, "vocab.json"))
+    tokenizer = data_lib.run_tokenizer(workdir)  # vocab.json (characters) or tokenizer.json (subwords, an import)
     return cfg, nnx.merge(graphdef, params), tokenizer, step
 
 
