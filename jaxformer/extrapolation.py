@@ -581,6 +581,8 @@ def plot_extrapolation(variants: list[dict], path: str, *, title: str = "") -> N
         if key == "loss" and _readable_ylim(ax, shown):
             ax.text(0.99, 0.01, "points above the axis: see results.md", transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=8, color="grey")
+        if key == "exact_match":  # a percentage: the whole 0-100 range, also when every point is 0
+            ax.set_ylim(-2, 102)
         ax.set_xlabel("eval length (tokens, log scale)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)

@@ -81,7 +81,7 @@ def restore_params(workdir: str, *, which: str = "latest", step: int | None = No
 def load_run(workdir: str, *, which: str = "latest", step: int | None = None):
     """(config, model, tokenizer, step): everything `sample`, `eval` and the analysis tools need from a run."""
     cfg, graphdef, params, step = restore_params(workdir, which=which, step=step)
-    tokenizer = data_lib.run_tokenizer(workdir)  # vocab.json (characters) or tokenizer.json (subwords, imported)
+    tokenizer = data_lib.run_tokenizer(workdir)  # vocab.json (characters) or tokenizer.json (subwords, an import)
     return cfg, nnx.merge(graphdef, params), tokenizer, step
 
 

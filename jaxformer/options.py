@@ -230,7 +230,8 @@ def _fill_mask_arguments(p: argparse.ArgumentParser) -> None:
 ARGUMENTS = {
     "train": (_train_arguments, "Train a model; with no arguments, configs/default.py (a copy task, about a "
               "minute on a CPU) into runs/default-rope-<YYYYmmdd-HHMMSS>."),
-    "eval": (_eval_arguments, "Evaluate a run's checkpoint: loss (and exact-match accuracy on tasks)."),
+    "eval": (_eval_arguments, "Evaluate a run's checkpoint: loss (and exact match on tasks), as a readable "
+             "summary with every number explained (--json: one JSON line)."),
     "sample": (_sample_arguments, "Generate text from a run's checkpoint with a KV cache."),
     "fill-mask": (_fill_mask_arguments, "Predict the masked tokens of a text with an encoder (masked LM)."),
     "config": (_config_arguments, "Print a config with overrides applied, as JSON (validated)."),
@@ -245,10 +246,11 @@ ARGUMENTS = {
     "import": (_import_arguments, "Convert a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2, SmolLM) into a "
                "run directory that eval, sample and attention read."),
     "runs": (_runs_arguments, "List run directories as a table: name, config, data, position encoding, steps "
-             "done/total, best val loss, accuracy, wall time, tokens/s and status (finished, stopped, diverged, "
-             "running; broken for a folder that is not a readable run)."),
-    "compare": (_compare_arguments, "Plot the loss curves of several runs in one PNG (and their exact-match "
-                "accuracy, for tasks), and print their table."),
+             "done/total, final and best val loss, final exact match, wall time, tokens/s and status (finished, "
+             "stopped, diverged, running, imported; broken for a run folder that is not readable). Folders that "
+             "are not runs (hidden, virtual environments, empty, another config.json) are passed over and counted."),
+    "compare": (_compare_arguments, "Plot the loss curves of several runs in one PNG (and their exact match, for "
+                "tasks), labelled by name and the config fields that tell them apart, and print their table."),
 }
 TAKES_CONFIG = ("train", "config", "sweep", "import", "eval")
 

@@ -5,6 +5,10 @@ Each golden `<name>.npz` has a `<name>.json` beside it with the fingerprint of t
 otherwise it is to `RTOL` of the golden's largest magnitude: XLA:CPU's kernels round differently on other CPU kinds
 (Zen 5 vs an Intel Xeon with AMX: logits of the tiny model differ by up to 2.6e-7 of their largest value), while a
 change in the maths moves them by far more than 1e-5.
+
+tests/golden/hf/ holds transformers' (torch's) outputs, another implementation: test_convert.py compares them at
+a tolerance on every machine (and greedy tokens, which float32 rounding does not flip there), so no fingerprint
+governs them.
 """
 
 import glob

@@ -126,6 +126,21 @@ def test_imported_run_works_with_the_cli(tmp_path, shakespeare_dir, tfds_data_di
     np.testing.assert_allclose(np.asarray(weights).reshape(want.shape), want, atol=2e-5)
 
 
+def test_load_run_gives_an_imported_run_with_its_subword_tokenizer(tmp_path):
+    """Issue 39.8: loader.load_run (what sample and the analysis tools load) on an imported run, which has
+    tokenizer.json and no vocab.json: the model gives transformers' logits for the prompt its tokenizer encodes."""
+    from jaxformer import loader
+
+    folder = os.path.join(GOLDEN, "gpt2")
+    hf_lib.import_checkpoint(folder, str(tmp_path / "run"))
+    cfg, model, tokenizer, step = loader.load_run(str(tmp_path / "run"))
+    assert step == 0 and not os.path.exists(tmp_path / "run" / "vocab.json")
+    tokens = np.asarray(tokenizer.encode(hf_reference.PROMPT))[None]
+    np.testing.assert_array_equal(tokens, hf_reference.prompt_ids(folder))
+    want = np.load(os.path.join(folder, "outputs.npz"))["logits"]
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(tokens))), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
 def test_bfloat16_params(tmp_path):
     folder = os.path.join(GOLDEN, "llama")
     hf_lib.import_checkpoint(folder, str(tmp_path / "run"), param_dtype="bfloat16")

@@ -327,3 +327,19 @@ def test_per_size_protocol_with_a_bos_token():
     for r in records:
         answer_at = r["items"] + 1  # BOS, n bits, '|': the input at n + 1 predicts the answer
         assert r["length"] == r["items"] + 2 and r["exact_match"] == float(answer_at < cutoff), r
+
+
+def test_an_all_zero_exact_match_panel_spans_0_to_100_percent(tmp_path, monkeypatch):
+    """Issue 39.8: the exact-match axis is the whole percentage range (not -0.04%..0.04% when every point is 0)."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)
+    lengths = [{"length": T, "loss": (2.0, 0.1), "exact_match": (0.0, 0.0)} for T in (32, 64)]
+    X.plot_extrapolation([{"variant": "rope", "lengths": lengths, "has_accuracy": True, "block_size": 32}],
+                         str(tmp_path / "x.png"))
+    (fig,) = closed
+    loss_ax, exact_ax = fig.axes[:2]
+    assert exact_ax.get_ylabel() == "exact match (%)" and exact_ax.get_ylim() == (-2, 102)
+    assert loss_ax.get_ylim()[1] < 10  # the loss panel keeps its own range
+    assert (tmp_path / "x.png").exists()

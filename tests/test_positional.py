@@ -735,3 +735,25 @@ def test_an_unresolved_derived_field_is_a_clear_error_not_a_silent_zero(name, fi
         else:
             q = jnp.ones((1, 4, 2, 4))
             pe.rotate(params, q, q, positions, positions, cfg)
+
+
+def test_the_variant_tables_of_the_readme_and_docs_agree_with_the_registry():
+    """README.md and docs/positional.md hold the same table of variants: one row per registered name, each naming
+    every field of the variant's defaults (issue 39.8: the two once disagreed on what original_max_len=0 means)."""
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    row = re.compile(r"^\| `(\w+)` \| (?:-|embedding|rotation|bias) \| .*\|$", re.M)  # the variants' table
+    tables = []
+    for name in ("README.md", os.path.join("docs", "positional.md")):
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            tables.append({m.group(1): m.group(0) for m in row.finditer(f.read())
+                           if m.group(1) in P.list_positional_encodings()})
+    readme, docs = tables
+    assert set(readme) == set(P.list_positional_encodings()) and readme == docs
+    defaults = P.default_config()
+    for name, row in readme.items():
+        fields_cell = row.split(" | ")[2]
+        missing = [f for f in defaults[name] if f"`{f}`" not in fields_cell]
+        assert not missing, f"the {name} row does not name {missing}"
