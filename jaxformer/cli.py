@@ -22,23 +22,7 @@ import signal
 import sys
 import tempfile
 
-
-def _early_exit(signum, frame):  # pragma: no cover -- runs in the command's own process
-    """A signal before `main` installs its handler: nothing is open or written yet, so one line and the shell's
-    status (128 + the signal's number) at once."""
-    name = signal.Signals(signum).name
-    os.write(2, f"jaxformer: interrupted by {name}\n".encode())
-    os._exit(128 + signum)
-
-
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "jaxformer":
-    # The command itself (not a caller importing cli): from its first line, before anything else is imported, a
-    # SIGINT/SIGTERM is one line, not a KeyboardInterrupt traceback or a silent death. (Before the interpreter runs
-    # this line, ~20 ms after exec, a signal has its default action: the process ends with it, status 128 + n.)
-    for _sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(_sig, _early_exit)
-
-from jaxformer.options import ARGUMENTS, parse, parser, split_config_args  # noqa: E402, F401 -- cli.* names kept
+from jaxformer.options import ARGUMENTS, parse, parser, split_config_args  # noqa: F401 -- cli.* names kept
 
 # Subcommands live next to what they run; each is `module:function(argv) -> int`, imported only when used.
 SUBCOMMANDS = {

@@ -883,7 +883,7 @@ def _nonfinite_stop(first_bad: int, checkpoints) -> str:
 
 def _kept(step: int | None) -> str:
     return (f"resumable from checkpoint step {step} (a step from its parameters was finite)" if step is not None
-            else "no checkpoint was saved before it")
+            else "no checkpoint from before it is usable (set aside, or none saved)")
 
 
 def _progress(start: int, total: int, *, enabled: bool):

@@ -333,8 +333,8 @@ def test_eval_and_sample_during_training_leave_the_run_as_if_alone(tmp_path):
     """Issue 34 B: a reader opening the checkpoints removed the temporary folder the trainer was writing, killing
     it. Readers in a loop against a run saving every step: the run finishes, its metrics byte-identical to the
     same run left alone, and the readers never wrote into it."""
-    run = ["--config", "tiny", "--config.train.steps=150", "--config.train.log_every=5",
-           "--config.train.eval_every=50", "--config.train.checkpoint_every=1", "--config.train.sample_chars=0",
+    run = ["--config", "tiny", "--config.train.steps=80", "--config.train.log_every=5",
+           "--config.train.eval_every=40", "--config.train.checkpoint_every=1", "--config.train.sample_chars=0",
            "--config.train.progress=false"]
     alone = str(tmp_path / "alone")
     out = jaxformer("train", *run, "--workdir", alone)
@@ -355,6 +355,154 @@ def test_eval_and_sample_during_training_leave_the_run_as_if_alone(tmp_path):
     finally:
         trainer.kill()
     assert trainer.returncode == 0, stderr
-    assert readers["eval"] >= 1 and readers["sample"] >= 1, readers
+    assert readers["eval"] >= 1 and readers["eval"] + readers["sample"] >= 2, readers
     assert metrics_of(workdir) == metrics_of(alone)
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["149", "150"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["79", "80"]
+
+
+# The issue's divergence: lr=100 reached over a 100-step warm-up; the loss turns non-finite near step 45.
+DIVERGING = ["--config", "tiny", "--config.optim.lr=100", "--config.optim.warmup_steps=100", "--config.train.steps=100",
+             "--config.train.checkpoint_every=1", "--config.train.eval_every=1000", "--config.train.sample_chars=0",
+             "--config.train.progress=false"]
+
+
+def test_divergence_keeps_a_checkpoint_whose_next_step_was_finite_and_eval_prints_valid_json(tmp_path):
+    """Issue 34 C: the checkpoint kept was the one whose parameters gave the non-finite step (eval: bare NaN), and
+    keep_checkpoints=1 pruned the last proven one. Now that one is set aside, the proven one kept, and eval of the
+    set-aside one prints null with a line saying so."""
+    workdir = str(tmp_path / "run")
+    out = jaxformer("train", *DIVERGING, "--config.train.keep_checkpoints=1", "--workdir", workdir)
+    assert out.returncode == 1, out.stderr
+    first_bad = int(out.stderr.split("non-finite loss or gradient at step ")[1].split()[0])
+    assert out.stderr.count("non-finite loss or gradient at step") + out.stdout.count("non-finite loss") == 1
+    kept = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")))
+    assert kept == [first_bad - 2], kept
+    assert f"resumable from checkpoint step {first_bad - 2}" in out.stderr
+    evaluated = jaxformer("eval", "--workdir", workdir)
+    assert evaluated.returncode == 0 and np.isfinite(json.loads(evaluated.stdout.splitlines()[-1])["loss"])
+    aside = os.path.join(workdir, "checkpoints", "unusable", f"latest-{first_bad - 1}")
+    assert os.path.isdir(aside)
+    os.rename(aside, os.path.join(workdir, "checkpoints", "latest", str(first_bad - 1)))
+    evaluated = jaxformer("eval", "--workdir", workdir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    record = json.loads(evaluated.stdout.splitlines()[-1])  # strict JSON: NaN would not parse with parse_constant
+    assert record["loss"] is None and "non-finite values printed as null: loss=nan" in evaluated.stderr
+
+
+def test_nonfinite_skip_stops_at_exactly_max_skipped_steps_and_saves_no_skipped_step(tmp_path):
+    """Issue 34 C: with nonfinite=skip the run stopped after 16 skipped steps, not 10 (checked at log steps only),
+    and saved checkpoints of skipped steps."""
+    workdir = str(tmp_path / "run")
+    out = jaxformer("train", *DIVERGING, "--config.train.keep_checkpoints=2", "--config.train.log_every=8",
+                    "--config.train.nonfinite=skip", "--config.train.max_skipped_steps=10", "--workdir", workdir)
+    assert out.returncode == 1, out.stderr
+    line = next(x for x in out.stderr.splitlines() if "non-finite steps in a row" in x)
+    first, last = (int(v) for v in line.split("steps ")[2].split()[0].rstrip(":(").split("-"))
+    assert line.startswith("stopped: 10 non-finite steps in a row") and last - first + 1 == 10, line
+    kept = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")))
+    assert kept and max(kept) < first - 1, (kept, line)  # nothing saved during the skipped steps, none unproven
+    assert f"resumable from checkpoint step {max(kept)}" in line
+
+
+@pytest.mark.parametrize("override,field", [
+    ("--config.model.norm_eps=inf", "model.norm_eps"), ("--config.model.norm_eps=1e30", "model.norm_eps"),
+    ("--config.model.position.rope.theta=inf", "model.position.rope.theta"),
+    ("--config.train.sample_chars=-1", "train.sample_chars"),
+    ("--config.train.sample_chars=1000000000", "train.sample_chars"),
+    ("--config.train.eval_iters=100000000", "train.eval_iters"),
+    ("--config.model.position.randomize_max_len=1000000000", "model.position.randomize_max_len"),
+    ("--config.model.n_layer=100000", "model.n_layer"),
+    ("--config.data.block_size=1", "data.block_size"),
+    ("--config.data.synthetic.min_items=100", "data.synthetic.min_items=100"),
+    ("--config.data.synthetic.max_items=1000000", "max_items=1000000"),
+])
+def test_nonsense_is_refused_in_one_line_before_the_run_directory_exists(tmp_path, override, field):
+    """Issue 34 F, G, H: each was accepted (a dead model, a hang, a 640 GB allocation) or refused after config.json
+    was written (a 'stopped 0/30' run that a retry with the same --workdir could not reuse)."""
+    workdir = str(tmp_path / "run")
+    began = time.time()
+    out = jaxformer("train", "--config", "tiny", override, "--workdir", workdir, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = errors(out.stderr)
+    assert len(lines) == 1 and field in lines[0], out.stderr
+    assert not os.path.exists(workdir)
+    assert time.time() - began < 60
+
+
+def test_param_count_is_the_built_models_and_takes_milliseconds_at_any_depth():
+    from flax import nnx
+    from jaxformer.configs import tiny
+
+    from jaxformer import config as config_lib
+    from jaxformer import train as train_lib
+
+    cfg = config_lib.resolve(tiny.get_config(), vocab_size=20)
+    for n_layer, norm, position in ((3, "layernorm", "rope"), (4, "rmsnorm", "learned"), (3, "layernorm", "t5")):
+        cfg.model.n_layer, cfg.model.norm, cfg.model.position.name = n_layer, norm, position
+        built = train_lib.count_params(nnx.eval_shape(lambda c=cfg: train_lib.build_model(c)))
+        assert train_lib.param_count(cfg) == built, (n_layer, norm, position)
+    cfg.model.n_layer = 1_000_000
+    began = time.perf_counter()
+    train_lib.memory_estimate(cfg)
+    assert time.perf_counter() - began < 5  # a deep model's abstract build took minutes (500 layers: 135 s)
+
+
+def test_resume_with_fewer_steps_than_trained_is_refused_untouched(reference, tmp_path):
+    workdir = copy_of(reference, tmp_path)
+    before = open(os.path.join(workdir, "config.json")).read()
+    out = jaxformer("train", "--resume", "--workdir", workdir, "--config.train.steps=20")
+    assert out.returncode == 2, out.stderr
+    lines = errors(out.stderr)
+    assert len(lines) == 1 and "has trained 40 steps; train.steps=20 is fewer" in lines[0], out.stderr
+    assert open(os.path.join(workdir, "config.json")).read() == before
+    assert metrics_of(workdir) == reference[1]
+
+
+def test_a_workdir_that_cannot_be_made_or_stops_taking_writes_is_one_line(tmp_path):
+    """Issue 34 E (as root, whom permissions do not stop: a file where a folder must be)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder\n")
+    out = jaxformer("train", *RUN, "--workdir", str(blocker / "run"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert len(errors(out.stderr)) == 1 and "cannot be made" in out.stderr, out.stderr
+
+    workdir = str(tmp_path / "run")
+    proc = start("train", "--config", "tiny", "--config.train.steps=1000000", "--config.train.log_every=1",
+                 "--config.train.checkpoint_every=100000", "--config.train.eval_every=1000000",
+                 "--config.train.sample_chars=0", "--workdir", workdir)
+    try:
+        metrics = os.path.join(workdir, "metrics.jsonl")
+        assert wait_for(lambda: recorded(workdir) >= 2, proc)
+        os.rename(metrics, metrics + ".moved")
+        os.mkdir(metrics)  # the next append meets a folder
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    lines = errors(stderr)
+    assert len(lines) == 1 and f"could not write to the run directory {workdir}" in lines[0], stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGTERM])
+def test_a_signal_as_soon_as_jaxformer_is_imported_is_one_line_and_the_shells_status(sig, tmp_path):
+    """Issue 34 F: before `main` installed its handler (~0.1 s: the options' imports, argparse), SIGINT was a
+    KeyboardInterrupt traceback and SIGTERM a silent death. The child reports each import (-X importtime); the
+    signal goes the moment the `jaxformer` package is imported, just before cli.py's first line runs."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "jaxformer.cli", "train", *RUN, "--workdir",
+                             str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if line.rstrip().endswith("| jaxformer"):
+                proc.send_signal(sig)
+                break
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stderr = "".join(lines) + rest
+    said = [x for x in stderr.splitlines() if x.strip() and not x.startswith("import time:")]
+    assert proc.returncode == 128 + sig.value, stderr[-2000:]
+    assert said == [f"jaxformer: interrupted by {sig.name}"], said
