@@ -112,8 +112,8 @@ def profile(args) -> dict:
 
         platform.configure()
     import jax
-
     import train_step
+
     from jaxformer import config as config_lib
     from jaxformer import matmul, train
 
