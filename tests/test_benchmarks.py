@@ -58,7 +58,7 @@ ENTRY %main (x: f32[8,4], w: f32[4,3], q: f32[2,8,4]) -> f32[8] {
   %w = f32[4,3]{1,0} parameter(1)
   %q = f32[2,8,4]{2,1,0} parameter(2)
   %ynn_fusion.1 = f32[8,3]{1,0} fusion(%x, %w), kind=kCustom, calls=%fused_dot, metadata={op_name="jit(f)/jvp()/dot"}
-  %jaxformer_gemm.2 = f32[2,8,8] custom-call(%q), custom_call_target="jaxformer_gemm_f32", metadata={op_name="transpose("}
+  %gemm.2 = f32[2,8,8] custom-call(%q), custom_call_target="jaxformer_gemm_f32", metadata={op_name="transpose("}
   %exp_fusion = f32[8,3]{1,0} fusion(%ynn_fusion.1), kind=kLoop, calls=%fused_exp
   %transpose.3 = f32[3,8]{1,0} transpose(%exp_fusion), dimensions={1,0}
   %c = f32[] constant(0)
@@ -73,7 +73,7 @@ def test_profile_step_classifies_each_thunk_by_what_its_hlo_computes():
 
     got = profile_step.classify(_HLO)
     assert got["ynn_fusion.1"] == "dense products forward"
-    assert got["jaxformer_gemm.2"] == "attention batched products backward"  # batch axis; under transpose(
+    assert got["gemm.2"] == "attention batched products backward"  # batch axis; under transpose(
     assert got["exp_fusion"] == "elementwise"
     assert got["transpose.3"] == "copies and transposes"
     assert got["reduce.4"] == "reductions"
