@@ -129,3 +129,30 @@ def test_context_report_cells_and_tests_by_hand(tmp_path):
     assert row.split(" | ")[4].rstrip(" |").endswith(" tie" if holm_sorted[rank] > 0.05 else "**")
     assert "(no family)" in next(line for line in text.splitlines() if line.startswith("| rope | sliding window"))
     assert "| majority | - | 0.0 ± 0.0 |" in text
+
+
+@pytest.mark.slow
+def test_a_passkey_sweep_writes_context_records_and_the_report(tmp_path):
+    """A tiny real sweep (3 steps): every (length, depth) record is there, at 1x the sliding window is the full
+    context (the same predictions), and context.md is written beside results.md."""
+    import json
+    import os
+
+    from jaxformer import sweep
+
+    sweep_cfg, base = sweep.load_sweep("sweeps.tiny", [
+        "--config.data.name=synthetic/passkey", "--config.data.block_size=16", "--config.train.steps=3",
+        "--config.eval_lengths=(1, 2)", "--config.eval_tokens=64", "--config.axes.model.position.name=('rope',)"])
+    with sweep_cfg.unlocked():
+        sweep_cfg.eval_depths, sweep_cfg.eval_depth_examples = (0.0, 1.0), 4
+    workdir = str(tmp_path / "s")
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lambda *a: None)
+    [run] = os.listdir(os.path.join(workdir, "runs"))
+    with open(os.path.join(workdir, "runs", run, ec.RESULT_FILE)) as f:
+        records = json.load(f)["records"]
+    assert [(r["length"], r["depth"]) for r in records] == [(16, 0.0), (16, 1.0), (32, 0.0), (32, 1.0)]
+    for r in records[:2]:
+        assert r["sliding_window"] == r["free_running"] and r["beyond_fraction"] == 0.0
+    assert records[2]["beyond_fraction"] == 1.0 and records[3]["beyond_fraction"] == 0.0
+    with open(os.path.join(workdir, "context.md")) as f:
+        assert "## Exact match (%) at length 32 (2× L" in f.read()
