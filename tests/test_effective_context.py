@@ -133,7 +133,7 @@ def test_context_report_cells_and_tests_by_hand(tmp_path):
 
 @pytest.mark.slow
 def test_a_passkey_sweep_writes_context_records_and_the_report(tmp_path):
-    """A tiny real sweep (3 steps): every (length, depth) record is there, at 1x the sliding window is the full
+    """A tiny real sweep (5 steps): every (length, depth) record is there, at 1x the sliding window is the full
     context (the same predictions), and context.md is written beside results.md."""
     import json
     import os
@@ -141,7 +141,7 @@ def test_a_passkey_sweep_writes_context_records_and_the_report(tmp_path):
     from jaxformer import sweep
 
     sweep_cfg, base = sweep.load_sweep("sweeps.tiny", [
-        "--config.data.name=synthetic/passkey", "--config.data.block_size=16", "--config.train.steps=3",
+        "--config.data.name=synthetic/passkey", "--config.data.block_size=16", "--config.train.steps=5",
         "--config.eval_lengths=(1, 2)", "--config.eval_tokens=64", "--config.axes.model.position.name=('rope',)"])
     with sweep_cfg.unlocked():
         sweep_cfg.eval_depths, sweep_cfg.eval_depth_examples = (0.0, 1.0), 4
