@@ -218,7 +218,7 @@ def comparisons(runs_by_variant: dict, *, window: int, lengths: list[int], setti
     families = dict(declared) if declared else {"all": tuple(v for v in runs_by_variant if v != reference)}
     tests = []
     for variant, runs in runs_by_variant.items():
-        family = next((f for f, members in families.items() if variant.removesuffix(" zero-shot") in members), None)
+        family = next((f for f, members in families.items() if variant in members), None)
         for T in lengths:
             free = keep(per_seed(runs, T, "free_running", "exact_match"))
             if T > window:
