@@ -114,7 +114,7 @@ def evaluate(argmax_fn, params, dataset, *, lengths: list[int], depths: list[flo
                       "beyond_fraction": float((distance[w] > window).mean()),
                       "na": None if max_length is None or T <= max_length else
                       f"n/a ({T} tokens exceed the {max_length}-position table)"}
-            score = lambda correct: scores(correct, weights, distance, window)
+            score = lambda correct, weights=weights, distance=distance: scores(correct, weights, distance, window)
             if record["na"] is None:
                 record["teacher_forced"] = score(_batched(argmax_fn, params, inputs, batch_tokens) == targets)
                 record["free_running"] = score(greedy_decode(argmax_fn, params, inputs, weights,
@@ -242,7 +242,6 @@ def report_lines(sweep_dir: str, settings: dict) -> list[str]:
     window, data = context["block_size"], context["data"]
     lengths = sorted({r["length"] for r in first})
     depths = sorted({r["depth"] for r in first})
-    seeds = {v: sorted(r) for v, r in runs_by_variant.items()}
     out = [f"# Effective context: {data}, trained at L = {window}", "",
            f"{first[0]['examples']} probes per (length, depth), the same for every run. Cells: percent, mean ± sample "
            "std over seeds. Rows: the variant decoding free-running (greedy, its own earlier answer tokens fed "

@@ -21,8 +21,8 @@ import numpy as np
 from jaxformer import effective_context, statistics
 
 METHODS = ("none", "linear", "ntk", "yarn", "yarn_paper_bounds")
-NAMES = {"none": "plain fine-tuning (no scaling)", "linear": "PI", "ntk": "NTK-aware", "yarn": "YaRN (bounds scaled to L)",
-         "yarn_paper_bounds": "YaRN (paper's bounds)"}
+NAMES = {"none": "plain fine-tuning (no scaling)", "linear": "PI", "ntk": "NTK-aware",
+         "yarn": "YaRN (bounds scaled to L)", "yarn_paper_bounds": "YaRN (paper's bounds)"}
 
 
 def _cell(d) -> str:
