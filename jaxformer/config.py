@@ -471,6 +471,8 @@ LEGACY_DEFAULTS: dict[str, object] = {
     "model.position.rope.yarn_ramp": "paper",  # YaRN runs before the authors' (code) ramp became the default
     "model.position.rope.yarn_alpha": 1.0,  # YaRN's ramp bounds were the paper's constants before they were fields
     "model.position.rope.yarn_beta": 32.0,
+    "data.synthetic.key_digits": 5,  # the retrieval tasks' settings (issue 33); no earlier task reads them
+    "data.synthetic.pairs": 8,
     "model.position.sinusoidal.scale": 1.0,  # the unit-amplitude table (issue 22 made it a field) ...
     "model.position.sinusoidal.scheme": "matched",  # ... added to the embeddings as they are, no sqrt(D)
     "data.bos": False,  # no beginning-of-sequence token

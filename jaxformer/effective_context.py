@@ -93,12 +93,9 @@ def scores(correct_NxT, weights_NxT, distance_NxT, window: int) -> dict:
 
 def majority_correct(targets_NxT, weights_NxT) -> np.ndarray:
     """Correctness of predicting, at each answer position, the probes' most frequent answer token there."""
-    correct = np.zeros(targets_NxT.shape, bool)
-    for t in np.flatnonzero(weights_NxT.sum(0) > 0):
-        rows = weights_NxT[:, t] > 0
-        values, counts = np.unique(targets_NxT[rows, t], return_counts=True)
-        correct[:, t] = targets_NxT[:, t] == values[np.argmax(counts)]
-    return correct
+    from jaxformer.data.synthetic import trivial_correct
+
+    return trivial_correct({"targets": targets_NxT, "weights": weights_NxT, "inputs": targets_NxT})["majority"]
 
 
 def evaluate(argmax_fn, params, dataset, *, lengths: list[int], depths: list[float], examples: int, window: int,
@@ -117,7 +114,7 @@ def evaluate(argmax_fn, params, dataset, *, lengths: list[int], depths: list[flo
                       "beyond_fraction": float((distance[w] > window).mean()),
                       "na": None if max_length is None or T <= max_length else
                       f"n/a ({T} tokens exceed the {max_length}-position table)"}
-            score = lambda correct: scores(correct, weights, distance, window)
+            score = lambda correct, weights=weights, distance=distance: scores(correct, weights, distance, window)
             if record["na"] is None:
                 record["teacher_forced"] = score(_batched(argmax_fn, params, inputs, batch_tokens) == targets)
                 record["free_running"] = score(greedy_decode(argmax_fn, params, inputs, weights,
@@ -218,7 +215,7 @@ def comparisons(runs_by_variant: dict, *, window: int, lengths: list[int], setti
     families = dict(declared) if declared else {"all": tuple(v for v in runs_by_variant if v != reference)}
     tests = []
     for variant, runs in runs_by_variant.items():
-        family = next((f for f, members in families.items() if variant.removesuffix(" zero-shot") in members), None)
+        family = next((f for f, members in families.items() if variant in members), None)
         for T in lengths:
             free = keep(per_seed(runs, T, "free_running", "exact_match"))
             if T > window:
@@ -245,7 +242,6 @@ def report_lines(sweep_dir: str, settings: dict) -> list[str]:
     window, data = context["block_size"], context["data"]
     lengths = sorted({r["length"] for r in first})
     depths = sorted({r["depth"] for r in first})
-    seeds = {v: sorted(r) for v, r in runs_by_variant.items()}
     out = [f"# Effective context: {data}, trained at L = {window}", "",
            f"{first[0]['examples']} probes per (length, depth), the same for every run. Cells: percent, mean ± sample "
            "std over seeds. Rows: the variant decoding free-running (greedy, its own earlier answer tokens fed "

@@ -266,6 +266,25 @@ def evaluate_sizes(graphdef, params, dataset, sizes: tuple[int, int], *, train_m
     return out
 
 
+def size_baselines(dataset, sizes: tuple[int, int], *, train_max: int, examples: int, split: str = "val") -> dict:
+    """The trivial baselines of the per-size protocol on the evaluation's own examples (`dataset.sized`, a function
+    of the size only): {"majority" | "repeat": {"in_distribution" | "ood": {exact_match, token_accuracy}}}
+    (data.synthetic.trivial_correct), means over the sizes as `size_summary` takes them."""
+    from jaxformer.data.synthetic import trivial_correct
+
+    task = getattr(dataset, "inner", dataset)  # a BOS row changes no answer: the baselines of the task itself
+    lo, hi = check_sizes(sizes)
+    records = {"majority": [], "repeat": []}
+    for n in range(max(lo, task.task.min_items), hi + 1):
+        rows = task.sized(split, items=n, count=examples, length=task.length(n) - 1)
+        weights = np.asarray(rows["weights"]) > 0
+        for name, correct in trivial_correct(rows).items():
+            records[name].append({"items": n, "ood": n > train_max, "na": None,
+                                  "exact_match": float(np.all(correct | ~weights, axis=1).mean()),
+                                  "token_accuracy": float(correct[weights].mean())})
+    return {name: size_summary(r) for name, r in records.items()}
+
+
 def size_summary(records: list[dict]) -> dict:
     """Means over the in-distribution sizes and over the out-of-distribution ones (those that ran)."""
     out = {}

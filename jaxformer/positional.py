@@ -323,7 +323,8 @@ def rope_frequencies(rot_dim: int, *, theta: float = 10000.0, scaling: str | Non
       is divided by exactly s;
     - yarn (NTK-by-parts, Peng et al. 2023, eqs. 17-20): r_i = L / lambda_i full turns of the wavelength
       lambda_i = 2 pi / theta_i fit in the original context L; gamma(r) = clip((r - alpha) / (beta - alpha),
-      0, 1) with alpha = 1, beta = 32 by default (`yarn_alpha`, `yarn_beta`); h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
+      0, 1) with alpha = 1, beta = 32 by default (`yarn_alpha`, `yarn_beta`);
+      h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i, with gamma from
       `yarn_ramp` in the paper's form (linear in r) or the authors' code's (linear in the dimension index).
     - llama3 (Meta's Llama 3.1 release, `apply_scaling`): wavelengths lambda_i shorter than L / high_freq_factor
       keep theta_i, longer than L / low_freq_factor become theta_i / s, and between them

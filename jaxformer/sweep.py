@@ -812,7 +812,27 @@ def size_plots(variants: list[dict]) -> list[tuple[str, list[dict]]]:
             for d in datas]
 
 
-def sizes_markdown(variants: list[dict]) -> list[str]:
+def size_baselines(with_sizes: list[dict], workdir: str) -> dict[str, dict]:
+    """{dataset name: extrapolation.size_baselines} for each dataset of the per-size table, its data settings read
+    from a run's config.json (the examples are a function of the task and the size only)."""
+    from jaxformer import data as data_lib
+
+    out = {}
+    for v in with_sizes:
+        run = v["runs"][0]
+        path = os.path.join(workdir, "runs", run["point"], "config.json")
+        if run["data"] in out or not os.path.exists(path):
+            continue
+        with open(path) as f:
+            cfg = config_lib.from_json(f.read())
+        records = run["sizes"]["records"]
+        out[run["data"]] = extrapolation.size_baselines(
+            data_lib.load_dataset(cfg.data), (records[0]["items"], records[-1]["items"]),
+            train_max=run["sizes"]["train_max_items"], examples=run["sizes"]["examples"], split=run["split"])
+    return out
+
+
+def sizes_markdown(variants: list[dict], workdir: str | None = None) -> list[str]:
     """The protocol's table: exact match at the training sizes, the mean over the OOD sizes, and whether each model
     reached REACHED exact match in distribution first (the papers' precondition)."""
     with_sizes = [v for v in variants if v.get("sizes")]
@@ -830,12 +850,18 @@ def sizes_markdown(variants: list[dict]) -> list[str]:
            "(OOD numbers of a model that did not reach it say little).", "",
            "| variant | reached | exact match (train sizes) | exact match (OOD mean) | token accuracy (OOD mean) |",
            "|---|---|---|---|---|"]
+    parts = (("in_distribution", "exact_match"), ("ood", "exact_match"), ("ood", "token_accuracy"))
     for v in with_sizes:
         s = v["sizes"]
-        parts = (("in_distribution", "exact_match"), ("ood", "exact_match"), ("ood", "token_accuracy"))
         cells = [_fmt(s[part][key], percent=True) if s.get(part) else "-" for part, key in parts]
         out.append(f"| {v['variant']} | {s['reached']}/{s['seeds']} | " + " | ".join(cells) + " |")
-    out += ["", "Per size: `sizes.csv`."]
+    for data, baselines in (size_baselines(with_sizes, workdir) if workdir else {}).items():
+        for name, label in (("majority", "majority answer token"), ("repeat", "repeat previous token")):
+            b = baselines[name]
+            cells = [f"{100 * b[part][key]:.1f}%" if b.get(part) else "-" for part, key in parts]
+            out.append(f"| {label} ({data}; trivial baseline) | - | " + " | ".join(cells) + " |")
+    out += ["", "Per size: `sizes.csv`. Trivial baselines on the same examples: the most frequent token at each "
+            "answer position, and each answer token predicted as the one before it (teacher-forced)."]
     for name, group in size_plots(variants):
         out += ["", f"![accuracy per task size: {group[0]['runs'][0]['data']}]({name})" if name != "sizes.png" else
                 "![accuracy per task size](sizes.png)"]
@@ -920,7 +946,7 @@ def _write_markdown(variants, results, unfinished, lines, title, path, *, settin
             for v in variants:
                 cells = [_fmt(x[key], percent=True) if x["loss"] is not None else x["na"] for x in v["lengths"]]
                 out.append(f"| {v['variant']} | " + " | ".join(cells) + " |")
-        out += sizes_markdown(variants)
+        out += sizes_markdown(variants, os.path.dirname(os.path.abspath(path)))
         out += ["", "## Summary", "", *[f"- {line}" for line in lines], "",
                 "![loss vs eval length](extrapolation.png)", "", "![loss vs position](position_loss.png)"]
     else:

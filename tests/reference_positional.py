@@ -38,7 +38,8 @@ def rope_frequencies(d, theta=10000.0, scaling="none", factor=1.0, original_max_
     h(theta_i) = (1 - gamma) theta_i / s + gamma theta_i; gamma as in the paper or in the authors' code.
     Llama 3 (Meta's reference `apply_scaling`): by wavelength against L / high_freq_factor and L / low_freq_factor,
     written as Meta's three branches."""
-    code_ramp = yarn_code_ramp(d, theta, original_max_len, yarn_alpha, yarn_beta) if scaling == "yarn" and yarn_ramp == "code" else None
+    code_ramp = (yarn_code_ramp(d, theta, original_max_len, yarn_alpha, yarn_beta)
+                 if scaling == "yarn" and yarn_ramp == "code" else None)
     freqs = []
     base = theta * factor ** (d / (d - 2)) if scaling == "ntk" else theta
     for i in range(d // 2):

@@ -82,3 +82,77 @@ def test_scores_and_majority_by_hand():
 def test_bad_depths_are_one_line_errors():
     with pytest.raises(ValueError, match=r"eval_depths=\(0.5, 1.2\): 1.2 is outside \[0, 1\]"):
         ec.check_depths((0.5, 1.2))
+
+
+def _fake_run(sweep_dir, variant, seed, index, exact):
+    """A finished run's context.json (two lengths x two depths; free-running exact match `exact[length]`, the
+    sliding window always 0.25) and the extrapolation.json fields the report reads."""
+    import json
+    import os
+
+    run = os.path.join(sweep_dir, "runs", f"variant={variant},seed={seed}")
+    os.makedirs(run)
+    score = lambda e: {"exact_match": e, "token_accuracy": e, "within": e, "beyond": e}
+    records = [{"length": T, "depth": d, "examples": 8, "beyond_fraction": 1.0 - d, "na": None,
+                "free_running": score(exact[T]), "teacher_forced": score(exact[T]),
+                "sliding_window": score(0.25), "majority": score(0.0), "repeat": score(0.0)}
+               for T in (16, 32) for d in (0.0, 1.0)]
+    with open(os.path.join(run, ec.RESULT_FILE), "w") as f:
+        json.dump({"block_size": 16, "seed": seed, "data": "synthetic/passkey", "records": records}, f)
+    with open(os.path.join(run, "extrapolation.json"), "w") as f:
+        json.dump({"index": index, "variant": variant, "seed": seed}, f)
+
+
+def test_context_report_cells_and_tests_by_hand(tmp_path):
+    from scipy import stats
+
+    rope = {0: {16: 1.0, 32: 0.30}, 1: {16: 1.0, 32: 0.40}, 2: {16: 1.0, 32: 0.20}}
+    alibi = {0: {16: 0.9, 32: 0.90}, 1: {16: 1.0, 32: 0.80}, 2: {16: 0.8, 32: 0.95}}
+    for i, (variant, table) in enumerate((("rope", rope), ("alibi", alibi))):
+        for seed, exact in table.items():
+            _fake_run(str(tmp_path), variant, seed, 3 * i + seed, exact)
+    settings = {"statistics": True, "reference": "rope", "families": {"pe": ("alibi",)}, "correction": "holm",
+                "selection_seeds": ()}
+    text = "\n".join(ec.report_lines(str(tmp_path), settings))
+    # rope at 32: 30, 40, 20 % -> mean 30.0, sample std 10.0, in each depth column and over the depths
+    assert "| rope | 3 | 30.0 ± 10.0 | 30.0 ± 10.0 | 30.0 ± 10.0 |" in text
+    assert "| rope (sliding 16) | 3 | 25.0 ± 0.0 |" in text
+    # family pe: alibi - rope at 16 and 32, alibi - its window at 32 (3 tests, Holm); rope is in no family
+    p_ref32 = stats.ttest_rel([0.90, 0.80, 0.95], [0.30, 0.40, 0.20]).pvalue
+    p_win = stats.ttest_rel([0.90, 0.80, 0.95], [0.25] * 3).pvalue
+    p_ref16 = stats.ttest_rel([0.9, 1.0, 0.8], [1.0, 1.0, 1.0]).pvalue
+    ps = np.array([p_ref32, p_win, p_ref16])
+    rank = int(np.argsort(ps).tolist().index(0))  # where p_ref32 sorts among the family's three p-values
+    holm_sorted = np.minimum(1, np.maximum.accumulate(np.array([3, 2, 1]) * np.sort(ps)))
+    row = next(line for line in text.splitlines() if line.startswith("| alibi | rope | pe/context |"))
+    assert f"p={p_ref32:.3g}/{holm_sorted[rank]:.3g}/" in row.split(" | ")[4]
+    assert row.split(" | ")[4].rstrip(" |").endswith(" tie" if holm_sorted[rank] > 0.05 else "**")
+    assert "(no family)" in next(line for line in text.splitlines() if line.startswith("| rope | sliding window"))
+    assert "| majority | - | 0.0 ± 0.0 |" in text
+
+
+@pytest.mark.slow
+def test_a_passkey_sweep_writes_context_records_and_the_report(tmp_path):
+    """A tiny real sweep (5 steps): every (length, depth) record is there, at 1x the sliding window is the full
+    context (the same predictions), and context.md is written beside results.md."""
+    import json
+    import os
+
+    from jaxformer import sweep
+
+    sweep_cfg, base = sweep.load_sweep("sweeps.tiny", [
+        "--config.data.name=synthetic/passkey", "--config.data.block_size=16", "--config.train.steps=5",
+        "--config.eval_lengths=(1, 2)", "--config.eval_tokens=64", "--config.axes.model.position.name=('rope',)"])
+    with sweep_cfg.unlocked():
+        sweep_cfg.eval_depths, sweep_cfg.eval_depth_examples = (0.0, 1.0), 4
+    workdir = str(tmp_path / "s")
+    sweep.run_sweep(sweep_cfg, workdir, base_overrides=base, print_fn=lambda *a: None)
+    [run] = os.listdir(os.path.join(workdir, "runs"))
+    with open(os.path.join(workdir, "runs", run, ec.RESULT_FILE)) as f:
+        records = json.load(f)["records"]
+    assert [(r["length"], r["depth"]) for r in records] == [(16, 0.0), (16, 1.0), (32, 0.0), (32, 1.0)]
+    for r in records[:2]:
+        assert r["sliding_window"] == r["free_running"] and r["beyond_fraction"] == 0.0
+    assert records[2]["beyond_fraction"] == 1.0 and records[3]["beyond_fraction"] == 0.0
+    with open(os.path.join(workdir, "context.md")) as f:
+        assert "## Exact match (%) at length 32 (2× L" in f.read()

@@ -57,7 +57,8 @@ def test_mqar_keys_are_distinct_and_the_depth_sets_the_pairs_beyond_the_filler()
         binding = dict(zip(pairs[0::2], pairs[1::2], strict=True))
         assert len(binding) == 8  # distinct keys
         asked = queries[0::2]
-        assert sorted(asked) == sorted(binding) and all(binding[q] == v for q, v in zip(asked, queries[1::2]))
+        assert sorted(asked) == sorted(binding)
+        assert all(binding[q] == v for q, v in zip(asked, queries[1::2], strict=True))
         predicted = weights > 0
         assert _decode(ds, targets[predicted]) == queries[1::2]  # the values are predicted, the queries given
         start = text.index("|") + 1
@@ -70,7 +71,8 @@ def test_mqar_keys_are_distinct_and_the_depth_sets_the_pairs_beyond_the_filler()
 
 
 @pytest.mark.parametrize("task,kw,call,message", [
-    ("passkey", {}, {"length": 32, "depth": 1.5, "count": 2}, "depth=1.5; a depth is a fraction of the context, in [0, 1]"),
+    ("passkey", {}, {"length": 32, "depth": 1.5, "count": 2},
+     "depth=1.5; a depth is a fraction of the context, in [0, 1]"),
     ("passkey", {}, {"length": 11, "depth": 0.5, "count": 2}, "length=11 is too short for a synthetic/passkey example: "
                                                               "the key and the query alone take 12 tokens"),
     ("copy", {}, {"length": 32, "depth": 0.5, "count": 2}, "synthetic/copy has no depth to place"),

@@ -189,3 +189,33 @@ def test_random_example_is_drawn_from_the_training_range_and_seeded():
     assert sizes == set(range(3, 10))
     a, b = ds.random_example(5, block_size=32), ds.random_example(5, block_size=32)
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_trivial_baselines_by_hand():
+    rows = {"inputs": np.array([[5, 1, 7, 7], [6, 1, 8, 9], [5, 1, 7, 3]]),
+            "targets": np.array([[1, 7, 7, 2], [1, 8, 9, 2], [1, 7, 3, 2]]),
+            "weights": np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 1, 0]], np.float32)}
+    correct = synthetic.trivial_correct(rows)
+    # position 1: targets 7, 8, 7 -> majority 7; position 2: 7, 9, 3 -> a tie, np.unique's first (3)
+    np.testing.assert_array_equal(correct["majority"][:, 1:3], [[True, False], [False, False], [True, True]])
+    # repeat: the input at the same position (the token before the target): 7 == 7 only in row 0, position 2
+    np.testing.assert_array_equal(correct["repeat"][:, 1:3], [[False, True], [False, False], [False, False]])
+
+
+def test_size_baselines_are_the_means_over_sizes_of_the_trivial_predictors():
+    from jaxformer import extrapolation
+
+    ds = data_lib.SyntheticDataset("copy", num_symbols=4)
+    b = extrapolation.size_baselines(ds, (2, 5), train_max=3, examples=16)
+    per_size = []
+    for n in range(2, 6):
+        rows = ds.sized("val", items=n, count=16, length=2 * n)
+        w = rows["weights"] > 0
+        # repeat-previous on a copy: answer token t (t > 0) is right when s_t == s_{t-1}; the first sees `|`
+        repeat = np.array([[rows["targets"][r, c] == rows["inputs"][r, c] for c in np.flatnonzero(w[r])]
+                           for r in range(16)])
+        assert not repeat[:, 0].any()
+        per_size.append(repeat.mean())
+    assert b["repeat"]["ood"]["token_accuracy"] == pytest.approx(np.mean(per_size[2:]), abs=1e-12)
+    assert b["repeat"]["in_distribution"]["token_accuracy"] == pytest.approx(np.mean(per_size[:2]), abs=1e-12)
+    assert b["majority"]["ood"]["sizes"] == [4, 5]

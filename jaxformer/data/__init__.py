@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxformer.data import algorithmic  # noqa: F401 -- registers the literature's tasks in synthetic.TASKS
-from jaxformer.data import retrieval  # noqa: F401 -- registers passkey and mqar in synthetic.TASKS
+from jaxformer.data import algorithmic, retrieval  # noqa: F401 -- register the literature's tasks, passkey and mqar
 from jaxformer.data.dataset import BOSDataset, Dataset, prepend_bos
 from jaxformer.data.sources import is_text_name
 from jaxformer.data.synthetic import TASKS, SyntheticDataset, load_synthetic

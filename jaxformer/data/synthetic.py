@@ -329,6 +329,18 @@ class SyntheticDataset(Dataset):
         return self._rows(rng(WINDOW_SEED, split, WINDOW_STREAM, index), [n] * count, length, depth, distances=True)
 
 
+def trivial_correct(rows: dict) -> dict[str, np.ndarray]:
+    """Correctness `[N, T]` of two trivial predictors on rows of examples (the baselines every accuracy table shows):
+    `majority`, the most frequent target among the rows at each predicted position (it knows the answer
+    distribution), and `repeat`, each token predicted as the one before it (teacher-forced repeat-previous-token)."""
+    weights, targets, inputs = np.asarray(rows["weights"]) > 0, np.asarray(rows["targets"]), np.asarray(rows["inputs"])
+    majority = np.zeros(targets.shape, bool)
+    for t in np.flatnonzero(weights.any(0)):
+        values, counts = np.unique(targets[weights[:, t], t], return_counts=True)
+        majority[:, t] = targets[:, t] == values[np.argmax(counts)]
+    return {"majority": majority, "repeat": inputs == targets}
+
+
 def load_synthetic(data_cfg) -> SyntheticDataset:
     task = data_cfg.name[len("synthetic/"):]
     s = data_cfg.synthetic
