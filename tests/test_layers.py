@@ -24,7 +24,7 @@ LAYERS = [
     ["jaxformer.loader"],  # building a model and loading a run
     ["jaxformer.train"],
     ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist"],  # research tools
-    ["jaxformer.sweep"],
+    ["jaxformer.sweep", "jaxformer.api"],  # sweeps; the Python API for a run (neither imports the other)
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
