@@ -146,28 +146,21 @@ def init_config(source: str, overrides: list[str], which: str, workdir: str):
     return cfg
 
 
-# What a config file given with --init-from still decides in the model section: how the model is run, not which.
-CONFIG_MODEL_FIELDS = ("dropout", "remat", "attention")
-
-
 def source_model_config(cfg, source: str, overrides: list[str], which: str, workdir: str):
-    """`--config FILE --init-from RUN`: the file's recipe (data, optim, train) on RUN's model -- every `model` field
-    but CONFIG_MODEL_FIELDS from RUN's config.json, `data.block_size` 0 = RUN's context -- then the overrides."""
+    """`--config FILE --init-from RUN`: the file's recipe on RUN's model (`run.with_source_model`), then the
+    overrides again (so that `--config.model.x=v` applies to RUN's model)."""
     from jaxformer import config as config_lib
+    from jaxformer import run as run_lib
     from jaxformer import train as train_lib
 
     source_cfg = train_lib.check_init_source(source, which, workdir)
-    d = cfg.to_dict()
-    d["model"] = {**source_cfg.model.to_dict(), **{k: d["model"][k] for k in CONFIG_MODEL_FIELDS}}
-    if d["data"]["block_size"] == 0:
-        d["data"]["block_size"] = source_cfg.data.block_size
-    log.info("--init-from %s: its model (%s, %s layers, width %s) and context %d", source,
-             source_cfg.model.position.name, source_cfg.model.n_layer, source_cfg.model.n_embd,
-             d["data"]["block_size"])
+    cfg = run_lib.with_source_model(cfg, source_cfg)
+    log.info("--init-from %s: its model (%s, %d layers, width %d) and context %d", source,
+             cfg.model.position.name, cfg.model.n_layer, cfg.model.n_embd, cfg.data.block_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "config.json")
         with open(path, "w") as f:
-            json.dump(d, f)
+            f.write(config_lib.to_json(cfg))
         with open(os.path.join(tmp, "c.py"), "w") as f:
             f.write("from jaxformer import config\n"
                     f"def get_config():\n    return config.from_json(open({path!r}).read())\n")

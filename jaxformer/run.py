@@ -322,6 +322,21 @@ def init_may_change(field: str, cfg: ml_collections.ConfigDict) -> bool:
     return False
 
 
+# What a config file given with `--init-from` still decides in the model section: how the model is run, not which.
+CONFIG_MODEL_FIELDS = ("dropout", "remat", "attention")
+
+
+def with_source_model(cfg: ml_collections.ConfigDict,
+                      source_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`--config FILE --init-from RUN`: the file's recipe (data, optim, train) on RUN's model -- every `model` field
+    but CONFIG_MODEL_FIELDS from RUN's saved config -- and `data.block_size` 0 = RUN's context (its block size)."""
+    d = cfg.to_dict()
+    d["model"] = {**source_cfg.model.to_dict(), **{k: d["model"][k] for k in CONFIG_MODEL_FIELDS}}
+    if d["data"]["block_size"] == 0:
+        d["data"]["block_size"] = source_cfg.data.block_size
+    return ml_collections.ConfigDict(d)
+
+
 def check_init_config(source: str, source_cfg: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict, *,
                       what: str = "--init-from") -> list[str]:
     """The dotted fields in which `cfg` differs from the source run's saved config; a one-line error naming the first

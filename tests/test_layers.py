@@ -28,7 +28,7 @@ LAYERS = [
     ["jaxformer.train"],
     ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist",
      "jaxformer.effective_context"],  # research tools
-    ["jaxformer.sweep"],
+    ["jaxformer.sweep", "jaxformer.api"],  # sweeps; the Python API for a run (neither imports the other)
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
