@@ -291,8 +291,14 @@ class GPT(nnx.Module):
                                            token_types_BxT=token_types_BxT, mask_BxT=mask_BxT)
         return logits_BxTxV
 
-    def attention_weights(self, tokens_BxT, *, positions_T=None, token_types_BxT=None, mask_BxT=None):
-        """Logits and the attention weights of every layer, `[L, B, H, T, T]` (through the reference path)."""
+    def attention_weights(self, tokens_BxT, *, positions_T=None, token_types_BxT=None, mask_BxT=None,
+                          logits=True):
+        """Logits (None with `logits=False`, which skips the output head) and the attention weights of every layer,
+        `[L, B, H, T, T]` (through the reference path)."""
+        if not logits:
+            _, weights, _ = self._forward(tokens_BxT, positions_T=positions_T, return_weights=True,
+                                          token_types_BxT=token_types_BxT, mask_BxT=mask_BxT, return_hidden=True)
+            return None, jnp.stack(weights)
         logits_BxTxV, _, weights = self._forward(tokens_BxT, positions_T=positions_T, return_weights=True,
                                                  token_types_BxT=token_types_BxT, mask_BxT=mask_BxT)
         return logits_BxTxV, jnp.stack(weights)
@@ -351,8 +357,8 @@ class GPT(nnx.Module):
             new_layers.append(layer_cache)
             all_weights.append(weights)
             hidden.append(x_BxTxD)
-        if return_hidden:
-            return None, None, hidden
+        if return_hidden:  # (no logits, the weights, the hidden states)
+            return None, all_weights, hidden
         if self.ln_f is not None:
             x_BxTxD = self.ln_f(x_BxTxD)
         B, T, D = x_BxTxD.shape

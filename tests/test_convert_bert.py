@@ -142,6 +142,7 @@ def test_real_minilm_matches_transformers(tmp_path):
     ids, types = SubwordTokenizer.load(os.path.join(workdir, "tokenizer.json")).encode_pair(
         str(golden["text_a"]), str(golden["text_b"]))
     np.testing.assert_array_equal(ids, golden["input_ids"][0])
+    assert ids.size < 40 and ids[-1] == tok.token_id("[SEP]")  # the pair itself: no padding to 128
     hidden, pooled = model.encode(jnp.asarray(ids)[None], token_types_BxT=jnp.asarray(types)[None])
     np.testing.assert_allclose(np.asarray(hidden[-1, 0]), golden["last_hidden_state"][0], atol=1e-3, rtol=0)
     np.testing.assert_allclose(np.asarray(pooled[0]), golden["pooler_output"][0], atol=1e-3, rtol=0)

@@ -75,19 +75,26 @@ def attention_weights(model: GPT, token_ids_T) -> tuple[np.ndarray, np.ndarray]:
     return logits_1xTxV[0], w_Lx1xHxTxT[:, 0]
 
 
-def attention_weights_batch(model: GPT, tokens_BxT) -> tuple[np.ndarray, np.ndarray]:
+def attention_weights_batch(model: GPT, tokens_BxT, *, token_types_BxT=None, mask_BxT=None,
+                            logits: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """(logits `[B, T, V]`, weights `[L, B, H, T, T]`) as float32 NumPy: the model's `attention_weights`.
 
     The model must run the reference implementation (`reference_model`); the others cannot return weights.
     """
     graphdef, state = nnx.split(model)
-    logits_BxTxV, w_LxBxHxTxT = _attention_weights(graphdef, state, jnp.asarray(tokens_BxT, jnp.int32))
-    return np.asarray(logits_BxTxV, np.float32), np.asarray(w_LxBxHxTxT, np.float32)
+    as_int = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+    logits_BxTxV, w_LxBxHxTxT = _attention_weights(graphdef, state, as_int(tokens_BxT), as_int(token_types_BxT),
+                                                   None if mask_BxT is None else jnp.asarray(mask_BxT, bool), logits)
+    return (None if logits_BxTxV is None else np.asarray(logits_BxTxV, np.float32),
+            np.asarray(w_LxBxHxTxT, np.float32))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _attention_weights(graphdef, state, tokens_BxT):
-    return nnx.merge(graphdef, state).attention_weights(tokens_BxT)
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _attention_weights(graphdef, state, tokens_BxT, types_BxT, mask_BxT, logits):
+    """Encoders: token types (segments) and a key-padding mask (padded keys get no weight); `logits=False` skips
+    the output head (a 30k-word vocabulary costs as much as the encoder)."""
+    return nnx.merge(graphdef, state).attention_weights(tokens_BxT, token_types_BxT=types_BxT, mask_BxT=mask_BxT,
+                                                        logits=logits)
 
 
 # ------------------------------------------------------------------------------------------------- from a run

