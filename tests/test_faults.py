@@ -197,8 +197,10 @@ def test_two_writers_the_second_is_refused_and_a_stale_lock_is_taken_over(tmp_pa
     finally:
         first.kill()
         first.communicate()
-    # kill -9 leaves the lock behind: its process is gone, so the next --resume takes it over.
-    out = jaxformer("train", *long_run, "--workdir", workdir, "--resume", "--config.train.steps=60")
+    # kill -9 leaves the lock behind: its process is gone, so the next --resume takes it over (a few more steps
+    # than the checkpoints hold: fewer is refused).
+    trained = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")) if n.isdigit())
+    out = jaxformer("train", *long_run, "--workdir", workdir, "--resume", f"--config.train.steps={trained + 10}")
     assert out.returncode == 0, out.stderr
     assert "stale lock" in out.stderr
     assert not os.path.exists(os.path.join(workdir, ".lock"))
