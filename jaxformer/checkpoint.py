@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 
 import jax
 import numpy as np
@@ -116,8 +117,11 @@ class Checkpoints:
             manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
                          custom_metadata={"digests": digests(state)}, force=True)
         except Exception as e:  # noqa: BLE001 -- any I/O failure is one line naming the directory
-            raise CheckpointError(f"could not write checkpoint step {step} in {manager.directory}: "
-                                  f"{_first_line(e)}") from e
+            # orbax may report an earlier asynchronous save's failure only from the next save: name the step whose
+            # folder failed, when the error says it.
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", str(e))
+            raise CheckpointError(f"could not write checkpoint step {failed.group(1) if failed else step} in "
+                                  f"{manager.directory}: {_first_line(e)}") from e
 
     def _prune(self, keep: int) -> None:
         for step in sorted(self.latest.all_steps())[:-keep]:

@@ -197,8 +197,10 @@ def test_two_writers_the_second_is_refused_and_a_stale_lock_is_taken_over(tmp_pa
     finally:
         first.kill()
         first.communicate()
-    # kill -9 leaves the lock behind: its process is gone, so the next --resume takes it over.
-    out = jaxformer("train", *long_run, "--workdir", workdir, "--resume", "--config.train.steps=60")
+    # kill -9 leaves the lock behind: its process is gone, so the next --resume takes it over (a few more steps
+    # than the checkpoints hold: fewer is refused).
+    trained = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")) if n.isdigit())
+    out = jaxformer("train", *long_run, "--workdir", workdir, "--resume", f"--config.train.steps={trained + 10}")
     assert out.returncode == 0, out.stderr
     assert "stale lock" in out.stderr
     assert not os.path.exists(os.path.join(workdir, ".lock"))
@@ -506,3 +508,25 @@ def test_a_signal_as_soon_as_jaxformer_is_imported_is_one_line_and_the_shells_st
     said = [x for x in stderr.splitlines() if x.strip() and not x.startswith("import time:")]
     assert proc.returncode == 128 + sig.value, stderr[-2000:]
     assert said == [f"jaxformer: interrupted by {sig.name}"], said
+
+
+@pytest.mark.parametrize("content", [None, b"", bytes(range(256)) * 4, b"To be, or not to be\n"])
+def test_a_manual_dir_without_the_checksummed_text_is_an_error_even_with_the_cache(content, tmp_path,
+                                                                                  shakespeare_dir, tfds_data_dir):
+    """Issue 34 G: with TFDS's prepared copy cached, data.manual_dir was never looked at (a missing, empty,
+    binary or other file there was silently ignored)."""
+    from jaxformer.configs import shakespeare_char
+
+    from jaxformer import data as data_lib
+
+    cfg = shakespeare_char.get_config()
+    cfg.data.data_dir = tfds_data_dir
+    cfg.data.manual_dir = shakespeare_dir
+    data_lib.load_dataset(cfg.data)  # prepares the cache from the real text
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    if content is not None:
+        (manual / "input.txt").write_bytes(content)
+    cfg.data.manual_dir = str(manual)
+    with pytest.raises(data_lib.DataError, match=str(manual)):
+        data_lib.load_dataset(cfg.data)

@@ -236,6 +236,8 @@ def tiny_shakespeare_splits(data_cfg) -> dict:
         prepared = builder.is_prepared()
     if not prepared:
         _prepare_tiny_shakespeare(builder, data_cfg)
+    else:
+        _check_manual_against_cache(builder, data_cfg)
     try:
         sources = tfds.data_source(NAME, split=list(TINY_SHAKESPEARE_SPLITS), data_dir=data_dir,
                                    download=False, builder_kwargs={"file_format": "array_record"})
@@ -243,6 +245,25 @@ def tiny_shakespeare_splits(data_cfg) -> dict:
                 for split, source in zip(TINY_SHAKESPEARE_SPLITS, sources, strict=True)}
     except Exception as e:  # noqa: BLE001 -- array_record/TFDS raise RuntimeError, OSError, ValueError, ...
         raise DataError(_unreadable_cache(builder.data_path, e)) from None
+
+
+def _check_manual_against_cache(builder, data_cfg) -> None:
+    """With the text prepared already, a manual dir that is set must still hold the checksummed text: a missing,
+    empty, binary or other file there is the same one-line error as when preparing (not silently ignored)."""
+    from jaxformer.data.tiny_shakespeare import builder as builder_lib
+
+    directory, origin = manual_dir(data_cfg)
+    if directory is None:
+        return
+    url = builder_lib.URL
+    path = _check_manual_file(directory, origin, url)
+    with open(path, "rb") as f:
+        raw = f.read()
+    expected = builder.url_infos[url]
+    if hashlib.sha256(raw).hexdigest() != expected.checksum:
+        raise DataError(f"{path} ({origin}) is not the tiny-shakespeare text: {len(raw)} bytes, sha256 "
+                        f"{hashlib.sha256(raw).hexdigest()}; expected {int(expected.size)} bytes, sha256 "
+                        f"{expected.checksum}")
 
 
 def _unreadable_cache(path, e: Exception) -> str:
