@@ -10,6 +10,7 @@ head mapping (`platform.model_ops()`), so nothing inside the forward pass reads 
 from __future__ import annotations
 
 import json
+import os
 
 import jax.numpy as jnp
 import ml_collections
@@ -26,15 +27,9 @@ def build_model(cfg: ml_collections.ConfigDict) -> GPT:
     """The model for a resolved config, initialised from `train.seed`, its products on this machine's matmul (on
     a CPU with JAXFORMER_CPU_MATMUL unset, the faster path for this config's training step, measured once)."""
     shaped = "data" in cfg and cfg.data.get("batch_size") and cfg.data.get("block_size")
-    dot_general = (matmul.default_dot_general(step_key=_step_key(cfg), trace_step=lambda dg: _trace_step(cfg, dg))
-                   if shaped else matmul.default_dot_general())
+    dot_general = (matmul.default_dot_general(trace_step=lambda dg: _trace_step(cfg, dg)) if shaped
+                   else matmul.default_dot_general())
     return GPT(cfg.model, rngs=nnx.Rngs(params=cfg.train.seed), dot_general=dot_general, **platform.model_ops())
-
-
-def _step_key(cfg: ml_collections.ConfigDict) -> str:
-    """What fixes the shapes of a training step's products: the model section and the batch shape."""
-    return json.dumps({"model": cfg.model.to_dict(), "batch": [cfg.data.batch_size, cfg.data.block_size]},
-                      sort_keys=True, default=str)
 
 
 def _trace_step(cfg: ml_collections.ConfigDict, dot_general):

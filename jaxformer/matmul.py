@@ -220,13 +220,13 @@ def rows_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elem
                            preferred_element_type=preferred_element_type, **kw)
 
 
-def default_dot_general(*, step_key: str | None = None, trace_step=None):
+def default_dot_general(*, trace_step=None):
     """The `dot_general` to build a model with: `dot_general` above when the CPU path is "blas" (set, or measured
-    faster: `resolve_cpu_backend(step_key, trace_step)`, the model's own products) and the kernel loads;
+    faster: `resolve_cpu_backend(trace_step=)`, the model's own products) and the kernel loads;
     `rows_dot_general` on a CPU otherwise; `lax.dot_general` on a GPU or TPU. Loading (and measuring) is done here,
     outside any trace: where the kernel fails to load, one warning says why and that XLA's dot is used instead."""
     if _cpu_backend == "auto":
-        resolve_cpu_backend(step_key=step_key, trace_step=trace_step)
+        resolve_cpu_backend(trace_step=trace_step)
     if _kernel_target() is not None:
         return dot_general
     return rows_dot_general if jax.devices()[0].platform == "cpu" else lax.dot_general
@@ -333,36 +333,36 @@ def _choice_key(products_key: str) -> dict:
             "products": products_key}
 
 
-def _measure_choice(step_key: str | None, trace_step):
+def _products_key(products: dict[tuple, int]) -> str:
+    return ";".join(f"{sa}x{sb}{'T' if ta else 'N'}{'T' if tb else 'N'}*{n}" for (sa, sb, ta, tb), n in
+                    sorted(products.items()))
+
+
+def _measure_choice(trace_step):
     from jaxformer.kernels import choose, cpu_gemm
 
     if jax.devices()[0].platform != "cpu":
         return choose.Choice("xla", "not a CPU: XLA's dot", {}, 0, "platform")
     if cpu_gemm.load() is None:
         return choose.Choice("xla", f"the BLAS kernel cannot load ({cpu_gemm.reason()}): XLA's dot", {}, 0, "fallback")
-    products_key = f"step: {step_key}" if trace_step is not None else "reference: nanoGPT's baby step"
-    key = _choice_key(products_key)
-
-    def measured_products():
-        if trace_step is None:
-            return REFERENCE_PRODUCTS
+    products = REFERENCE_PRODUCTS
+    if trace_step is not None:
         global _cpu_backend
-        saved, _cpu_backend = _cpu_backend, "blas"  # traced (not run) with the kernel's primitive, to find them
+        saved, _cpu_backend = _cpu_backend, "blas"  # traced (~0.3 s, nothing run) with the kernel's primitive
         try:
-            return step_products(trace_step(dot_general)) or REFERENCE_PRODUCTS
+            products = step_products(trace_step(dot_general)) or REFERENCE_PRODUCTS
         finally:
             _cpu_backend = saved
-
-    return choose.choose(CPU_BACKENDS, lambda: product_timer(measured_products()), key=key,
+    return choose.choose(CPU_BACKENDS, lambda: product_timer(products), key=_choice_key(_products_key(products)),
                          cache_dir=cpu_gemm.cache_dir() / "kernels", name="cpu-matmul", budget_s=CHOICE_BUDGET_S)
 
 
-def resolve_cpu_backend(*, step_key: str | None = None, trace_step=None) -> str:
+def resolve_cpu_backend(*, trace_step=None) -> str:
     """The path ("xla" or "blas") CPU products take. Set ("xla", "blas"): that one. "auto": measured once per
     process (`kernels.choose`: cached per machine and shapes, else ~0.5 s of alternated rounds), on the products
     of `trace_step(dot_general)` -- a jaxpr of one training step built with the given `dot_general` (traced, not
-    run; `step_key` names its shapes for the cache) -- or, without one, on `REFERENCE_PRODUCTS`. A measurement that
-    fails is one warning, and XLA's dot."""
+    run; the products' shapes and counts are part of the cache key) -- or, without one, on `REFERENCE_PRODUCTS`.
+    A measurement that fails is one warning, and XLA's dot."""
     global _measured
     if _cpu_backend != "auto":
         return _cpu_backend
@@ -370,7 +370,7 @@ def resolve_cpu_backend(*, step_key: str | None = None, trace_step=None) -> str:
         from jaxformer.kernels import choose
 
         try:
-            _measured = _measure_choice(step_key, trace_step)
+            _measured = _measure_choice(trace_step)
         except Exception as e:  # noqa: BLE001 -- any failure means: XLA's dot, and say why once
             why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             log.warning("CPU matmul 'auto': measuring the paths failed, using XLA's dot: %s", why)
