@@ -102,7 +102,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "Slurm, Open MPI and TPU pod launches are detected without it); needs --workdir")
     p.add_argument("--init-from", metavar="RUN",
                    help="start from RUN's parameters with a fresh optimizer (fine-tune); without --config, RUN's "
-                        "config with the --config.a.b=v overrides, e.g. a longer data.block_size and a RoPE scaling")
+                        "config with the --config.a.b=v overrides, e.g. a longer data.block_size and a RoPE scaling; "
+                        "with --config FILE, FILE's recipe on RUN's model (e.g. --config finetune_text)")
     p.add_argument("--init-checkpoint", choices=("latest", "best"), default="latest",
                    help="which checkpoint of --init-from RUN")
 

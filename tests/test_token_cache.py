@@ -198,3 +198,23 @@ def test_peak_memory_does_not_grow_with_the_corpus(tmp_path):
         assert int(out[1]) > 0.7 * megabytes * 2**20  # 90% of the characters (a few take 2-3 bytes): all tokenized
     # 44 MB more text (176 MB as UTF-32) leaves the peak within 24 MB (chunk buffers, allocator noise).
     assert peaks[48] - peaks[4] < 24 * 2**20, peaks
+
+
+def test_a_text_run_resumes_bitwise_from_its_cached_tokens(tiny_cfg, tmp_path, text_file, monkeypatch):
+    """A BPE text run stopped at step 6 and resumed logs the metrics of the uninterrupted run, bit for bit; the
+    resumed run reads the run's tokenizer.json and the same token files (nothing tokenized or trained again)."""
+    from jaxformer import train as train_lib
+
+    path, _ = text_file
+    tiny_cfg.data.update({"name": f"text:{path}", "tokenizer": "bpe", "vocab_size": 300,
+                          "cache_dir": str(tmp_path / "cache")})
+    tiny_cfg.train.update({"steps": 12, "log_every": 2, "eval_every": 4, "checkpoint_every": 6, "sample_chars": 0})
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    train_lib.train(tiny_cfg, full)
+    train_lib.train(tiny_cfg, part, stop_after=6)
+    monkeypatch.setattr(token_cache, "_build", lambda *a, **k: pytest.fail("tokenized again"))
+    monkeypatch.setattr(data_lib.SubwordTokenizer, "train_bpe_iterator", lambda *a: pytest.fail("BPE trained again"))
+    train_lib.train(tiny_cfg, part, resume=True)
+    with open(os.path.join(full, "metrics.jsonl"), "rb") as f, open(os.path.join(part, "metrics.jsonl"), "rb") as g:
+        assert f.read() == g.read()
+    assert os.path.exists(os.path.join(part, "tokenizer.json"))

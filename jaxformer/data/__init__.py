@@ -41,7 +41,7 @@ __all__ = ["TOKENIZER_KINDS", "BOSDataset", "DataError", "Dataset", "SubwordToke
 def default_config() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.name = "synthetic/copy"  # tiny_shakespeare | synthetic/<task> | tfds:<name> (tf extra) | text:PATH (your text)
-    d.block_size = 32  # tokens per training row T (context length)
+    d.block_size = 32  # tokens per training row T (context length); 0 with --config FILE --init-from RUN = RUN's
     d.batch_size = 32  # rows per batch B (per optimizer micro-step)
     d.bos = False  # prepend a beginning-of-sequence token (id = tokenizer vocab size) to every row; not scored
     d.tokenizer = "char"  # char | bpe (byte-level BPE trained on the train split) | pretrained (an imported model's)

@@ -31,7 +31,7 @@ import sys
 
 import numpy as np
 
-from jaxformer.data import sources
+from jaxformer.data.sources import chunks, content_hash, documents, source_files
 from jaxformer.data.text import TextDataset
 from jaxformer.data.tokenizer import DataError, SubwordTokenizer, Tokenizer, text_tokenizer
 
@@ -84,7 +84,7 @@ def scan(files: list[str], *, name: str, text_field: str, directory: str) -> dic
         except (OSError, ValueError):
             pass  # damaged: scanned again below
     chars, codes = 0, np.zeros(0, np.uint32)
-    for chunk in sources.chunks(sources.documents(files, text_field=text_field)):
+    for chunk in chunks(documents(files, text_field=text_field)):
         chars += len(chunk)
         codes = np.union1d(codes, np.unique(np.frombuffer(chunk.encode("utf-32-le"), np.uint32)))
     if chars == 0:
@@ -103,7 +103,7 @@ def split_chars(chars: int, val_fraction: float) -> int:
 def split_chunks(files: list[str], *, text_field: str, train_chars: int):
     """("train" | "val", text) pieces of the corpus in order, the chunk that straddles the cut split there."""
     position = 0
-    for chunk in sources.chunks(sources.documents(files, text_field=text_field)):
+    for chunk in chunks(documents(files, text_field=text_field)):
         end = position + len(chunk)
         if end <= train_chars:
             yield "train", chunk
@@ -209,8 +209,8 @@ def load_text_files(data_cfg, tokenizer=None) -> TextDataset:
     if not isinstance(fraction, float) or not 0 < fraction < 1:
         raise DataError(f"data.val_fraction={fraction!r}; must be a number in (0, 1), e.g. 0.1 (the last 10%)")
     text_field = data_cfg.get("text_field", "text")
-    files = sources.source_files(name)
-    digest = sources.content_hash(files, text_field=text_field)
+    files = source_files(name)
+    digest = content_hash(files, text_field=text_field)
     root = cache_root(data_cfg)
     text_dir = os.path.join(root, "text", digest[:32])
     scanned = scan(files, name=name, text_field=text_field, directory=text_dir)
