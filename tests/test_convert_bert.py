@@ -35,8 +35,37 @@ def _imported(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bert_family_matches_transformers(name, tmp_path):
-    golden = np.load(os.path.join(GOLDEN, name, "outputs.npz"))
-    cfg, model, _ = _imported(name, tmp_path)
+    golden = dict(np.load(os.path.join(GOLDEN, name, "outputs.npz")))
+    _check(name, os.path.join(GOLDEN, name), golden, tmp_path)
+
+
+HAS_HF = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
+@pytest.mark.hf
+@pytest.mark.skipif(not HAS_HF, reason="the live comparison needs the hf extra: pip install -e '.[hf]'")
+@pytest.mark.parametrize("name", NAMES)
+def test_bert_family_matches_transformers_live(name, tmp_path):
+    """The same comparison on a fresh draw of each model (seed 3), with transformers run here."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(GOLDEN)))
+    import make_bert_goldens as make
+
+    cls_name, config_name, kwargs, tok_kind = make.MODELS[name]
+    model = make.make_model(cls_name, config_name, kwargs, seed=3)
+    folder = str(tmp_path / "hf")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = make.make_tokenizer(tok_kind)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    batch = make.inputs(tok, kwargs.get("pad_token_id", 0))
+    _check(name, folder, {**batch, **make.outputs(model, batch, distil=name.startswith("distilbert"))}, tmp_path)
+
+
+def _check(name, folder, golden, tmp_path):
+    workdir = str(tmp_path / f"run_{name}")
+    hf_lib.import_checkpoint(folder, workdir)
+    cfg, model, _, _ = loader.load_run(workdir)
     assert not cfg.model.causal and cfg.model.norm_placement == "post"
     ids = jnp.asarray(golden["input_ids"], jnp.int32)
     types = None if name.startswith("distilbert") else jnp.asarray(golden["token_type_ids"], jnp.int32)
