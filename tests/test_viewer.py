@@ -153,3 +153,29 @@ def test_a_few_hundred_tokens(browser, tmp_path):
         assert page.errors == [] and page.requests == [page.url]
     finally:
         page.close()
+
+
+def test_notebook_show_renders_inline_in_chromium(browser, tmp_path):
+    """viewer.show returns an IPython display object; its HTML, put in a page as Jupyter puts it, runs the viewer
+    inside the iframe with the capture's tokens, and nothing is fetched."""
+    from IPython.display import HTML
+
+    cap = make_capture(L=2, H=2, T=9, seed=4)
+    shown = viewer.show(cap, height=500)
+    assert isinstance(shown, HTML) and shown.data.startswith("<iframe srcdoc=")
+    host = tmp_path / "notebook.html"
+    host.write_text(f"<!DOCTYPE html><html><body><div class='output'>{shown.data}</div></body></html>")
+    errors = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto("file://" + str(host))
+        frame = page.frame_locator("iframe")
+        frame.locator(".tok.q").first.wait_for(timeout=20_000)
+        assert frame.locator(".tok.q").count() == 9 and frame.locator(".tok.k").count() == 9
+        assert "2 layers × 2 heads, 9 tokens" in frame.locator("h1").inner_text()
+        assert errors == []
+    finally:
+        page.close()
+    with pytest.raises(ValueError, match="give the text"):
+        viewer.show(str(tmp_path))
