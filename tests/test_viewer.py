@@ -179,3 +179,34 @@ def test_notebook_show_renders_inline_in_chromium(browser, tmp_path):
         page.close()
     with pytest.raises(ValueError, match="give the text"):
         viewer.show(str(tmp_path))
+
+
+def test_sentence_pair_colours_and_a_to_b_filter(browser, tmp_path):
+    """An encoder's capture with token types: tokens marked as sentence A or B, and the A → B filter (BertViz's)
+    leaves a query of A attending to B's keys only, and a query of B attending to nothing."""
+    import dataclasses
+
+    L, H, T = 1, 2, 10
+    rng = np.random.default_rng(7)
+    w = rng.dirichlet(np.ones(T), size=(L, H, T)).astype(np.float32)  # bidirectional: every key has weight
+    segments = [0] * 6 + [1] * 4
+    cap = dataclasses.replace(make_capture(L=L, H=H, T=T), weights_LxHxTxT=w, token_types=segments)
+    path = tmp_path / "pair.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        assert page.marked(".tok.q.segA") == list(range(6)) and page.marked(".tok.q.segB") == list(range(6, 10))
+        assert p.is_visible("#pair")
+        p.select_option("#pair", "AB")
+        p.click('.tok.q[data-i="2"]')
+        want = sorted(j for j in range(6, 10) if w[0, :, 2, j].mean() >= THRESHOLD - 1 / 65535)
+        assert want and page.marked(".tok.k.hl") == want
+        p.click('.tok.q[data-i="2"]')
+        p.click('.tok.q[data-i="8"]')  # a query of B: A → B shows none of its weights
+        assert page.marked(".tok.k.hl") == []
+        p.select_option("#pair", "all")
+        assert page.marked(".tok.k.hl") != []
+        assert page.errors == []
+    finally:
+        page.close()

@@ -40,6 +40,7 @@ class Capture:
     layers: list[int]  # model layer index of each row of weights_LxHxTxT
     heads: list[int]  # model head index of each column
     info: dict = dataclasses.field(default_factory=dict)  # run, checkpoint, step, position, implementation
+    token_types: list[int] | None = None  # an encoder's segment of each token (0 = sentence A, 1 = B), or None
 
 
 # ---------------------------------------------------------------------------------- model on the reference
@@ -69,9 +70,11 @@ def reference_model(model_cfg: ml_collections.ConfigDict, params) -> GPT:
     return nnx.merge(reference_graphdef(model_cfg), params)
 
 
-def attention_weights(model: GPT, token_ids_T) -> tuple[np.ndarray, np.ndarray]:
-    """(logits `[T, V]`, weights `[L, H, T, T]`) of one sequence, float32 NumPy."""
-    logits_1xTxV, w_Lx1xHxTxT = attention_weights_batch(model, np.asarray(token_ids_T)[None])
+def attention_weights(model: GPT, token_ids_T, token_types_T=None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits `[T, V]`, weights `[L, H, T, T]`) of one sequence, float32 NumPy (`token_types_T`: an encoder's
+    segments)."""
+    types = None if token_types_T is None else np.asarray(token_types_T)[None]
+    logits_1xTxV, w_Lx1xHxTxT = attention_weights_batch(model, np.asarray(token_ids_T)[None], token_types_BxT=types)
     return logits_1xTxV[0], w_Lx1xHxTxT[:, 0]
 
 
@@ -155,6 +158,25 @@ def prepare_text(workdir: str, text: str, *, layers: str | list[int] | None = No
     return cfg, tokenizer, token_ids, layers, heads
 
 
+def encoder_input(cfg: ml_collections.ConfigDict, tokenizer, text: str, text_pair: str | None = None):
+    """(token ids, token types or None): a sentence (pair) as an encoder takes it, with the tokenizer's special
+    tokens ([CLS] A [SEP] B [SEP]); a decoder's text as it is. A pair for a decoder, or for a tokenizer without
+    special tokens, is a one-line ValueError."""
+    from jaxformer.data import SubwordTokenizer
+
+    subword = isinstance(tokenizer, SubwordTokenizer)
+    if text_pair is not None and cfg.model.causal:
+        raise ValueError("--text-pair is for an encoder (model.causal=False): a decoder reads one text; join the "
+                         "two into --text")
+    if text_pair is not None and not (subword and cfg.model.get("type_vocab_size", 0)):
+        raise ValueError("--text-pair needs a model with token types and a tokenizer with special tokens (an "
+                         "imported BERT); give --text only")
+    if not cfg.model.causal and subword and cfg.model.get("type_vocab_size", 0):
+        ids, types = tokenizer.encode_pair(text, text_pair)
+        return ids, types
+    return np.asarray(tokenizer.encode(text), np.int32), None
+
+
 def load_model(workdir: str, *, which: str = "latest", step: int | None = None) -> tuple[GPT, int]:
     """(model on the reference path, step) from a run directory's latest or best checkpoint."""
     if which not in ("latest", "best"):
@@ -172,23 +194,28 @@ def run_info(workdir: str, cfg: ml_collections.ConfigDict, *, which: str, step: 
 
 
 def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int] | None = None,
-                heads: list[int] | None = None, info: dict | None = None) -> Capture:
-    """The weights of the selected layers and heads for one sequence of token ids."""
-    _, w_LxHxTxT = attention_weights(model, token_ids_T)
+                heads: list[int] | None = None, info: dict | None = None, token_types=None) -> Capture:
+    """The weights of the selected layers and heads for one sequence of token ids (and an encoder's segments)."""
+    _, w_LxHxTxT = attention_weights(model, token_ids_T, token_types)
     layers = list(range(w_LxHxTxT.shape[0])) if layers is None else list(layers)
     heads = list(range(w_LxHxTxT.shape[1])) if heads is None else list(heads)
     return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)],
                    token_ids=np.asarray(token_ids_T, np.int32), tokens=list(tokens), layers=layers,
-                   heads=heads, info=dict(info or {}))
+                   heads=heads, info=dict(info or {}),
+                   token_types=None if token_types is None else [int(t) for t in np.asarray(token_types)])
 
 
 def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | None = None,
-                 layers: str | list[int] | None = None, heads: str | list[int] | None = None) -> Capture:
-    """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text`."""
+                 layers: str | list[int] | None = None, heads: str | list[int] | None = None,
+                 text_pair: str | None = None) -> Capture:
+    """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text` (an
+    encoder's input gets its special tokens; `text_pair`: its sentence B)."""
     cfg, tokenizer, token_ids, layers, heads = prepare_text(workdir, text, layers=layers, heads=heads)
+    token_ids, types = encoder_input(cfg, tokenizer, text, text_pair)
+    check_length(cfg, int(token_ids.size))
     model, step = load_model(workdir, which=which, step=step)
     return capture_ids(model, token_ids, token_labels(tokenizer, token_ids), layers=layers, heads=heads,
-                       info=run_info(workdir, cfg, which=which, step=step))
+                       info=run_info(workdir, cfg, which=which, step=step), token_types=types)
 
 
 # ------------------------------------------------------------------------------------------------------ files

@@ -43,6 +43,8 @@ def page_data(cap: Capture, diagnostics: dict | None = None) -> dict:
     data = {"tokens": list(cap.tokens), "layers": [int(x) for x in cap.layers],
             "heads": [int(x) for x in cap.heads], "weights": encode_weights(cap.weights_LxHxTxT),
             "info": cap.info}
+    if cap.token_types is not None:
+        data["segments"] = [int(t) for t in cap.token_types]
     if diagnostics:
         data["diagnostics"] = {name: np.asarray(v, np.float64).round(4).tolist()
                                for name, v in diagnostics.items()}
