@@ -191,6 +191,7 @@ def test_sentence_pair_colours_and_a_to_b_filter(browser, tmp_path):
     w = rng.dirichlet(np.ones(T), size=(L, H, T)).astype(np.float32)  # bidirectional: every key has weight
     segments = [0] * 6 + [1] * 4
     cap = dataclasses.replace(make_capture(L=L, H=H, T=T), weights_LxHxTxT=w, token_types=segments)
+    cap.info["causal"] = False  # an encoder: keys after the query are drawn, not greyed out
     path = tmp_path / "pair.html"
     viewer.write(cap, str(path))
     page = Page(browser, path)
@@ -207,6 +208,12 @@ def test_sentence_pair_colours_and_a_to_b_filter(browser, tmp_path):
         assert page.marked(".tok.k.hl") == []
         p.select_option("#pair", "all")
         assert page.marked(".tok.k.hl") != []
+        p.check("input[value=matrix]")  # the upper triangle (a later key) is coloured by its weight, not masked
+        g = p.evaluate("window.attentionViewer.geometry()")
+        x, y = g["margin"] + 9.5 * g["cell"], g["margin"] + 0.5 * g["cell"]
+        pixel = p.evaluate(f"Array.from(document.getElementById('matrix').getContext('2d')"
+                           f".getImageData({x} * devicePixelRatio, {y} * devicePixelRatio, 1, 1).data)")
+        assert pixel[:3] != [238, 238, 238]
         assert page.errors == []
     finally:
         page.close()

@@ -190,7 +190,7 @@ def run_info(workdir: str, cfg: ml_collections.ConfigDict, *, which: str, step: 
     return {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
             "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
-            "data": cfg.data.name}
+            "data": cfg.data.name, "causal": bool(cfg.model.get("causal", True))}
 
 
 def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int] | None = None,
