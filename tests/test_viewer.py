@@ -155,6 +155,34 @@ def test_a_few_hundred_tokens(browser, tmp_path):
         page.close()
 
 
+def test_model_view_shows_every_head_and_a_click_opens_one(browser, tmp_path):
+    """BertViz's model view: every layer x head as a thumbnail of its matrix; clicking one opens that head's matrix."""
+    cap = make_capture(L=2, H=3, T=12, seed=2)
+    path = tmp_path / "model.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        p.check("input[value=model]")
+        assert p.is_visible("#model") and not p.is_visible("#matrix") and not p.is_visible("#lines-view")
+        g = p.evaluate("window.attentionViewer.modelGeometry()")
+        # The thumbnail of layer 1, head 2 (model head 5): its pixel (query 7, key 3) is that head's weight colour.
+        x0, y0 = g["left"] + 2 * (g["thumb"] + g["gap"]), g["top"] + 1 * (g["thumb"] + g["gap"])
+        px = g["thumb"] // 12
+        colour = p.evaluate(f"Array.from(document.getElementById('model').getContext('2d')"
+                            f".getImageData({x0 + 3 * px}, {y0 + 7 * px}, 1, 1).data)")[:3]
+        masked = p.evaluate(f"Array.from(document.getElementById('model').getContext('2d')"
+                            f".getImageData({x0 + 9 * px}, {y0 + 2 * px}, 1, 1).data)")[:3]
+        assert masked == [238, 238, 238] and colour != masked  # a decoder's future keys are greyed
+        p.click("#model", position={"x": x0 + g["thumb"] / 2, "y": y0 + g["thumb"] / 2})
+        state = p.evaluate("window.attentionViewer.state")
+        assert (state["layer"], state["head"], state["view"]) == (1, 2, "matrix")
+        assert p.is_visible("#matrix") and p.input_value("#head") == "2" and p.input_value("#layer") == "1"
+        assert page.errors == []
+    finally:
+        page.close()
+
+
 def test_notebook_show_renders_inline_in_chromium(browser, tmp_path):
     """viewer.show returns an IPython display object; its HTML, put in a page as Jupyter puts it, runs the viewer
     inside the iframe with the capture's tokens, and nothing is fetched."""
