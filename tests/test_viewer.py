@@ -245,3 +245,43 @@ def test_sentence_pair_colours_and_a_to_b_filter(browser, tmp_path):
         assert page.errors == []
     finally:
         page.close()
+
+
+def test_neuron_view_shows_q_k_and_their_product_for_a_chosen_query(browser, tmp_path):
+    """BertViz's neuron view: for one head and query, q, each key's k, q⊙k, q·k/√d and the weight; q·k/√d through a
+    softmax gives the weights shown (the q, k of a real capture: capture.query_key_vectors)."""
+    import jax
+    from flax import nnx
+
+    from jaxformer import config as config_lib
+    from jaxformer.model import GPT
+
+    cfg = config_lib.resolve(config_lib.load("bert_tiny"), vocab_size=30)
+    model = GPT(cfg.model, rngs=nnx.Rngs(params=0))
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: x * 20 if x.ndim == 2 else x, state)  # sharper attention than the init's
+    model = nnx.merge(graphdef, state)
+    ids = np.arange(8, dtype=np.int32)
+    cap = capture.capture_ids(model, ids, list("ROMEO: I"), info={"causal": False})
+    path = tmp_path / "neuron.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        p.check("input[value=neuron]")
+        assert "Choose one head" in p.inner_text("#neuron")
+        p.select_option("#head", "1")
+        p.click("#neuron tr[data-j='5'] td")  # query 5
+        assert "query #5" in p.inner_text("#neuron")
+        rows = p.eval_on_selector_all("#neuron tr[data-j]", "rs => rs.map(r => [r.querySelector('.dot').textContent,"
+                                      " r.querySelector('.wt').textContent])")
+        assert len(rows) == 8  # an encoder: every key
+        dots = np.array([float(d) for d, _ in rows])
+        shown_w = np.array([float(x) for _, x in rows])
+        np.testing.assert_allclose(shown_w, cap.weights_LxHxTxT[0, 1, 5], atol=1e-4)
+        softmax = np.exp(dots - dots.max()) / np.exp(dots - dots.max()).sum()
+        np.testing.assert_allclose(softmax, shown_w, atol=5e-3)  # q·k shown to 3 decimals
+        assert len(p.query_selector_all("#neuron tr[data-j='0'] td.v")) == 2 * cap.qk.shape[-1]
+        assert page.errors == []
+    finally:
+        page.close()

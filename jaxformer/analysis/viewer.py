@@ -43,6 +43,8 @@ def page_data(cap: Capture, diagnostics: dict | None = None) -> dict:
     data = {"tokens": list(cap.tokens), "layers": [int(x) for x in cap.layers],
             "heads": [int(x) for x in cap.heads], "weights": encode_weights(cap.weights_LxHxTxT),
             "info": cap.info}
+    if cap.qk is not None:  # the neuron view's q and k vectors, 4 decimals
+        data["qk"] = np.round(np.asarray(cap.qk, np.float64), 4).tolist()
     if cap.token_types is not None:
         data["segments"] = [int(t) for t in cap.token_types]
     if diagnostics:
