@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxformer import losses as losses_lib
 from jaxformer import positional
 from jaxformer import run as run_lib
 
@@ -163,7 +164,7 @@ def _scores(losses_NxT, correct_NxT, weights_NxT) -> dict:
 
 def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tokens: int, batch_tokens: int,
                      split: str = "val", window: int | None = None, stride: int | None = None,
-                     prefix: int = 0) -> list[dict]:
+                     prefix: int = 0, objective=None) -> list[dict]:
     """One record per eval length: mean loss, per-position loss, windows, predicted tokens (or the n/a reason).
 
     `lengths` are `{"multiplier", "length", "na"}` records (see sweep.eval_lengths_for); window_counts sizes them.
@@ -186,6 +187,8 @@ def evaluate_lengths(graphdef, params, dataset, lengths: list[dict], *, eval_tok
         if x["na"] is not None and not sliding_only:
             continue
         w = dataset.windows(split, length=T, max_windows=counts[T])
+        if objective is not None and objective.needs_key:  # an encoder's masked LM: fixed masks per (split, length)
+            w = jax.device_get(objective.prepare(dict(w), losses_lib.eval_key(0, T, split=split)))
         inputs_NxT, targets_NxT = np.asarray(w["inputs"], np.int32), np.asarray(w["targets"], np.int32)
         weights_NxT = np.asarray(w["weights"], np.float64)
         x.update({"windows": int(len(inputs_NxT)), "predicted_tokens": int(weights_NxT.sum())})
@@ -317,7 +320,8 @@ def evaluate_run(run_dir: str, graphdef, params, dataset, cfg, *, step: int, poi
     else:
         records = evaluate_lengths(graphdef, params, dataset, lengths, eval_tokens=eval_tokens,
                                    batch_tokens=batch_tokens, split=split, window=cfg.data.block_size,
-                                   stride=stride, prefix=1 if cfg.data.get("bos", False) else 0)
+                                   stride=stride, prefix=1 if cfg.data.get("bos", False) else 0,
+                                   objective=losses_lib.for_model(cfg.model))
     result = {
         "point": point, "variant": variant, "index": index, "axes": [[f, v] for f, v in values],
         "position": cfg.model.position.name, "seed": cfg.train.seed, "data": cfg.data.name, "split": split,

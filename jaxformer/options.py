@@ -183,6 +183,7 @@ def _attention_arguments(p: argparse.ArgumentParser) -> None:
     text = p.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help="the text to look at (tokenized with the run's tokenizer)")
     text.add_argument("--text-file", help="read the text from this file")
+    p.add_argument("--text-pair", help="an encoder's sentence B ([CLS] text [SEP] pair [SEP]; BERT-family runs)")
     p.add_argument("--out", help="output directory (default: WORKDIR/attention)")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                    help="which checkpoint: the last saved, or the best by validation loss")

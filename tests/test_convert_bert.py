@@ -35,8 +35,37 @@ def _imported(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bert_family_matches_transformers(name, tmp_path):
-    golden = np.load(os.path.join(GOLDEN, name, "outputs.npz"))
-    cfg, model, _ = _imported(name, tmp_path)
+    golden = dict(np.load(os.path.join(GOLDEN, name, "outputs.npz")))
+    _check(name, os.path.join(GOLDEN, name), golden, tmp_path)
+
+
+HAS_HF = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
+@pytest.mark.hf
+@pytest.mark.skipif(not HAS_HF, reason="the live comparison needs the hf extra: pip install -e '.[hf]'")
+@pytest.mark.parametrize("name", NAMES)
+def test_bert_family_matches_transformers_live(name, tmp_path):
+    """The same comparison on a fresh draw of each model (seed 3), with transformers run here."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(GOLDEN)))
+    import make_bert_goldens as make
+
+    cls_name, config_name, kwargs, tok_kind = make.MODELS[name]
+    model = make.make_model(cls_name, config_name, kwargs, seed=3)
+    folder = str(tmp_path / "hf")
+    model.save_pretrained(folder, safe_serialization=True)
+    tok = make.make_tokenizer(tok_kind)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    batch = make.inputs(tok, kwargs.get("pad_token_id", 0))
+    _check(name, folder, {**batch, **make.outputs(model, batch, distil=name.startswith("distilbert"))}, tmp_path)
+
+
+def _check(name, folder, golden, tmp_path):
+    workdir = str(tmp_path / f"run_{name}")
+    hf_lib.import_checkpoint(folder, workdir)
+    cfg, model, _, _ = loader.load_run(workdir)
     assert not cfg.model.causal and cfg.model.norm_placement == "post"
     ids = jnp.asarray(golden["input_ids"], jnp.int32)
     types = None if name.startswith("distilbert") else jnp.asarray(golden["token_type_ids"], jnp.int32)
@@ -149,3 +178,28 @@ def test_real_minilm_matches_transformers(tmp_path):
     _, weights = model.attention_weights(jnp.asarray(ids)[None], token_types_BxT=jnp.asarray(types)[None])
     np.testing.assert_allclose(np.asarray(weights[0, 0]), golden["attention_0"][0], atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(weights[5, 0]), golden["attention_5"][0], atol=1e-4, rtol=0)
+
+
+def test_attention_capture_of_a_sentence_pair(tmp_path, capsys):
+    """`jaxformer attention --text A --text-pair B` on an imported BERT: [CLS] A [SEP] B [SEP] with token types 0/1
+    (the model's own weights for them), the page carries the segments; a pair for a decoder is a one-line error."""
+    from jaxformer import cli
+    from jaxformer.analysis import capture
+
+    _, model, workdir = _imported("bert_mlm", tmp_path)
+    golden = np.load(os.path.join(GOLDEN, "bert_mlm", "outputs.npz"))
+    cap = capture.capture_text(workdir, "the king of love , and the queen", text_pair="ROMEO : JULIET .")
+    np.testing.assert_array_equal(cap.token_ids, golden["input_ids"][0])
+    assert cap.token_types == golden["token_type_ids"][0].tolist() and cap.tokens[0] == "[CLS]"
+    real = golden["attention_mask"][0].astype(bool)
+    np.testing.assert_allclose(cap.weights_LxHxTxT, golden["attentions"][:, 0][:, :, real][..., real], atol=ATOL)
+    out = str(tmp_path / "att")
+    assert cli.main(["attention", "--workdir", workdir, "--text", "the king", "--text-pair", "the queen",
+                     "--out", out]) == 0
+    assert '"segments": [0, 0, 0, 0, 1, 1, 1]' in open(os.path.join(out, "attention.html")).read()
+    gpt = os.path.join(os.path.dirname(GOLDEN), "hf", "gpt2")
+    hf_lib.import_checkpoint(gpt, str(tmp_path / "gpt2"))
+    capsys.readouterr()
+    assert cli.main(["attention", "--workdir", str(tmp_path / "gpt2"), "--text", "the king", "--text-pair",
+                     "the queen"]) == 2
+    assert "--text-pair is for an encoder" in capsys.readouterr().err

@@ -250,3 +250,20 @@ def test_fill_mask_refuses_text_without_mask_and_decoders(tmp_path, tiny_cfg, ca
     train_lib.train(tiny_cfg, str(tmp_path / "gpt"))
     assert cli.main(["fill-mask", "--workdir", str(tmp_path / "gpt"), "--text", "ab[MASK]"]) == 2
     assert "fill-mask needs an encoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("position", ["rope", "learned"])
+def test_query_key_vectors_give_the_captured_weights(position):
+    """The neuron view's q and k (capture.query_key_vectors): softmax(q·kᵀ/√d) is the model's attention weight, for
+    a rotation (RoPE) and an embedding (learned) encoding, in an encoder with token types."""
+    from jaxformer.analysis import capture
+
+    cfg = _encoder_cfg(position)
+    model = _random_params(GPT(cfg.model, rngs=nnx.Rngs(params=0)))
+    ids = np.random.default_rng(4).integers(0, 20, 11).astype(np.int32)
+    types = (np.arange(11) >= 6).astype(np.int32)
+    cap = capture.capture_ids(model, ids, [str(i) for i in ids], token_types=types)
+    q, k = cap.qk[..., 0, :].astype(np.float64), cap.qk[..., 1, :].astype(np.float64)
+    logits = np.einsum("lhtd,lhsd->lhts", q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(w / w.sum(-1, keepdims=True), cap.weights_LxHxTxT, atol=2e-5)

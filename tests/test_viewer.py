@@ -153,3 +153,135 @@ def test_a_few_hundred_tokens(browser, tmp_path):
         assert page.errors == [] and page.requests == [page.url]
     finally:
         page.close()
+
+
+def test_model_view_shows_every_head_and_a_click_opens_one(browser, tmp_path):
+    """BertViz's model view: every layer x head as a thumbnail of its matrix; clicking one opens that head's matrix."""
+    cap = make_capture(L=2, H=3, T=12, seed=2)
+    path = tmp_path / "model.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        p.check("input[value=model]")
+        assert p.is_visible("#model") and not p.is_visible("#matrix") and not p.is_visible("#lines-view")
+        g = p.evaluate("window.attentionViewer.modelGeometry()")
+        # The thumbnail of layer 1, head 2 (model head 5): its pixel (query 7, key 3) is that head's weight colour.
+        x0, y0 = g["left"] + 2 * (g["thumb"] + g["gap"]), g["top"] + 1 * (g["thumb"] + g["gap"])
+        px = g["thumb"] // 12
+        colour = p.evaluate(f"Array.from(document.getElementById('model').getContext('2d')"
+                            f".getImageData({x0 + 3 * px}, {y0 + 7 * px}, 1, 1).data)")[:3]
+        masked = p.evaluate(f"Array.from(document.getElementById('model').getContext('2d')"
+                            f".getImageData({x0 + 9 * px}, {y0 + 2 * px}, 1, 1).data)")[:3]
+        assert masked == [238, 238, 238] and colour != masked  # a decoder's future keys are greyed
+        p.click("#model", position={"x": x0 + g["thumb"] / 2, "y": y0 + g["thumb"] / 2})
+        state = p.evaluate("window.attentionViewer.state")
+        assert (state["layer"], state["head"], state["view"]) == (1, 2, "matrix")
+        assert p.is_visible("#matrix") and p.input_value("#head") == "2" and p.input_value("#layer") == "1"
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def test_notebook_show_renders_inline_in_chromium(browser, tmp_path):
+    """viewer.show returns an IPython display object; its HTML, put in a page as Jupyter puts it, runs the viewer
+    inside the iframe with the capture's tokens, and nothing is fetched."""
+    from IPython.display import HTML
+
+    cap = make_capture(L=2, H=2, T=9, seed=4)
+    shown = viewer.show(cap, height=500)
+    assert isinstance(shown, HTML) and shown.data.startswith("<iframe srcdoc=")
+    host = tmp_path / "notebook.html"
+    host.write_text(f"<!DOCTYPE html><html><body><div class='output'>{shown.data}</div></body></html>")
+    errors = []
+    page = browser.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto("file://" + str(host))
+        frame = page.frame_locator("iframe")
+        frame.locator(".tok.q").first.wait_for(timeout=20_000)
+        assert frame.locator(".tok.q").count() == 9 and frame.locator(".tok.k").count() == 9
+        assert "2 layers × 2 heads, 9 tokens" in frame.locator("h1").inner_text()
+        assert errors == []
+    finally:
+        page.close()
+    with pytest.raises(ValueError, match="give the text"):
+        viewer.show(str(tmp_path))
+
+
+def test_sentence_pair_colours_and_a_to_b_filter(browser, tmp_path):
+    """An encoder's capture with token types: tokens marked as sentence A or B, and the A → B filter (BertViz's)
+    leaves a query of A attending to B's keys only, and a query of B attending to nothing."""
+    import dataclasses
+
+    L, H, T = 1, 2, 10
+    rng = np.random.default_rng(7)
+    w = rng.dirichlet(np.ones(T), size=(L, H, T)).astype(np.float32)  # bidirectional: every key has weight
+    segments = [0] * 6 + [1] * 4
+    cap = dataclasses.replace(make_capture(L=L, H=H, T=T), weights_LxHxTxT=w, token_types=segments)
+    cap.info["causal"] = False  # an encoder: keys after the query are drawn, not greyed out
+    path = tmp_path / "pair.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        assert page.marked(".tok.q.segA") == list(range(6)) and page.marked(".tok.q.segB") == list(range(6, 10))
+        assert p.is_visible("#pair")
+        p.select_option("#pair", "AB")
+        p.click('.tok.q[data-i="2"]')
+        want = sorted(j for j in range(6, 10) if w[0, :, 2, j].mean() >= THRESHOLD - 1 / 65535)
+        assert want and page.marked(".tok.k.hl") == want
+        p.click('.tok.q[data-i="2"]')
+        p.click('.tok.q[data-i="8"]')  # a query of B: A → B shows none of its weights
+        assert page.marked(".tok.k.hl") == []
+        p.select_option("#pair", "all")
+        assert page.marked(".tok.k.hl") != []
+        p.check("input[value=matrix]")  # the upper triangle (a later key) is coloured by its weight, not masked
+        g = p.evaluate("window.attentionViewer.geometry()")
+        x, y = g["margin"] + 9.5 * g["cell"], g["margin"] + 0.5 * g["cell"]
+        pixel = p.evaluate(f"Array.from(document.getElementById('matrix').getContext('2d')"
+                           f".getImageData({x} * devicePixelRatio, {y} * devicePixelRatio, 1, 1).data)")
+        assert pixel[:3] != [238, 238, 238]
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def test_neuron_view_shows_q_k_and_their_product_for_a_chosen_query(browser, tmp_path):
+    """BertViz's neuron view: for one head and query, q, each key's k, q⊙k, q·k/√d and the weight; q·k/√d through a
+    softmax gives the weights shown (the q, k of a real capture: capture.query_key_vectors)."""
+    import jax
+    from flax import nnx
+
+    from jaxformer import config as config_lib
+    from jaxformer.model import GPT
+
+    cfg = config_lib.resolve(config_lib.load("bert_tiny"), vocab_size=30)
+    model = GPT(cfg.model, rngs=nnx.Rngs(params=0))
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: x * 20 if x.ndim == 2 else x, state)  # sharper attention than the init's
+    model = nnx.merge(graphdef, state)
+    ids = np.arange(8, dtype=np.int32)
+    cap = capture.capture_ids(model, ids, list("ROMEO: I"), info={"causal": False})
+    path = tmp_path / "neuron.html"
+    viewer.write(cap, str(path))
+    page = Page(browser, path)
+    p = page.page
+    try:
+        p.check("input[value=neuron]")
+        assert "Choose one head" in p.inner_text("#neuron")
+        p.select_option("#head", "1")
+        p.click("#neuron tr[data-j='5'] td")  # query 5
+        assert "query #5" in p.inner_text("#neuron")
+        rows = p.eval_on_selector_all("#neuron tr[data-j]", "rs => rs.map(r => [r.querySelector('.dot').textContent,"
+                                      " r.querySelector('.wt').textContent])")
+        assert len(rows) == 8  # an encoder: every key
+        dots = np.array([float(d) for d, _ in rows])
+        shown_w = np.array([float(x) for _, x in rows])
+        np.testing.assert_allclose(shown_w, cap.weights_LxHxTxT[0, 1, 5], atol=1e-4)
+        softmax = np.exp(dots - dots.max()) / np.exp(dots - dots.max()).sum()
+        np.testing.assert_allclose(softmax, shown_w, atol=5e-3)  # q·k shown to 3 decimals
+        assert len(p.query_selector_all("#neuron tr[data-j='0'] td.v")) == 2 * cap.qk.shape[-1]
+        assert page.errors == []
+    finally:
+        page.close()

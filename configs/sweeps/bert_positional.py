@@ -11,7 +11,7 @@ VARIANTS = ("learned", "sinusoidal", "rope", "alibi", "t5", "kerple", "fire")
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.base = "bert_tiny"
-    c.overrides = ("--config.train.steps=1000", "--config.train.progress=False")
+    c.overrides = ("--config.train.steps=1000", "--config.train.progress=False", "--config.train.eval_every=500")
     c.overrides_by_variant = {name: () for name in VARIANTS}
     c.axes = ml_collections.ConfigDict()
     c.axes.model = {"position": {"name": VARIANTS}}
@@ -20,7 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_tokens = 0
     c.eval_batch_tokens = 8192
     c.eval_split = "val"
-    c.eval_stride = 0
     c.statistics = True
     c.reference = "learned"
     return c

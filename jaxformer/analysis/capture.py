@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import loader, positional
+from jaxformer import attention, loader, positional
 from jaxformer.model import GPT
 
 
@@ -40,6 +40,8 @@ class Capture:
     layers: list[int]  # model layer index of each row of weights_LxHxTxT
     heads: list[int]  # model head index of each column
     info: dict = dataclasses.field(default_factory=dict)  # run, checkpoint, step, position, implementation
+    token_types: list[int] | None = None  # an encoder's segment of each token (0 = sentence A, 1 = B), or None
+    qk: np.ndarray | None = None  # [L, H, T, 2, d] each selected head's query and key vectors (the neuron view)
 
 
 # ---------------------------------------------------------------------------------- model on the reference
@@ -69,9 +71,11 @@ def reference_model(model_cfg: ml_collections.ConfigDict, params) -> GPT:
     return nnx.merge(reference_graphdef(model_cfg), params)
 
 
-def attention_weights(model: GPT, token_ids_T) -> tuple[np.ndarray, np.ndarray]:
-    """(logits `[T, V]`, weights `[L, H, T, T]`) of one sequence, float32 NumPy."""
-    logits_1xTxV, w_Lx1xHxTxT = attention_weights_batch(model, np.asarray(token_ids_T)[None])
+def attention_weights(model: GPT, token_ids_T, token_types_T=None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits `[T, V]`, weights `[L, H, T, T]`) of one sequence, float32 NumPy (`token_types_T`: an encoder's
+    segments)."""
+    types = None if token_types_T is None else np.asarray(token_types_T)[None]
+    logits_1xTxV, w_Lx1xHxTxT = attention_weights_batch(model, np.asarray(token_ids_T)[None], token_types_BxT=types)
     return logits_1xTxV[0], w_Lx1xHxTxT[:, 0]
 
 
@@ -155,6 +159,49 @@ def prepare_text(workdir: str, text: str, *, layers: str | list[int] | None = No
     return cfg, tokenizer, token_ids, layers, heads
 
 
+def query_key_vectors(model: GPT, token_ids_T, token_types_T=None) -> np.ndarray:
+    """`[L, H, T, 2, d]` float32: every layer's query and key vector per head, as its attention forms them (the block
+    input, normed first in a pre-norm block, through the q/k projection, then the positional rotation, if any; a
+    kv head's keys repeated for its query heads). softmax(q·kᵀ/√d + the variant's logit bias) is the captured
+    weight: what BertViz's neuron view shows."""
+    ids = jnp.asarray(token_ids_T, jnp.int32)[None]
+    types = None if token_types_T is None else jnp.asarray(token_types_T, jnp.int32)[None]
+    hidden_LxBxTxD, _ = model.encode(ids, token_types_BxT=types)
+    T = ids.shape[1]
+    positions_T = jnp.arange(T, dtype=jnp.int32)
+    rotate = model.position.rotate_fn()
+    out = []
+    for layer, block in enumerate(model.blocks):
+        x_BxTxD = hidden_LxBxTxD[layer] if block.post_norm else block.ln1(hidden_LxBxTxD[layer])
+        params = nnx.to_pure_dict(nnx.state(block.attn, nnx.Param))["params"]
+        q_BxTxHxd, k_BxTxKxd, _ = attention.qkv_projection(params, x_BxTxD, n_head=block.attn.n_head,
+                                                           n_kv_head=block.attn.n_kv_head)
+        if rotate is not None:
+            q_BxTxHxd, k_BxTxKxd = rotate(q_BxTxHxd, k_BxTxKxd, positions_T, positions_T)
+        k_BxTxHxd = jnp.repeat(k_BxTxKxd, block.attn.n_head // block.attn.n_kv_head, axis=2)
+        out.append(jnp.stack([q_BxTxHxd[0], k_BxTxHxd[0]], axis=2).transpose(1, 0, 2, 3))  # [H, T, 2, d]
+    return np.asarray(jnp.stack(out), np.float32)
+
+
+def encoder_input(cfg: ml_collections.ConfigDict, tokenizer, text: str, text_pair: str | None = None):
+    """(token ids, token types or None): a sentence (pair) as an encoder takes it, with the tokenizer's special
+    tokens ([CLS] A [SEP] B [SEP]); a decoder's text as it is. A pair for a decoder, or for a tokenizer without
+    special tokens, is a one-line ValueError."""
+    from jaxformer.data import SubwordTokenizer
+
+    subword = isinstance(tokenizer, SubwordTokenizer)
+    if text_pair is not None and cfg.model.causal:
+        raise ValueError("--text-pair is for an encoder (model.causal=False): a decoder reads one text; join the "
+                         "two into --text")
+    if text_pair is not None and not (subword and cfg.model.get("type_vocab_size", 0)):
+        raise ValueError("--text-pair needs a model with token types and a tokenizer with special tokens (an "
+                         "imported BERT); give --text only")
+    if not cfg.model.causal and subword and cfg.model.get("type_vocab_size", 0):
+        ids, types = tokenizer.encode_pair(text, text_pair)
+        return ids, types
+    return np.asarray(tokenizer.encode(text), np.int32), None
+
+
 def load_model(workdir: str, *, which: str = "latest", step: int | None = None) -> tuple[GPT, int]:
     """(model on the reference path, step) from a run directory's latest or best checkpoint."""
     if which not in ("latest", "best"):
@@ -168,27 +215,38 @@ def run_info(workdir: str, cfg: ml_collections.ConfigDict, *, which: str, step: 
     return {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": step,
             "position": cfg.model.position.name, "implementation": cfg.model.attention.implementation,
             "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "block_size": cfg.data.block_size,
-            "data": cfg.data.name}
+            "data": cfg.data.name, "causal": bool(cfg.model.get("causal", True))}
 
 
 def capture_ids(model: GPT, token_ids_T, tokens: list[str], *, layers: list[int] | None = None,
-                heads: list[int] | None = None, info: dict | None = None) -> Capture:
-    """The weights of the selected layers and heads for one sequence of token ids."""
-    _, w_LxHxTxT = attention_weights(model, token_ids_T)
+                heads: list[int] | None = None, info: dict | None = None, token_types=None,
+                neurons: bool = True) -> Capture:
+    """The weights of the selected layers and heads for one sequence of token ids (and an encoder's segments);
+    with `neurons`, their query and key vectors too when they are small enough to travel in the page (<= 2M
+    numbers)."""
+    _, w_LxHxTxT = attention_weights(model, token_ids_T, token_types)
     layers = list(range(w_LxHxTxT.shape[0])) if layers is None else list(layers)
     heads = list(range(w_LxHxTxT.shape[1])) if heads is None else list(heads)
-    return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)],
+    qk = None
+    if neurons and len(layers) * len(heads) * len(tokens) * 2 * model.head_dim <= 2_000_000:
+        qk = query_key_vectors(model, token_ids_T, token_types)[np.ix_(layers, heads)]
+    return Capture(weights_LxHxTxT=w_LxHxTxT[np.ix_(layers, heads)], qk=qk,
                    token_ids=np.asarray(token_ids_T, np.int32), tokens=list(tokens), layers=layers,
-                   heads=heads, info=dict(info or {}))
+                   heads=heads, info=dict(info or {}),
+                   token_types=None if token_types is None else [int(t) for t in np.asarray(token_types)])
 
 
 def capture_text(workdir: str, text: str, *, which: str = "latest", step: int | None = None,
-                 layers: str | list[int] | None = None, heads: str | list[int] | None = None) -> Capture:
-    """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text`."""
+                 layers: str | list[int] | None = None, heads: str | list[int] | None = None,
+                 text_pair: str | None = None) -> Capture:
+    """Loads a run's checkpoint and captures the attention of every (selected) layer and head on `text` (an
+    encoder's input gets its special tokens; `text_pair`: its sentence B)."""
     cfg, tokenizer, token_ids, layers, heads = prepare_text(workdir, text, layers=layers, heads=heads)
+    token_ids, types = encoder_input(cfg, tokenizer, text, text_pair)
+    check_length(cfg, int(token_ids.size))
     model, step = load_model(workdir, which=which, step=step)
     return capture_ids(model, token_ids, token_labels(tokenizer, token_ids), layers=layers, heads=heads,
-                       info=run_info(workdir, cfg, which=which, step=step))
+                       info=run_info(workdir, cfg, which=which, step=step), token_types=types)
 
 
 # ------------------------------------------------------------------------------------------------------ files

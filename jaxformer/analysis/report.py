@@ -103,6 +103,8 @@ def attention_main(argv: list[str]) -> int:
         text = args.text
     cfg, tokenizer, token_ids, layers, heads = capture.prepare_text(args.workdir, text, layers=args.layers,
                                                                     heads=args.heads)
+    token_ids, types = capture.encoder_input(cfg, tokenizer, text, args.text_pair)  # [CLS] A [SEP] B [SEP]
+    capture.check_length(cfg, int(token_ids.size))
     if token_ids.size > cfg.data.block_size:
         log.warning("the text has %d tokens, longer than the %d the run was trained on", token_ids.size,
                     cfg.data.block_size)
@@ -113,7 +115,7 @@ def attention_main(argv: list[str]) -> int:
     model, step = capture.load_model(args.workdir, which=args.checkpoint, step=args.step)
     cap = capture.capture_ids(model, token_ids, capture.token_labels(tokenizer, token_ids), layers=layers,
                               heads=heads, info=capture.run_info(args.workdir, cfg, which=args.checkpoint,
-                                                                 step=step))
+                                                                 step=step), token_types=types)
     table = diagnostics_table(model, cap, period=period, vocab_size=cfg.model.vocab_size, seed=args.seed)
     out_dir = args.out or os.path.join(args.workdir, "attention")
     paths = write_report(cap, out_dir, table=table, metrics=run_lib.read_metrics(args.workdir))

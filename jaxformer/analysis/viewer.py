@@ -8,6 +8,8 @@ to it (its column, orange), with the top weights listed in the side panel next t
 
 The data travels inline as JSON; the weights as little-endian uint16 (`round(w * 65535)`, error below 1e-5),
 base64-encoded: about 2.7 bytes per weight, so 4 layers x 4 heads x 300 tokens make a ~4 MB page.
+
+In a notebook, `show(workdir, text)` (or `show(capture)`) returns the page as an IPython display object.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ def page_data(cap: Capture, diagnostics: dict | None = None) -> dict:
     data = {"tokens": list(cap.tokens), "layers": [int(x) for x in cap.layers],
             "heads": [int(x) for x in cap.heads], "weights": encode_weights(cap.weights_LxHxTxT),
             "info": cap.info}
+    if cap.qk is not None:  # the neuron view's q and k vectors, 4 decimals
+        data["qk"] = np.round(np.asarray(cap.qk, np.float64), 4).tolist()
+    if cap.token_types is not None:
+        data["segments"] = [int(t) for t in cap.token_types]
     if diagnostics:
         data["diagnostics"] = {name: np.asarray(v, np.float64).round(4).tolist()
                                for name, v in diagnostics.items()}
@@ -67,3 +73,32 @@ def write(cap: Capture, path: str, diagnostics: dict | None = None) -> None:
                     "/ --heads or a shorter text for a page that opens quickly", len(page) >> 20, L, H, T)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
+
+
+def show(source, text: str | None = None, *, which: str = "latest", layers=None, heads=None, height: int = 720):
+    """The viewer inline in a Jupyter notebook: an `IPython.display.HTML` holding the self-contained page in an
+    iframe (its scripts run sandboxed from the notebook's, its styles stay its own).
+
+        from jaxformer.analysis import viewer
+        viewer.show("runs/minilm", "the king of love , and the queen")   # a run directory (trained or imported)
+        viewer.show(cap)                                                  # or a Capture (capture.capture_text)
+
+    `source`: a run directory, with `text` (and `which`, `layers`, `heads` as `jaxformer attention` takes them),
+    or a `capture.Capture`. `height`: the iframe's height in pixels.
+    """
+    try:
+        from IPython.display import HTML
+    except ImportError:
+        raise ImportError("viewer.show needs IPython (pip install ipython, or run it in Jupyter); "
+                          "viewer.write(cap, 'attention.html') writes the same page to a file") from None
+    if isinstance(source, Capture):
+        cap = source
+    else:
+        if text is None:
+            raise ValueError("viewer.show(workdir, text): give the text to capture the attention of")
+        from jaxformer.analysis import capture
+
+        cap = capture.capture_text(str(source), text, which=which, layers=layers, heads=heads)
+    page = render(cap)
+    return HTML(f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: {int(height)}px; '
+                'border: 1px solid #ddd;" title="jaxformer attention viewer"></iframe>')
