@@ -9,9 +9,6 @@ head mapping (`platform.model_ops()`), so nothing inside the forward pass reads 
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
