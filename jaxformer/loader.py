@@ -9,15 +9,40 @@ head mapping (`platform.model_ops()`), so nothing inside the forward pass reads 
 
 from __future__ import annotations
 
+import logging
+import os
+
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from jaxformer import checkpoint as checkpoint_lib
 from jaxformer import data as data_lib
-from jaxformer import matmul, platform
+from jaxformer import fingerprint, matmul, platform
 from jaxformer import run as run_lib
 from jaxformer.model import GPT
+
+log = logging.getLogger(__name__)
+
+
+def follow_run_matmul(workdir: str) -> str | None:
+    """An existing run keeps the CPU product path its manifest records, on the CPU kind that recorded it.
+
+    With JAXFORMER_CPU_MATMUL unset the path is measured ("auto"); two measurements on one machine can land on
+    either side of the margin, and the two paths round differently, so a resumed, evaluated or re-checked run
+    takes the path it was trained with instead of measuring again. Returns the path followed, or None (a path set
+    by the environment, another CPU kind, a run from before the record, or not a CPU run)."""
+    manifest = os.path.join(workdir, "manifest.json")
+    if matmul.cpu_backend() != "auto" or not os.path.isfile(manifest):
+        return None
+    record = run_lib.read_json(manifest)
+    path = (record.get("cpu_matmul_choice") or {}).get("path")
+    if path not in ("xla", "blas") or record.get("cpu") != fingerprint.cpu():
+        return None
+    matmul.set_cpu_backend(path, f"the path {workdir}'s manifest records (the run keeps the path it was trained "
+                                 "with)")
+    log.debug("CPU matmul: %s, as recorded in %s", path, manifest)
+    return path
 
 
 def build_model(cfg: ml_collections.ConfigDict) -> GPT:
@@ -61,6 +86,7 @@ def restore_params(workdir: str, *, which: str = "latest", step: int | None = No
     from `abstract_model` (no initialisation).
     """
     cfg = run_lib.load_config(workdir)
+    follow_run_matmul(workdir)
     graphdef, abstract = abstract_model(cfg.model)
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
     try:

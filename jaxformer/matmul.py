@@ -375,5 +375,6 @@ def resolve_cpu_backend(*, trace_step=None) -> str:
             why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
             log.warning("CPU matmul 'auto': measuring the paths failed, using XLA's dot: %s", why)
             _measured = choose.Choice("xla", f"measuring failed ({why}): XLA's dot", {}, 0, "fallback")
-        log.info("CPU matmul: %s (%s)", _measured.name, _measured.why)
+        # debug, not info: every command would print it (the manifest and benchmarks/train_step.py record it)
+        log.debug("CPU matmul: %s (%s)", _measured.name, _measured.why)
     return _measured.name

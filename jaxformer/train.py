@@ -38,7 +38,12 @@ from jaxformer import data as data_lib
 from jaxformer import losses, positional
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
-from jaxformer.loader import build_model, restore_params, split_model  # noqa: F401 -- train.* names kept
+from jaxformer.loader import (  # noqa: F401 -- train.* names kept
+    build_model,
+    follow_run_matmul,
+    restore_params,
+    split_model,
+)
 from jaxformer.model import count_params
 
 log = logging.getLogger("jaxformer")
@@ -693,6 +698,7 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
             raise run_lib.RunDirError(f"--resume: {workdir} has trained {done} steps; train.steps={cfg.train.steps} "
                                       f"is fewer: give train.steps >= {done} (more extends the run)")
         check_config(cfg, dataset)
+        follow_run_matmul(workdir)  # the path the run was trained with, before the model is built
     trainer = Trainer(cfg, dataset)
     init_info = None
     if init_from is not None:  # the source's parameters, their shapes checked (a refusal leaves no run directory)

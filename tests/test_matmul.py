@@ -437,3 +437,26 @@ def test_auto_built_inside_a_trace_still_measures_outside_it(auto, tiny_model_cf
     choice = matmul.cpu_backend_choice()
     assert choice["source"] == "measured" and choice["rounds"] >= 5
     assert all(v > 0 for v in choice["median_ms"].values())
+
+
+def test_an_existing_run_keeps_the_product_path_its_manifest_records(tmp_path, monkeypatch):
+    """With the path measured ("auto"), a resumed or evaluated run takes the path it was trained with on the CPU
+    kind that recorded it (two measurements can land on either side of the margin; the paths round differently);
+    another CPU kind, a path set by the environment, or a run without the record measures as usual."""
+    from jaxformer import fingerprint, loader
+    from jaxformer import run as run_lib
+
+    saved = (matmul._cpu_backend, matmul._why)
+    try:
+        for recorded, cpu, mode, want in (("blas", fingerprint.cpu(), "auto", "blas"),
+                                          ("xla", fingerprint.cpu(), "auto", "xla"),
+                                          ("blas", {**fingerprint.cpu(), "model": "another"}, "auto", None),
+                                          ("blas", fingerprint.cpu(), "xla", None),
+                                          (None, fingerprint.cpu(), "auto", None)):
+            matmul.set_cpu_backend(mode)
+            run_lib.write_json(str(tmp_path / "manifest.json"),
+                               {"cpu": cpu, "cpu_matmul_choice": {"path": recorded} if recorded else None})
+            assert loader.follow_run_matmul(str(tmp_path)) == want, (recorded, mode)
+            assert matmul.cpu_backend() == (want or mode)
+    finally:
+        matmul.set_cpu_backend(*saved)
