@@ -8,6 +8,11 @@ blocks, learned absolute positions and masked-LM head, trained with the masked-L
 
 [MASK] is a new id after the characters (model.mlm.mask_token_id=-1); any positional encoding with a bidirectional
 form trains here (--config.model.position.name=rope | alibi | t5 with t5.bidirectional=True | ...).
+
+Measured (one seed, shared 2-core Xeon, load ~15): 2000 steps end at val masked-LM loss 2.997 nats and 25.1% of the
+masked characters right, against 3.35 nats / 14.9% for the unigram baseline (always ' '): learned positions start at
+std 0.02 and the model leaves the unigram plateau slowly. With rope (`--config.model.position.name=rope`) the same
+run is at 2.855 / 25.5% after 500 steps (learned: 3.046 / 23.3%); `sweeps.bert_positional` compares them properly.
 """
 
 from jaxformer.configs import default
