@@ -267,6 +267,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
     from jaxformer import model as model_lib  # the norm / MLP registries (flax only once a config is validated)
 
     m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    _require(d.block_size != 0, "data.block_size=0 takes the context of the --init-from run (a fine-tuning config "
+             "such as finetune_text); give --init-from RUN or a positive block size")
     for section, names in (("model", ("n_layer", "n_head", "n_embd")), ("data", ("block_size", "batch_size")),
                            ("train", ("steps", "log_every", "eval_every", "eval_iters")),
                            ("optim", ("accum_steps",)), ("model.attention", ("block_size",))):

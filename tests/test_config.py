@@ -80,9 +80,23 @@ def test_overrides_are_typed_and_applied():
 
 
 def test_every_packaged_config_validates():
+    import json
+    import os
+
+    from jaxformer import convert
+    from jaxformer import run as run_lib
+    from jaxformer.convert import hf
+
+    golden = os.path.join(os.path.dirname(__file__), "golden", "hf", "gpt2")
+    hf_config = json.load(open(os.path.join(golden, "config.json")))
+    imported = hf.run_config(hf_config, convert.family_for(hf_config, golden)[1], param_dtype="float32")
     for name in [n for n in config_lib.list_configs() if "." not in n]:  # sweeps.* are sweep configs
-        cfg = config_lib.resolve(config_lib.load(name))
-        config_lib.validate(cfg)
+        cfg = config_lib.load(name)
+        if cfg.data.block_size == 0:  # a fine-tuning config (finetune_text): valid on the model it starts from
+            with pytest.raises(config_lib.ConfigError, match=r"^data.block_size=0 takes the context of the --init"):
+                config_lib.validate(config_lib.resolve(cfg))
+            cfg = run_lib.with_source_model(cfg, imported)
+        config_lib.validate(config_lib.resolve(cfg))
 
 
 def test_unknown_config_file():
