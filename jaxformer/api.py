@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import os
 from collections.abc import Mapping, Sequence
 
@@ -117,8 +116,9 @@ class AttentionView:
         return viewer.render(self.capture)
 
     def _repr_html_(self) -> str:
-        return (f'<iframe srcdoc="{html.escape(self.html(), quote=True)}" style="width: 100%; height: '
-                f'{self.height}px; border: 0" sandbox="allow-scripts"></iframe>')
+        from jaxformer.analysis import viewer  # the same iframe as viewer.show (the page's scripts kept apart)
+
+        return viewer.iframe(self.html(), height=self.height)
 
     def __repr__(self) -> str:
         L, H, T, _ = self.capture.weights_LxHxTxT.shape

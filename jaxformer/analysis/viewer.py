@@ -99,6 +99,10 @@ def show(source, text: str | None = None, *, which: str = "latest", layers=None,
         from jaxformer.analysis import capture
 
         cap = capture.capture_text(str(source), text, which=which, layers=layers, heads=heads)
-    page = render(cap)
-    return HTML(f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: {int(height)}px; '
-                'border: 1px solid #ddd;" title="jaxformer attention viewer"></iframe>')
+    return HTML(iframe(render(cap), height=height))
+
+
+def iframe(page: str, *, height: int = 720) -> str:
+    """`page` (a viewer page) as an iframe for a notebook cell: its scripts run apart from the notebook's."""
+    return (f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width: 100%; height: {int(height)}px; '
+            'border: 1px solid #ddd;" title="jaxformer attention viewer"></iframe>')
