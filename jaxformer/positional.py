@@ -277,7 +277,9 @@ def yarn_bounds_scaled(original_max_len: int) -> tuple[float, float]:
     and beta = 32 keeps no dimension: YaRN degenerates to PI plus a temperature. Scaling both bounds by L / 4096
     (Llama 2's context, for which Peng et al. 2023 chose them) keeps the same dimensions as the paper does at 4096:
     at L = 64 (alpha, beta) = (1/64, 1/2), i.e. about the first third of the frequencies kept, the last quarter
-    interpolated. A documented choice for small-scale experiments, not the paper's setting.
+    interpolated. A documented choice for small-scale experiments, not the paper's setting; it keeps dimensions with
+    alpha < r < 1, which never completed a turn in training (the paper's alpha = 1 interpolates them), and on passkey
+    at L = 32 it retrieved worse than the paper's bounds (experiments/effective_context/README.md).
     """
     scale = original_max_len / YARN_REFERENCE_LEN
     return YARN_ALPHA * scale, YARN_BETA * scale

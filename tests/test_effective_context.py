@@ -1,6 +1,8 @@
 """effective_context.py: free-running and sliding-window decoding, the scores and baselines, checked with stand-in
 models whose predictions are known by construction (an oracle that reads the key, a token counter)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,41 @@ def test_a_passkey_sweep_writes_context_records_and_the_report(tmp_path):
     assert records[2]["beyond_fraction"] == 1.0 and records[3]["beyond_fraction"] == 0.0
     with open(os.path.join(workdir, "context.md")) as f:
         assert "## Exact match (%) at length 32 (2× L" in f.read()
+
+
+EXTENSION = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
+                         "effective_context", "extension")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(EXTENSION, "comparisons.md")),
+                    reason="the extension experiment's comparisons are not committed")
+def test_extension_comparisons_regenerate_and_are_scipys_paired_t():
+    import importlib.util
+    import json
+
+    from scipy import stats
+
+    spec = importlib.util.spec_from_file_location("ext_comparisons", os.path.join(os.path.dirname(EXTENSION),
+                                                                                  "comparisons.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.render(EXTENSION)
+    with open(os.path.join(EXTENSION, "comparisons.md")) as f:
+        assert f.read() == text
+    # PI fine-tuned at 128 against the base window, recomputed from the run files
+    def exact(path, key, method):
+        with open(path) as f:
+            records = [r for r in json.load(f)[key] if r["length"] == 128]
+        return np.mean([r[method]["exact_match"] for r in records])
+
+    seeds = [s for s in (0, 1, 2) if os.path.exists(os.path.join(EXTENSION, "runs", f"variant=linear,seed={s}"))]
+    if len(seeds) < 2:
+        pytest.skip("fewer than 2 seeds finished")
+    pi = [exact(os.path.join(EXTENSION, "runs", f"variant=linear,seed={s}", ec.RESULT_FILE), "records",
+                "free_running") for s in seeds]
+    window = [exact(os.path.join(EXTENSION, "base", "runs", f"variant=rope,seed={s}", ec.RESULT_FILE), "records",
+                    "sliding_window") for s in seeds]
+    row = next(line for line in text.splitlines() if line.startswith("| PI, fine-tuned | ") and "p=" in line)
+    cell = row.split(" | ")[3]  # the columns: model, 32, 64, 128, 256
+    mean = 100 * (np.mean(pi) - np.mean(window))
+    assert cell.startswith(f"{mean:+.1f} [") and f"p={stats.ttest_rel(pi, window).pvalue:.2g} " in cell
