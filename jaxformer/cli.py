@@ -102,7 +102,8 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     else:
         lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
     if row["final_val"] is not None:
-        accuracy = f", val exact match {100 * row['exact_match']:.1f}%" if row["exact_match"] is not None else ""
+        what = "masked-token accuracy" if cfg.model.get("loss", "causal_lm") == "masked_lm" else "exact match"
+        accuracy = f", val {what} {100 * row['exact_match']:.1f}%" if row["exact_match"] is not None else ""
         lines.append(f"  val loss {row['final_val']:.4f} (best {row['best_val']:.4f} at step {row['best_step']})"
                      f"{accuracy}")
     lines.append(f"run directory: {workdir}")
@@ -232,8 +233,9 @@ def eval_main(argv: list[str]) -> int:
     if not lengths and not sizes:
         evaluate = trainer.evaluate_full if args.full else trainer.evaluate
         result.update({"full": args.full, **evaluate(params, args.split)})
-        if "accuracy" in result:  # one name per metric: the trainer's "accuracy" is the exact match
-            result["exact_match"] = result.pop("accuracy")
+        if "accuracy" in result:  # one name per metric: a task's exact match, or a masked LM's masked-token accuracy
+            masked = trainer.cfg.model.get("loss", "causal_lm") == "masked_lm"
+            result["masked_accuracy" if masked else "exact_match"] = result.pop("accuracy")
     params = jax.device_get(params)
     if lengths:
         block = trainer.cfg.data.block_size

@@ -16,6 +16,7 @@ METRICS = {
     "loss": "mean cross-entropy over the predicted tokens (nats/token; perplexity = e^loss)",
     "token accuracy": "the share of answer tokens predicted right",
     "exact match": "the share of examples whose every answer token is right",
+    "masked-token accuracy": "the share of masked positions whose token the model predicts (masked LM)",
 }
 
 
@@ -53,10 +54,14 @@ def eval_text(result: dict, *, workdir: str, checkpoint: str) -> str:
         how = ("every non-overlapping block of the split (--full)" if result.get("full")
                else "the run's fixed evaluation batches (train.eval_iters; --full for the whole split)")
         lines += [f"  over {how}:",
-                  f"  loss         {result['loss']:.4f} (perplexity {math.exp(min(result['loss'], 700)):.2f})"]
+                  f"  loss         {_loss(result['loss'])}" + ("" if result["loss"] is None else
+                                                          f" (perplexity {math.exp(min(result['loss'], 700)):.2f})")]
         if result.get("exact_match") is not None:
             lines.append(f"  exact match  {_pct(result['exact_match'])}")
             shown.append("exact match")
+        if result.get("masked_accuracy") is not None:
+            lines.append(f"  masked-token accuracy  {_pct(result['masked_accuracy'])}")
+            shown.append("masked-token accuracy")
     if result.get("lengths"):
         accuracy = any(x.get("exact_match") is not None for x in result["lengths"])
         header = ("length", "windows", "predicted tokens", "loss") + (("token accuracy", "exact match")

@@ -3,6 +3,7 @@ masked-LM objective, the positional encodings' encoder forms, and a tiny BERT tr
 the CLI. The layouts against an independent implementation (transformers' BERT) are in tests/test_convert_bert.py.
 """
 
+import json
 import os
 
 import jax
@@ -237,9 +238,12 @@ def test_bert_tiny_trains_resumes_bitwise_and_fills_masks(shakespeare_dir, tfds_
     assert cli.main(["fill-mask", "--workdir", full, "--text", "ROMEO: I lo[MASK]e", "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("position 11:") and lines[0].count("0.") >= 3
+    assert cli.main(["eval", "--workdir", full, "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert 0 <= record["masked_accuracy"] <= 1 and record["loss"] > 0 and "exact_match" not in record
     assert cli.main(["eval", "--workdir", full]) == 0
     out = capsys.readouterr().out
-    assert '"accuracy"' in out and '"loss"' in out
+    assert "masked-token accuracy" in out and "exact match" not in out
 
 
 def test_fill_mask_refuses_text_without_mask_and_decoders(tmp_path, tiny_cfg, capsys):

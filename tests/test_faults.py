@@ -312,7 +312,7 @@ def test_a_checkpoint_whose_digests_cannot_be_read_is_passed_over(reference, tmp
     _damage_metadata(damaged, metadata)
     if data == "flipped":
         _flip_a_byte(damaged)
-    out = jaxformer("eval", "--workdir", workdir)
+    out = jaxformer("eval", "--workdir", workdir, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["step"] == 36
     lines = errors(out.stderr)
@@ -324,7 +324,7 @@ def test_a_checkpoint_without_digests_restores_saying_it_is_unverified(reference
     workdir = copy_of(reference, tmp_path)
     legacy = os.path.join(workdir, "checkpoints", "latest", "40")
     _damage_metadata(legacy, "no digests")
-    out = jaxformer("eval", "--workdir", workdir)
+    out = jaxformer("eval", "--workdir", workdir, "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["step"] == 40
     lines = errors(out.stderr)
@@ -380,15 +380,17 @@ def test_divergence_keeps_a_checkpoint_whose_next_step_was_finite_and_eval_print
     kept = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")))
     assert kept == [first_bad - 2], kept
     assert f"resumable from checkpoint step {first_bad - 2}" in out.stderr
-    evaluated = jaxformer("eval", "--workdir", workdir)
+    evaluated = jaxformer("eval", "--workdir", workdir, "--json")
     assert evaluated.returncode == 0 and np.isfinite(json.loads(evaluated.stdout.splitlines()[-1])["loss"])
     aside = os.path.join(workdir, "checkpoints", "unusable", f"latest-{first_bad - 1}")
     assert os.path.isdir(aside)
     os.rename(aside, os.path.join(workdir, "checkpoints", "latest", str(first_bad - 1)))
-    evaluated = jaxformer("eval", "--workdir", workdir)
+    evaluated = jaxformer("eval", "--workdir", workdir, "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     record = json.loads(evaluated.stdout.splitlines()[-1])  # strict JSON: NaN would not parse with parse_constant
     assert record["loss"] is None and "non-finite values printed as null: loss=nan" in evaluated.stderr
+    shown = jaxformer("eval", "--workdir", workdir)  # the readable summary: "-" for the diverged loss, no crash
+    assert shown.returncode == 0 and "  loss         -" in shown.stdout, shown.stderr
 
 
 def test_nonfinite_skip_stops_at_exactly_max_skipped_steps_and_saves_no_skipped_step(tmp_path):
