@@ -62,17 +62,6 @@ def with_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, objec
     return cfg
 
 
-def _flatten(nested: Mapping, prefix: str = "") -> dict:
-    """`nested` ({"train": {"steps": 50}}) as dotted fields ({"train.steps": 50}) for `with_overrides`."""
-    flat = {}
-    for key, value in nested.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def load_config(config: str | Mapping | ml_collections.ConfigDict = "default",
                 overrides: Mapping[str, object] | None = None) -> ml_collections.ConfigDict:
     """A training config from a packaged name or a path (`--config`), or a (partial) nested dict on top of
@@ -81,7 +70,7 @@ def load_config(config: str | Mapping | ml_collections.ConfigDict = "default",
         cfg = config_lib.load(config)
     else:
         nested = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
-        cfg = with_overrides(config_lib.load("default"), _flatten(nested))
+        cfg = with_overrides(config_lib.load("default"), config_lib.flatten(nested))
     return with_overrides(cfg, overrides)
 
 

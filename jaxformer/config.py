@@ -15,7 +15,7 @@ import importlib.resources
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 from absl import flags
@@ -447,20 +447,21 @@ def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+def flatten(nested: Mapping, prefix: str = "") -> dict:
+    """`nested` ({"train": {"steps": 50}}) as dotted fields ({"train.steps": 50}), one entry per leaf."""
+    out = {}
+    for key, value in nested.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def flat_fields(cfg: ml_collections.ConfigDict) -> dict:
     """`{"section.field": value}` for every leaf, values as config.json holds them (tuples as lists), so a config
     compares equal to its own saved copy."""
-
-    def flat(d: dict, prefix: str) -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    return flat(json.loads(to_json(cfg)), "")
+    return flatten(json.loads(to_json(cfg)))
 
 
 # Fields added after runs had already been written, each with the value that reproduces how those runs were built

@@ -205,20 +205,12 @@ def runs_main(argv: list[str]) -> int:
 _NOT_DISTINGUISHING = ("data.manual_dir", "data.data_dir", "train.progress", "train.sample_chars", "model.vocab_size")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def distinguishing_fields(configs: list[dict]) -> list[dict]:
     """For each run's config.json, the fields whose values differ between the runs (those of the variant each run
     uses only: `model.position.<other variant>.*` builds nothing), as {short name: value}."""
-    flats = [_flat(c) for c in configs]
+    from jaxformer import config as config_lib  # here, not at the top: `runs` lists without importing JAX
+
+    flats = [config_lib.flatten(c) for c in configs]
 
     def read(flat: dict, key: str) -> bool:
         parts = key.split(".")
