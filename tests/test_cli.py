@@ -449,13 +449,16 @@ def test_log_lines_go_above_the_progress_bar():
 
 
 def test_readme_train_lines_are_valid_configs():
-    """Every `jaxformer train --config ...` one-liner in the README loads, resolves and validates."""
+    """Every `jaxformer train --config ...` one-liner of the README and docs/positional.md (one line per variant)
+    loads, resolves and validates."""
     import shlex
 
     from jaxformer import cli
     from jaxformer import config as config_lib
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = "".join(open(os.path.join(root, name), encoding="utf-8").read()
+                     for name in ("README.md", os.path.join("docs", "positional.md")))
     lines = [line for line in readme.splitlines() if line.startswith("jaxformer train --config copy_task")]
     assert len(lines) >= 9, lines  # one per positional encoding at least
     for line in lines:
