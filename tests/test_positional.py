@@ -21,7 +21,7 @@ D, H, HEAD = 32, 4, 8  # n_embd, n_head, head_dim of the small records below
 
 # The fields resolve() derives from data.block_size, at the values these tests were written for (block 1024).
 RESOLVED = {"t5": {"max_distance": 128}, "xpos": {"scale_base": 512.0}, "fire": {"init_L": 512.0},
-            "sinusoidal": {"scale": 1.0}}
+            "sinusoidal": {"scale": 1.0}, "learned": {"max_len": 1024}}
 
 
 def make(name, **fields):
