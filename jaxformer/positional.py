@@ -1,20 +1,8 @@
 """Positional encodings as pure functions, and a registry of the variants by name.
 
-Every variant acts at one or more of three points of a transformer, and nowhere else:
-
-| name         | acts at   | what it is                                        | reference                 |
-|--------------|-----------|---------------------------------------------------|---------------------------|
-| `none`       | -         | NoPE: no position information but the causal mask | Kazemnejad et al. 2023    |
-| `sinusoidal` | embedding | sin/cos of the position at geometric frequencies  | Vaswani et al. 2017       |
-| `learned`    | embedding | a trained `[max_len, D]` table                    | Gehring et al. 2017; GPT  |
-| `rope`       | rotation  | rotate (q, k) pairs by position x frequency;      | Su et al. 2021; Chen      |
-|              |           | partial; linear (PI), NTK-aware, YaRN scaling     | et al. 2023; bloc97 2023; |
-|              |           |                                                   | Peng et al. 2023          |
-| `xpos`       | rotation  | RoPE with a per-frequency exponential decay       | Sun et al. 2022           |
-| `alibi`      | bias      | -slope_h * distance, fixed geometric slopes       | Press et al. 2022         |
-| `t5`         | bias      | learned scalar per (log distance bucket, head)    | Raffel et al. 2020        |
-| `kerple`     | bias      | -r1_h * log(1 + r2_h * distance), r1, r2 > 0      | Chi et al. 2022           |
-| `fire`       | bias      | MLP of log distance over log query position       | Li et al. 2023            |
+Every variant acts at one or more of three points of a transformer, and nowhere else: the embedding, a rotation
+of (q, k), or a bias on the logits. docs/positional.md holds the table of variants, their fields and papers
+(tests/test_positional.py checks it against this registry).
 
 The math is the public functions (`sinusoidal`, `learned_embedding`, `apply_rope`, `apply_xpos`,
 `alibi_slopes`, `alibi_bias`, `t5_relative_bucket`, `t5_bias`, `kerple_log_bias`, `fire_bias`); a variant is a
@@ -24,12 +12,15 @@ the cache slots' positions and gets the numbers of the full forward pass: a rota
 vector's own position, a bias only on the (query position, key position) pair -- which also lets the chunked
 attention evaluate a bias block by block.
 
-How to add a variant (nothing outside this file and its tests changes):
+How to add a variant (nothing outside this file, its tests and the docs table changes):
   1. Write the math as a pure function, with the formula and the paper in its docstring.
   2. Write its adapters: `init(key, cfg, *, n_embd, n_head, head_dim) -> params`, whichever of `embed`,
      `rotate`, `bias` it needs (signatures on `PositionalEncoding`), and `validate(cfg)` for its fields.
   3. Add one line: `register(PositionalEncoding("name", defaults={...}, init=..., bias=..., validate=...))`.
-     Its `defaults` become the `model.position.<name>.*` config fields (`default_config()`).
+     Its `defaults` become the `model.position.<name>.*` config fields (`default_config()`). A field sized to the
+     training length defaults to 0 and the record declares its rule: `derived={"field": "`data.block_size` / 2"}`
+     (as docs/positional.md's table writes it) and `derive=lambda cfg, *, block_size, positions: {"field": ...}`;
+     `config.resolve` fills it (`derived_defaults`), nothing else changes. Add the variant's row to the table.
   4. Add its property tests to tests/test_positional.py and a float64 reference to
      tests/reference_positional.py; the model tests (causality, KV cache = full forward) pick every name up.
 """
