@@ -52,14 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention = ml_collections.ConfigDict()
     c.model.attention.implementation = "reference"  # reference | chunked | fused (same function, see attention.py)
     c.model.attention.block_size = 512  # key block of the chunked implementation
-    c.model.position = positional.default_config()  # .name picks the variant; .<variant>.<field> its settings
+    # .name picks the variant; .<variant>.<field> its settings, each variant's defaults as it registers them: a
+    # field at 0 that depends on the training length is derived from data.block_size by config.resolve (the table
+    # in docs/positional.md lists every field and rule).
+    c.model.position = positional.default_config()
     c.model.position.name = "rope"
-    c.model.position.learned.max_len = 0  # 0 = data.block_size (resolved before training)
-    c.model.position.sinusoidal.scheme = "sqrt_d"  # sqrt_d: token embeddings x sqrt(D) | matched: table x 0.0283
-    c.model.position.sinusoidal.scale = 0.0  # table multiplier; 0 = the scheme's (1 | 0.02 sqrt(2))
-    c.model.position.t5.max_distance = 0  # distance sharing the last bucket; 0 = data.block_size // 2
-    c.model.position.xpos.scale_base = 0.0  # decay length scale; 0 = data.block_size / 2 (the paper's 512 at 1024)
-    c.model.position.fire.init_L = 0.0  # initial normalisation threshold; 0 = data.block_size
 
     c.data = default_data_config()  # .name: tiny_shakespeare | synthetic/<task> | tfds:<name>
     c.data.synthetic.min_items = 1  # the demo copies 1..16 symbols (16 = as many as fit data.block_size 32)

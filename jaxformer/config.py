@@ -193,11 +193,9 @@ def _parse(path: str, overrides: Sequence[str]) -> ml_collections.ConfigDict:
 DERIVED_FROM = {
     "model.n_kv_head": "model.n_head",
     "optim.decay_steps": "train.steps",
-    "model.position.learned.max_len": "data.block_size",  # model.position.randomize_max_len when that is set
-    "model.position.rope.original_max_len": "data.block_size",
-    "model.position.t5.max_distance": "data.block_size",
-    "model.position.xpos.scale_base": "data.block_size",
-    "model.position.fire.init_L": "data.block_size",
+    # each positional encoding's training-length defaults, as it declares them (learned.max_len: from
+    # model.position.randomize_max_len when that is set)
+    **{field: "data.block_size" for field in positional.block_size_fields()},
 }
 
 
@@ -215,21 +213,10 @@ def resolve(cfg: ml_collections.ConfigDict, *, vocab_size: int | None = None) ->
         cfg.model.n_kv_head = cfg.model.n_head
     if cfg.optim.decay_steps == 0:
         cfg.optim.decay_steps = cfg.train.steps
-    if cfg.model.position.learned.max_len == 0:  # with randomized positions, a row for every position drawn
-        cfg.model.position.learned.max_len = cfg.model.position.get("randomize_max_len", 0) or cfg.data.block_size
-    if cfg.model.position.rope.get("original_max_len", None) == 0:  # YaRN's "trained context": the block size
-        cfg.model.position.rope.original_max_len = cfg.data.block_size
-    # Each variant's fair default for the training length (positional.py has each rule and its reasoning).
-    pe, block = cfg.model.position, cfg.data.block_size
-    if pe.get("sinusoidal", {}).get("scale", None) == 0:
-        pe.sinusoidal.scale = positional.sinusoidal_scale(pe.sinusoidal.get("scheme", "matched"))
-    if pe.get("t5", {}).get("max_distance", None) == 0:
-        pe.t5.max_distance = positional.t5_max_distance(block, num_buckets=pe.t5.num_buckets,
-                                                        bidirectional=pe.t5.bidirectional)
-    if pe.get("xpos", {}).get("scale_base", None) == 0:
-        pe.xpos.scale_base = positional.xpos_scale_base(block)
-    if pe.get("fire", {}).get("init_L", None) == 0:
-        pe.fire.init_L = positional.fire_init_L(block)
+    # Each variant's fair default for the training length, as the variant declares it (positional.py).
+    derived = positional.derived_defaults(cfg.model.position.to_dict(), block_size=cfg.data.block_size)
+    for variant, fields in derived.items():
+        cfg.model.position[variant].update(fields)
     if vocab_size is not None and cfg.model.vocab_size == 0:  # + [MASK]'s id after the data's tokens (masked LM)
         cfg.model.vocab_size = vocab_size + appended_ids(cfg)
     if warmup_too_long(cfg):

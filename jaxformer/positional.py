@@ -1,20 +1,8 @@
 """Positional encodings as pure functions, and a registry of the variants by name.
 
-Every variant acts at one or more of three points of a transformer, and nowhere else:
-
-| name         | acts at   | what it is                                        | reference                 |
-|--------------|-----------|---------------------------------------------------|---------------------------|
-| `none`       | -         | NoPE: no position information but the causal mask | Kazemnejad et al. 2023    |
-| `sinusoidal` | embedding | sin/cos of the position at geometric frequencies  | Vaswani et al. 2017       |
-| `learned`    | embedding | a trained `[max_len, D]` table                    | Gehring et al. 2017; GPT  |
-| `rope`       | rotation  | rotate (q, k) pairs by position x frequency;      | Su et al. 2021; Chen      |
-|              |           | partial; linear (PI), NTK-aware, YaRN scaling     | et al. 2023; bloc97 2023; |
-|              |           |                                                   | Peng et al. 2023          |
-| `xpos`       | rotation  | RoPE with a per-frequency exponential decay       | Sun et al. 2022           |
-| `alibi`      | bias      | -slope_h * distance, fixed geometric slopes       | Press et al. 2022         |
-| `t5`         | bias      | learned scalar per (log distance bucket, head)    | Raffel et al. 2020        |
-| `kerple`     | bias      | -r1_h * log(1 + r2_h * distance), r1, r2 > 0      | Chi et al. 2022           |
-| `fire`       | bias      | MLP of log distance over log query position       | Li et al. 2023            |
+Every variant acts at one or more of three points of a transformer, and nowhere else: the embedding, a rotation
+of (q, k), or a bias on the logits. docs/positional.md holds the table of variants, their fields and papers
+(tests/test_positional.py checks it against this registry).
 
 The math is the public functions (`sinusoidal`, `learned_embedding`, `apply_rope`, `apply_xpos`,
 `alibi_slopes`, `alibi_bias`, `t5_relative_bucket`, `t5_bias`, `kerple_log_bias`, `fire_bias`); a variant is a
@@ -24,12 +12,15 @@ the cache slots' positions and gets the numbers of the full forward pass: a rota
 vector's own position, a bias only on the (query position, key position) pair -- which also lets the chunked
 attention evaluate a bias block by block.
 
-How to add a variant (nothing outside this file and its tests changes):
+How to add a variant (nothing outside this file, its tests and the docs table changes):
   1. Write the math as a pure function, with the formula and the paper in its docstring.
   2. Write its adapters: `init(key, cfg, *, n_embd, n_head, head_dim) -> params`, whichever of `embed`,
      `rotate`, `bias` it needs (signatures on `PositionalEncoding`), and `validate(cfg)` for its fields.
   3. Add one line: `register(PositionalEncoding("name", defaults={...}, init=..., bias=..., validate=...))`.
-     Its `defaults` become the `model.position.<name>.*` config fields (`default_config()`).
+     Its `defaults` become the `model.position.<name>.*` config fields (`default_config()`). A field sized to the
+     training length defaults to 0 and the record declares its rule: `derived={"field": "`data.block_size` / 2"}`
+     (as docs/positional.md's table writes it) and `derive=lambda cfg, *, block_size, positions: {"field": ...}`;
+     `config.resolve` fills it (`derived_defaults`), nothing else changes. Add the variant's row to the table.
   4. Add its property tests to tests/test_positional.py and a float64 reference to
      tests/reference_positional.py; the model tests (causality, KV cache = full forward) pick every name up.
 """
@@ -61,9 +52,15 @@ class PositionalEncoding:
     rotate(params, q_BxTxHxd, k_BxSxKxd, q_positions_T, k_positions_S, cfg) -> (q, k)
     bias(params, q_positions_T, k_positions_S, cfg, *, n_head) -> bias_HxTxS  (float32, added to the logits)
     max_length(cfg) -> int | None                                          (longest sequence; None = any)
+    derive(cfg, *, block_size, positions) -> {field: value}                (the fields `derived` names)
     validate(cfg) -> None                                                  (raises a one-line ValueError)
     extension_fields                     the fields that rescale positions without touching parameters (context
                                          extension): a trained model may take new values zero-shot or to fine-tune
+    derived                              {field: its rule as docs/positional.md writes it}: the fields whose
+                                         default 0 means "derived when the config is resolved", from the
+                                         training length `data.block_size` (`block_size`), the positions
+                                         training draws from (`positions`: randomize_max_len or block_size), or
+                                         the variant's other fields; `derive` computes them (`derived_defaults`)
     `cfg` is the variant's own sub-config (`model.position.<name>`) as a plain Mapping.
     """
 
@@ -79,6 +76,8 @@ class PositionalEncoding:
     token_scale: Callable = lambda cfg, *, n_embd: 1.0
     # Why the variant cannot run without the causal mask (an encoder), or None where it has a bidirectional form.
     bidirectional: Callable[[Mapping], str | None] = lambda cfg: None
+    derived: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    derive: Callable = lambda cfg, *, block_size, positions: {}
 
     @property
     def acts_at(self) -> tuple[str, ...]:
@@ -127,6 +126,30 @@ def default_config() -> ml_collections.ConfigDict:
     for name in list_positional_encodings():
         cfg[name] = ml_collections.ConfigDict(dict(_REGISTRY[name].defaults))
     return cfg
+
+
+def derived_defaults(position_cfg: Mapping, *, block_size: int) -> dict[str, dict]:
+    """{variant: {field: value}} for every field a variant derives (`PositionalEncoding.derived`) that is 0 in
+    `position_cfg` (the `model.position` section as a plain dict); what `config.resolve` writes into the config.
+
+    Every variant present is derived, not only the chosen one, so a resolved config records one value for each
+    field. A field missing from the section (a config saved before it existed) stays missing.
+    """
+    positions = position_cfg.get("randomize_max_len", 0) or block_size  # a learned row for every position drawn
+    filled = {}
+    for name in list_positional_encodings():
+        cfg, pe = position_cfg.get(name), _REGISTRY[name]
+        zeros = [f for f in pe.derived if isinstance(cfg, Mapping) and cfg.get(f, None) == 0]
+        if zeros:
+            values = pe.derive(cfg, block_size=block_size, positions=positions)
+            filled[name] = {f: values[f] for f in zeros}
+    return filled
+
+
+def block_size_fields() -> list[str]:
+    """The dotted fields derived from `data.block_size` (for `config.DERIVED_FROM`), in registry order."""
+    return [f"model.position.{name}.{field}" for name in _REGISTRY for field, rule in _REGISTRY[name].derived.items()
+            if "data.block_size" in rule]
 
 
 def _require(ok: bool, variant: str, field: str, value, rule: str) -> None:
@@ -227,7 +250,9 @@ register(PositionalEncoding(
     "sinusoidal", defaults={"scheme": "sqrt_d", "scale": 0.0}, init=_no_params,
     embed=lambda params, positions_T, cfg, *, n_embd: (
         (cfg["scale"] or sinusoidal_scale(cfg.get("scheme", "matched"))) * sinusoidal(positions_T, n_embd)),
-    token_scale=_sinusoidal_token_scale, validate=_sinusoidal_validate))
+    token_scale=_sinusoidal_token_scale, validate=_sinusoidal_validate,
+    derived={"scale": "the scheme's"},
+    derive=lambda cfg, *, block_size, positions: {"scale": sinusoidal_scale(cfg.get("scheme", "matched"))}))
 
 
 # ---------------------------------------------------------------------------------------------- learned
@@ -250,11 +275,14 @@ def _learned_validate(cfg: Mapping) -> None:
 
 
 register(PositionalEncoding(
-    "learned", defaults={"max_len": 1024},
+    "learned", defaults={"max_len": 0},  # 0 = the positions trained
     init=lambda key, cfg, *, n_embd, n_head, head_dim: {
         "table": 0.02 * jax.random.normal(key, (cfg["max_len"], n_embd), jnp.float32)},
     embed=lambda params, positions_T, cfg, *, n_embd: learned_embedding(params["table"], positions_T),
-    max_length=lambda cfg: cfg["max_len"], validate=_learned_validate))
+    max_length=lambda cfg: cfg["max_len"], validate=_learned_validate,
+    # With randomized positions (Ruoss et al. 2023) a row for every position drawn, else for the block.
+    derived={"max_len": "`data.block_size`"},
+    derive=lambda cfg, *, block_size, positions: {"max_len": positions}))
 
 
 # ---------------------------------------------------------------------------------------------- rope
@@ -449,7 +477,9 @@ register(PositionalEncoding(
               "yarn_ramp": "code", "yarn_alpha": YARN_ALPHA, "yarn_beta": YARN_BETA},  # the last three: YaRN only
     init=_no_params, rotate=_rope_rotate, validate=_rope_validate,
     extension_fields=("theta", "scaling", "factor", "original_max_len", "low_freq_factor", "high_freq_factor",
-                      "yarn_ramp", "yarn_alpha", "yarn_beta")))
+                      "yarn_ramp", "yarn_alpha", "yarn_beta"),
+    derived={"original_max_len": "`data.block_size`"},  # YaRN's and llama3's "trained context"
+    derive=lambda cfg, *, block_size, positions: {"original_max_len": block_size}))
 
 
 # ---------------------------------------------------------------------------------------------- xpos
@@ -506,6 +536,8 @@ register(PositionalEncoding(
     "xpos", defaults={"theta": 10000.0, "scale_base": 0.0, "gamma": 0.4, "center": 0},  # 0 = xpos_scale_base(L)
     init=_no_params, rotate=_xpos_rotate, validate=_xpos_validate,
     extension_fields=("theta", "scale_base", "center"),
+    derived={"scale_base": "`data.block_size` / 2"},
+    derive=lambda cfg, *, block_size, positions: {"scale_base": xpos_scale_base(block_size)},
     # The decay zeta^((i - j)/scale_base) grows without bound for keys after the query (Sun et al. 2022 §3.2).
     bidirectional=lambda cfg: "xPos's decay becomes a growth for keys after the query (Sun et al. 2022 use it "
     "causally); choose rope, the same rotation without the decay"))
@@ -613,6 +645,9 @@ register(PositionalEncoding(
         params["table"], q_positions_T, k_positions_S, bidirectional=cfg["bidirectional"],
         max_distance=_resolved(cfg, "t5", "max_distance")),
     validate=_t5_validate,
+    derived={"max_distance": "`data.block_size` // 2"},
+    derive=lambda cfg, *, block_size, positions: {"max_distance": t5_max_distance(
+        block_size, num_buckets=cfg["num_buckets"], bidirectional=cfg["bidirectional"])},
     bidirectional=lambda cfg: None if cfg["bidirectional"] else (
         "the unidirectional buckets put every later key in bucket 0; set model.position.t5.bidirectional=True "
         "(Raffel et al.'s encoder form)")))
@@ -702,4 +737,6 @@ register(PositionalEncoding(
     init=_fire_init,
     bias=lambda params, q_positions_T, k_positions_S, cfg, *, n_head: fire_bias(
         params, q_positions_T, k_positions_S, init_L=_resolved(cfg, "fire", "init_L"), eps=cfg["eps"]),
-    validate=_fire_validate))
+    validate=_fire_validate,
+    derived={"init_L": "`data.block_size`"},
+    derive=lambda cfg, *, block_size, positions: {"init_L": fire_init_L(block_size)}))

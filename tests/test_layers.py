@@ -10,6 +10,8 @@ import re
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxformer")
+# configs/ is installed as jaxformer.configs (pyproject.toml's package-dir): checked like the package's own modules.
+CONFIGS = {"configs": "jaxformer.configs"}
 
 # Lowest first. A module may import modules of lower layers; within a layer, only modules of its own package
 # (e.g. jaxformer.data.text -> jaxformer.data.tokenizer). "jaxformer.configs" is the packaged configs directory.
@@ -17,10 +19,13 @@ LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.losses", "jaxformer.data", "jaxformer.kernels",
      "jaxformer.sharding",
-     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs",
+     "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics",
      "jaxformer.options",  # options: every subcommand's argument table (argparse only)
      "jaxformer.fingerprint",  # the machine fingerprint recorded beside goldens and in run manifests
      "jaxformer.summaries"],  # what eval and import print (plain dicts in, text out)
+    # the experiment configs: they start from the layer-0 registries' defaults (positional, data) and from each
+    # other, never from config.py (which loads them) or anything that builds or runs a model
+    ["jaxformer.configs"],
     ["jaxformer.model", "jaxformer.matmul"],  # NNX modules; the matmul edge
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
@@ -33,12 +38,14 @@ LAYERS = [
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")
 def _module_files():
-    for dirpath, _, files in os.walk(ROOT):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
-                yield (rel[:-len(".__init__")] if rel.endswith(".__init__") else rel), path
+    trees = [(ROOT, "jaxformer")] + [(os.path.join(os.path.dirname(ROOT), d), m) for d, m in CONFIGS.items()]
+    for top, package in trees:
+        for dirpath, _, files in os.walk(top):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    rel = ".".join([package, *os.path.relpath(path, top)[:-3].split(os.sep)])
+                    yield (rel[:-len(".__init__")] if rel.endswith(".__init__") else rel), path
 
 
 def _known(modules, name):
@@ -109,6 +116,16 @@ def test_no_module_imports_a_higher_layer():
 @pytest.mark.parametrize("module", MATHS)
 def test_the_maths_imports_nothing_from_jaxformer(module):
     assert import_graph()[module] == set()
+
+
+def test_the_configs_are_checked_and_import_only_the_registries_and_each_other():
+    graph = import_graph()
+    configs = [m for m in graph if m.startswith("jaxformer.configs.")]
+    assert "jaxformer.configs.default" in configs and "jaxformer.configs.sweeps.positional" in configs
+    allowed = {"jaxformer.positional", "jaxformer.data"}
+    wrong = {m: sorted(t for t in graph[m] if t not in allowed and not t.startswith("jaxformer.configs"))
+             for m in configs}
+    assert not any(wrong.values()), {m: ts for m, ts in wrong.items() if ts}
 
 
 def test_no_import_cycles():

@@ -21,7 +21,7 @@ D, H, HEAD = 32, 4, 8  # n_embd, n_head, head_dim of the small records below
 
 # The fields resolve() derives from data.block_size, at the values these tests were written for (block 1024).
 RESOLVED = {"t5": {"max_distance": 128}, "xpos": {"scale_base": 512.0}, "fire": {"init_L": 512.0},
-            "sinusoidal": {"scale": 1.0}}
+            "sinusoidal": {"scale": 1.0}, "learned": {"max_len": 1024}}
 
 
 def make(name, **fields):
@@ -737,25 +737,39 @@ def test_an_unresolved_derived_field_is_a_clear_error_not_a_silent_zero(name, fi
             pe.rotate(params, q, q, positions, positions, cfg)
 
 
-def test_the_variant_tables_of_the_readme_and_docs_agree_with_the_registry():
-    """docs/positional.md holds the one table of variants (README.md none: issue 35 left one copy): one row per
-    registered name, each naming every field of the variant's defaults (issue 39.8: two copies once disagreed on
-    what original_max_len=0 means)."""
+def test_the_variant_table_of_the_docs_agrees_with_the_registry():
+    """docs/positional.md holds the one table of variants: one row per registered name, each naming every field of
+    the variant's defaults (issue 39.8: two copies once disagreed on what original_max_len=0 means) and, for each
+    field the variant derives, the rule its record declares: "`field` (0 = <rule>" (issue 35.4)."""
     import os
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     row = re.compile(r"^\| `(\w+)` \| (?:-|embedding|rotation|bias) \| .*\|$", re.M)  # the variants' table
-    tables = []
-    for name in ("README.md", os.path.join("docs", "positional.md")):
-        with open(os.path.join(root, name), encoding="utf-8") as f:
-            tables.append({m.group(1): m.group(0) for m in row.finditer(f.read())
-                           if m.group(1) in P.list_positional_encodings()})
-    readme, docs = tables
-    assert not readme, f"README.md holds variant rows {sorted(readme)}: the table lives in docs/positional.md only"
-    assert set(docs) == set(P.list_positional_encodings())
+    with open(os.path.join(root, "docs", "positional.md"), encoding="utf-8") as f:
+        rows = {m.group(1): m.group(0) for m in row.finditer(f.read()) if m.group(1) in P.list_positional_encodings()}
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = sorted(m.group(1) for m in row.finditer(f.read()) if m.group(1) in P.list_positional_encodings())
+    assert not readme, f"README.md holds variant rows {readme}: the table lives in docs/positional.md only"
+    assert set(rows) == set(P.list_positional_encodings())
     defaults = P.default_config()
-    for name, row in docs.items():
-        fields_cell = row.split(" | ")[2]
+    for name, line in rows.items():
+        fields_cell = line.split(" | ")[2]
         missing = [f for f in defaults[name] if f"`{f}`" not in fields_cell]
         assert not missing, f"the {name} row does not name {missing}"
+        for field, rule in P.get_positional_encoding(name).derived.items():
+            assert f"`{field}` (0 = {rule}" in fields_cell, f"the {name} row does not say {field} 0 = {rule}"
+
+
+def test_derived_fields_default_to_zero_and_derive_a_nonzero_value():
+    """Every field a variant declares derived is 0 in its defaults (0 = derive it) and derives to a usable value."""
+    declared = {name: P.get_positional_encoding(name).derived for name in NAMES}
+    assert {n for n, d in declared.items() if d} == {"sinusoidal", "learned", "rope", "xpos", "t5", "fire"}
+    for name, fields in declared.items():
+        pe = P.get_positional_encoding(name)
+        assert all(pe.defaults[f] == 0 for f in fields), name
+        for block in (1, 64, 1000):
+            values = pe.derive(pe.defaults, block_size=block, positions=2 * block)
+            assert set(values) == set(fields) and all(v > 0 for v in values.values()), (name, values)
+            if pe.validate is not None:
+                pe.validate({**pe.defaults, **values})
