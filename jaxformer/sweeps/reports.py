@@ -213,6 +213,7 @@ def _write_csv(variants: list[dict], path: str) -> None:
 
 def _write_sizes_csv(variants: list[dict], path: str) -> None:
     import csv
+    import io
 
     rows = []
     for v in variants:
@@ -221,13 +222,12 @@ def _write_sizes_csv(variants: list[dict], path: str) -> None:
             rows.append({"variant": v["variant"], "items": x["items"], "ood": x["ood"], "status": x["na"] or "ok",
                          "seeds": x["seeds"], "exact_match_mean": em[0], "exact_match_std": em[1],
                          "token_accuracy_mean": acc[0], "token_accuracy_std": acc[1]})
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=("variant", "items", "ood", "status", "seeds", "exact_match_mean",
-                                               "exact_match_std", "token_accuracy_mean", "token_accuracy_std"))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=("variant", "items", "ood", "status", "seeds", "exact_match_mean",
+                                              "exact_match_std", "token_accuracy_mean", "token_accuracy_std"))
+    writer.writeheader()
+    writer.writerows(rows)
+    run_lib.atomic_write(path, text.getvalue())
 
 
 def _title(results: list[dict]) -> str:

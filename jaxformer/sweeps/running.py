@@ -64,26 +64,12 @@ def check_same_config(run_dir: str, cfg: ml_collections.ConfigDict, name: str) -
         saved = config_lib.resolve(saved)
     except (AttributeError, KeyError, ValueError):  # a config from older code: compare it as saved
         pass
-    saved, wanted = config_lib.flat_fields(saved), config_lib.flat_fields(cfg)
-
-    def compared(field: str) -> bool:
-        parts = field.split(".")
-        other_variant = field.startswith("model.position.") and parts[2] not in ("name", "randomize_max_len",
-                                                                                      "randomize_per",
-                                                                                      cfg.model.position.name)
-        unused_task = field.startswith("data.synthetic.") and not cfg.data.name.startswith("synthetic/")
-        # Fields added since some points ran, read only in a setting these points do not use (their saved configs
-        # hold the legacy value): the skip limit acts only under nonfinite=skip, YaRN's ramp only with its scaling.
-        unread = ((field == "train.max_skipped_steps" and cfg.train.nonfinite != "skip")
-                  or (field == "model.position.rope.yarn_ramp" and cfg.model.position.rope.scaling != "yarn")
-                  or (field == "model.position.randomize_per" and not cfg.model.position.randomize_max_len))
-        return field not in _RESUME_IGNORED and not other_variant and not unused_task and not unread
-
-    differ = config_lib.cause_first(f for f in set(saved) & set(wanted) if compared(f) and saved[f] != wanted[f])
-    if differ:
-        field, more = differ[0], f" (and {len(differ) - 1} more: {', '.join(differ[1:])})" if len(differ) > 1 else ""
-        raise ValueError(f"sweep point {name}: {run_dir} was run with {field}={saved[field]!r}, the sweep now gives "
-                         f"{wanted[field]!r}{more}; use another --workdir or restore the sweep config")
+    run_lib.checked_changes(
+        saved, cfg, common_only=True, name_more=True, exception=ValueError, may_change=lambda field: False,
+        ignore=lambda field: field in _RESUME_IGNORED or run_lib.unused_field(field, cfg),
+        error=lambda field, new, old, more: (
+            f"sweep point {name}: {run_dir} was run with {field}={old!r}, the sweep now gives {new!r}{more}; "
+            "use another --workdir or restore the sweep config"))
 
 
 def describe(point: Point, state: str) -> str:
