@@ -354,8 +354,8 @@ def validate(cfg: ml_collections.ConfigDict, *, n_devices: int | None = None,
              f"data.tokenizer={d.tokenizer!r}; choose one of: {', '.join(data_lib.TOKENIZER_KINDS)}")
     _require(d.tokenizer != "bpe" or d.vocab_size >= 257,
              f"data.vocab_size={d.vocab_size!r}; a byte-level BPE needs at least 257 (256 bytes + merges)")
-    _require(d.tokenizer == "char" or not d.name.startswith("synthetic/"),
-             f"data.tokenizer={d.tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char")
+    problem = data_lib.tokenizer_problem(d.name, d.tokenizer)
+    _require(problem is None, problem)
     datasets = data_lib.list_datasets()
     _require(d.name in datasets or (d.name.startswith("tfds:") and len(d.name) > 5) or data_lib.is_text_name(d.name),
              f"data.name={d.name!r}; choose one of: {', '.join(datasets)}, tfds:<name>, text:PATH")

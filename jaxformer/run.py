@@ -280,20 +280,38 @@ RESUME_MAY_CHANGE = ("train.", "optim.", "mesh.", "model.attention.implementatio
 RESUME_FIXED = ("train.seed",)
 
 
+# Fields a run does not read, so a difference there is no difference (a new default, a legacy saved value):
+# the settings of the positional variants it does not use, the synthetic-task settings of a text run (the default
+# changed on 2026-12-06), and fields read only in a setting it does not use (the skip limit only under
+# nonfinite=skip, YaRN's ramp only with its scaling, randomize_per only with randomized positions).
+_POSITION_SHARED = ("name", "randomize_max_len", "randomize_per")
+
+
+def unused_field(field: str, *cfgs: ml_collections.ConfigDict) -> bool:
+    """Whether dotted `field` builds and changes nothing in a run of each of `cfgs` (so resume and a sweep's
+    same-point check leave it out of the comparison). The one rule for both (`check_resume_config`,
+    `sweeps.running.check_same_config`)."""
+    return all(_unused_in(field, cfg) for cfg in cfgs)
+
+
+def _unused_in(field: str, cfg: ml_collections.ConfigDict) -> bool:
+    parts = field.split(".")
+    position = cfg.model.position
+    if field.startswith("model.position.") and parts[2] not in (*_POSITION_SHARED, position.get("name")):
+        return True  # another variant's settings
+    if field.startswith("data.synthetic.") and not str(cfg.data.get("name", "")).startswith("synthetic/"):
+        return True
+    return ((field == "train.max_skipped_steps" and cfg.train.get("nonfinite") != "skip")
+            or (field == "model.position.rope.yarn_ramp" and (position.get("rope") or {}).get("scaling") != "yarn")
+            or (field == "model.position.randomize_per" and not position.get("randomize_max_len")))
+
+
 def check_resume_config(workdir: str, saved: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> list[str]:
     """The dotted fields in which `cfg` differs from the run's saved config; a one-line error if one of them may not
     change on resume. Both configs resolved (0 = derived fields filled in)."""
-    # The settings of positional variants the run does not use build nothing in it (a new default there is no change),
-    # nor do the synthetic-task settings of a text run (the default's changed on 2026-12-06).
-    active = saved.model.position.get("name")
-    text = not str(cfg.data.get("name", "")).startswith("synthetic/")
-
-    def unused(k: str) -> bool:
-        return ((k.startswith("model.position.") and k.split(".")[2] not in ("name", active))
-                or (text and k.startswith("data.synthetic.")))
-
-    return checked_changes(
-        saved, cfg, ignore=unused, may_change=lambda k: k not in RESUME_FIXED and k.startswith(RESUME_MAY_CHANGE),
+    return checked_changes(  # a field the run being resumed never read is no change (`unused_field`)
+        saved, cfg, ignore=lambda k: unused_field(k, saved),
+        may_change=lambda k: k not in RESUME_FIXED and k.startswith(RESUME_MAY_CHANGE),
         error=lambda k, new, old, more: (
             f"--resume: {k}={new!r} differs from the run's {old!r} in {workdir}/config.json{more}; a resumed run may "
             "change only train.* (not train.seed), optim.*, mesh.*, the attention implementation and data paths -- "
@@ -351,19 +369,23 @@ def check_init_config(source: str, source_cfg: ml_collections.ConfigDict, cfg: m
 
 def checked_changes(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, *,
                     may_change: Callable[[str], bool], error: Callable[[str, Any, Any, str], str],
-                    ignore: Callable[[str], bool] = lambda field: False) -> list[str]:
+                    ignore: Callable[[str], bool] = lambda field: False, common_only: bool = False,
+                    name_more: bool = False, exception: type[Exception] = RunDirError) -> list[str]:
     """The dotted fields in which config `new` differs from `old` (both resolved; a change's cause first, fields
-    `ignore` names left out), after refusing the change: a `RunDirError` with the one line `error(field, new value,
-    old value, " (and N more)" or "")` for the first field that `may_change` says may not. The one compare-and-refuse
-    of resume (`check_resume_config`), `--init-from` and eval-time overrides (`check_init_config`)."""
+    `ignore` names left out, and with `common_only` the fields only one of them has), after refusing the change:
+    `exception` (a `RunDirError`) with the one line `error(field, new value, old value, more)` for the first field
+    that `may_change` says may not, `more` being " (and N more)" (`name_more`: " (and N more: a, b)") or "". The one
+    compare-and-refuse of resume (`check_resume_config`), `--init-from` and eval-time overrides
+    (`check_init_config`) and a sweep point's run directory (`sweeps.running.check_same_config`)."""
     a, b = config_lib.flat_fields(old), config_lib.flat_fields(new)
     missing = object()
-    changed = config_lib.cause_first(k for k in a.keys() | b.keys()
-                                     if a.get(k, missing) != b.get(k, missing) and not ignore(k))
+    fields = a.keys() & b.keys() if common_only else a.keys() | b.keys()
+    changed = config_lib.cause_first(k for k in fields if a.get(k, missing) != b.get(k, missing) and not ignore(k))
     fixed = [k for k in changed if not may_change(k)]
     if fixed:
-        k, more = fixed[0], f" (and {len(fixed) - 1} more)" if len(fixed) > 1 else ""
-        raise RunDirError(error(k, b.get(k, "<absent>"), a.get(k, "<absent>"), more))
+        k, others = fixed[0], fixed[1:]
+        more = f" (and {len(others)} more{': ' + ', '.join(others) if name_more else ''})" if others else ""
+        raise exception(error(k, b.get(k, "<absent>"), a.get(k, "<absent>"), more))
     return changed
 
 

@@ -377,3 +377,19 @@ def test_text_dataset_with_bpe_and_a_given_tokenizer():
     cfg.tokenizer, cfg.name = "bpe", "synthetic/copy"
     with pytest.raises(data_lib.DataError, match="synthetic tasks have their own symbols"):
         data_lib.load_dataset(cfg)
+
+
+def test_the_synthetic_tokenizer_rule_is_one_function_asked_by_config_and_data():
+    """data.tokenizer_problem is the rule; config.validate and load_dataset refuse with its exact line."""
+    from jaxformer import config as config_lib
+
+    assert data_lib.tokenizer_problem("synthetic/copy", "char") is None
+    assert data_lib.tokenizer_problem("tiny_shakespeare", "bpe") is None
+    line = data_lib.tokenizer_problem("synthetic/copy", "bpe")
+    assert line == "data.tokenizer='bpe': synthetic tasks have their own symbols; use data.tokenizer=char"
+    cfg = config_lib.load("tiny", ["--config.data.name=synthetic/copy", "--config.data.tokenizer=bpe"])
+    with pytest.raises(config_lib.ConfigError) as from_config:
+        config_lib.validate(config_lib.resolve(cfg, vocab_size=300))
+    with pytest.raises(data_lib.DataError) as from_data:
+        data_lib.load_dataset(cfg.data)
+    assert str(from_config.value) == str(from_data.value) == line

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from jaxformer import extrapolation as X
+from jaxformer.sweeps import aggregate as A
+from jaxformer.sweeps import plots
 
 
 def stub_losses(params, inputs_BxT, targets_BxT):
@@ -108,7 +110,7 @@ def test_aggregate_means_spreads_and_the_pooled_position_curve():
     a1 = _result("a", 1, [2.5, 4.0], [[2.0, None], [0.5, 1.5, 2.5, 6.5]], [10, 5])
     a2 = _result("a", 2, [3.0, 5.0], [[3.0, 4.0], [1.0, 1.0, 1.0, 1.0]], [10, 5])
     b0 = _result("b", 0, [1.0, 9.0], [[1.0, 1.0], [1.0, 1.0, 1.0, 1.0]], [10, 5], na="n/a (diverged)")
-    agg = {v["variant"]: v for v in X.aggregate([a0, a1, a2, b0])}
+    agg = {v["variant"]: v for v in A.aggregate([a0, a1, a2, b0])}
     a, b = agg["a"], agg["b"]
     assert a["seeds"] == [0, 1, 2]
     mean, std = a["lengths"][1]["loss"]
@@ -129,7 +131,7 @@ def test_aggregate_means_spreads_and_the_pooled_position_curve():
     np.testing.assert_allclose(curve, sums / counts, rtol=1e-12)
     assert curve[1] == pytest.approx((2.0 * 10 + 4.0 * 10 + 2.5 * 5 + 1.5 * 5 + 1.0 * 5) / 35)
     # Synthetic tasks are not pooled: the longest length that ran, averaged over seeds.
-    unpooled = X.position_curve([a0, a1, a2], pool=False)
+    unpooled = A.position_curve([a0, a1, a2], pool=False)
     np.testing.assert_allclose(unpooled, np.mean([[1.5, 2.5, 3.5, 4.5], [0.5, 1.5, 2.5, 6.5], [1, 1, 1, 1]], 0))
 
 
@@ -231,7 +233,7 @@ def test_aggregate_sizes_over_seeds():
                 {"items": 2, "ood": True, "na": None, "exact_match": ood_exact, "token_accuracy": ood_exact}]
         return {"seed": seed, "sizes": {"train_max_items": 1, "records": recs, **X.size_summary(recs)}}
 
-    agg = X.aggregate_sizes([run(0, 1.0, 0.2), run(1, 0.98, 0.4), run(2, 1.0, 0.9)])
+    agg = A.aggregate_sizes([run(0, 1.0, 0.2), run(1, 0.98, 0.4), run(2, 1.0, 0.9)])
     assert agg["reached"] == 2 and agg["seeds"] == 3  # 98% is short of the 99% precondition
     mean, std = agg["ood"]["exact_match"]
     assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
@@ -336,7 +338,7 @@ def test_an_all_zero_exact_match_panel_spans_0_to_100_percent(tmp_path, monkeypa
     closed = []
     monkeypatch.setattr(plt, "close", closed.append)
     lengths = [{"length": T, "loss": (2.0, 0.1), "exact_match": (0.0, 0.0)} for T in (32, 64)]
-    X.plot_extrapolation([{"variant": "rope", "lengths": lengths, "has_accuracy": True, "block_size": 32}],
+    plots.plot_extrapolation([{"variant": "rope", "lengths": lengths, "has_accuracy": True, "block_size": 32}],
                          str(tmp_path / "x.png"))
     (fig,) = closed
     loss_ax, exact_ax = fig.axes[:2]

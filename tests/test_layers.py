@@ -33,7 +33,8 @@ LAYERS = [
     ["jaxformer.train"],
     ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist",
      "jaxformer.effective_context"],  # research tools
-    ["jaxformer.sweep", "jaxformer.api"],  # sweeps; the Python API for a run (neither imports the other)
+    ["jaxformer.sweeps"],  # sweeps: points (the sweep config), running, reports (aggregate, plots)
+    ["jaxformer.sweep", "jaxformer.api"],  # the old sweep module's names; the Python API for a run
     ["jaxformer.cli"],  # the entry point
 ]
 MATHS = ("jaxformer.attention", "jaxformer.positional")

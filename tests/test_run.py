@@ -194,6 +194,60 @@ def test_resume_ignores_the_settings_of_positional_variants_the_run_does_not_use
                                                           "--config.model.position.rope.theta=500.0"))
 
 
+def test_unused_field_is_one_rule_read_from_the_run_settings():
+    """run.unused_field (resume and a sweep's same-point check): another variant's settings, a text run's task
+    settings and fields read only in a setting the run does not use are unused; a field unused in one of several
+    configs but used in another is used."""
+    rope = _resolved("--config.model.position.name=rope")
+    assert run_lib.unused_field("model.position.fire.init_L", rope)
+    for used in ("model.position.name", "model.position.rope.theta", "model.position.randomize_max_len",
+                 "data.synthetic.min_items", "model.n_layer"):
+        assert not run_lib.unused_field(used, rope), used
+    # read only in a setting: the skip limit, YaRN's ramp, the randomization granularity
+    assert run_lib.unused_field("train.max_skipped_steps", rope)
+    assert not run_lib.unused_field("train.max_skipped_steps", _resolved("--config.train.nonfinite=skip"))
+    assert run_lib.unused_field("model.position.rope.yarn_ramp", rope)
+    yarn = _resolved("--config.model.position.name=rope", "--config.model.position.rope.scaling=yarn")
+    assert not run_lib.unused_field("model.position.rope.yarn_ramp", yarn)
+    assert run_lib.unused_field("model.position.randomize_per", rope)
+    randomized = _resolved("--config.model.position.name=rope", "--config.model.position.randomize_max_len=64")
+    assert not run_lib.unused_field("model.position.randomize_per", randomized)
+    # a text run's task settings
+    text = config_lib.resolve(config_lib.load("shakespeare_char_cpu"), vocab_size=65)
+    assert run_lib.unused_field("data.synthetic.min_items", text)
+    # several configs: unused only where it is unused in every one of them
+    alibi = _resolved("--config.model.position.name=alibi")
+    assert run_lib.unused_field("model.position.fire.init_L", rope, alibi)
+    assert not run_lib.unused_field("model.position.rope.theta", rope, alibi)
+
+
+def test_resume_refuses_a_change_of_randomized_positions():
+    """randomize_max_len changes what is trained: the shared rule compares it on resume (the old resume-only rule
+    took it for another variant's setting and let it change silently)."""
+    saved = _resolved("--config.model.position.name=rope")
+    with pytest.raises(run_lib.RunDirError, match=r"model.position.randomize_max_len=64 differs from the run's 0"):
+        run_lib.check_resume_config("w", saved, _resolved("--config.model.position.name=rope",
+                                                          "--config.model.position.randomize_max_len=64"))
+
+
+def test_checked_changes_compares_common_fields_and_names_the_others_when_asked():
+    old = _resolved("--config.model.position.name=rope")
+    new = _resolved("--config.model.position.name=rope", "--config.model.n_layer=3", "--config.model.dropout=0.25",
+                    "--config.train.seed=9")
+    del old.train["seed"]  # a field only one of them has
+    error = lambda k, new, old, more: f"{k}: {old!r} -> {new!r}{more}"  # noqa: E731
+    with pytest.raises(ValueError) as caught:
+        run_lib.checked_changes(old, new, may_change=lambda k: False, error=error, common_only=True, name_more=True,
+                                exception=ValueError)
+    assert type(caught.value) is ValueError
+    assert str(caught.value) in ("model.n_layer: 2 -> 3 (and 1 more: model.dropout)",
+                                 "model.dropout: 0.0 -> 0.25 (and 1 more: model.n_layer)"), str(caught.value)
+    with pytest.raises(run_lib.RunDirError, match=r"\(and 2 more\)$"):  # the union: train.seed counts
+        run_lib.checked_changes(old, new, may_change=lambda k: False, error=error)
+    assert set(run_lib.checked_changes(old, new, may_change=lambda k: True, error=error, common_only=True)) == {
+        "model.n_layer", "model.dropout"}
+
+
 def test_manifest_records_the_cpu_kind_and_differences_name_it_first(tiny_cfg):
     from jaxformer import config as config_lib
     from jaxformer import fingerprint

@@ -27,7 +27,8 @@ import itertools
 import os
 import sys
 
-from jaxformer import extrapolation, statistics, sweep
+from jaxformer import statistics, sweep
+from jaxformer.sweeps import aggregate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
@@ -60,13 +61,13 @@ def _mean(x: dict) -> float | None:
 
 
 def _variants(sweep_dir: str) -> list[dict]:
-    results, unfinished = extrapolation.load_results(sweep_dir)
+    results, unfinished = aggregate.load_results(sweep_dir)
     if unfinished:
         raise SystemExit(f"{sweep_dir}: {len(unfinished)} runs not evaluated yet ({', '.join(unfinished)}); "
                          "finish the sweep first")
     if not results:
         raise SystemExit(f"{sweep_dir}: no evaluated runs under {sweep_dir}/runs")
-    return extrapolation.aggregate(results)
+    return aggregate.aggregate(results)
 
 
 def report(sweep_dir: str, label: str | None = None, with_dirs: tuple[str, ...] = (), replace: bool = False) -> str:

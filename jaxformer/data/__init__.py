@@ -3,6 +3,7 @@
     load_dataset(cfg.data) -> Dataset        data.name: tiny_shakespeare | synthetic/<task> | tfds:<name> |
                                              text:PATH (a file, folder or glob; token_cache.py)
     list_datasets()                          the names load_dataset knows (tfds:<name> aside)
+    tokenizer_problem(name, tokenizer)       the dataset/tokenizer rule (synthetic tasks: char), for config too
     default_config()                         the `data` config section
     load_tokenizer(path)                     a run directory's vocab.json
     run_tokenizer(workdir)                   a run directory's tokenizer.json (subword) or vocab.json (characters)
@@ -66,6 +67,14 @@ def list_datasets() -> list:
     return ["tiny_shakespeare", *(f"synthetic/{task}" for task in TASKS)]
 
 
+def tokenizer_problem(name: str, tokenizer: str) -> str | None:
+    """The one rule tying a dataset to its tokenizer (config.validate and load_dataset both ask it): a synthetic
+    task's symbols are its own characters, so it takes data.tokenizer=char; the error line, or None."""
+    if name.startswith("synthetic/") and tokenizer != "char":
+        return f"data.tokenizer={tokenizer!r}: synthetic tasks have their own symbols; use data.tokenizer=char"
+    return None
+
+
 def load_dataset(data_cfg, tokenizer=None) -> Dataset:
     """The dataset `data_cfg.name` names (TFDS data is prepared on first use); `tokenizer`: a run directory's saved
     one (`cached_tokenizer`) instead of building it from `data.tokenizer`."""
@@ -73,9 +82,8 @@ def load_dataset(data_cfg, tokenizer=None) -> Dataset:
     if name == "tiny_shakespeare":
         dataset = load_tiny_shakespeare(data_cfg, tokenizer)
     elif name.startswith("synthetic/") and name[len("synthetic/"):] in TASKS:
-        if data_cfg.get("tokenizer", "char") != "char":
-            raise DataError(f"data.tokenizer={data_cfg.tokenizer!r}: synthetic tasks have their own symbols; "
-                            "use data.tokenizer=char")
+        if problem := tokenizer_problem(name, data_cfg.get("tokenizer", "char")):
+            raise DataError(problem)
         dataset = load_synthetic(data_cfg)
     elif name.startswith("tfds:") and len(name) > len("tfds:"):
         dataset = load_tfds_text(data_cfg, tokenizer)
