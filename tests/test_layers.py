@@ -16,7 +16,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.losses", "jaxformer.data", "jaxformer.kernels",
-     "jaxformer.sharding",
+     "jaxformer.sharding", "jaxformer.optim",
      "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics", "jaxformer.configs",
      "jaxformer.options",  # options: every subcommand's argument table (argparse only)
      "jaxformer.fingerprint",  # the machine fingerprint recorded beside goldens and in run manifests
@@ -25,6 +25,7 @@ LAYERS = [
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
     ["jaxformer.loader"],  # building a model and loading a run
+    ["jaxformer.prepare"],  # (config, workdir, intent) -> one resolved, validated run
     ["jaxformer.train"],
     ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist",
      "jaxformer.effective_context"],  # research tools

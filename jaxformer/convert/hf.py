@@ -235,14 +235,9 @@ def run_config(hf_config: dict, family, *, param_dtype: str, overrides=(), extra
             node = node[s]
         node[leaf] = value
     if overrides:
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                f.write(config_lib.to_json(cfg))
-            with open(os.path.join(tmp, "c.py"), "w") as f:
-                f.write("import json, ml_collections\n"
-                        f"def get_config():\n    return ml_collections.ConfigDict(json.load(open("
-                        f"{os.path.join(tmp, 'config.json')!r})))\n")
-            cfg = config_lib.load(os.path.join(tmp, "c.py"), list(overrides))
+        from jaxformer import prepare as prepare_lib
+
+        cfg = prepare_lib.apply_overrides(cfg, overrides, check_fields=True)
     cfg = config_lib.resolve(cfg)
     config_lib.validate(cfg)
     return cfg
