@@ -345,7 +345,7 @@ def sample_main(argv: list[str]) -> int:
     from flax import nnx
 
     from jaxformer import data as data_lib
-    from jaxformer import loader
+    from jaxformer import loader, losses
     from jaxformer import run as run_lib
     from jaxformer import sample as sample_lib
 
@@ -361,6 +361,9 @@ def sample_main(argv: list[str]) -> int:
     if args.prompt == "":
         raise ValueError("--prompt=''; give at least one character, or leave --prompt out")
     saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
+    if not losses.family(saved.model).generates:  # the pair says whether its model continues a text
+        raise ValueError(f"{args.workdir} is an encoder (model.loss={saved.model.loss}): it does not continue a "
+                         f"text; use `jaxformer fill-mask --workdir {args.workdir} --text '... [MASK] ...'`")
     tokenizer = data_lib.run_tokenizer(args.workdir)  # vocab.json (characters) or tokenizer.json (subwords)
     task = data_lib.load_dataset(saved.data) if saved.data.name.startswith("synthetic/") else None
     if task is not None:
@@ -407,10 +410,10 @@ def sample_main(argv: list[str]) -> int:
 
 def config_main(argv: list[str]) -> int:
     from jaxformer import config as config_lib
+    from jaxformer import prepare as prepare_lib
 
     args = parse("config", argv)
-    cfg = config_lib.resolve(config_lib.load(args.config, args.overrides))
-    config_lib.validate(cfg)
+    cfg = prepare_lib.resolved_config(config_lib.load(args.config, args.overrides))
     print(config_lib.to_json(cfg))
     return 0
 

@@ -59,6 +59,14 @@ class Run:
         return self.objective.family
 
 
+def resolved_config(cfg: ml_collections.ConfigDict, **validate_kwargs) -> ml_collections.ConfigDict:
+    """A config resolved (derived fields filled) and validated without its data: what `jaxformer config` prints and
+    an import writes (`validate_kwargs`: `config.validate`'s, e.g. eval_lengths)."""
+    cfg = config_lib.resolve(cfg)
+    config_lib.validate(cfg, **validate_kwargs)
+    return cfg
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict | str, overrides, *,
                     check_fields: bool = False) -> ml_collections.ConfigDict:
     """`--config.a.b=v` overrides on a config object, or on a saved config.json given by its path (a run's own, e.g.

@@ -120,3 +120,15 @@ def test_every_caller_gets_one_hook_list(tiny_cfg, tmp_path):
     want = diagnostics.training_hooks(tiny_cfg) + end_of_run.hooks(str(tmp_path))
     assert [(h.every, h.at_end) for h in got] == [(h.every, h.at_end) for h in want] == [
         (5, False), (0, True), (0, True)]
+
+
+def test_sample_asks_the_pair_whether_the_model_continues_a_text(tiny_cfg, tmp_path, capsys):
+    from jaxformer import cli
+
+    tiny_cfg.model.loss, tiny_cfg.model.causal = "masked_lm", False
+    workdir = str(tmp_path / "encoder")
+    os.makedirs(workdir)
+    run_lib.save_config(workdir, config_lib.resolve(tiny_cfg, vocab_size=12))
+    assert cli.main(["sample", "--workdir", workdir]) == 2
+    err = capsys.readouterr().err
+    assert "is an encoder (model.loss=masked_lm)" in err and "jaxformer fill-mask" in err
