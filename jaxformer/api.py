@@ -150,19 +150,20 @@ class Run:
         `overrides`) into `workdir` (default runs/<config>-<position>-<time>), with the CLI's hooks (diagnostics,
         samples.txt, plots/loss.png), and returns the run. `init_from`: a run to start from, whose model (and,
         with data.block_size=0, context) the run takes, as `--config FILE --init-from RUN` does."""
+        from jaxformer import prepare as prepare_lib
         from jaxformer import train as train_lib
-        from jaxformer.analysis import diagnostics, end_of_run
+        from jaxformer.analysis import run_hooks
 
         _configure_once()
         cfg = load_config(config, overrides)
         source = init_from.workdir if isinstance(init_from, Run) else init_from
         if source is not None:  # its model (and context), the model overrides on top, as the CLI does
-            cfg = run_lib.with_source_model(cfg, train_lib.check_init_source(source, init_checkpoint, workdir or ""))
+            cfg = run_lib.with_source_model(cfg, prepare_lib.check_init_source(source, init_checkpoint, workdir or ""))
             cfg = with_overrides(cfg, {k: v for k, v in (overrides or {}).items() if k.startswith("model.")})
         name = config if isinstance(config, str) else "api"
         workdir = workdir or run_lib.default_workdir(name, cfg.model.position.name)
         train_lib.train(cfg, workdir, resume=resume, overwrite=overwrite,
-                        hooks=diagnostics.training_hooks(cfg) + end_of_run.hooks(workdir), init_from=source,
+                        hooks=run_hooks.for_run(cfg, workdir), init_from=source,
                         init_checkpoint=init_checkpoint)
         return cls(workdir)
 
@@ -205,7 +206,9 @@ class Run:
         return self.tokenizer.decode(ids)
 
     def _bos(self) -> np.ndarray:
-        return np.asarray([self.tokenizer.vocab_size] if self.config.data.get("bos", False) else [], np.int32)
+        from jaxformer import sample as sample_lib
+
+        return sample_lib.bos_prefix(self.config, self.tokenizer)
 
     # ------------------------------------------------------------------------------------------ the verbs
 
@@ -263,22 +266,22 @@ class Run:
         """`jaxformer eval`: the loss on `split` (`full`: every block of it), or at other `lengths`; `overrides`
         change how the model is evaluated (e.g. a RoPE scaling), never which model it is."""
         from jaxformer import extrapolation
+        from jaxformer import prepare as prepare_lib
         from jaxformer import train as train_lib
 
-        saved = self.config
-        cfg = with_overrides(saved, overrides)
-        changed = run_lib.check_init_config(self.workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
-                                            what="eval override")
+        cfg = with_overrides(self.config, overrides)
         lengths = [int(n) for n in lengths or []]
-        config_lib.validate(config_lib.resolve(cfg), eval_lengths=lengths)
         if batches:
             cfg.train.eval_iters = batches
-        dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, self.workdir))
-        trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)
+        # resolved and validated once; an evaluator builds no optimizer
+        run = prepare_lib.prepare(cfg, self.workdir, "evaluate", eval_lengths=lengths)
+        dataset = run.dataset
+        trainer = train_lib.Evaluator.for_run(run)
         result = {"step": self.step, "split": split,
-                  "overrides": {k: config_lib.flat_fields(trainer.cfg)[k] for k in changed if k != "model.vocab_size"}}
+                  "overrides": {k: config_lib.flat_fields(trainer.cfg)[k] for k in run.changed
+                                if k != "model.vocab_size"}}
         if not lengths:
-            params = jax.device_put(self.params, trainer.state_sharding["params"])
+            params = jax.device_put(self.params, trainer.params_sharding)
             result.update((trainer.evaluate_full if full else trainer.evaluate)(params, split))
             return result
         block = trainer.cfg.data.block_size

@@ -20,6 +20,9 @@ no digests (written before they existed, or imported) restores with one line say
 Keep-last-k never leaves only an unproven checkpoint: a checkpoint at step s is known good once the loss of step
 s + 1 (computed on its parameters) was finite, so the older checkpoints are pruned just before the next save (when
 the loop has seen every step since them finite), keeping k - 1 of them, and at least one.
+
+A train state saved under another layout (another `train.log_every` or `optim.grad_clip`, both allowed to change on
+resume) is converted here (`restore_layout`, passed to `Checkpoints.restore(convert=)`): old run directories load.
 """
 
 from __future__ import annotations
@@ -338,3 +341,64 @@ def abstract_like(state, shardings=None):
     if shardings is None:
         shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+# ------------------------------------------------------- old train-state layouts (a resume under new settings)
+
+def restore_layout(saved_tree, abstract: dict):
+    """(target, finish) for restoring a train state saved under another `train.log_every` or `optim.grad_clip`
+    (both allowed to change on resume): the arrays are matched by path, with optax's clip-chain prefix
+    (`opt_state/1/...` with clipping, `opt_state/...` without; the clip holds no arrays) added or dropped, and the
+    `recent` window re-laid for the new log_every. None, None when the layouts are the same."""
+    def names(tree):
+        return {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    saved, current = names(saved_tree), names(abstract)
+    if saved.keys() == current.keys() and all(tuple(saved[k].shape) == tuple(v.shape) for k, v in current.items()):
+        return abstract, None
+
+    def saved_name(name: str) -> str:
+        if name in saved:
+            return name
+        head, _, rest = name.partition("/")
+        for alternative in (f"{head}/1/{rest}", f"{head}/{rest[2:]}" if rest.startswith("1/") else None):
+            if head == "opt_state" and alternative in saved:
+                return alternative
+        raise ValueError(f"the checkpoint holds no array {name} (it was saved by another model or optimizer)")
+
+    mapping = {saved_name(name): name for name in current}
+    unused = sorted(set(saved) - set(mapping))
+    if unused:
+        raise ValueError(f"the checkpoint holds array {unused[0]} that this run's train state has no place for")
+
+    def target_leaf(path, meta):
+        x = current[mapping[_path_name(path)]]
+        shape = tuple(meta.shape) if _path_name(path).startswith("recent/") else x.shape
+        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=x.sharding)
+
+    target = jax.tree_util.tree_map_with_path(target_leaf, saved_tree)
+
+    def finish(restored):
+        arrays = {mapping[k]: v for k, v in names(restored).items()}
+        state = jax.tree_util.tree_map_with_path(lambda p, _: arrays[_path_name(p)], abstract)
+        state["recent"] = _rewindow(state["recent"], abstract["recent"])
+        return state
+
+    return target, finish
+
+
+def _rewindow(recent: dict, abstract: dict) -> dict:
+    """The recent-steps window in a new length (log_every changed on resume): each kept step in its slot."""
+    n = abstract["step"].shape[0]
+    old = jax.device_get(recent)
+    if old["step"].shape[0] == n:
+        return recent
+    new = {"step": np.full((n,), -1, np.int32), "loss": np.zeros((n,), np.float32),
+           "grad_norm": np.zeros((n,), np.float32)}
+    newest = int(old["step"].max())
+    for i in np.argsort(old["step"]):
+        s = int(old["step"][i])
+        if s > 0 and s > newest - n:
+            for key in new:
+                new[key][(s - 1) % n] = old[key][i]
+    return {k: jax.device_put(v, abstract[k].sharding) for k, v in new.items()}

@@ -71,10 +71,10 @@ def train_main(argv: list[str]) -> int:
     workdir = workdir or run_lib.default_workdir(args.config, cfg.model.position.name, overrides)
     if args.multihost:
         cfg.mesh.multihost = True
-    from jaxformer.analysis import diagnostics, end_of_run
+    from jaxformer.analysis import run_hooks
 
     result = train_lib.train(cfg, workdir, resume=args.resume, overwrite=args.overwrite,
-                             hooks=diagnostics.training_hooks(cfg) + end_of_run.hooks(workdir),
+                             hooks=run_hooks.for_run(cfg, workdir),
                              init_from=args.init_from, init_checkpoint=args.init_checkpoint)
     if sharding_is_main():
         print(run_summary(result, workdir, result["trainer"].cfg), flush=True)
@@ -91,7 +91,7 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     """What a finished (or stopped) `jaxformer train` prints: how it went, where its files are, what to run next."""
     import shlex
 
-    from jaxformer import runlist
+    from jaxformer import losses, runlist
 
     row = runlist.summarize(workdir)
     quoted = shlex.quote(workdir)
@@ -102,7 +102,7 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
     else:
         lines = [f"finished {result['step']}/{cfg.train.steps} steps{wall}{speed}"]
     if row["final_val"] is not None:
-        what = "masked-token accuracy" if cfg.model.get("loss", "causal_lm") == "masked_lm" else "exact match"
+        what = losses.family(cfg.model).accuracy_label
         accuracy = f", val {what} {100 * row['exact_match']:.1f}%" if row["exact_match"] is not None else ""
         lines.append(f"  val loss {row['final_val']:.4f} (best {row['best_val']:.4f} at step {row['best_step']})"
                      f"{accuracy}")
@@ -138,9 +138,9 @@ def run_summary(result: dict, workdir: str, cfg) -> str:
 def init_config(source: str, overrides: list[str], which: str, workdir: str):
     """The config of a run initialised from `source` without --config: the source's own, with the overrides; the
     schedule's length follows the new train.steps unless optim.decay_steps is set too."""
-    from jaxformer import train as train_lib
+    from jaxformer import prepare as prepare_lib
 
-    train_lib.check_init_source(source, which, workdir)  # a run directory with that checkpoint, before anything
+    prepare_lib.check_init_source(source, which, workdir)  # a run directory with that checkpoint, before anything
     cfg = _apply_overrides_to_saved(source, overrides)
     if not any(o.startswith("--config.optim.decay_steps") for o in overrides):
         cfg.optim.decay_steps = 0
@@ -150,22 +150,14 @@ def init_config(source: str, overrides: list[str], which: str, workdir: str):
 def source_model_config(cfg, source: str, overrides: list[str], which: str, workdir: str):
     """`--config FILE --init-from RUN`: the file's recipe on RUN's model (`run.with_source_model`), then the
     overrides again (so that `--config.model.x=v` applies to RUN's model)."""
-    from jaxformer import config as config_lib
+    from jaxformer import prepare as prepare_lib
     from jaxformer import run as run_lib
-    from jaxformer import train as train_lib
 
-    source_cfg = train_lib.check_init_source(source, which, workdir)
+    source_cfg = prepare_lib.check_init_source(source, which, workdir)
     cfg = run_lib.with_source_model(cfg, source_cfg)
     log.info("--init-from %s: its model (%s, %d layers, width %d) and context %d", source,
              cfg.model.position.name, cfg.model.n_layer, cfg.model.n_embd, cfg.data.block_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "config.json")
-        with open(path, "w") as f:
-            f.write(config_lib.to_json(cfg))
-        with open(os.path.join(tmp, "c.py"), "w") as f:
-            f.write("from jaxformer import config\n"
-                    f"def get_config():\n    return config.from_json(open({path!r}).read())\n")
-        return config_lib.load(os.path.join(tmp, "c.py"), overrides, check_fields=False)
+    return prepare_lib.apply_overrides(cfg, overrides)
 
 
 def exit_status(result: dict) -> int:
@@ -178,25 +170,17 @@ def exit_status(result: dict) -> int:
 
 def _apply_overrides_to_saved(workdir: str, overrides: list[str]):
     """Overrides on top of a run's saved config.json (e.g. `--resume --config.train.steps=4000` to extend)."""
-    from jaxformer import config as config_lib
+    from jaxformer import prepare as prepare_lib
 
-    saved = os.path.join(workdir, "config.json")
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        # Through config.from_json: a config.json written before a field existed gets its LEGACY_DEFAULTS value.
-        f.write("from jaxformer import config\n"
-                f"def get_config():\n    return config.from_json(open({saved!r}).read())\n")
-    try:
-        return config_lib.load(f.name, overrides, check_fields=False)
-    finally:
-        os.unlink(f.name)
+    return prepare_lib.apply_overrides(os.path.join(workdir, "config.json"), overrides)
 
 
 def eval_main(argv: list[str]) -> int:
     import jax
 
     from jaxformer import config as config_lib
-    from jaxformer import data as data_lib
     from jaxformer import extrapolation, loader, positional
+    from jaxformer import prepare as prepare_lib
     from jaxformer import run as run_lib
     from jaxformer import train as train_lib
 
@@ -217,25 +201,23 @@ def eval_main(argv: list[str]) -> int:
         raise ValueError(f"--random-positions: {args.workdir} was trained on positions 0..T-1 "
                          "(model.position.randomize_max_len=0); give the range, e.g. --random-positions 256")
     cfg = _apply_overrides_to_saved(args.workdir, args.overrides) if args.overrides else saved
-    changed = run_lib.check_init_config(args.workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
-                                        what="eval override")
-    config_lib.validate(config_lib.resolve(cfg))
-    _, _, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
     if args.batches:
         cfg.train.eval_iters = args.batches
-    dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, args.workdir))
+    run = prepare_lib.prepare(cfg, args.workdir, "evaluate")  # resolved and validated once; no optimizer is built
+    dataset = run.dataset
     if sizes and getattr(dataset, "task", None) is None:
         raise ValueError(f"--sizes: data.name={cfg.data.name!r} is not a synthetic task; use --lengths")
-    trainer = train_lib.Trainer(config_lib.resolve(cfg), dataset)  # the model of the overridden config
-    params = jax.device_put(params, trainer.state_sharding["params"])
+    _, _, params, step = loader.restore_params(args.workdir, which=args.checkpoint)
+    trainer = train_lib.Evaluator.for_run(run)  # the model of the overridden config
+    params = jax.device_put(params, trainer.params_sharding)
+    changed = run.changed
     result = {"step": step, "split": args.split, "overrides": {k: config_lib.flat_fields(trainer.cfg)[k]
                                                                 for k in changed if k != "model.vocab_size"}}
     if not lengths and not sizes:
         evaluate = trainer.evaluate_full if args.full else trainer.evaluate
         result.update({"full": args.full, **evaluate(params, args.split)})
         if "accuracy" in result:  # one name per metric: a task's exact match, or a masked LM's masked-token accuracy
-            masked = trainer.cfg.model.get("loss", "causal_lm") == "masked_lm"
-            result["masked_accuracy" if masked else "exact_match"] = result.pop("accuracy")
+            result[run.family.accuracy] = result.pop("accuracy")
     params = jax.device_get(params)
     if lengths:
         block = trainer.cfg.data.block_size
@@ -363,7 +345,7 @@ def sample_main(argv: list[str]) -> int:
     from flax import nnx
 
     from jaxformer import data as data_lib
-    from jaxformer import loader
+    from jaxformer import loader, losses
     from jaxformer import run as run_lib
     from jaxformer import sample as sample_lib
 
@@ -379,6 +361,9 @@ def sample_main(argv: list[str]) -> int:
     if args.prompt == "":
         raise ValueError("--prompt=''; give at least one character, or leave --prompt out")
     saved = run_lib.load_config(args.workdir)  # a clear error when it is not a run directory
+    if not losses.family(saved.model).generates:  # the pair says whether its model continues a text
+        raise ValueError(f"{args.workdir} is an encoder (model.loss={saved.model.loss}): it does not continue a "
+                         f"text; use `jaxformer fill-mask --workdir {args.workdir} --text '... [MASK] ...'`")
     tokenizer = data_lib.run_tokenizer(args.workdir)  # vocab.json (characters) or tokenizer.json (subwords)
     task = data_lib.load_dataset(saved.data) if saved.data.name.startswith("synthetic/") else None
     if task is not None:
@@ -403,7 +388,7 @@ def sample_main(argv: list[str]) -> int:
     cfg, graphdef, params, _ = loader.restore_params(args.workdir, which=args.checkpoint)
     model = nnx.merge(graphdef, params)
     # Trained with data.bos: the model saw every row start with BOS, so the prompt does too (it is not printed).
-    prefix = np.asarray([tokenizer.vocab_size] if cfg.data.get("bos", False) else [], np.int32)
+    prefix = sample_lib.bos_prefix(cfg, tokenizer)
     ids = sample_lib.generate(model, np.concatenate([prefix, np.asarray(prompt_ids, np.int32)]),
                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=args.top_k or None,
                               seed=args.seed, max_context=args.max_context or cfg.data.block_size,
@@ -425,10 +410,10 @@ def sample_main(argv: list[str]) -> int:
 
 def config_main(argv: list[str]) -> int:
     from jaxformer import config as config_lib
+    from jaxformer import prepare as prepare_lib
 
     args = parse("config", argv)
-    cfg = config_lib.resolve(config_lib.load(args.config, args.overrides))
-    config_lib.validate(cfg)
+    cfg = prepare_lib.resolved_config(config_lib.load(args.config, args.overrides))
     print(config_lib.to_json(cfg))
     return 0
 

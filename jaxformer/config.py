@@ -21,7 +21,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from jaxformer import attention, positional
+from jaxformer import attention, losses, positional
 from jaxformer import data as data_lib
 from jaxformer import sharding as sharding_lib
 
@@ -234,8 +234,8 @@ def warmup_too_long(cfg: ml_collections.ConfigDict) -> bool:
 def appended_ids(cfg: ml_collections.ConfigDict) -> int:
     """Ids the model has beyond its data's vocabulary: 1 for a masked LM whose [MASK] is a new id
     (model.mlm.mask_token_id=-1 = the last id of model.vocab_size), else 0."""
-    m = cfg.model
-    return int(m.get("loss", "causal_lm") == "masked_lm" and m.mlm.mask_token_id < 0)
+    pair = losses.FAMILIES.get(cfg.model.get("loss", "causal_lm"))  # an unknown loss is refused by validate
+    return pair.appended_ids(cfg.model) if pair else 0
 
 
 def data_vocab_size(cfg: ml_collections.ConfigDict) -> int | None:

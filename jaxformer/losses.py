@@ -14,7 +14,9 @@ otherwise; the loss is the cross-entropy at the selected positions only. The dra
 training step folds from (train.seed, step, micro-batch), so a resumed run masks exactly as an uninterrupted one.
 
 The training loop, evaluation and sweeps ask `for_model(cfg.model)` for the objective and call its `prepare`; they
-do not know which one they run (DESIGN: "a model is a (module, loss) pair").
+do not know which one they run (DESIGN: "a model is a (module, loss) pair", nanodo's `get_model_and_loss`). What
+else differs between the pairs (what an accuracy means, whether the model continues a text, the ids the model has
+beyond the data's) is the pair's `Family`, asked with `family(cfg.model)`: a new family adds a pair, not branches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,45 @@ LOSSES = ("causal_lm", "masked_lm")
 
 
 @dataclasses.dataclass(frozen=True)
+class Family:
+    """What a (model, loss) pair is, apart from its loss: the facts the CLI, evaluation and sampling ask of it.
+
+    `model`: the module family (a causal GPT decoder, or a bidirectional encoder); `accuracy`: the name an
+    evaluation's accuracy is reported under (`exact_match`: a task's whole answers; `masked_accuracy`: the share of
+    masked tokens predicted right), `accuracy_label` how it is printed, `token_accuracy`: whether it is counted
+    over the loss's weighted tokens (else over a task's examples); `generates`: whether the model continues a text
+    (next-token sampling and scoring); `mask_id_appended`: whether a [MASK] id is added beyond the data's ids."""
+
+    loss: str
+    model: str
+    accuracy: str
+    accuracy_label: str
+    token_accuracy: bool
+    generates: bool
+    appends_mask_id: bool = False
+
+    def appended_ids(self, model_cfg) -> int:
+        """Ids the model has beyond its data's vocabulary (1 for a new [MASK] id: model.mlm.mask_token_id=-1)."""
+        return int(self.appends_mask_id and model_cfg.mlm.mask_token_id < 0)
+
+
+FAMILIES = {
+    "causal_lm": Family("causal_lm", "gpt_decoder", accuracy="exact_match", accuracy_label="exact match",
+                        token_accuracy=False, generates=True),
+    "masked_lm": Family("masked_lm", "encoder", accuracy="masked_accuracy", accuracy_label="masked-token accuracy",
+                        token_accuracy=True, generates=False, appends_mask_id=True),
+}
+
+
+def family(model_cfg) -> Family:
+    """The pair a `model` config section names (`model.loss`, causal_lm when absent: configs from before it)."""
+    name = model_cfg.get("loss", "causal_lm")
+    if name not in FAMILIES:
+        raise ValueError(f"model.loss={name!r}; choose one of: {', '.join(LOSSES)}")
+    return FAMILIES[name]
+
+
+@dataclasses.dataclass(frozen=True)
 class Objective:
     """`prepare(batch, key) -> batch`: the (inputs, targets, weights) the cross-entropy is taken over.
     `needs_key`: whether `prepare` draws random numbers (the loop then folds a key for it); `causal`: the
@@ -41,6 +82,10 @@ class Objective:
     prepare: Callable[[Batch, jax.Array | None], Batch]
     needs_key: bool
     causal: bool
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.name]
 
 
 def _as_given(batch: Batch, key=None) -> Batch:

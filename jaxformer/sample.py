@@ -92,16 +92,23 @@ def generate(model, prompt_ids, **kwargs) -> np.ndarray:
     return Generator(model)(prompt_ids, **kwargs)
 
 
+def bos_prefix(cfg, tokenizer) -> np.ndarray:
+    """The ids every prompt starts with: [BOS] for a run trained with data.bos (each row began with BOS, the id
+    after the tokenizer's last: `data.dataset.prepend_bos`), else none. The one rule of `sample`, scoring and
+    samples.txt; BOS is never printed (the tokenizer cannot decode it)."""
+    return np.asarray([tokenizer.vocab_size] if cfg.data.get("bos", False) else [], np.int32)
+
+
 def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> str:
     """What `train` writes into samples.txt: generated text for text data; answers to eval prompts for tasks."""
     tokenizer = dataset.tokenizer
-    bos = getattr(dataset, "bos_id", None)  # data.bos: rows start with BOS, which the tokenizer cannot decode
+    bos_ids = bos_prefix(cfg, tokenizer)
     if not dataset.has_accuracy:
         try:  # a newline where the vocabulary has one (characters: maybe not; subwords: always)
             prompt = tokenizer.encode("\n")
         except ValueError:
             prompt = np.zeros(1, np.int32)
-        prompt = prompt if bos is None else np.concatenate([np.asarray([bos], np.int32), prompt])
+        prompt = np.concatenate([bos_ids, np.asarray(prompt, np.int32)])
         ids = Generator(model)( prompt, max_new_tokens=num_tokens, temperature=0.8, top_k=200, seed=seed,
                        max_context=cfg.data.block_size, vocab_size=tokenizer.vocab_size)
         return tokenizer.decode(ids[len(prompt):])
@@ -117,7 +124,7 @@ def sample_for_run(model, dataset, cfg, *, num_tokens: int, seed: int = 0) -> st
         ids = generator(prompt, max_new_tokens=n, temperature=0.0)
         predicted = tokenizer.decode(ids[start + 1:])
         expected = tokenizer.decode(batch["targets"][b, answer])
-        shown = prompt if bos is None else prompt[prompt != bos]
+        shown = prompt[~np.isin(prompt, bos_ids)]
         lines.append(f"prompt:   {tokenizer.decode(shown)}\nexpected: {expected}\ngreedy:   {predicted}"
                      f"   [{'ok' if predicted == expected else 'WRONG'}]\n")
     return "\n".join(lines)

@@ -36,6 +36,7 @@ from jaxformer import checkpoint as checkpoint_lib
 from jaxformer import config as config_lib
 from jaxformer import data as data_lib
 from jaxformer import losses, positional
+from jaxformer import prepare as prepare_lib
 from jaxformer import run as run_lib
 from jaxformer import sharding as sharding_lib
 from jaxformer.loader import (  # noqa: F401 -- train.* names kept
@@ -45,47 +46,22 @@ from jaxformer.loader import (  # noqa: F401 -- train.* names kept
     split_model,
 )
 from jaxformer.model import count_params
+from jaxformer.optim import init_state, make_optimizer, make_schedule  # noqa: F401 -- train.* names kept
+from jaxformer.prepare import (  # noqa: F401 -- train.* names kept (the pre-run checks moved to prepare.py)
+    Run,
+    check_config,
+    check_init_source,
+    check_init_vocabulary,
+    device_memory,
+    eval_batches_bytes,
+    inherit_derived,
+    load_init_params,
+    memory_estimate,
+    param_count,
+    positions_draw_bytes,
+)
 
 log = logging.getLogger("jaxformer")
-
-
-# ----------------------------------------------------------------------------------------------- model and optimizer
-
-def make_schedule(o: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warm-up to `lr` over `warmup_steps` (nanoGPT's (it+1)/(warmup+1) ramp), cosine decay to `min_lr`."""
-    if o.warmup_steps == 0:
-        return optax.cosine_decay_schedule(o.lr, o.decay_steps, alpha=o.min_lr / o.lr)
-    return optax.warmup_cosine_decay_schedule(
-        init_value=o.lr / (o.warmup_steps + 1), peak_value=o.lr, warmup_steps=o.warmup_steps,
-        decay_steps=max(o.decay_steps, o.warmup_steps + 1), end_value=o.min_lr)
-
-
-def make_optimizer(o: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with decoupled weight decay on matrices only (ndim >= 2), after global-norm clipping (Pascanu et al.,
-    2013: g·min(1, grad_clip / ||g||)). optax's clip computes the norm the step also computes for its guard and
-    log, inside the update's cond where XLA cannot share it: a hand-written clip reusing it bought nothing
-    measurable (benchmarks/NOTES.md, 2026-12-06) and was removed; the state trees are the same."""
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-    tx = optax.adamw(make_schedule(o), b1=o.beta1, b2=o.beta2, eps=1e-8, weight_decay=o.weight_decay,
-                     mask=decay_mask)
-    if o.grad_clip > 0:
-        tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
-    return tx
-
-
-def init_state(params, optimizer: optax.GradientTransformation, seed: int, log_every: int = 1) -> dict:
-    """The train state; `recent` keeps the last `log_every` steps' loss and gradient norm, so that a logged
-    window mean survives a resume mid-window (it is checkpointed with everything else)."""
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "recent": {"step": jnp.full((log_every,), -1, jnp.int32), "loss": jnp.zeros((log_every,), jnp.float32),
-                   "grad_norm": jnp.zeros((log_every,), jnp.float32)},
-        "params": params,
-        "opt_state": optimizer.init(params),
-        "rng": jax.random.key_data(jax.random.key(seed + 1)),
-        "nonfinite": jnp.zeros((), jnp.int32),
-        "first_nonfinite": jnp.full((), -1, jnp.int32),
-    }
 
 
 # ----------------------------------------------------------------------------------------------------- pure steps
@@ -255,68 +231,38 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Trainer:
-    """Everything needed to run steps for one resolved config: data, model structure, compiled steps, shardings."""
+class Evaluator:
+    """A resolved config's model and evaluation: data, model structure, the compiled eval step, shardings. No
+    optimizer and no train step: what `eval` and the research tools need (`Trainer` adds the training side)."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, dataset=None):
+    def __init__(self, cfg: ml_collections.ConfigDict, dataset=None, *, validated: bool = False):
         self.dataset = dataset if dataset is not None else data_lib.load_dataset(cfg.data)
-        self.cfg = cfg = config_lib.resolve(cfg, vocab_size=self.dataset.vocab_size)
-        config_lib.validate(cfg, n_devices=jax.device_count())
-        config_lib.check_vocab(cfg, self.dataset.vocab_size)
+        if not validated:  # a prepared Run's config is resolved and validated already (prepare.py)
+            cfg = config_lib.resolve(cfg, vocab_size=self.dataset.vocab_size)
+            config_lib.validate(cfg, n_devices=jax.device_count())
+            config_lib.check_vocab(cfg, self.dataset.vocab_size)
+        self.cfg = cfg
         self.mesh = sharding_lib.make_mesh(cfg.mesh)
         model = build_model(cfg)
         self.n_params = count_params(model)
         self.n_params_non_embedding = count_params(model, non_embedding=True)
         self.graphdef, params = split_model(model)
-        self.optimizer = make_optimizer(cfg.optim)
         self.objective = losses.for_model(cfg.model)  # the model's loss: the loop sees only its interface
-        self._init_fn = functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed,
-                                          log_every=cfg.train.log_every)
-
-        abstract = jax.eval_shape(self._init_fn, params)
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.state_sharding = {
-            **jax.tree.map(lambda _: replicated, {k: v for k, v in abstract.items()
-                                                  if k not in ("params", "opt_state")}),
-            "params": sharding_lib.tree_shardings(abstract["params"], self.mesh),
-            "opt_state": sharding_lib.tree_shardings(abstract["opt_state"], self.mesh),
-        }
-        self.replicated_params = sharding_lib.replicated_names(abstract["params"], self.mesh)
-        compute_sharding = sharding_lib.compute_shardings(abstract["params"], self.mesh)
         self._params0 = params
-        accum = cfg.optim.accum_steps
-        self.batch_sharding = sharding_lib.batch_sharding(self.mesh, leading_axes=1 if accum > 1 else 0)
+        abstract_params = jax.eval_shape(lambda: params)
+        self.params_sharding = sharding_lib.tree_shardings(abstract_params, self.mesh)
+        self.replicated_params = sharding_lib.replicated_names(abstract_params, self.mesh)
+        self.compute_sharding = sharding_lib.compute_shardings(abstract_params, self.mesh)
         self.eval_sharding = sharding_lib.batch_sharding(self.mesh)
-        step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
-                                 use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
-                                 compute_sharding=compute_sharding,
-                                 randomize_max_len=cfg.model.position.randomize_max_len,
-                                 randomize_per=cfg.model.position.randomize_per, objective=self.objective)
-        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=self.state_sharding, donate_argnums=0)
         self.eval_step = jax.jit(
-            functools.partial(eval_step, graphdef=self.graphdef, compute_sharding=compute_sharding),
-            in_shardings=(self.state_sharding["params"], self.eval_sharding))
-        self.schedule = make_schedule(cfg.optim)
+            functools.partial(eval_step, graphdef=self.graphdef, compute_sharding=self.compute_sharding),
+            in_shardings=(self.params_sharding, self.eval_sharding))
         self._eval_cache: dict[str, list] = {}  # the fixed evaluation batches, built once per split
 
-    def initial_state(self) -> dict:
-        return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._params0)
-
-    def abstract_state(self):
-        abstract = jax.eval_shape(self._init_fn, self._params0)
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-                            self.state_sharding)
-
-    def batch(self, step: int):
-        """The global batch of optimizer step `step`, placed on the mesh (each process feeds its devices' rows)."""
-        cfg = self.cfg
-        accum, B = cfg.optim.accum_steps, cfg.data.batch_size
-        batch = self.dataset.batch("train", step, batch_size=B * accum, block_size=cfg.data.block_size,
-                                   seed=cfg.train.seed)
-        if accum > 1:
-            batch = {k: v.reshape(accum, B, *v.shape[1:]) for k, v in batch.items()}
-        return sharding_lib.shard_batch(batch, self.batch_sharding)
+    @classmethod
+    def for_run(cls, run):
+        """Built from a prepared `prepare.Run` (its config resolved and validated once, there)."""
+        return cls(run.cfg, run.dataset, validated=True)
 
     def evaluate(self, params, split: str) -> dict:
         """Loss (and exact-match accuracy on tasks) over the fixed `train.eval_iters` batches of the split."""
@@ -345,7 +291,7 @@ class Trainer:
                   "tokens": int(totals["weight_sum"])}
         if self.dataset.has_accuracy:
             result["accuracy"] = float(totals["exact_sum"] / max(totals["examples"], 1))
-        if self.objective.needs_key:  # masked LM: the share of masked tokens predicted right
+        if self.objective.family.token_accuracy:  # masked LM: the share of masked tokens predicted right
             result["accuracy"] = float(totals["correct_sum"] / max(totals["weight_sum"], 1.0))
         return result
 
@@ -365,6 +311,54 @@ class Trainer:
         self._eval_cache[split] = [sharding_lib.shard_batch(self._eval_prepare(b, split, i), self.eval_sharding)
                                    for i, b in enumerate(batches)]
         return self._eval_cache[split]
+
+
+class Trainer(Evaluator):
+    """Everything needed to run steps for one resolved config: the evaluator's, plus the optimizer, the train
+    state's shardings and the compiled train step."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, dataset=None, *, validated: bool = False):
+        super().__init__(cfg, dataset, validated=validated)
+        cfg = self.cfg
+        self.optimizer = make_optimizer(cfg.optim)
+        self._init_fn = functools.partial(init_state, optimizer=self.optimizer, seed=cfg.train.seed,
+                                          log_every=cfg.train.log_every)
+        abstract = jax.eval_shape(self._init_fn, self._params0)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.state_sharding = {
+            **jax.tree.map(lambda _: replicated, {k: v for k, v in abstract.items()
+                                                  if k not in ("params", "opt_state")}),
+            "params": self.params_sharding,
+            "opt_state": sharding_lib.tree_shardings(abstract["opt_state"], self.mesh),
+        }
+        accum = cfg.optim.accum_steps
+        self.batch_sharding = sharding_lib.batch_sharding(self.mesh, leading_axes=1 if accum > 1 else 0)
+        step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
+                                 use_dropout=cfg.model.dropout > 0, stop_on_nonfinite=cfg.train.nonfinite == "stop",
+                                 compute_sharding=self.compute_sharding,
+                                 randomize_max_len=cfg.model.position.randomize_max_len,
+                                 randomize_per=cfg.model.position.randomize_per, objective=self.objective)
+        self.train_step = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=self.state_sharding, donate_argnums=0)
+        self.schedule = make_schedule(cfg.optim)
+
+    def initial_state(self) -> dict:
+        return jax.jit(self._init_fn, out_shardings=self.state_sharding)(self._params0)
+
+    def abstract_state(self):
+        abstract = jax.eval_shape(self._init_fn, self._params0)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                            self.state_sharding)
+
+    def batch(self, step: int):
+        """The global batch of optimizer step `step`, placed on the mesh (each process feeds its devices' rows)."""
+        cfg = self.cfg
+        accum, B = cfg.optim.accum_steps, cfg.data.batch_size
+        batch = self.dataset.batch("train", step, batch_size=B * accum, block_size=cfg.data.block_size,
+                                   seed=cfg.train.seed)
+        if accum > 1:
+            batch = {k: v.reshape(accum, B, *v.shape[1:]) for k, v in batch.items()}
+        return sharding_lib.shard_batch(batch, self.batch_sharding)
 
 
 def _window(recent: dict, done: int, log_every: int) -> np.ndarray:
@@ -392,232 +386,6 @@ class Hook:
     at_end: bool = False
 
 
-def check_init_source(source: str, which: str, workdir: str) -> ml_collections.ConfigDict:
-    """The saved config of the run `--init-from` names, after checking it is a run with that checkpoint (read only:
-    nothing is created or written there)."""
-    if which not in ("latest", "best"):
-        raise run_lib.RunDirError(f"--init-checkpoint={which!r}; choose one of: latest, best")
-    if os.path.abspath(source) == os.path.abspath(workdir):
-        raise run_lib.RunDirError(f"--init-from={source} is the new run's --workdir; give the new run another one")
-    if not os.path.isfile(os.path.join(source, "config.json")):
-        raise run_lib.RunDirError(f"--init-from={source} holds no run (no config.json); give a run directory made "
-                                  "by `jaxformer train`")
-    directory = os.path.join(source, "checkpoints", which)
-    if not os.path.isdir(directory) or not any(name.isdigit() for name in os.listdir(directory)):
-        raise run_lib.RunDirError(f"--init-from={source} has no {which} checkpoint ({directory} holds none); "
-                                  f"train it first{' or use --init-checkpoint=latest' if which == 'best' else ''}")
-    return run_lib.load_config(source)
-
-
-def inherit_derived(cfg: ml_collections.ConfigDict, source_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`cfg` with the derived position fields left at 0 taken from the source run, not from the new block size: a
-    learned table keeps its rows, YaRN's `original_max_len` stays the context the source was trained at, and T5's
-    max_distance, xPos's scale_base and FIRE's init_L stay what the source was trained with."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    source = config_lib.resolve(source_cfg)
-    fields = [f[len("model.position."):] for f in config_lib.DERIVED_FROM if f.startswith("model.position.")]
-    for field in fields:  # learned.max_len, rope.original_max_len, and the others derived from the block size
-        variant, name = field.split(".")
-        if cfg.model.position[variant].get(name) == 0 and variant in source.model.position:
-            cfg.model.position[variant][name] = source.model.position[variant][name]
-    return cfg
-
-
-def check_init_vocabulary(source: str, dataset, cfg: ml_collections.ConfigDict) -> None:
-    """A one-line error when the new run's data has another vocabulary than the source run's tokenizer."""
-    source_tok, new_tok = data_lib.run_tokenizer(source), dataset.tokenizer
-    if (type(source_tok) is not type(new_tok) or source_tok.vocab_size != new_tok.vocab_size
-            or getattr(source_tok, "vocab", None) != getattr(new_tok, "vocab", None)):
-        raise run_lib.RunDirError(f"--init-from: data.name={cfg.data.name!r} has another vocabulary than "
-                                  f"{source}/{source_tok.filename} ({new_tok.vocab_size} vs {source_tok.vocab_size} "
-                                  "tokens); fine-tune on data with the source run's vocabulary")
-
-
-def load_init_params(source: str, which: str, trainer: Trainer) -> tuple[dict, dict]:
-    """(parameters of the source run's checkpoint in the new model's structure, what the manifest records); a
-    one-line error for other parameter shapes."""
-    _, _, params, step = restore_params(source, which=which)
-    want = jax.tree_util.tree_flatten_with_path(trainer._params0)[0]
-    got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    for path, x in want:
-        y = got.get(path)
-        if y is None or y.shape != x.shape:
-            name = jax.tree_util.keystr(path)
-            raise run_lib.RunDirError(f"--init-from: parameter {name} has shape {None if y is None else y.shape} in "
-                                      f"{source}, the new model's is {x.shape}; keep the model fields of the source")
-    params = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), trainer._params0, params)
-    manifest = run_lib.read_json(os.path.join(source, "manifest.json")) if os.path.isfile(
-        os.path.join(source, "manifest.json")) else {}
-    info = {"run": os.path.abspath(source), "checkpoint": which, "step": int(step),
-            "config_hash": manifest.get("config_hash"), "git_revision": manifest.get("git_revision")}
-    return params, info
-
-
-def check_config(cfg: ml_collections.ConfigDict, dataset) -> ml_collections.ConfigDict:
-    """The resolved config, validated against the data and this machine: everything refused here is refused before
-    the run directory is made or touched (one-line ConfigError)."""
-    resolved = config_lib.resolve(cfg, vocab_size=dataset.vocab_size)
-    config_lib.validate(resolved, n_devices=jax.device_count())
-    m, d, t = resolved.model, resolved.data, resolved.train
-    if config_lib.warmup_too_long(cfg):  # resolve() shortened it: a quick trial of a long config, said once
-        log.info("optim.warmup_steps=%d is longer than the run: shortened to train.steps=%d (recorded in "
-                 "config.json)", cfg.optim.warmup_steps, resolved.train.steps)
-    config_lib.check_vocab(resolved, dataset.vocab_size)
-    for split in ("train", "val"):
-        tokens = dataset.split_tokens(split)
-        if tokens is not None and d.block_size + 1 > len(tokens):
-            raise config_lib.ConfigError(
-                f"data.block_size={d.block_size} needs {d.block_size + 1} tokens per row; the {split} split of "
-                f"{d.name!r} has {len(tokens)}: choose data.block_size <= {len(tokens) - 1}")
-    # The data as training will ask for it (a synthetic task's sizes must fit the block size, ...): refused here,
-    # before the run directory is made, not at the first step after config.json was written.
-    dataset.batch("train", 0, batch_size=1, block_size=d.block_size, seed=t.seed)
-    dataset.eval_batches("val", batch_size=1, block_size=d.block_size, num_batches=1, seed=t.seed)
-    need, n_params = memory_estimate(resolved)
-    have = device_memory()
-    evals = eval_batches_bytes(resolved)
-    if evals > have / 4:
-        raise config_lib.ConfigError(
-            f"train.eval_iters={t.eval_iters} keeps {evals / 2**30:,.1f} GiB of fixed evaluation batches (two splits "
-            f"x {t.eval_iters} x data.batch_size={d.batch_size} x data.block_size={d.block_size}); this machine's "
-            f"{jax.devices()[0].platform} memory is {have / 2**30:,.1f} GiB: choose train.eval_iters <= "
-            f"{max(1, int(t.eval_iters * have / 4 / evals)):,}")
-    draw = positions_draw_bytes(resolved)
-    if draw > have / 2:
-        raise config_lib.ConfigError(
-            f"model.position.randomize_max_len={m.position.randomize_max_len:,} draws its positions from a "
-            f"permutation of that range per sequence: about {draw / 2**30:,.1f} GiB a step; this machine's memory is "
-            f"{have / 2**30:,.1f} GiB: choose a range of a few times data.block_size={d.block_size}")
-    if need > have:
-        raise config_lib.ConfigError(
-            f"the model ({n_params:,} parameters, model.n_layer={m.n_layer}, model.n_embd={m.n_embd}) needs about "
-            f"{need / 2**30:,.1f} GiB for parameters, optimizer state and activations at data.batch_size="
-            f"{d.batch_size}, data.block_size={d.block_size}; this machine's {jax.devices()[0].platform} memory is "
-            f"{have / 2**30:,.1f} GiB: shrink the model or the batch, or add devices (mesh.fsdp)")
-    return resolved
-
-
-def memory_estimate(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(bytes, parameter count) a training step needs at least, per device: parameters, gradients and AdamW's two
-    moments (4 copies, split by mesh.fsdp/tensor), plus the activations kept for the backward pass, from the
-    per-layer count of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
-    s*b*h*(34 + 5*a*s/h) bytes at 16 bits, doubled for float32) and the float32 logits and their gradient.
-
-    The parameter count is `param_count`'s (closed form in the depth: milliseconds at any model.n_layer)."""
-    n_params = param_count(cfg)
-    m, d = cfg.model, cfg.data
-    width = np.dtype(jnp.dtype(m.param_dtype)).itemsize
-    act = np.dtype(jnp.dtype(m.dtype)).itemsize
-    n_devices = jax.device_count()
-    shards = max(1, cfg.mesh.fsdp if cfg.mesh.fsdp > 0 else 1) * max(1, cfg.mesh.tensor if cfg.mesh.tensor > 0 else 1)
-    B = d.batch_size / max(1, n_devices // shards)  # rows per device
-    T, D, H = d.block_size, m.n_embd, m.n_head
-    per_layer = T * B * D * (34 + 5 * H * T / D) * act / 2
-    layers = per_layer * (1 if m.remat else m.n_layer) + (m.n_layer * T * B * D * act if m.remat else 0)
-    logits = 2 * B * T * m.vocab_size * 4
-    return int(4 * n_params * width / shards + layers + logits), n_params
-
-
-def param_count(cfg: ml_collections.ConfigDict) -> int:
-    """The model's parameter count, P(L) = P(1) + (L - 1) (P(2) - P(1)): every block holds the same parameters, so
-    the count is affine in the depth L, and two abstract builds (`nnx.eval_shape`, nothing allocated) of one and
-    two blocks give it exactly; one abstract build of L blocks takes seconds at L=100 and minutes at L=500."""
-    def count(n_layer: int) -> int:
-        shallow = ml_collections.ConfigDict(cfg.to_dict())
-        shallow.model.n_layer = n_layer
-        return count_params(nnx.eval_shape(lambda: build_model(shallow)))
-
-    one, two = count(1), count(2)
-    return one + (cfg.model.n_layer - 1) * (two - one)
-
-
-def eval_batches_bytes(cfg: ml_collections.ConfigDict) -> int:
-    """Bytes of the fixed evaluation batches a run keeps (`Trainer._eval_batches`): two splits of
-    train.eval_iters batches of int32 inputs, int32 targets and float32 weights."""
-    return 2 * cfg.train.eval_iters * cfg.data.batch_size * cfg.data.block_size * 3 * 4
-
-
-def positions_draw_bytes(cfg: ml_collections.ConfigDict) -> int:
-    """Bytes one step's randomized positions take while drawn: `jax.random.choice` without replacement permutes
-    the whole range R (int32 values and their sort keys, ~3 x 4 bytes each), per sequence of a micro-batch or once
-    (model.position.randomize_per)."""
-    pe = cfg.model.position
-    R = pe.get("randomize_max_len", 0)
-    draws = cfg.data.batch_size if pe.get("randomize_per", "sequence") == "sequence" else 1
-    return 3 * 4 * R * draws
-
-
-def device_memory() -> int:
-    """Bytes of memory of one device: the accelerator's allocator limit, or the host's RAM for the CPU."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(stats["bytes_limit"])
-    import psutil
-
-    return int(psutil.virtual_memory().total)
-
-
-def restore_layout(saved_tree, abstract: dict):
-    """(target, finish) for restoring a train state saved under another `train.log_every` or `optim.grad_clip`
-    (both allowed to change on resume): the arrays are matched by path, with optax's clip-chain prefix
-    (`opt_state/1/...` with clipping, `opt_state/...` without; the clip holds no arrays) added or dropped, and the
-    `recent` window re-laid for the new log_every. None, None when the layouts are the same."""
-    def names(tree):
-        return {checkpoint_lib._path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-    saved, current = names(saved_tree), names(abstract)
-    if saved.keys() == current.keys() and all(tuple(saved[k].shape) == tuple(v.shape) for k, v in current.items()):
-        return abstract, None
-
-    def saved_name(name: str) -> str:
-        if name in saved:
-            return name
-        head, _, rest = name.partition("/")
-        for alternative in (f"{head}/1/{rest}", f"{head}/{rest[2:]}" if rest.startswith("1/") else None):
-            if head == "opt_state" and alternative in saved:
-                return alternative
-        raise ValueError(f"the checkpoint holds no array {name} (it was saved by another model or optimizer)")
-
-    mapping = {saved_name(name): name for name in current}
-    unused = sorted(set(saved) - set(mapping))
-    if unused:
-        raise ValueError(f"the checkpoint holds array {unused[0]} that this run's train state has no place for")
-
-    def target_leaf(path, meta):
-        x = current[mapping[checkpoint_lib._path_name(path)]]
-        shape = tuple(meta.shape) if checkpoint_lib._path_name(path).startswith("recent/") else x.shape
-        return jax.ShapeDtypeStruct(shape, x.dtype, sharding=x.sharding)
-
-    target = jax.tree_util.tree_map_with_path(target_leaf, saved_tree)
-
-    def finish(restored):
-        arrays = {mapping[k]: v for k, v in names(restored).items()}
-        state = jax.tree_util.tree_map_with_path(lambda p, _: arrays[checkpoint_lib._path_name(p)], abstract)
-        state["recent"] = _rewindow(state["recent"], abstract["recent"])
-        return state
-
-    return target, finish
-
-
-def _rewindow(recent: dict, abstract: dict) -> dict:
-    """The recent-steps window in a new length (log_every changed on resume): each kept step in its slot."""
-    n = abstract["step"].shape[0]
-    old = jax.device_get(recent)
-    if old["step"].shape[0] == n:
-        return recent
-    new = {"step": np.full((n,), -1, np.int32), "loss": np.zeros((n,), np.float32),
-           "grad_norm": np.zeros((n,), np.float32)}
-    newest = int(old["step"].max())
-    for i in np.argsort(old["step"]):
-        s = int(old["step"][i])
-        if s > 0 and s > newest - n:
-            for key in new:
-                new[key][(s - 1) % n] = old[key][i]
-    return {k: jax.device_put(v, abstract[k].sharding) for k, v in new.items()}
-
-
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, overwrite: bool = False,
           dataset=None, stop_after: int | None = None, hooks: Sequence[Hook] = (), init_from: str | None = None,
           init_checkpoint: str = "latest") -> dict:
@@ -633,35 +401,27 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
     sharding_lib.maybe_initialize_distributed(cfg.mesh.multihost)
     is_main = sharding_lib.is_main_process()
     sharding_lib.assert_same_on_all_processes(os.path.abspath(workdir), "--workdir")
+    changed = ()
     if init_from is not None:
         if resume:
             raise run_lib.RunDirError("--init-from starts a new run and --resume continues one; give only one")
-        source_cfg = check_init_source(init_from, init_checkpoint, workdir)
-        cfg = inherit_derived(cfg, source_cfg)
-        changed = run_lib.check_init_config(
-            init_from, config_lib.resolve(source_cfg),
-            config_lib.resolve(cfg, vocab_size=config_lib.data_vocab_size(source_cfg)))
-        if changed:
-            log.info("initialising from %s with changed fields: %s", init_from, ", ".join(changed))
-        if dataset is None:  # a subword run's own tokenizer (the BPE it trained), not a new one
-            dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, init_from))
-        check_init_vocabulary(init_from, dataset, cfg)
-    # Bad input (config, data, a model that cannot fit) is refused before the run directory is made or touched.
+        cfg, changed = prepare_lib.init_from_config(cfg, init_from, init_checkpoint, workdir)
+    intent = "init_from" if init_from is not None else "resume" if resume else "new"
     if dataset is None:
-        # A resumed run's own subword tokenizer (a trained BPE is not trained again).
-        saved_run = resume and os.path.exists(os.path.join(workdir, "config.json"))
-        dataset = data_lib.load_dataset(cfg.data, tokenizer=data_lib.cached_tokenizer(cfg.data, workdir)
-                                        if saved_run else None)
-    if not resume:
-        check_config(cfg, dataset)
+        dataset = prepare_lib.load_data(cfg, workdir, intent, init_from)
+    # Bad input (config, data, a model that cannot fit) is refused before the run directory is made or touched; a
+    # resumed run's saved files are read once the directory is locked (in _train).
+    run = None if resume else prepare_lib.prepare(cfg, workdir, intent, dataset=dataset, init_from=init_from,
+                                                  init_checkpoint=init_checkpoint, changed=changed)
     # Process 0 alone readies (and locks) the directory (--overwrite deletes it); the others wait for its answer.
     created = is_main and not os.path.exists(workdir)
     resuming = sharding_lib.broadcast_from_main(
         run_lib.prepare(workdir, resume=resume, overwrite=overwrite) if is_main else False)
     try:
         try:
-            return _train(cfg, workdir, resuming=resuming, dataset=dataset, stop_after=stop_after, is_main=is_main,
-                          hooks=hooks, init_from=init_from, init_checkpoint=init_checkpoint)
+            if run is None:
+                run = prepare_lib.prepare(cfg, workdir, "resume" if resuming else "new", dataset=dataset)
+            return _train(run, resuming=resuming, stop_after=stop_after, is_main=is_main, hooks=hooks)
         except OSError as e:
             if e.errno not in _UNWRITABLE:
                 raise
@@ -682,27 +442,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
 _UNWRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR)
 
 
-def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), init_from=None,
-           init_checkpoint="latest") -> dict:
-    first_checkpoint = 0
-    if resuming:  # before anything is built or written: the run's own files stay as they are on a refusal
-        saved = run_lib.load_config(workdir)
-        first_checkpoint = saved.train.checkpoint_every or saved.train.steps
-        changed = run_lib.check_resume_config(
-            workdir, saved, config_lib.resolve(cfg, vocab_size=config_lib.data_vocab_size(saved)))
-        if changed:
-            log.info("resuming with changed fields: %s", ", ".join(changed))
-        done = max([int(name) for kind in ("latest", "best") if os.path.isdir(d := os.path.join(
-            workdir, "checkpoints", kind)) for name in os.listdir(d) if name.isdigit()], default=0)
-        if done > cfg.train.steps:
-            raise run_lib.RunDirError(f"--resume: {workdir} has trained {done} steps; train.steps={cfg.train.steps} "
-                                      f"is fewer: give train.steps >= {done} (more extends the run)")
-        check_config(cfg, dataset)
-        follow_run_matmul(workdir)  # the path the run was trained with, before the model is built
-    trainer = Trainer(cfg, dataset)
+def _train(run: Run, *, resuming, stop_after, is_main, hooks=()) -> dict:
+    workdir = run.workdir
+    first_checkpoint = (run.saved.train.checkpoint_every or run.saved.train.steps) if resuming else 0
+    trainer = Trainer.for_run(run)
     init_info = None
-    if init_from is not None:  # the source's parameters, their shapes checked (a refusal leaves no run directory)
-        trainer._params0, init_info = load_init_params(init_from, init_checkpoint, trainer)
+    if run.init_from is not None:  # the source's parameters, their shapes checked (a refusal leaves no run directory)
+        trainer._params0, init_info = load_init_params(run.init_from, run.init_checkpoint, trainer._params0)
     cfg = trainer.cfg
     dataset = trainer.dataset
     t = cfg.train
@@ -734,7 +480,8 @@ def _train(cfg, workdir, *, resuming, dataset, stop_after, is_main, hooks=(), in
         if resuming:
             recorded = run_lib.recorded_steps(workdir)  # repairs a torn last line of metrics.jsonl
             if checkpoints.has_any():
-                start, state = checkpoints.restore(trainer.abstract_state(), convert=restore_layout, set_aside=True)
+                start, state = checkpoints.restore(trainer.abstract_state(), convert=checkpoint_lib.restore_layout,
+                                                   set_aside=True)  # an older layout converted on the checkpoint side
                 log.info("resumed from step %d", start)
             elif recorded >= first_checkpoint:
                 raise checkpoint_lib.NoUsableCheckpoint(

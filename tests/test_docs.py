@@ -113,7 +113,7 @@ def layer_picture(text):
     block = FENCE.search(text, text.index("## The layers")).group(0).splitlines()[1:-1]
     rows, current = {}, None
     for line in block:
-        m = re.match(r"^(\d+)\s", line)
+        m = re.match(r"^\s*(\d+)\s", line)
         if m:
             current = int(m.group(1))
         rows.setdefault(current, set()).update(re.findall(r"\b[\w]+(?:\.py|/)", line))

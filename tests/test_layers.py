@@ -18,7 +18,7 @@ CONFIGS = {"configs": "jaxformer.configs"}
 LAYERS = [
     # the maths (import nothing from jaxformer), the data, and leaf utilities with no jaxformer imports
     ["jaxformer.attention", "jaxformer.positional", "jaxformer.losses", "jaxformer.data", "jaxformer.kernels",
-     "jaxformer.sharding",
+     "jaxformer.sharding", "jaxformer.optim",
      "jaxformer.checkpoint", "jaxformer.plots", "jaxformer.statistics",
      "jaxformer.options",  # options: every subcommand's argument table (argparse only)
      "jaxformer.fingerprint",  # the machine fingerprint recorded beside goldens and in run manifests
@@ -30,6 +30,7 @@ LAYERS = [
     ["jaxformer.config"],  # config: defaults, resolution, checks against the registries
     ["jaxformer.platform", "jaxformer.run", "jaxformer.sample"],  # machine settings; the run directory; generation
     ["jaxformer.loader"],  # building a model and loading a run
+    ["jaxformer.prepare"],  # (config, workdir, intent) -> one resolved, validated run
     ["jaxformer.train"],
     ["jaxformer.analysis", "jaxformer.extrapolation", "jaxformer.convert", "jaxformer.runlist",
      "jaxformer.effective_context"],  # research tools

@@ -223,6 +223,7 @@ def load_params(folder: str, family, hf_config: dict, cfg: ml_collections.Config
 def run_config(hf_config: dict, family, *, param_dtype: str, overrides=(), extra=None) -> ml_collections.ConfigDict:
     """configs/default.py with the family's fields, an imported model's data settings, then `overrides`."""
     from jaxformer import config as config_lib
+    from jaxformer import prepare as prepare_lib
 
     cfg = config_lib.load("default")
     fields = {**family.config_map(hf_config), "model.param_dtype": param_dtype, "model.dtype": param_dtype,
@@ -235,17 +236,8 @@ def run_config(hf_config: dict, family, *, param_dtype: str, overrides=(), extra
             node = node[s]
         node[leaf] = value
     if overrides:
-        with tempfile.TemporaryDirectory() as tmp:
-            with open(os.path.join(tmp, "config.json"), "w") as f:
-                f.write(config_lib.to_json(cfg))
-            with open(os.path.join(tmp, "c.py"), "w") as f:
-                f.write("import json, ml_collections\n"
-                        f"def get_config():\n    return ml_collections.ConfigDict(json.load(open("
-                        f"{os.path.join(tmp, 'config.json')!r})))\n")
-            cfg = config_lib.load(os.path.join(tmp, "c.py"), list(overrides))
-    cfg = config_lib.resolve(cfg)
-    config_lib.validate(cfg)
-    return cfg
+        cfg = prepare_lib.apply_overrides(cfg, overrides, check_fields=True)
+    return prepare_lib.resolved_config(cfg)
 
 
 def import_checkpoint(source: str, workdir: str, *, param_dtype: str = "float32", overrides=()) -> dict:

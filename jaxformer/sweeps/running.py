@@ -142,7 +142,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     from jaxformer import data as data_lib
     from jaxformer import loader
     from jaxformer import train as train_lib
-    from jaxformer.analysis import diagnostics, end_of_run
+    from jaxformer.analysis import run_hooks
 
     data_key = config_lib.to_json(point.cfg.data)
     if data_key not in datasets:
@@ -154,7 +154,7 @@ def run_point(point: Point, run_dir: str, sweep_cfg: ml_collections.ConfigDict, 
     if state in ("new", "resume"):
         start, cpu_start = time.perf_counter(), time.process_time()
         result = train_lib.train(point.cfg, run_dir, resume=state == "resume", dataset=dataset,
-                                 hooks=diagnostics.training_hooks(point.cfg) + end_of_run.hooks(run_dir),
+                                 hooks=run_hooks.for_run(point.cfg, run_dir),
                                  init_from=source if state == "new" else None, init_checkpoint=which)
         train_time = (time.perf_counter() - start, time.process_time() - cpu_start)
         if result["signal"]:
