@@ -42,7 +42,8 @@ def _mean_std(values: dict) -> str:
 def render(sweep_dir: str) -> str:
     runs = effective_context.load(sweep_dir)
     base = effective_context.load(os.path.join(sweep_dir, "base"))
-    base_runs = next(iter(base.values()), {})
+    paired = {s for seeds in runs.values() for s in seeds}  # the base runs the methods started from, paired by seed
+    base_runs = {s: r for s, r in next(iter(base.values()), {}).items() if s in paired}
     lengths = sorted({r["length"] for seeds in runs.values() for records in seeds.values() for r in records})
     window = {T: effective_context.per_seed(base_runs, T, "sliding_window", "exact_match") for T in lengths}
     base_full = {T: effective_context.per_seed(base_runs, T, "free_running", "exact_match") for T in lengths}
