@@ -147,3 +147,29 @@ def test_contributing_names_files_that_exist():
     assert len(paths) >= 20, paths
     missing = sorted(p for p in paths if not os.path.exists(os.path.join(ROOT, p)))
     assert not missing, f"CONTRIBUTING.md names files that do not exist: {missing}"
+
+
+def test_docs_index_links_every_page_and_the_readme_links_the_indexes():
+    """docs/index.md is the way in: every page of docs/ is linked from it, and the README links it, CONTRIBUTING.md
+    and experiments/README.md (a page added without an index line is found here)."""
+    import glob
+
+    with open(os.path.join(ROOT, "docs", "index.md"), encoding="utf-8") as f:
+        index = f.read()
+    pages = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))} - {"index.md"}
+    unlinked = sorted(p for p in pages if f"({p}" not in index)
+    assert pages and not unlinked, f"docs/index.md does not link {unlinked}"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for target in ("docs/index.md", "CONTRIBUTING.md", "experiments/README.md"):
+        assert f"({target}" in readme, f"README.md does not link {target}"
+
+
+def test_experiments_index_has_a_row_per_experiment():
+    """experiments/README.md indexes every experiment folder that has a README (findings live only there)."""
+    with open(os.path.join(ROOT, "experiments", "README.md"), encoding="utf-8") as f:
+        index = f.read()
+    experiments = sorted(d for d in os.listdir(os.path.join(ROOT, "experiments"))
+                         if os.path.isfile(os.path.join(ROOT, "experiments", d, "README.md")))
+    missing = [d for d in experiments if f"({d}/README.md)" not in index]
+    assert experiments and not missing, f"experiments/README.md does not index {missing}"
