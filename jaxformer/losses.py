@@ -41,7 +41,7 @@ class Family:
     evaluation's accuracy is reported under (`exact_match`: a task's whole answers; `masked_accuracy`: the share of
     masked tokens predicted right), `accuracy_label` how it is printed, `token_accuracy`: whether it is counted
     over the loss's weighted tokens (else over a task's examples); `generates`: whether the model continues a text
-    (next-token sampling and scoring); `mask_id_appended`: whether a [MASK] id is added beyond the data's ids."""
+    (next-token sampling and scoring); `appends_mask_id`: whether a [MASK] id is added beyond the data's ids."""
 
     loss: str
     model: str

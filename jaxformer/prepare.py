@@ -142,10 +142,11 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, intent: str, *, datase
         saved, changed = check_resume(cfg, workdir)
     elif intent == "evaluate":
         saved = run_lib.load_config(workdir)
-        changed = tuple(run_lib.check_init_config(workdir, config_lib.resolve(saved), config_lib.resolve(cfg),
+        overridden = config_lib.resolve(cfg)
+        changed = tuple(run_lib.check_init_config(workdir, config_lib.resolve(saved), overridden,
                                                   what="eval override"))
         # before the data is loaded, as a new run's check_config
-        config_lib.validate(config_lib.resolve(cfg), eval_lengths=eval_lengths)
+        config_lib.validate(overridden, eval_lengths=eval_lengths)
     if dataset is None:
         dataset = load_data(cfg, workdir, intent, init_from)
     if intent == "init_from":
